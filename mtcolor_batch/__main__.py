@@ -1,0 +1,3 @@
+from mtcolor_batch.cli import main
+
+main()

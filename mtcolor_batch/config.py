@@ -1,0 +1,152 @@
+"""Profiles: one validated set of every knob that changes an output.
+
+A profile is ``profiles/<name>.yaml`` (shipped in the package) or any YAML file, overlaid on the
+defaults, then overridden by CLI options given as dotted keys. Its hash goes into every file's
+fingerprint, so changing a knob redoes exactly the files it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mtcolor_batch.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ScanSettings(_Section):
+    max_megapixels: float = Field(
+        400.0, gt=0, description="Decompression-bomb limit; larger files fail with a clear error."
+    )
+    gray_tolerance: float = Field(
+        0.03, ge=0, description="Mean chroma (0-1) under which an RGB scan is treated as gray/sepia."
+    )
+
+
+class PerceptionSettings(_Section):
+    auto_instances: bool = True
+    tagger: Literal["auto", "ram", "detector"] = "auto"
+    max_instances: int = Field(8, ge=0)
+    min_area: float = Field(0.002, ge=0, le=1, description="Smallest instance, as a fraction of the image.")
+    box_threshold: float = Field(0.25, ge=0, le=1)
+    merge_iou: float = Field(0.7, ge=0, le=1)
+    size: int = Field(1024, ge=64, description="Long side the perception models see.")
+
+
+class SamplingSettings(_Section):
+    steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0)
+    controlnet_scale: float = Field(1.0, ge=0)
+    alpha: float = Field(0.2, ge=0, le=1, description="Fraction of steps sampled per instance.")
+    beta: float = Field(0.2, ge=0, le=1, description="Weight of the global branch in the fusion.")
+    working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
+    tile_size: int = Field(512, ge=64)
+    tile_overlap: int = Field(128, ge=0)
+    max_batch: int = Field(8, ge=1, description="Most latents per UNet call; more are chunked.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    prompt: str = Field("a colour photograph", description="Global text when a sidecar gives none.")
+    negative_prompt: str = "black and white, grayscale, desaturated, sepia, monochrome"
+
+
+class HintSettings(_Section):
+    strict: bool = Field(False, description="Shift hinted instances to their hint colour (archival).")
+    feather_px: int = Field(6, ge=0)
+    max_sidecar_bytes: int = Field(256 * 1024, ge=1)
+
+
+class OutputSettings(_Section):
+    suffix: str = ".color"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    write_json: bool = True
+
+
+class Profile(_Section):
+    """Every effective parameter of a run (recorded in provenance)."""
+
+    name: str = "default"
+    device: str = "auto"
+    seed: int | None = Field(None, description="Fixed seed; else derived from each file's hash.")
+    scan: ScanSettings = Field(default_factory=ScanSettings)
+    perception: PerceptionSettings = Field(default_factory=PerceptionSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    hints: HintSettings = Field(default_factory=HintSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+
+    def fingerprint(self) -> str:
+        """Hash of every value that changes output bytes (device excluded: it is recorded apart)."""
+        data = self.model_dump(mode="json", exclude={"name", "device"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def builtin_profiles() -> list[str]:
+    folder = resources.files("mtcolor_batch") / "profiles"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_profile_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read profile: {exc}", path=path) from exc
+    if not isinstance(data, dict):
+        raise UserError("a profile must be a YAML mapping", path=path)
+    return data
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Profile:
+    """Build the effective profile.
+
+    ``name_or_path`` is a built-in profile name (``default``, ``fast``, ``quality``, ``archival``)
+    or a YAML file; ``overrides`` maps dotted keys (``sampling.steps``) to values; ``None`` values
+    are ignored so CLI options left unset keep the profile's value.
+    """
+    spec = str(name_or_path or "default")
+    path = Path(spec)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise UserError("profile file not found", path=path, hint=f"built-ins: {', '.join(builtin_profiles())}")
+        data = _read_profile_file(path)
+        data.setdefault("name", path.stem)
+    else:
+        if spec not in builtin_profiles():
+            raise UserError(
+                f"unknown profile '{spec}'", hint=f"use one of {', '.join(builtin_profiles())} or a YAML file"
+            )
+        text = (resources.files("mtcolor_batch") / "profiles" / f"{spec}.yaml").read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        data.setdefault("name", spec)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node: dict[str, Any] = {}
+        cursor = node
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        data = _deep_update(data, node)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"invalid profile value {loc}: {first['msg']}", path=str(name_or_path or "default")) from exc

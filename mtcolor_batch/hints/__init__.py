@@ -1,0 +1,1 @@
+"""hints stage of mtcolor-batch."""

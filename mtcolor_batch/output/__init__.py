@@ -1,0 +1,1 @@
+"""output stage of mtcolor-batch."""

@@ -1,0 +1,1 @@
+"""perception stage of mtcolor-batch."""

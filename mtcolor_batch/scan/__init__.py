@@ -1,0 +1,1 @@
+"""scan stage of mtcolor-batch."""
