@@ -89,7 +89,9 @@ class Profile(_Section):
 
 def builtin_profiles() -> list[str]:
     folder = resources.files("mtcolor_batch") / "profiles"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    # train.yaml holds training defaults (mtcolor_batch/train/config.py), not a run profile.
+    names = (p.name for p in folder.iterdir())
+    return sorted(n[:-5] for n in names if n.endswith(".yaml") and n != "train.yaml")
 
 
 def _read_profile_file(path: Path) -> dict[str, Any]:

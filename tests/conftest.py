@@ -7,3 +7,79 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+# -- perception (engineer "perception") ---------------------------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_perception_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A folder with only the tiny random sam/ and detector/ components (seconds to build)."""
+    from mtcolor_batch.perception.tiny import write_tiny_perception
+
+    folder = tmp_path_factory.mktemp("tiny-perception")
+    write_tiny_perception(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_perception(tiny_perception_dir):
+    """The tiny perception models loaded once on CPU (shared: tests must not mutate settings on it)."""
+    from mtcolor_batch.perception.models import load_perception
+
+    return load_perception(tiny_perception_dir, "cpu")
+
+
+# -- model bundle (engineer "engine") -----------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A complete tiny random bundle (real layout, perception included), built once per session.
+
+    Treat it as read-only: tests that tamper with files must copy it first.
+    """
+    from mtcolor_batch.model.tiny import write_tiny_bundle
+
+    return write_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+# -- eval / report (engineer "report") -----------------------------------------------------------
+@pytest.fixture(scope="session")
+def eval_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A folder holding only a tiny random clip/ component: what eval needs for CLIP scores."""
+    from mtcolor_batch.evaluate.clip_score import write_tiny_clip
+
+    bundle = tmp_path_factory.mktemp("eval-bundle")
+    write_tiny_clip(bundle / "clip")
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def eval_out(tmp_path_factory: pytest.TempPathFactory, eval_bundle):
+    """A run's output folder (4 outputs, 2 failed rows) written with the runner's own writers."""
+    from eval_fixture import build_out_dir
+
+    return build_out_dir(tmp_path_factory.mktemp("eval-out"), eval_bundle)
+
+
+# -- Ray executor (engineer "cluster") -----------------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance with 2 CPUs for the whole session (starting Ray costs seconds).
+
+    Ray is an optional extra: without it these tests skip on a developer machine but FAIL in CI
+    (CI=true), so a CI image that lost the extra cannot pass silently.
+    """
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("ray") is None:
+        message = "ray is not installed: pip install -e '.[ray]' (Ray executor tests)"
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

@@ -33,6 +33,25 @@ def _root(
 
 
 # Command groups register themselves here, one module each (keep this list sorted).
+from mtcolor_batch.cli.evaluate import register as register_evaluate  # noqa: E402
+
+register_evaluate(app)  # eval, report
+from mtcolor_batch.cli.hints import hints_app  # noqa: E402
+
+app.add_typer(hints_app, name="hints")
+from mtcolor_batch.cli.journal import journal_app  # noqa: E402
+
+app.add_typer(journal_app, name="journal")
+from mtcolor_batch.cli.models import app as models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")
+from mtcolor_batch.cli.run import run_command  # noqa: E402
+
+app.command("run")(run_command)
+from mtcolor_batch.cli.train import dataset_app, train_command  # noqa: E402
+
+app.add_typer(dataset_app, name="dataset")
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -1,1 +1,104 @@
-"""perception stage of mtcolor-batch."""
+"""Perception: find the things in a scan (auto instances) and segment prompts with SAM.
+
+``perceive`` is the Grounded-SAM recipe: a tagger gives labelled boxes (OWLv2 over the archival
+vocabulary, or RAM tags grounded by OWLv2), SAM turns each box into a mask at scan resolution.
+Sidecar hints reuse the same :class:`~mtcolor_batch.perception.segmenter.Segmenter` (and its
+cached image embedding) through ``hints.resolve``; ``instances.finalize`` then settles overlaps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from mtcolor_batch.config import PerceptionSettings
+from mtcolor_batch.perception.models import Perception, load_perception
+from mtcolor_batch.perception.segmenter import Segmenter, luma_to_rgb_image
+from mtcolor_batch.perception.tagger import (
+    Detection,
+    detect,
+    find_ram_checkpoint,
+    load_ram_tagger,
+    load_vocabulary,
+    ram_available,
+    require_ram,
+)
+from mtcolor_batch.types import Box, Instance, Scan
+
+__all__ = ["Perception", "Segmenter", "load_perception", "perceive", "detections_to_scan_boxes"]
+
+
+def _queries(perception: Perception, settings: PerceptionSettings, image: object) -> list[str]:
+    """What to ask the detector for: RAM's tags if chosen (or auto and usable), else the vocabulary."""
+    has_ram = find_ram_checkpoint(perception.bundle_dir) is not None
+    use_ram = settings.tagger == "ram" or (settings.tagger == "auto" and has_ram and ram_available())
+    if not use_ram:
+        return load_vocabulary()
+    if perception.ram_tagger is None:
+        perception.ram_tagger = load_ram_tagger(perception.bundle_dir, perception.device)
+    return perception.ram_tagger.tags(image)  # type: ignore[attr-defined]
+
+
+def detections_to_scan_boxes(
+    detections: Sequence[Detection], image_size: tuple[int, int], scan_size: tuple[int, int]
+) -> list[Box]:
+    """Detector boxes (float, detector-image px; size as (w, h)) -> int scan boxes, grown outward."""
+    (iw, ih), (sh, sw) = image_size, scan_size
+    fx, fy = sw / iw, sh / ih
+    boxes: list[Box] = []
+    for d in detections:
+        x0, y0, x1, y1 = d.box
+        bx0, by0 = max(0, math.floor(x0 * fx)), max(0, math.floor(y0 * fy))
+        bx1, by1 = min(sw, math.ceil(x1 * fx)), min(sh, math.ceil(y1 * fy))
+        boxes.append((bx0, by0, max(bx0 + 1, bx1), max(by0 + 1, by1)))
+    return boxes
+
+
+def perceive(
+    scan: Scan,
+    perception: Perception | None,
+    settings: PerceptionSettings,
+    exclude: Sequence[str] = (),
+) -> list[Instance]:
+    """Auto instances of one scan, masks at scan resolution; ``[]`` when switched off or impossible.
+
+    ``exclude`` (the sidecar's ``exclude:`` list) removes labels before detection, so an excluded
+    thing costs nothing. Ids here are provisional: ``instances.finalize`` renumbers.
+    A tagger of ``ram`` that cannot load raises :class:`~mtcolor_batch.errors.UserError`.
+    """
+    if settings.auto_instances and settings.tagger == "ram":
+        require_ram()  # asked for by name: its absence is an error even when nothing else would run
+    if perception is None:
+        return []
+    if perception.segmenter is not None:
+        perception.segmenter.long_side = settings.size  # shared with sidecar prompts: one embedding
+    if not settings.auto_instances or settings.max_instances == 0 or not perception.can_auto_segment:
+        return []
+    assert perception.detector is not None and perception.segmenter is not None
+    image = luma_to_rgb_image(scan.luma, settings.size)
+    excluded = {e.strip().lower() for e in exclude}
+    queries = [q for q in _queries(perception, settings, image) if q not in excluded]
+    detections = detect(
+        perception.detector,
+        image,
+        queries,
+        threshold=settings.box_threshold,
+        max_detections=max(16, 4 * settings.max_instances),
+    )
+    boxes = detections_to_scan_boxes(detections, image.size, scan.size)
+    masks = perception.segmenter.segment_boxes_scored(scan.luma, boxes)
+    instances: list[Instance] = []
+    for det, box, (mask, _sam_score) in zip(detections, boxes, masks, strict=True):
+        if mask.any():
+            instances.append(
+                Instance(
+                    id=len(instances) + 1,
+                    label=det.label,
+                    text=det.label,
+                    mask=mask,
+                    box=box,
+                    source="auto",
+                    score=det.score,
+                )
+            )
+    return instances

@@ -1,0 +1,145 @@
+"""``mtcolor-batch models``: pull, list, verify and build model bundles."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from mtcolor_batch.errors import UserError
+
+app = typer.Typer(
+    help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
+)
+
+
+def _fail(exc: UserError) -> typer.Exit:
+    typer.echo(f"error: {exc.one_line()}", err=True)
+    return typer.Exit(1)
+
+
+def _parse_revisions(values: list[str]) -> dict[str, str]:
+    """``REV`` pins the SD 1.5 base; ``KEY=REV`` pins one component (base, controlnet, sam, detector)."""
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, rev = value.partition("=")
+        if not sep:
+            key, rev = "base", value
+        if not key or not rev:
+            raise typer.BadParameter(f"'{value}': use REV or KEY=REV")
+        out[key.strip()] = rev.strip()
+    return out
+
+
+@app.command("pull")
+def pull(
+    revision: list[str] = typer.Option(
+        [],
+        "--revision",
+        help="Hub revision: REV for the SD 1.5 base, or KEY=REV (base/controlnet/sam/detector).",
+    ),
+    dest: Path | None = typer.Option(
+        None, "--dest", help="Bundle folder (default: the cache's default bundle)."
+    ),
+    variant: str = typer.Option("fp16", "--variant", help="Weight variant of the base model: fp16 or none."),
+    no_perception: bool = typer.Option(False, "--no-perception", help="Skip SAM and the detector."),
+) -> None:
+    """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
+    from mtcolor_batch.model.bundle import pull_bundle
+
+    try:
+        bundle = pull_bundle(
+            dest,
+            revisions=_parse_revisions(revision),
+            variant=None if variant.lower() in ("", "none", "fp32") else variant,
+            perception=not no_perception,
+            log=lambda msg: typer.echo(msg, err=True),
+        )
+    except UserError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{bundle.path}  {bundle.name}  {bundle.revision}  weights {bundle.weights_sha256[:16]}")
+
+
+@app.command("list")
+def list_bundles(
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip hashing (fast; shows '-' for verified)."),
+) -> None:
+    """Bundles in the cache ($MTCOLOR_HOME/bundles): name, revision, tiny flag, verified."""
+    from mtcolor_batch.model.bundle import read_manifest, verify_problems
+    from mtcolor_batch.model.registry import bundles_dir
+
+    root = bundles_dir()
+    folders = (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.is_dir()
+        else []
+    )
+    if not folders:
+        typer.echo(f"no bundles in {root} (run `mtcolor-batch models pull` or `models tiny DIR`)")
+        return
+    bad = 0
+    typer.echo(f"{'folder':<24} {'name':<18} {'tiny':<5} {'verified':<9} revision")
+    for folder in folders:
+        try:
+            bundle = read_manifest(folder)
+        except UserError as exc:
+            bad += 1
+            typer.echo(f"{folder.name:<24} {'?':<18} {'?':<5} {'no':<9} {exc.message}")
+            continue
+        if no_verify:
+            verified = "-"
+        else:
+            ok = not verify_problems(bundle)
+            bad += not ok
+            verified = "yes" if ok else "NO"
+        tiny = "yes" if bundle.tiny else "no"
+        typer.echo(f"{folder.name:<24} {bundle.name:<18} {tiny:<5} {verified:<9} {bundle.revision}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify(
+    directory: Path | None = typer.Argument(
+        None, help="Bundle folder (default: the cache's default bundle)."
+    ),
+) -> None:
+    """Check every file of a bundle against the sha256 in its mtcolor.json."""
+    from mtcolor_batch.model.bundle import read_manifest, verify_problems
+    from mtcolor_batch.model.registry import default_bundle_dir
+
+    folder = directory or default_bundle_dir()
+    try:
+        bundle = read_manifest(folder)
+    except UserError as exc:
+        raise _fail(exc) from None
+    t0 = time.perf_counter()
+    problems = verify_problems(bundle)
+    for line in problems:
+        typer.echo(f"error: {line}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(
+        f"ok: {bundle.path} ({bundle.name} {bundle.revision}{', tiny' if bundle.tiny else ''}): "
+        f"{len(bundle.files)} files verified in {time.perf_counter() - t0:.1f} s, "
+        f"weights {bundle.weights_sha256[:16]}"
+    )
+
+
+@app.command("tiny")
+def tiny(
+    directory: Path = typer.Argument(..., help="New (or empty) folder to write the tiny bundle into."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
+) -> None:
+    """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
+    from mtcolor_batch.model.tiny import write_tiny_bundle
+
+    t0 = time.perf_counter()
+    try:
+        path = write_tiny_bundle(directory, seed=seed)
+    except UserError as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        f"wrote tiny random bundle {path} in {time.perf_counter() - t0:.1f} s (colours are meaningless)"
+    )

@@ -1,0 +1,133 @@
+"""``mtcolor-batch run SCANS``: the overnight batch job (thin: parse, build the profile, call the runner).
+
+Every option that changes output maps to one profile key and is applied through
+``config.load_profile`` overrides, so the effective profile (and thus fingerprints and provenance)
+is the single source of truth. Options left unset keep the profile's value.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from mtcolor_batch.config import load_profile
+from mtcolor_batch.errors import UserError
+from mtcolor_batch.jobs.runner import EXIT_USAGE, RunRequest, console_for_run, run_batch
+from mtcolor_batch.scan.discover import parse_shard
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def run_command(
+    scans: Path = typer.Argument(..., help="Folder of scans (searched recursively) or one image file."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder [default: <SCANS>-colorized beside it]."
+    ),
+    profile: str = typer.Option("default", "--profile", "-p", help="Built-in profile name or a YAML file."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Bundle folder or cached bundle id."),
+    shard: str | None = typer.Option(
+        None, "--shard", help="K/N: only this shard of the files (own journal)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (files, sidecars, done) and exit."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also redo files that failed before."),
+    force: bool = typer.Option(False, "--force", help="Redo every file, even done ones."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
+    seed: int | None = typer.Option(None, "--seed", help="Fixed seed [default: from each file's sha256]."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Global text when a sidecar gives none."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    controlnet_scale: float | None = typer.Option(None, "--controlnet-scale", help="ControlNet strength."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Fraction of steps sampled per instance."),
+    beta: float | None = typer.Option(None, "--beta", help="Weight of the global branch in the fusion."),
+    working_size: int | None = typer.Option(None, "--working-size", help="Chroma working long side (px)."),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", help="Tile size (px) above which tiling starts."
+    ),
+    dtype: str | None = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16."),
+    max_instances: int | None = typer.Option(None, "--max-instances", help="Cap on instances per scan."),
+    auto_instances: bool | None = typer.Option(
+        None, "--auto-instances/--no-auto-instances", help="Detect instances automatically."
+    ),
+    strict_hints: bool | None = typer.Option(
+        None, "--strict-hints/--no-strict-hints", help="Hold hinted instances to their hint colour."
+    ),
+    max_megapixels: float | None = typer.Option(
+        None, "--max-megapixels", help="Decompression-bomb limit (MP)."
+    ),
+    jpeg_quality: int | None = typer.Option(None, "--jpeg-quality", help="JPEG/WebP output quality."),
+    no_json: bool = typer.Option(False, "--no-json", help="Do not write <stem>.color.json records."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) | ray (a Ray cluster)."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster; auto = the running one (default: start Ray here)."
+    ),
+    gpus_per_worker: float | None = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per Ray worker (default: 1 if the cluster has GPUs, else 0)."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Ray workers (default: one per GPU, or one per CPU without GPUs)."
+    ),
+) -> None:
+    """Colorize every scan under SCANS, resumably; outputs go to <SCANS>-colorized by default.
+
+    Exit codes: 0 all good, 1 some files failed, 2 usage/setup error, 130 interrupted (resume with
+    the same command).
+    """
+    console = console_for_run()
+    try:
+        if device is not None and device.split(":")[0] not in _DEVICES:
+            raise UserError(f"unknown --device '{device}'", hint="auto, cpu, cuda, cuda:N or mps")
+        overrides = {
+            "device": device,
+            "seed": seed,
+            "sampling.steps": steps,
+            "sampling.prompt": prompt,
+            "sampling.guidance_scale": guidance,
+            "sampling.controlnet_scale": controlnet_scale,
+            "sampling.alpha": alpha,
+            "sampling.beta": beta,
+            "sampling.working_long_side": working_size,
+            "sampling.tile_size": tile_size,
+            "sampling.dtype": dtype,
+            "perception.max_instances": max_instances,
+            "perception.auto_instances": auto_instances,
+            "hints.strict": strict_hints,
+            "scan.max_megapixels": max_megapixels,
+            "output.jpeg_quality": jpeg_quality,
+            "output.write_json": False if no_json else None,
+        }
+        effective = load_profile(profile, overrides)
+        request = RunRequest(
+            scans=scans,
+            profile=effective,
+            out=out,
+            model=model,
+            shard=parse_shard(shard),
+            dry_run=dry_run,
+            retry_failed=retry_failed,
+            force=force,
+            argv=sys.argv[1:],
+        )
+        code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
+    except UserError as exc:
+        console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    raise typer.Exit(code)
+
+
+def _executor(
+    kind: str, address: str | None, gpus: float | None, workers: int | None
+) -> Callable[..., bool] | None:
+    """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
+    if kind == "ray":
+        from mtcolor_batch.jobs.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
+    if kind != "local":
+        raise UserError(f"unknown --executor '{kind}'", hint="local or ray")
+    if address is not None or gpus is not None or workers is not None:
+        raise UserError("--address, --gpus-per-worker and --workers need --executor ray")
+    return None

@@ -1,0 +1,109 @@
+"""`mtcolor-batch dataset build` and `mtcolor-batch train`: thin shells over mtcolor_batch.train.
+
+Exit codes: 0 all good, 1 some photos failed (dataset build), 2 a usage/input error (one line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mtcolor_batch.errors import UserError
+
+dataset_app = typer.Typer(help="Build training datasets from colour photos.", no_args_is_help=True)
+_err = Console(stderr=True)
+
+
+def _fail(exc: UserError) -> typer.Exit:
+    _err.print(f"[red]error:[/red] {exc.one_line()}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(2)
+
+
+@dataset_app.command("build")
+def dataset_build(
+    color_images: Path = typer.Argument(..., help="Folder (or file) of colour photos."),
+    out: Path = typer.Argument(..., help="Dataset folder (created; resumed when it has a manifest)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N photos (sorted paths)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Bundle whose sam/ + detector/ find the instances (none: no instances)."
+    ),
+    captioner: Path | None = typer.Option(
+        None, "--captioner", help="Local BLIP-2-class model folder for richer global texts (optional)."
+    ),
+    max_side: int = typer.Option(1024, "--max-side", min=64, help="Long side of the stored images."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Turn colour photos into a training set: gray inputs, instance masks, instance and global texts."""
+    from mtcolor_batch.train.dataset import build_dataset
+    from mtcolor_batch.train.trainer import resolve_device
+
+    try:
+        with Progress(
+            TextColumn("[bold]dataset[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=_err,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, relpath: str) -> None:
+                bar.update(task, completed=done, total=total, description=relpath)
+
+            report = build_dataset(
+                color_images,
+                out,
+                bundle=model,
+                limit=limit,
+                device=str(resolve_device(device)),
+                captioner_dir=captioner,
+                max_side=max_side,
+                progress=progress,
+            )
+    except UserError as exc:
+        raise _fail(exc) from exc
+    for warning in report.warnings:
+        _err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    for relpath, message in report.failed:
+        _err.print(f"[red]failed:[/red] {relpath}: {message}", highlight=False, soft_wrap=True)
+    typer.echo(f"{report.added} added, {report.skipped} skipped, {len(report.failed)} failed -> {out}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def train_command(
+    stage: int = typer.Option(
+        ..., "--stage", min=1, max=2, help="1: instance guidance; 2: ControlNet + PMAM."
+    ),
+    data: Path = typer.Option(..., "--data", help="Dataset folder from `dataset build`."),
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle to start from (stage 2: stage 1's output)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints/, loss.jsonl and the new bundle/."),
+    config: Path | None = typer.Option(None, "--config", help="Training YAML (keys of profiles/train.yaml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Override the config's steps."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Train MT-Color's modules (paper's two stages) and write a new bundle `run --model` loads."""
+    from mtcolor_batch.train.config import load_train_config
+    from mtcolor_batch.train.trainer import train
+
+    try:
+        cfg = load_train_config(config, {"steps": steps})
+        result = train(
+            stage=stage,
+            data=data,
+            bundle=bundle,
+            out=out,
+            config=cfg,
+            resume=resume,
+            device=device,
+            log=lambda line: _err.print(line, highlight=False, soft_wrap=True),
+        )
+    except UserError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"stage {stage}: {result.steps} steps, final loss {result.final_loss:.5f} -> {result.bundle}")

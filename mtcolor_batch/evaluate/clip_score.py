@@ -1,0 +1,172 @@
+"""CLIP score of each instance crop against the text it was coloured with.
+
+MT-Color conditions every instance on its own text, so "does the crop look like its text" is the
+per-instance check the paper's CLIP score stands for. The Stable Diffusion bundle carries only a
+CLIP *text* encoder, so scoring needs a full CLIP (text + vision) as an optional ``clip/``
+component of the bundle (transformers ``CLIPModel`` + tokenizer + image processor in one folder,
+safetensors). Without it, eval says so and leaves the column empty rather than guessing.
+
+Score = 100 * max(cos(image, text), 0), the torchmetrics / Hessel et al. convention.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mtcolor_batch.errors import ModelError
+
+CLIP_COMPONENT = "clip"
+
+
+def find_clip_dir(path: Path) -> Path | None:
+    """The CLIP folder for a bundle dir (its ``clip/``) or a CLIP folder given directly; None if absent."""
+    for candidate in (path / CLIP_COMPONENT, path):
+        cfg = candidate / "config.json"
+        if cfg.is_file():
+            try:
+                data = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if data.get("model_type") == "clip":
+                return candidate
+    return None
+
+
+def _image_processor_class() -> type:
+    """transformers 5 routes ``CLIPImageProcessor`` to a torchvision backend we cannot load; use PIL."""
+    try:
+        from transformers import CLIPImageProcessorPil
+
+        return CLIPImageProcessorPil
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor
+
+
+def _features(out: object) -> Any:
+    """``get_*_features`` returns a tensor in transformers 4 and an output object in 5."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise ModelError("unexpected CLIP feature output type: " + type(out).__name__)
+    return pooled
+
+
+class ClipScorer:
+    """A loaded CLIP model scoring image crops against texts, on CPU or a given device."""
+
+    def __init__(self, clip_dir: Path, device: str = "cpu") -> None:
+        import torch
+        from transformers import CLIPModel, CLIPTokenizer
+
+        try:
+            self.model = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(device).eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+            self.processor = _image_processor_class().from_pretrained(clip_dir)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load CLIP: {exc}", path=clip_dir) from exc
+        self.device = device
+        self.clip_dir = clip_dir
+        self._torch = torch
+
+    def score(self, crops: Sequence[Image.Image | np.ndarray], texts: Sequence[str]) -> list[float]:
+        """CLIP score of ``crops[i]`` against ``texts[i]``."""
+        if len(crops) != len(texts):
+            raise ValueError("one text per crop")
+        if not crops:
+            return []
+        torch = self._torch
+        images = [c if isinstance(c, Image.Image) else Image.fromarray(_to_uint8(c)) for c in crops]
+        pix = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        max_len = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+        tok = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            img = _features(self.model.get_image_features(pixel_values=pix))
+            txt = _features(self.model.get_text_features(**tok))
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            cos = (img * txt).sum(dim=-1)
+        return [float(v) for v in (100.0 * cos.clamp(min=0)).cpu()]
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def crop_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """The instance's box from a full-resolution output, clipped to the image; None when empty."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return rgb[y0:y1, x0:x1]
+
+
+def _tiny_vocab() -> tuple[dict[str, int], list[str]]:
+    """A byte-level BPE vocabulary with no merges: every text tokenises, offline, in 514 ids."""
+    try:  # transformers 5 keeps it here; 4.x in the GPT-2 tokenizer
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    except ImportError:
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, ["#version: 0.2"]
+
+
+def write_tiny_clip(path: Path) -> Path:
+    """Write a tiny random CLIP (text + vision) for tests and the offline demo; returns ``path``.
+
+    Random weights give meaningless scores; it exists so the scoring path runs end to end without
+    the network. A bundle gets it as ``<bundle>/clip``.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _tiny_vocab()
+    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (path / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
+    # positional paths: the keyword names differ between transformers 4 (vocab_file) and 5 (vocab)
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(path)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path, safe_serialization=True)
+    _image_processor_class()(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
+    return path

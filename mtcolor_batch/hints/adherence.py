@@ -1,0 +1,307 @@
+"""Strict colour adherence: hold each hinted instance to its stated colour, and measure it always.
+
+Why a mean shift: the model's chroma map carries useful local variation (folds in a coat, shading
+on a tram). Adding one constant (a*, b*) offset per instance moves the instance's mean colour onto
+the hint while keeping that variation; the offset is feathered to zero at the mask edge
+(``feather_px``) so no hard seam appears, and rescaled so the mask mean still lands on the hint.
+
+The luminance lock: the output's L* is the scan's (``render.chroma``), never the hint's. A hint of
+navy (L* 13) on a coat the scan shows mid-grey (L* 50) can only ever look like a mid-tone navy.
+Two CIEDE2000 figures are therefore reported per hinted instance:
+
+- ``delta_e``: hint (L, a, b) vs the mean result colour with the scan's L: what a viewer sees,
+  including the lightness difference no colorizer is allowed to fix;
+- ``delta_e_chroma``: the same with the hint's L replaced by the instance's mean L: how well the
+  colour itself (hue and chroma) was matched. Strict mode drives this one under 5.
+
+What is measured is what compose will display: ``render.chroma.compose`` first smooths chroma
+with a guided filter (a thin region borrows chroma from its neighbours) and then keeps L* and hue
+while scaling chroma down into sRGB. Both steps are reproduced at working resolution and the shift
+is corrected until the displayed mean meets the hint. Where that is impossible (a colour on the
+sRGB boundary, such as navy = #000080, on pixels darker than itself; saturated blue on a near-white
+region) ``limited`` is set and the figures say how far off it stayed: nothing is hidden.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+from skimage.color import deltaE_ciede2000, rgb2lab
+
+from mtcolor_batch.config import HintSettings
+from mtcolor_batch.render.chroma import compose, guided_coefficients, lab_to_srgb_locked, luma_to_lightness
+from mtcolor_batch.types import Instance
+
+__all__ = ["chroma_delta_e", "enforce", "feather_weights", "measure_rgb"]
+
+MAX_ITERATIONS = 6
+"""Displayed-colour evaluations per image; each correction closes most of the remaining gap."""
+TOLERANCE = 0.25
+"""a*/b* units: a remaining mean error below this needs no further correction."""
+LIMIT_DELTA_E = 1.0
+"""Chroma-only ΔE00 left after strict mode at or above which ``limited`` is reported."""
+MIN_MEAN_WEIGHT = 0.5
+"""Feathering is narrowed until the mean weight inside a mask is at least this (thin masks)."""
+
+
+def feather_weights(mask: np.ndarray, feather_px: float) -> np.ndarray:
+    """Weights in [0, 1]: 0 outside, rising smoothly to 1 at ``feather_px`` inside the edge.
+
+    The ramp lies inside the mask so pixels of neighbouring instances are never touched; for thin
+    masks it is narrowed so the offset needed to reach the mean (offset / mean weight) stays modest.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if feather_px <= 0 or not mask.any():
+        return mask.astype(np.float64)
+    dist = distance_transform_edt(mask)  # 1 on the edge pixels, growing inwards
+    width = float(feather_px)
+    while True:
+        t = np.clip(dist / width, 0.0, 1.0)
+        weights = t * t * (3.0 - 2.0 * t)  # smoothstep: no visible kink where the ramp ends
+        if width <= 1.0 or weights[mask].mean() >= MIN_MEAN_WEIGHT:
+            return weights
+        width /= 2.0
+
+
+def chroma_delta_e(hint_lab: Sequence[float], mean_lab: Sequence[float]) -> float:
+    """CIEDE2000 with the hint's L replaced by the result's L: hue/chroma match only."""
+    a = np.array([mean_lab[0], hint_lab[1], hint_lab[2]], dtype=np.float64)
+    b = np.asarray(mean_lab, dtype=np.float64)
+    return float(deltaE_ciede2000(a, b))
+
+
+def _delta_e(lab1: Sequence[float], lab2: Sequence[float]) -> float:
+    return float(deltaE_ciede2000(np.asarray(lab1, dtype=np.float64), np.asarray(lab2, dtype=np.float64)))
+
+
+def _compose_defaults() -> tuple[int, float]:
+    params = inspect.signature(compose).parameters
+    return int(params["radius"].default), float(params["eps"].default)
+
+
+COMPOSE_RADIUS, COMPOSE_EPS = _compose_defaults()
+"""compose's guided-upsampling settings: adherence predicts the displayed colour with the same ones."""
+
+
+class _Display:
+    """Predicts the mean colour compose will display inside each mask, for a given ab map.
+
+    compose = guided filter (chroma follows the luma edges, averaging over a few working pixels)
+    then per-pixel gamut reduction at the locked L*. Both are reproduced exactly at working
+    resolution, on a crop around the instances and only for their pixels, so strict mode can
+    correct for them (a thin hinted region loses chroma to its neighbours in the guided filter; a
+    colour outside sRGB at the scan's lightness loses chroma to the gamut). The guided filter is
+    linear in the chroma, so the response to each instance's offset is computed once.
+    """
+
+    def __init__(self, luma: np.ndarray, masks: Sequence[np.ndarray]) -> None:
+        union = np.zeros(luma.shape, dtype=bool)
+        for m in masks:
+            union |= m
+        h, w = luma.shape
+        margin = 4 * COMPOSE_RADIUS + 2  # the guided filter reaches 2 * radius
+        if union.any():
+            ys, xs = np.nonzero(union)
+            self.crop = (
+                max(0, ys.min() - margin),
+                min(h, ys.max() + 1 + margin),
+                max(0, xs.min() - margin),
+                min(w, xs.max() + 1 + margin),
+            )
+        else:
+            self.crop = (0, 0, 0, 0)
+        y0, y1, x0, x1 = self.crop
+        self.luma = luma[y0:y1, x0:x1].astype(np.float64)
+        self.masks = [m[y0:y1, x0:x1] for m in masks]
+        self.lightness = [luma_to_lightness(self.luma[m]) for m in self.masks]
+
+    def filtered(self, maps: np.ndarray) -> np.ndarray:
+        """Guided-filter output (2, h, w) of two crop-sized chroma maps (before the gamut step)."""
+        coeffs = guided_coefficients(self.luma, maps, COMPOSE_RADIUS, COMPOSE_EPS)
+        return np.stack([coeffs[0] * self.luma + coeffs[1], coeffs[2] * self.luma + coeffs[3]])
+
+    def response(self, weights: np.ndarray) -> np.ndarray:
+        """Filtered a* (= b*) response to a unit offset spread by ``weights`` (crop-sized).
+
+        Computed on the weights' support plus the filter's reach only: outside it the response is
+        exactly zero, and reflecting a zero border gives zero, so the sub-crop result is exact.
+        """
+        out = np.zeros(weights.shape, dtype=np.float64)
+        ys, xs = np.nonzero(weights)
+        if ys.size == 0:
+            return out
+        margin = 4 * COMPOSE_RADIUS + 2
+        h, w = weights.shape
+        y0, y1 = max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)
+        x0, x1 = max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)
+        sub = weights[y0:y1, x0:x1]
+        coeffs = guided_coefficients(
+            self.luma[y0:y1, x0:x1], np.stack([sub, sub]), COMPOSE_RADIUS, COMPOSE_EPS
+        )
+        out[y0:y1, x0:x1] = coeffs[0] * self.luma[y0:y1, x0:x1] + coeffs[1]
+        return out
+
+    def crop_of(self, ab: np.ndarray) -> np.ndarray:
+        y0, y1, x0, x1 = self.crop
+        return ab[:, y0:y1, x0:x1]
+
+    def shown_mean(self, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Mean CIELAB of mask ``k`` once its filtered a*, b* pass compose's gamut step."""
+        rgb = lab_to_srgb_locked(self.luma[self.masks[k]], a, b)
+        shown = rgb2lab(rgb.reshape(-1, 1, 3), illuminant="D65", observer="2").reshape(-1, 3)
+        return np.array([self.lightness[k].mean(), shown[:, 1].mean(), shown[:, 2].mean()])
+
+    def means(self, pre: np.ndarray | None) -> list[np.ndarray | None]:
+        """Mean displayed CIELAB (L from the scan) per mask from filtered chroma ``pre`` (crop)."""
+        if pre is None:
+            return [None for _ in self.masks]
+        return [
+            self.shown_mean(k, pre[0][m], pre[1][m]) if m.any() else None for k, m in enumerate(self.masks)
+        ]
+
+
+def enforce(
+    ab: np.ndarray,
+    luma_w: np.ndarray,
+    instances_w: Sequence[Instance],
+    settings: HintSettings,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Apply strict adherence (when ``settings.strict``) and measure every instance.
+
+    ``ab``: (2, h, w) float32 CIELAB a*, b* at working resolution; ``luma_w``: (h, w) working luma
+    (sRGB-encoded gray, as ``render.chroma`` defines it); ``instances_w``: masks at (h, w),
+    exclusive. Returns the (possibly) adjusted ``ab`` (a new array) and one stats dict per
+    instance: ``id``, ``label``, ``source``, ``area``, ``hint`` ({name, lab} or None), ``mean_lab``
+    and ``mean_lab_before`` (L from the scan, a*/b* as compose will display them), and for hinted
+    instances ``delta_e`` / ``delta_e_chroma`` (after) and ``*_before``, ``strict``, ``shift_ab``
+    (mean a*/b* offset applied) and ``limited`` (the hint could not be met within 1 ΔE00 of
+    chroma: outside sRGB at the scan's lightness, or a region too thin for the chroma resolution).
+    """
+    ab = np.asarray(ab)
+    if ab.ndim != 3 or ab.shape[0] != 2:
+        raise ValueError(f"ab must be (2, h, w), got {ab.shape}")
+    if luma_w.shape != ab.shape[1:]:
+        raise ValueError(f"luma {luma_w.shape} and ab {ab.shape[1:]} differ in size")
+    masks = []
+    for inst in instances_w:
+        mask = np.asarray(inst.mask, dtype=bool)
+        if mask.shape != luma_w.shape:
+            raise ValueError(f"instance {inst.id} mask {mask.shape} is not at working size {luma_w.shape}")
+        masks.append(mask)
+    base = ab.astype(np.float32, copy=True)
+    display = _Display(luma_w, masks)
+    has_pixels = display.crop[1] > display.crop[0]
+    pre = display.filtered(display.crop_of(base).astype(np.float64)) if has_pixels else None
+    before = display.means(pre)
+    out = base
+    after = before
+    active = [
+        k
+        for k, inst in enumerate(instances_w)
+        if settings.strict and inst.color is not None and before[k] is not None
+    ]
+    if active:
+        assert pre is not None
+        out, after = _shift(base, pre, display, [instances_w[k] for k in active], active, before, settings)
+    stats: list[dict[str, Any]] = []
+    for k, inst in enumerate(instances_w):
+        entry: dict[str, Any] = {
+            "id": inst.id,
+            "label": inst.label,
+            "source": inst.source,
+            "area": int(masks[k].sum()),
+            "hint": None if inst.color is None else {"name": inst.color.name, "lab": list(inst.color.lab)},
+            "resolution": "working",
+        }
+        if before[k] is None:
+            stats.append(entry)
+            continue
+        entry["mean_lab_before"] = [float(v) for v in before[k]]
+        entry["mean_lab"] = [float(v) for v in after[k]]
+        if inst.color is not None:
+            hint = inst.color.lab
+            entry["delta_e_before"] = _delta_e(hint, before[k])
+            entry["delta_e_chroma_before"] = chroma_delta_e(hint, before[k])
+            entry["delta_e"] = _delta_e(hint, after[k])
+            entry["delta_e_chroma"] = chroma_delta_e(hint, after[k])
+            entry["strict"] = bool(settings.strict)
+            moved = (out[:, masks[k]] - base[:, masks[k]]).mean(axis=1) if k in active else np.zeros(2)
+            entry["shift_ab"] = [float(moved[0]), float(moved[1])]
+            entry["limited"] = bool(k in active and entry["delta_e_chroma"] >= LIMIT_DELTA_E)
+        stats.append(entry)
+    return out, stats
+
+
+def _shift(
+    base: np.ndarray,
+    pre: np.ndarray,
+    display: _Display,
+    hinted: Sequence[Instance],
+    index: Sequence[int],
+    before: Sequence[np.ndarray | None],
+    settings: HintSettings,
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Feathered constant offsets per hinted instance, corrected until the displayed means match.
+
+    Offsets are capped (twice the first estimate + 20) so an unreachable hint saturates instead
+    of running away; the residual is then reported as ``limited``. a*, b* are not clipped: compose
+    takes any value and brings it into gamut itself.
+    """
+    masks = [display.masks[k] for k in index]  # cropped to display.crop
+    weights = [feather_weights(m, settings.feather_px) for m in masks]
+    mean_w = [float(wt[m].mean()) for wt, m in zip(weights, masks, strict=True)]
+    # Filtered response at every hinted mask to a unit offset of each instance (linear filter).
+    response = [display.response(wt) for wt in weights]
+    reach = [[response[j][m] for j in range(len(masks))] for m in masks]
+    base_pre = [(pre[0][m], pre[1][m]) for m in masks]
+    targets = [np.array(inst.color.lab[1:], dtype=np.float64) for inst in hinted]  # type: ignore[union-attr]
+    offsets = [(t - before[k][1:]) / mw for t, k, mw in zip(targets, index, mean_w, strict=True)]  # type: ignore[index]
+    caps = [2.0 * float(np.linalg.norm(o)) + 20.0 for o in offsets]
+    for step in range(MAX_ITERATIONS):
+        errors = []
+        for i, k in enumerate(index):
+            a = base_pre[i][0] + sum(offsets[j][0] * reach[i][j] for j in range(len(masks)))
+            b = base_pre[i][1] + sum(offsets[j][1] * reach[i][j] for j in range(len(masks)))
+            errors.append(targets[i] - display.shown_mean(k, a, b)[1:])
+        if max(float(np.abs(e).max()) for e in errors) < TOLERANCE or step == MAX_ITERATIONS - 1:
+            break
+        for j, (err, mw, cap) in enumerate(zip(errors, mean_w, caps, strict=True)):
+            new = offsets[j] + err / mw
+            norm = float(np.linalg.norm(new))
+            offsets[j] = new if norm <= cap else new * (cap / norm)
+    out = base.copy()
+    region = display.crop_of(out)
+    pre_after = pre.copy()
+    for wt, resp, off in zip(weights, response, offsets, strict=True):
+        region += (wt[None] * off[:, None, None]).astype(np.float32)
+        pre_after += resp[None] * off[:, None, None]
+    return out, display.means(pre_after)
+
+
+def measure_rgb(rgb: np.ndarray, instances: Sequence[Instance]) -> list[dict[str, Any]]:
+    """Hint adherence of a finished sRGB image (H, W, 3 in [0, 1]) with masks at its resolution.
+
+    The provenance figures ``enforce`` gives are at working resolution; this re-measures on the
+    composed full-resolution output, i.e. exactly what is written to disk.
+    """
+    lab = rgb2lab(np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0), illuminant="D65", observer="2")
+    out: list[dict[str, Any]] = []
+    for inst in instances:
+        mask = np.asarray(inst.mask, dtype=bool)
+        entry: dict[str, Any] = {
+            "id": inst.id,
+            "label": inst.label,
+            "area": int(mask.sum()),
+            "resolution": "full",
+        }
+        if inst.color is not None and mask.any():
+            mean = [float(v) for v in lab[mask].mean(axis=0)]
+            entry["mean_lab"] = mean
+            entry["delta_e"] = _delta_e(inst.color.lab, mean)
+            entry["delta_e_chroma"] = chroma_delta_e(inst.color.lab, mean)
+        out.append(entry)
+    return out

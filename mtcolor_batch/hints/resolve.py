@@ -1,0 +1,434 @@
+"""Turn a validated sidecar into instances: regions at scan resolution with colour and text.
+
+Why every form ends as a plain bool mask: the sampler, the adherence step and provenance only ever
+see :class:`~mtcolor_batch.types.Instance`, so a label hint, a SAM box prompt, a polygon and a
+hand-painted mask file are treated identically downstream. Why warnings instead of silent drops: an
+archivist must be able to see, in the run summary and the provenance record, that a hint did not
+apply (no tram was detected, no segmenter for clicks) rather than find an uncoloured tram later.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image, ImageOps
+from skimage.draw import polygon as draw_polygon
+
+from mtcolor_batch.config import HintSettings
+from mtcolor_batch.errors import HintError
+from mtcolor_batch.hints.colors import describe
+from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
+from mtcolor_batch.types import Box, Instance, Scan
+
+__all__ = [
+    "PromptSegmenter",
+    "ResolvedHints",
+    "check_mask_file",
+    "mask_box",
+    "resolve_hints",
+    "resolve_mask_path",
+]
+
+DEFAULT_LABEL = "object"
+"""Label of a drawn region (box/points/polygon/mask) when the hint names none."""
+
+
+@runtime_checkable
+class PromptSegmenter(Protocol):
+    """What resolve needs from a segmenter (perception.segmenter.Segmenter satisfies it).
+
+    Coordinates are (x, y) pixels of ``luma``; masks come back bool at ``luma``'s shape.
+    """
+
+    def segment_boxes(self, luma: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]: ...
+
+    def segment_points(
+        self, luma: np.ndarray, points: Sequence[tuple[float, float]], labels: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, float]: ...
+
+
+@dataclass
+class ResolvedHints:
+    """Auto instances (minus excluded, label hints applied) + drawn regions, and what went unmatched."""
+
+    instances: list[Instance]
+    prompt: str | None
+    seed: int | None
+    warnings: list[str] = field(default_factory=list)
+    sidecar_sha256: str | None = None
+    exclude: list[str] = field(default_factory=list)
+
+
+def _norm_label(text: str) -> str:
+    return " ".join(text.strip().lower().replace("_", " ").split())
+
+
+def mask_box(mask: np.ndarray) -> Box:
+    """Tight (x0, y0, x1, y1) box of a non-empty mask, x1/y1 exclusive."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+
+
+def _where(sidecar_path: Path | None, hint: InstanceHint) -> str:
+    name = sidecar_path.name if sidecar_path is not None else "sidecar"
+    return f"{name}:{hint.line} (instance {hint.position})"
+
+
+def _fail(sidecar_path: Path | None, hint: InstanceHint, message: str, fix: str) -> HintError:
+    return HintError(
+        f"instance {hint.position}: {message}",
+        path=sidecar_path,
+        line=hint.line,
+        column=hint.column,
+        hint=fix,
+    )
+
+
+# -- mask files ---------------------------------------------------------------------------------------
+
+
+def resolve_mask_path(raw: str, sidecar_path: Path, scan_root: Path) -> Path:
+    """The real path of a hint's mask file, refusing anything that leaves ``scan_root``.
+
+    Rules: no absolute paths; the path is taken relative to the sidecar's folder; after following
+    every symlink and '..' it must still be inside ``scan_root`` (so neither '../../etc/x.png' nor a
+    symlink pointing out of the tree can make the tool read a file the archive does not contain).
+    """
+    if PurePosixPath(raw).is_absolute() or PureWindowsPath(raw).is_absolute() or raw.startswith(("~", "\\")):
+        raise HintError(
+            f"mask path '{raw}' is absolute",
+            path=sidecar_path,
+            hint="write it relative to the sidecar, inside the scan folder (e.g. masks/coat.png)",
+        )
+    root = Path(scan_root).resolve()
+    candidate = Path(sidecar_path).parent / raw
+    try:
+        real = candidate.resolve(strict=True)
+    except FileNotFoundError:
+        raise HintError(
+            f"mask file '{raw}' not found (looked for {candidate})",
+            path=sidecar_path,
+            hint="the path is relative to the folder the sidecar is in",
+        ) from None
+    except (OSError, RuntimeError) as exc:  # symlink loops
+        raise HintError(f"mask path '{raw}' cannot be resolved: {exc}", path=sidecar_path) from None
+    if not real.is_relative_to(root):
+        if ".." in PurePosixPath(raw.replace("\\", "/")).parts and not _has_symlink(candidate):
+            why = "uses '..' to leave the scan folder"
+        else:
+            why = f"is a symlink to {real}, outside the scan folder"
+        raise HintError(
+            f"mask path '{raw}' {why}",
+            path=sidecar_path,
+            hint=f"keep mask files inside {root}",
+        )
+    if not real.is_file():
+        raise HintError(f"mask path '{raw}' is not a file", path=sidecar_path)
+    return real
+
+
+def check_mask_file(raw: str, sidecar_path: Path, scan_root: Path, size: tuple[int, int] | None) -> Path:
+    """Everything about a mask file that can be checked without decoding it (for `hints check`).
+
+    Path rules of :func:`resolve_mask_path`, then the image header: readable, and (with ``size``,
+    the scan's (h, w)) the same size as the scan in either orientation.
+    """
+    real = resolve_mask_path(raw, sidecar_path, scan_root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(real) as image:
+                mask_size = image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise HintError(f"cannot read mask '{raw}': {exc}", path=sidecar_path) from None
+    if size is not None:
+        h, w = size
+        if mask_size not in {(w, h), (h, w)}:
+            raise HintError(
+                f"mask '{raw}' is {mask_size[0]}x{mask_size[1]} px but the scan is {w}x{h}",
+                path=sidecar_path,
+                hint="paint the mask on a copy of the scan at its full size",
+            )
+    return real
+
+
+def _has_symlink(path: Path) -> bool:
+    current = Path(path)
+    for part in [current, *current.parents]:
+        try:
+            if part.is_symlink():
+                return True
+        except OSError:
+            return False
+    return False
+
+
+def _load_mask_file(path: Path, size: tuple[int, int], sidecar_path: Path, raw: str) -> np.ndarray:
+    """White (or, with transparency, opaque) pixels are the region; size must equal the scan's."""
+    h, w = size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.size not in {(w, h), (h, w)}:  # (h, w): EXIF-rotated masks are turned below
+                    raise HintError(
+                        f"mask '{raw}' is {image.size[0]}x{image.size[1]} px but the scan is {w}x{h}",
+                        path=sidecar_path,
+                        hint="paint the mask on a copy of the scan at its full size",
+                    )
+                upright = ImageOps.exif_transpose(image)
+                if upright.size != (w, h):
+                    raise HintError(
+                        f"mask '{raw}' is {upright.width}x{upright.height} px upright; the scan is {w}x{h}",
+                        path=sidecar_path,
+                        hint="paint the mask on a copy of the scan at its full size",
+                    )
+                bands = upright.getbands()
+                if "A" in bands:
+                    alpha = np.asarray(upright.getchannel("A"))
+                    if alpha.min() < 255:
+                        return alpha >= 128
+                if upright.mode == "1":
+                    return np.asarray(upright, dtype=bool)
+                return np.asarray(upright.convert("L")) >= 128
+    except HintError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise HintError(f"cannot read mask '{raw}': {exc}", path=sidecar_path) from None
+
+
+# -- regions ----------------------------------------------------------------------------------------------
+
+
+def _box_pixels(box: Sequence[float], size: tuple[int, int]) -> Box:
+    """Float box -> integer pixel box covering it, clipped to the image."""
+    h, w = size
+    x0, y0, x1, y1 = box
+    return (
+        max(0, math.floor(x0)),
+        max(0, math.floor(y0)),
+        min(w, math.ceil(x1)),
+        min(h, math.ceil(y1)),
+    )
+
+
+def _box_mask(box: Box, size: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def _polygon_mask(points: Sequence[Sequence[float]], size: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centres lie inside the polygon (skimage.draw.polygon), clipped to the image."""
+    mask = np.zeros(size, dtype=bool)
+    xs = np.array([p[0] for p in points], dtype=np.float64)
+    ys = np.array([p[1] for p in points], dtype=np.float64)
+    rr, cc = draw_polygon(ys, xs, shape=size)
+    mask[rr, cc] = True
+    return mask
+
+
+def _check_bounds(hint: InstanceHint, size: tuple[int, int], sidecar_path: Path | None) -> None:
+    h, w = size
+    fix = f"the upright scan is {w} px wide and {h} px high; x runs 0..{w}, y runs 0..{h}"
+    if hint.box is not None:
+        x0, y0, x1, y1 = hint.box
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            raise _fail(sidecar_path, hint, f"box {list(hint.box)} goes outside the {w}x{h} scan", fix)
+    for x, y in hint.points or []:
+        if not (0 <= x < w and 0 <= y < h):
+            raise _fail(sidecar_path, hint, f"point [{x:g}, {y:g}] is outside the {w}x{h} scan", fix)
+    for x, y in hint.polygon or []:
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise _fail(sidecar_path, hint, f"polygon corner [{x:g}, {y:g}] is outside the {w}x{h} scan", fix)
+
+
+def _region(
+    hint: InstanceHint,
+    scan: Scan,
+    segmenter: PromptSegmenter | None,
+    sidecar_path: Path | None,
+    scan_root: Path,
+    notes: list[str],
+) -> tuple[np.ndarray | None, float]:
+    """Mask (scan resolution) and score of a drawn region; None (with a note) when it cannot apply."""
+    size = scan.luma.shape
+    where = _where(sidecar_path, hint)
+    if hint.box is not None:
+        box = _box_pixels(hint.box, size)
+        if segmenter is None:
+            notes.append(f"{where}: no segmentation model, so the whole box is used as the region")
+            return _box_mask(box, size), 1.0
+        mask = np.asarray(segmenter.segment_boxes(scan.luma, [box])[0], dtype=bool)
+        if not mask.any():
+            notes.append(f"{where}: the segmenter found nothing in the box; the whole box is used")
+            return _box_mask(box, size), 1.0
+        return mask, 1.0
+    if hint.points is not None:
+        if segmenter is None:
+            notes.append(
+                f"{where}: points need the segmentation model (the model bundle has none); hint not applied "
+                "- use a box, polygon or mask instead"
+            )
+            return None, 0.0
+        pts = [(float(x), float(y)) for x, y in hint.points]
+        mask, score = segmenter.segment_points(scan.luma, pts)
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            notes.append(f"{where}: the segmenter found nothing at the clicked points; hint not applied")
+            return None, 0.0
+        return mask, float(score)
+    if hint.polygon is not None:
+        mask = _polygon_mask(hint.polygon, size)
+        if not mask.any():
+            notes.append(f"{where}: the polygon covers no pixel centre; hint not applied")
+            return None, 0.0
+        return mask, 1.0
+    if hint.mask is not None:
+        if sidecar_path is None:
+            raise _fail(
+                sidecar_path, hint, "a mask file needs the sidecar's location", "pass the sidecar path"
+            )
+        try:
+            real = resolve_mask_path(hint.mask, sidecar_path, scan_root)
+            mask = _load_mask_file(real, size, sidecar_path, hint.mask)
+        except HintError as exc:
+            raise HintError(
+                f"instance {hint.position}: {exc.message}",
+                path=sidecar_path,
+                line=hint.line,
+                column=hint.column,
+                hint=exc.hint,
+            ) from None
+        if not mask.any():
+            notes.append(f"{where}: mask '{hint.mask}' is empty (no white pixels); hint not applied")
+            return None, 0.0
+        return mask, 1.0
+    raise AssertionError("label hints are bound, not drawn")  # pragma: no cover
+
+
+def _default_text(hint: InstanceHint, label: str) -> str:
+    """'a {color} {label}' as in the MT-Color paper, or the archivist's own text."""
+    if hint.text:
+        return hint.text
+    assert hint.color_hint is not None  # schema: color and/or text
+    return f"a {describe(hint.color_hint)} {label}"
+
+
+def resolve_hints(
+    sidecar: Sidecar | None,
+    sidecar_path: Path | None,
+    scan: Scan,
+    autos: Sequence[Instance],
+    segmenter: PromptSegmenter | None,
+    scan_root: Path,
+    settings: HintSettings | None = None,
+) -> ResolvedHints:
+    """Apply a sidecar to one scan's auto instances.
+
+    - ``exclude`` removes auto instances with those labels (case-insensitive);
+    - a label hint binds to every auto instance of that label, or with ``index: k`` to the k-th
+      from the left (ties: top first); the bound instance keeps its mask and id, becomes
+      ``source="sidecar"`` and takes the hint's colour and text;
+    - box/points go to ``segmenter`` (box alone without one: the box itself, with a warning);
+      polygon and mask file give exact regions;
+    - a hint that applies to nothing adds a warning (it is never dropped silently);
+    - coordinates outside the scan and unsafe or mis-sized mask files raise :class:`HintError`
+      with the sidecar line, which fails this file only.
+
+    ``settings`` is accepted for symmetry with the other stages; resolution has no knobs yet.
+    """
+    del settings
+    autos = list(autos)
+    if sidecar is None:
+        return ResolvedHints(instances=autos, prompt=None, seed=None)
+    notes: list[str] = []
+    source = getattr(scan, "source", None)
+    if source is not None:
+        other = shadowed_sidecar(Path(source))
+        if other is not None:
+            used = sidecar_path.name if sidecar_path is not None else "the first sidecar"
+            notes.append(f"both {used} and {other.name} exist; using {used} ({other.name} is ignored)")
+    size = scan.luma.shape
+    excluded = {_norm_label(x) for x in sidecar.exclude}
+    kept = [a for a in autos if _norm_label(a.label) not in excluded]
+    next_id = max((a.id for a in autos), default=0) + 1
+    bound_by: dict[int, int] = {}  # auto id -> hint position that coloured it
+    drawn: list[Instance] = []
+    for hint in sidecar.instances:
+        _check_bounds(hint, size, sidecar_path)
+        where = _where(sidecar_path, hint)
+        if hint.region == "label":
+            label = hint.label or ""
+            key = _norm_label(label)
+            if key in excluded:
+                notes.append(f"{where}: label '{label}' is also listed under exclude; hint not applied")
+                continue
+            matches = sorted(
+                (k for k, a in enumerate(kept) if _norm_label(a.label) == key),
+                key=lambda k: (kept[k].box[0], kept[k].box[1], kept[k].id),
+            )
+            if not matches:
+                seen = sorted({a.label for a in kept})
+                notes.append(
+                    f"{where}: no '{label}' was detected"
+                    + (f" (detected: {', '.join(seen)})" if seen else " (nothing was detected)")
+                    + "; hint not applied - draw it with box:, polygon: or mask: instead"
+                )
+                continue
+            if hint.index is not None:
+                if hint.index > len(matches):
+                    notes.append(
+                        f"{where}: index {hint.index} but {len(matches)} '{label}' detected; hint not applied"
+                    )
+                    continue
+                matches = [matches[hint.index - 1]]
+            for k in matches:
+                auto = kept[k]
+                if auto.id in bound_by:
+                    notes.append(
+                        f"{where}: '{label}' #{auto.id} already coloured by instance {bound_by[auto.id]}; "
+                        "this later hint wins"
+                    )
+                bound_by[auto.id] = hint.position
+                kept[k] = replace(
+                    auto,
+                    source="sidecar",
+                    color=hint.color_hint,
+                    text=_default_text(hint, auto.label),
+                    score=1.0,
+                )
+            continue
+        mask, score = _region(hint, scan, segmenter, sidecar_path, scan_root, notes)
+        if mask is None:
+            continue
+        label = hint.label.strip() if hint.label else DEFAULT_LABEL
+        drawn.append(
+            Instance(
+                id=next_id,
+                label=label,
+                text=_default_text(hint, label),
+                mask=mask,
+                box=mask_box(mask),
+                source="sidecar",
+                score=score,
+                color=hint.color_hint,
+            )
+        )
+        next_id += 1
+    return ResolvedHints(
+        instances=kept + drawn,
+        prompt=sidecar.prompt,
+        seed=sidecar.seed,
+        warnings=notes,
+        sidecar_sha256=sidecar.sha256 or None,
+        exclude=list(sidecar.exclude),
+    )

@@ -1,0 +1,801 @@
+"""Sidecar hint files: find, read safely, validate, and say exactly where and how to fix a mistake.
+
+Why so strict: a sidecar states what colour something really was. A typo that is silently ignored
+(``colour:`` for ``color:``) would produce a confidently wrong archival record, so unknown keys are
+errors, and every error names file:line:column plus a plain-English fix.
+
+Safety: the file size is capped before it is read; YAML is parsed with a SafeLoader subclass
+(``yaml.safe_load`` semantics: plain data only, no Python tags); aliases (``*name``) are rejected
+outright, which makes "billion laughs" alias bombs impossible rather than merely bounded, and
+nesting deeper than :data:`MAX_DEPTH` is rejected. Sidecars never need aliases: each hint is a
+few lines.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from yaml.error import Mark
+
+from mtcolor_batch.errors import HintError
+from mtcolor_batch.hints.colors import parse_color
+from mtcolor_batch.types import ColorHint
+
+__all__ = [
+    "MAX_DEPTH",
+    "InstanceHint",
+    "Sidecar",
+    "check_sidecar",
+    "find_sidecar",
+    "load_sidecar",
+    "shadowed_sidecar",
+    "sidecar_candidates",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 16
+"""Deepest YAML nesting accepted (a sidecar needs 4: top, instances, item, point)."""
+
+REGION_KEYS = ("box", "points", "polygon", "mask")
+HELP = {
+    "version": "write version: 1",
+    "prompt": 'write prompt: "a street in 1910, overcast"',
+    "seed": "a whole number from 0 to 2**63-1, e.g. seed: 1234",
+    "instances": "instances is a list; start each hint with '- ' on its own line",
+    "exclude": "write exclude: [sky, water]",
+    "label": "write label: tram (a word the detector uses)",
+    "index": "index counts from 1, left to right among the detected instances with that label",
+    "box": "write box: [x0, y0, x1, y1] in scan pixels, x1 > x0 and y1 > y0",
+    "points": "write points: [[x, y], [x, y]] in scan pixels (clicks inside the thing)",
+    "polygon": "write polygon: [[x, y], [x, y], [x, y], ...] with at least 3 corners, in scan pixels",
+    "mask": "write mask: masks/photo_coat.png (a path relative to this sidecar)",
+    "color": 'write a colour name (navy, brick red), "#rrggbb" in quotes, rgb(r, g, b) or lab(L, a, b)',
+    "text": 'write text: "a dark green tram"',
+}
+SYNONYMS = {
+    "colour": "color",
+    "col": "color",
+    "rgb": "color",
+    "hex": "color",
+    "name": "label",
+    "tag": "label",
+    "object": "label",
+    "description": "text",
+    "caption": "text",
+    "bbox": "box",
+    "rect": "box",
+    "point": "points",
+    "clicks": "points",
+    "poly": "polygon",
+    "excludes": "exclude",
+    "ignore": "exclude",
+    "hints": "instances",
+    "regions": "instances",
+    "objects": "instances",
+}
+
+Number = float  # strict float also accepts ints; bools are rejected
+Point = list[Number]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class InstanceHint(_Strict):
+    """One hint: a region (``label`` of a detected thing, or box/points/polygon/mask) + colour/text."""
+
+    label: str | None = Field(
+        None, min_length=1, description="Detected label to bind to; names a drawn region."
+    )
+    index: int | None = Field(None, ge=1, description="Which detection of `label`, 1 = leftmost.")
+    box: list[Number] | None = Field(None, min_length=4, max_length=4, description="[x0, y0, x1, y1] px.")
+    points: list[Point] | None = Field(None, min_length=1, description="Positive clicks [[x, y], ...].")
+    polygon: list[Point] | None = Field(None, min_length=3, description="Exact region corners [[x, y], ...].")
+    mask: str | None = Field(None, min_length=1, description="Mask image path relative to the sidecar.")
+    color: str | None = Field(None, description="CSS/X11/archival name, #rrggbb, rgb(...), lab(L, a, b).")
+    text: str | None = Field(None, min_length=1, description="Instance text; default 'a {color} {label}'.")
+
+    _line: int = PrivateAttr(0)
+    _column: int = PrivateAttr(0)
+    _position: int = PrivateAttr(0)
+    _color_hint: ColorHint | None = PrivateAttr(None)
+
+    @property
+    def line(self) -> int:
+        """1-based line of the item's first key in the sidecar (for warnings and provenance)."""
+        return self._line
+
+    @property
+    def column(self) -> int:
+        return self._column
+
+    @property
+    def position(self) -> int:
+        """1-based position in the ``instances`` list."""
+        return self._position
+
+    @property
+    def color_hint(self) -> ColorHint | None:
+        """The parsed colour (CIELAB), checked at load time."""
+        return self._color_hint
+
+    @property
+    def region(self) -> Literal["label", "box", "points", "polygon", "mask"]:
+        """Which region form this hint uses (validated to be exactly one)."""
+        for key in REGION_KEYS:
+            if getattr(self, key) is not None:
+                return key  # type: ignore[return-value]
+        return "label"
+
+
+class Sidecar(_Strict):
+    """A validated sidecar file (``photo.jpg.yaml`` or ``photo.yaml``)."""
+
+    version: Literal[1] = Field(1, description="Format version; only 1 exists.")
+    prompt: str | None = Field(None, description="Global text for the whole photo.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Fixed seed for this photo.")
+    instances: list[InstanceHint] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list, description="Detected labels not to treat as instances.")
+
+    _path: Path | None = PrivateAttr(None)
+    _sha256: str = PrivateAttr("")
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the file's bytes: goes into provenance and the job fingerprint."""
+        return self._sha256
+
+
+# -- finding ------------------------------------------------------------------------------------
+
+
+def sidecar_candidates(image_path: Path) -> list[Path]:
+    """``photo.jpg.yaml`` then ``photo.yaml``: the order is the precedence."""
+    image_path = Path(image_path)
+    return [image_path.with_name(image_path.name + ".yaml"), image_path.with_name(image_path.stem + ".yaml")]
+
+
+def find_sidecar(image_path: Path) -> Path | None:
+    """The sidecar that applies to ``image_path``, or None.
+
+    When both forms exist the first (``photo.jpg.yaml``) wins and a warning names the ignored one;
+    resolve_hints repeats it into the file's warnings so it reaches the provenance record.
+    """
+    found = [p for p in sidecar_candidates(image_path) if p.is_file()]
+    if len(found) > 1:
+        log.warning("%s", _shadow_message(found[0], found[1]))
+    return found[0] if found else None
+
+
+def shadowed_sidecar(image_path: Path) -> Path | None:
+    """The second sidecar ignored because the first exists too, or None."""
+    found = [p for p in sidecar_candidates(image_path) if p.is_file()]
+    return found[1] if len(found) > 1 else None
+
+
+def _shadow_message(used: Path, ignored: Path) -> str:
+    return f"both {used.name} and {ignored.name} exist; using {used.name} ({ignored.name} is ignored)"
+
+
+# -- YAML with marks ------------------------------------------------------------------------------
+
+
+class _Rejected(Exception):
+    def __init__(self, mark: Mark, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.mark, self.message, self.hint = mark, message, hint
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and deep nesting; composition keeps every node's mark."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML hook
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Rejected(
+                event.start_mark,
+                f"YAML alias '*{event.anchor}' is not allowed in sidecars",
+                "write the value out in full; aliases are refused so a small file cannot expand "
+                "into a huge one",
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Rejected(
+                    self.peek_event().start_mark,
+                    f"nesting deeper than {MAX_DEPTH} levels",
+                    "a sidecar needs at most 4 levels (instances > item > points > [x, y])",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Located:
+    """Python data from the node tree plus the mark of every value and every mapping key."""
+
+    def __init__(self, loader: _MarkedLoader, source_lines: list[str]) -> None:
+        self.loader = loader
+        self.lines = source_lines
+        self.value_marks: dict[tuple, Mark] = {}
+        self.key_marks: dict[tuple, Mark] = {}
+        self.null_scalars: set[tuple] = set()
+        self.problems: list[tuple[Mark, str, str]] = []
+
+    def convert(self, node: yaml.Node, path: tuple) -> Any:
+        self.value_marks[path] = node.start_mark
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                self.problems.append(
+                    (
+                        node.start_mark,
+                        f"cannot read value: {_problem(exc)}",
+                        "YAML tags (!!...) are not allowed: write plain text",
+                    )
+                )
+                return None
+            if value is None:
+                self.null_scalars.add(path)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.problems.append((node.start_mark, "value is not a finite number", "write a number"))
+                return None
+            return value
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(child, (*path, i)) for i, child in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problems.append(
+                        (key_node.start_mark, "a key must be a plain word", "write key: value")
+                    )
+                    continue
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self.problems.append(
+                        (
+                            key_node.start_mark,
+                            "YAML merge keys ('<<') are not allowed",
+                            "write the keys out in full",
+                        )
+                    )
+                    continue
+                try:
+                    key = self.loader.construct_object(key_node)
+                except yaml.YAMLError as exc:
+                    self.problems.append(
+                        (key_node.start_mark, f"cannot read key: {_problem(exc)}", "write plain words")
+                    )
+                    continue
+                if not isinstance(key, str):
+                    self.problems.append(
+                        (
+                            key_node.start_mark,
+                            f"key {key!r} is not a word",
+                            "keys are names like color or box",
+                        )
+                    )
+                    continue
+                if key in out:
+                    self.problems.append(
+                        (
+                            key_node.start_mark,
+                            f"key '{key}' appears twice in the same block",
+                            f"keep one '{key}:' (YAML would silently use only the last one)",
+                        )
+                    )
+                    continue
+                self.key_marks[(*path, key)] = key_node.start_mark
+                out[key] = self.convert(value_node, (*path, key))
+            return out
+        raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover - composer never makes it
+
+    def mark_for(self, loc: Iterable[Any], *, key: bool = False) -> Mark | None:
+        """Mark of the deepest known prefix of ``loc`` (a key's own mark when ``key``)."""
+        path = tuple(loc)
+        if key and path in self.key_marks:
+            return self.key_marks[path]
+        while path:
+            if path in self.value_marks:
+                return self.value_marks[path]
+            path = path[:-1]
+        return self.value_marks.get(())
+
+    def comment_eaten_hex(self, path: tuple) -> bool:
+        """True when ``color: #8b0000`` lost its value to YAML's comment rule (unquoted '#')."""
+        mark = self.key_marks.get(path)
+        if mark is None or path not in self.null_scalars:
+            return False
+        line = self.lines[mark.line] if mark.line < len(self.lines) else ""
+        return "#" in line[mark.column :]
+
+
+def _problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc)
+    return str(problem).strip()
+
+
+def _error(path: Path, mark: Mark | None, message: str, hint: str | None) -> HintError:
+    if mark is None:
+        return HintError(message, path=path, hint=hint)
+    return HintError(message, path=path, line=mark.line + 1, column=mark.column + 1, hint=hint)
+
+
+def _syntax_hint(problem: str) -> str:
+    if "\t" in problem or "\\t" in problem or "tab" in problem:
+        return "indent with spaces, not tabs"
+    if "mapping values are not allowed" in problem:
+        return "put quotes around text that contains ': ' (a colon followed by a space)"
+    return "check the indentation and quotes on this line and the one before"
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def _read_capped(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, refusing anything but a regular file of at most ``max_bytes``."""
+    try:
+        if not path.is_file():
+            raise HintError("sidecar is not a regular file", path=path)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise HintError(
+                f"sidecar is {size} bytes, over the {max_bytes}-byte limit",
+                path=path,
+                hint="sidecars are a few lines; raise hints.max_sidecar_bytes only if this one must be big",
+            )
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise HintError(f"cannot read sidecar: {exc.strerror or exc}", path=path) from exc
+    if len(data) > max_bytes:
+        raise HintError(f"sidecar grew past the {max_bytes}-byte limit while being read", path=path)
+    return data
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise HintError(
+            "sidecar is not UTF-8 text", path=path, line=line, column=column, hint="save the file as UTF-8"
+        ) from exc
+
+
+def _parse(path: Path, text: str) -> tuple[Any, _Located]:
+    """YAML text -> (plain data, marks). Syntax problems and refused constructs raise HintError."""
+    loader = _MarkedLoader(text)
+    located = _Located(loader, text.splitlines())
+    try:
+        node = loader.get_single_node()
+        data = located.convert(node, ()) if node is not None else None
+    except _Rejected as exc:
+        raise _error(path, exc.mark, exc.message, exc.hint) from None
+    except yaml.MarkedYAMLError as exc:
+        problem = _problem(exc)
+        context = exc.context_mark
+        moved = context is not None and exc.problem_mark is not None and context.line != exc.problem_mark.line
+        if exc.context and moved:
+            problem += (
+                f" {exc.context.strip()} that starts at line {context.line + 1}, column {context.column + 1}"
+            )
+        raise _error(path, exc.problem_mark, f"YAML syntax error: {problem}", _syntax_hint(problem)) from None
+    except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML parse error is marked
+        raise HintError(f"YAML error: {exc}", path=path) from None
+    except RecursionError:
+        raise HintError(f"nesting deeper than {MAX_DEPTH} levels", path=path) from None
+    finally:
+        loader.dispose()
+    return data, located
+
+
+# -- validating ------------------------------------------------------------------------------------
+
+
+def _where(loc: tuple) -> str:
+    if len(loc) >= 2 and loc[0] == "instances" and isinstance(loc[1], int):
+        rest = ".".join(str(p) for p in loc[2:3])
+        return f"instance {loc[1] + 1}" + (f" '{rest}'" if rest else "")
+    if len(loc) >= 1:
+        return f"'{loc[0]}'"
+    return "sidecar"
+
+
+def _field_of(loc: tuple) -> str:
+    names = [p for p in loc if isinstance(p, str)]
+    return names[-1] if names else ""
+
+
+def _suggest_key(key: str, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    if key.lower() in SYNONYMS and SYNONYMS[key.lower()] in allowed:
+        return f"did you mean '{SYNONYMS[key.lower()]}'?"
+    close = difflib.get_close_matches(key.lower(), allowed, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"allowed keys here: {', '.join(allowed)}"
+
+
+def _translate(exc: ValidationError, prefix: tuple, located: _Located, path: Path, model: type[BaseModel]):
+    """Pydantic errors -> HintErrors with the mark of the offending key or value and a fix."""
+    out: list[HintError] = []
+    for err in exc.errors():
+        loc = (*prefix, *err["loc"])
+        kind = err["type"]
+        field = _field_of(err["loc"]) if err["loc"] else ""
+        where = _where(loc)
+        help_text = HELP.get(field)
+        if kind == "extra_forbidden":
+            key = str(err["loc"][-1])
+            out.append(
+                _error(
+                    path,
+                    located.mark_for(loc, key=True),
+                    f"unknown key '{key}'" + (f" in {_where(loc[:-1])}" if len(loc) > 2 else ""),
+                    _suggest_key(key, model.model_fields),
+                )
+            )
+            continue
+        mark = located.mark_for(loc)
+        if kind == "literal_error" and field == "version":
+            message = f"unsupported sidecar version {err['input']!r}"
+        elif kind in {"string_type", "string_too_short"}:
+            message = f"{where} must be non-empty text"
+        elif kind in {"int_type", "int_parsing"}:
+            message = f"{where} must be a whole number"
+        elif kind in {"float_type", "float_parsing"}:
+            message = f"{where} must contain numbers (pixel coordinates)"
+        elif kind == "list_type":
+            message = f"{where} must be a list"
+        elif kind in {"too_short", "too_long"}:
+            ctx = err.get("ctx", {})
+            want = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+            more = "at least" if kind == "too_short" else "at most"
+            got = ctx.get("actual_length")
+            if field == "box":
+                more = "exactly"
+            message = f"{where} needs {more} {want} items, has {got}"
+        elif kind in {"greater_than_equal", "less_than_equal"}:
+            ctx = err.get("ctx", {})
+            bound = ctx.get("ge", ctx.get("le"))
+            message = f"{where} must be {'at least' if kind == 'greater_than_equal' else 'at most'} {bound}"
+        elif kind in {"dict_type", "model_type", "model_attributes_type"}:
+            message = f"{where} must be a block of 'key: value' lines"
+            help_text = HELP["instances"] if loc[:1] == ("instances",) else "see the example in the README"
+        else:
+            message = f"{where}: {err['msg']}"
+        out.append(_error(path, mark, message, help_text))
+    return out
+
+
+def _check_instance(
+    hint: InstanceHint, i: int, located: _Located, path: Path, scan_size: tuple[int, int] | None
+) -> list[HintError]:
+    """Rules across fields that pydantic alone cannot phrase well."""
+    problems: list[HintError] = []
+    base = ("instances", i)
+    item_mark = located.mark_for(base)
+    for key in InstanceHint.model_fields:
+        if (*base, key) in located.null_scalars:
+            eaten = key == "color" and located.comment_eaten_hex((*base, key))
+            problems.append(
+                _error(
+                    path,
+                    located.key_marks.get((*base, key)),
+                    f"instance {i + 1}: '{key}' has no value"
+                    + (" (an unquoted '#' starts a YAML comment)" if eaten else ""),
+                    'put hex colours in quotes: color: "#8b0000"' if eaten else HELP[key],
+                )
+            )
+    regions = [k for k in REGION_KEYS if getattr(hint, k) is not None]
+    if len(regions) > 1:
+        problems.append(
+            _error(
+                path,
+                located.mark_for((*base, regions[1]), key=True),
+                f"instance {i + 1} has more than one region ({', '.join(regions)})",
+                "give exactly one of box, points, polygon or mask per instance (or label alone); "
+                "split it into two instances",
+            )
+        )
+    if not regions and hint.label is None:
+        problems.append(
+            _error(
+                path,
+                item_mark,
+                f"instance {i + 1} does not say where the thing is",
+                "add label: (a detected thing), box:, points:, polygon: or mask:",
+            )
+        )
+    if hint.index is not None and (regions or hint.label is None):
+        problems.append(
+            _error(
+                path,
+                located.mark_for((*base, "index"), key=True),
+                f"instance {i + 1}: index only applies to a label hint",
+                "remove index: or the box/points/polygon/mask",
+            )
+        )
+    if hint.color is None and hint.text is None and (*base, "color") not in located.null_scalars:
+        problems.append(
+            _error(
+                path,
+                item_mark,
+                f"instance {i + 1} has neither color nor text",
+                "add color: (e.g. color: navy) and/or text: (e.g. text: a navy coat)",
+            )
+        )
+    if hint.color is not None:
+        try:
+            hint._color_hint = parse_color(hint.color)
+        except HintError as exc:
+            problems.append(
+                _error(path, located.mark_for((*base, "color")), f"instance {i + 1}: {exc.message}", exc.hint)
+            )
+    if hint.box is not None:
+        x0, y0, x1, y1 = hint.box
+        if not (x1 > x0 and y1 > y0):
+            problems.append(
+                _error(
+                    path,
+                    located.mark_for((*base, "box")),
+                    f"instance {i + 1}: box {_fmt(hint.box)} is empty",
+                    HELP["box"],
+                )
+            )
+    for key, size in (("points", 2), ("polygon", 2)):
+        for j, point in enumerate(getattr(hint, key) or []):
+            if len(point) != size:
+                problems.append(
+                    _error(
+                        path,
+                        located.mark_for((*base, key, j)),
+                        f"instance {i + 1}: {key} item {j + 1} must be [x, y]",
+                        HELP[key],
+                    )
+                )
+    if (
+        hint.polygon is not None
+        and all(len(p) == 2 for p in hint.polygon)
+        and _polygon_area(hint.polygon) <= 0.0
+    ):
+        problems.append(
+            _error(
+                path,
+                located.mark_for((*base, "polygon")),
+                f"instance {i + 1}: polygon has no area",
+                HELP["polygon"],
+            )
+        )
+    if hint.mask is not None and _is_absolute(hint.mask):
+        problems.append(
+            _error(
+                path,
+                located.mark_for((*base, "mask")),
+                f"instance {i + 1}: mask path '{hint.mask}' is absolute",
+                "write the path relative to the sidecar, inside the scan folder (e.g. masks/coat.png)",
+            )
+        )
+    if scan_size is not None:
+        problems.extend(_check_bounds(hint, i, located, path, scan_size))
+    return problems
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _polygon_area(points: list[list[float]]) -> float:
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    n = len(points)
+    return abs(sum(xs[k] * ys[(k + 1) % n] - xs[(k + 1) % n] * ys[k] for k in range(n))) / 2.0
+
+
+def _is_absolute(text: str) -> bool:
+    return (
+        PurePosixPath(text).is_absolute()
+        or PureWindowsPath(text).is_absolute()
+        or text.startswith(("~", "\\"))
+    )
+
+
+def _check_bounds(
+    hint: InstanceHint, i: int, located: _Located, path: Path, scan_size: tuple[int, int]
+) -> list[HintError]:
+    """Coordinates outside the (oriented) scan are mistakes, not something to clip silently."""
+    h, w = scan_size
+    fix = f"the upright scan is {w} px wide and {h} px high; x runs 0..{w}, y runs 0..{h}"
+    base = ("instances", i)
+    problems = []
+    if hint.box is not None:
+        x0, y0, x1, y1 = hint.box
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            problems.append(
+                _error(
+                    path,
+                    located.mark_for((*base, "box")),
+                    f"instance {i + 1}: box {_fmt(hint.box)} goes outside the {w}x{h} scan",
+                    fix,
+                )
+            )
+    for key, limit_inclusive in (("points", False), ("polygon", True)):
+        for j, point in enumerate(getattr(hint, key) or []):
+            if len(point) != 2:
+                continue
+            x, y = point
+            inside = (0 <= x <= w and 0 <= y <= h) if limit_inclusive else (0 <= x < w and 0 <= y < h)
+            if not inside:
+                problems.append(
+                    _error(
+                        path,
+                        located.mark_for((*base, key, j)),
+                        f"instance {i + 1}: {key} point {_fmt(point)} is outside the {w}x{h} scan",
+                        fix,
+                    )
+                )
+    return problems
+
+
+def _validate(
+    path: Path,
+    data: Any,
+    located: _Located,
+    scan_size: tuple[int, int] | None,
+    scan_root: Path | None = None,
+) -> tuple[Sidecar | None, list[HintError]]:
+    problems = [_error(path, mark, msg, hint) for mark, msg, hint in located.problems]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(
+            _error(
+                path,
+                located.mark_for(()),
+                "a sidecar must be a block of 'key: value' lines",
+                "start with version: 1",
+            )
+        )
+        return None, problems
+    top = {k: v for k, v in data.items() if k != "instances"}
+    raw_instances = data.get("instances")
+    if raw_instances is None and "instances" in data:
+        raw_instances = []  # "instances:" with nothing under it: no hints, not an error
+    if raw_instances is not None and not isinstance(raw_instances, list):
+        problems.append(
+            _error(path, located.mark_for(("instances",)), "'instances' must be a list", HELP["instances"])
+        )
+        raw_instances = []
+    try:
+        header = Sidecar.model_validate(top)
+    except ValidationError as exc:
+        problems.extend(_translate(exc, (), located, path, Sidecar))
+        header = None
+    hints: list[InstanceHint] = []
+    for i, item in enumerate(raw_instances or []):
+        try:
+            hint = InstanceHint.model_validate(item)
+        except ValidationError as exc:
+            problems.extend(_translate(exc, ("instances", i), located, path, InstanceHint))
+            continue
+        mark = located.mark_for(("instances", i))
+        hint._line = mark.line + 1 if mark else 0
+        hint._column = mark.column + 1 if mark else 0
+        hint._position = i + 1
+        problems.extend(_check_instance(hint, i, located, path, scan_size))
+        if scan_root is not None and hint.mask is not None and not _is_absolute(hint.mask):
+            problems.extend(_check_mask_file(hint, i, located, path, scan_root, scan_size))
+        hints.append(hint)
+    for j, label in enumerate(header.exclude if header else []):
+        if not label.strip():
+            problems.append(
+                _error(path, located.mark_for(("exclude", j)), "exclude has an empty label", HELP["exclude"])
+            )
+    if problems or header is None:
+        return None, problems
+    sidecar = Sidecar.model_construct(
+        version=header.version,
+        prompt=header.prompt,
+        seed=header.seed,
+        instances=hints,
+        exclude=header.exclude,
+    )
+    return sidecar, []
+
+
+def _check_mask_file(
+    hint: InstanceHint,
+    i: int,
+    located: _Located,
+    path: Path,
+    scan_root: Path,
+    scan_size: tuple[int, int] | None,
+) -> list[HintError]:
+    """The resolve-time mask rules (inside the tree, readable, scan-sized), reported with the line."""
+    from mtcolor_batch.hints.resolve import check_mask_file  # resolve imports this module
+
+    try:
+        check_mask_file(hint.mask or "", path, scan_root, scan_size)
+    except HintError as exc:
+        mark = located.mark_for(("instances", i, "mask"))
+        return [_error(path, mark, f"instance {i + 1}: {exc.message}", exc.hint or HELP["mask"])]
+    return []
+
+
+def _load(
+    path: Path, max_bytes: int, scan_size: tuple[int, int] | None, scan_root: Path | None = None
+) -> tuple[Sidecar | None, list[HintError]]:
+    path = Path(path)
+    try:
+        data_bytes = _read_capped(path, max_bytes)
+        text = _decode(path, data_bytes)
+        data, located = _parse(path, text)
+    except HintError as exc:
+        return None, [exc]
+    sidecar, problems = _validate(path, data, located, scan_size, scan_root)
+    if sidecar is not None:
+        sidecar._path = path
+        sidecar._sha256 = hashlib.sha256(data_bytes).hexdigest()
+    problems.sort(key=lambda e: (e.line or 0, e.column or 0))
+    return sidecar, problems
+
+
+def check_sidecar(
+    path: Path,
+    *,
+    max_bytes: int,
+    scan_size: tuple[int, int] | None = None,
+    scan_root: Path | None = None,
+) -> list[HintError]:
+    """Every problem in the file, in line order (empty list: the sidecar is valid).
+
+    ``scan_size`` is (height, width) of the upright scan; when given, boxes, points and polygons
+    outside it are reported too. ``scan_root`` (the folder a run is given) turns on the mask-file
+    rules ``run`` applies: the file exists, stays inside that folder (no '..' escape, no symlink
+    out) and, with ``scan_size``, has the scan's size.
+    """
+    return _load(Path(path), max_bytes, scan_size, None if scan_root is None else Path(scan_root))[1]
+
+
+def load_sidecar(path: Path, *, max_bytes: int, scan_size: tuple[int, int] | None = None) -> Sidecar:
+    """Read and validate a sidecar; raise the first problem as :class:`HintError` (all on ``.problems``).
+
+    Colours are parsed here (``InstanceHint.color_hint``) so a bad colour fails with its line number.
+    """
+    sidecar, problems = _load(Path(path), max_bytes, scan_size)
+    if problems:
+        first = problems[0]
+        if len(problems) > 1:
+            more = f"{len(problems) - 1} more problem(s) in this file: run `mtcolor-batch hints check {path}`"
+            first = HintError(
+                first.message,
+                path=first.path,
+                line=first.line,
+                column=first.column,
+                hint=f"{first.hint}; {more}" if first.hint else more,
+            )
+        first.problems = problems  # type: ignore[attr-defined]
+        raise first
+    assert sidecar is not None
+    return sidecar

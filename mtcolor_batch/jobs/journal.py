@@ -1,0 +1,190 @@
+"""The job journal: one SQLite row per input, so an overnight run can stop anywhere and resume.
+
+WAL mode keeps readers (``--dry-run``, a status check) from blocking the writer, and each state
+change is one committed transaction, so after a crash (even kill -9) every row is either the old
+state or the new one. A row's fingerprint combines everything that changes the output bytes: the
+input's sha256, the sidecar's sha256, the profile hash and the model hash. Rows left ``running`` by
+a crash are simply retried.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STATES = ("pending", "running", "done", "failed", "skipped")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    relpath      TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending','running','done','failed','skipped')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    completions  INTEGER NOT NULL DEFAULT 0,
+    error        TEXT,
+    outputs      TEXT NOT NULL DEFAULT '[]',
+    timings      TEXT NOT NULL DEFAULT '{}',
+    input_size   INTEGER,
+    input_mtime  INTEGER,
+    input_sha256 TEXT,
+    updated_at   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class Row:
+    """One journal row as the runner sees it."""
+
+    relpath: str
+    fingerprint: str
+    state: str
+    attempts: int
+    completions: int
+    error: str | None
+    outputs: list[str]
+    timings: dict[str, float]
+    input_size: int | None
+    input_mtime: int | None
+    input_sha256: str | None
+
+
+def journal_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
+    """``<out>/.mtcolor/journal.sqlite``, or one file per shard (a cluster job array)."""
+    name = "journal.sqlite" if shard is None else f"journal-shard-{shard[0]}-of-{shard[1]}.sqlite"
+    return Path(out_dir) / ".mtcolor" / name
+
+
+def lock_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
+    name = "lock" if shard is None else f"lock-shard-{shard[0]}-of-{shard[1]}"
+    return Path(out_dir) / ".mtcolor" / name
+
+
+class Journal:
+    """Thin typed access to the journal; every method commits its own transaction."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: always consistent; a power cut can only lose the last commits,
+            # which means a file is redone (outputs are replaced atomically), never a corrupt journal.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def open_existing(cls, path: Path) -> Journal | None:
+        """Read-only view for ``--dry-run``: never creates anything in the output folder."""
+        return cls(path, readonly=True) if Path(path).exists() else None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, relpath: str) -> Row | None:
+        cur = self.db.execute(
+            "SELECT relpath, fingerprint, state, attempts, completions, error, outputs, timings,"
+            " input_size, input_mtime, input_sha256 FROM files WHERE relpath = ?",
+            (relpath,),
+        )
+        rec = cur.fetchone()
+        return _row(rec) if rec else None
+
+    def all(self) -> list[Row]:
+        cur = self.db.execute(
+            "SELECT relpath, fingerprint, state, attempts, completions, error, outputs, timings,"
+            " input_size, input_mtime, input_sha256 FROM files ORDER BY relpath"
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        cur = self.db.execute("SELECT state, COUNT(*) FROM files GROUP BY state")
+        out = dict.fromkeys(STATES, 0)
+        out.update(dict(cur.fetchall()))
+        return out
+
+    def upsert_pending(
+        self, relpath: str, fingerprint: str, *, size: int | None, mtime: int | None, sha256: str | None
+    ) -> None:
+        """(Re)plan a file: new or changed rows become pending; attempts survive for the record."""
+        self.db.execute(
+            "INSERT INTO files (relpath, fingerprint, state, input_size, input_mtime, input_sha256,"
+            " updated_at)"
+            " VALUES (?, ?, 'pending', ?, ?, ?, ?)"
+            " ON CONFLICT(relpath) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'pending',"
+            " error = NULL, input_size = excluded.input_size, input_mtime = excluded.input_mtime,"
+            " input_sha256 = excluded.input_sha256, updated_at = excluded.updated_at",
+            (relpath, fingerprint, size, mtime, sha256, time.time()),
+        )
+
+    def mark_running(self, relpath: str) -> None:
+        self.db.execute(
+            "UPDATE files SET state = 'running', attempts = attempts + 1, error = NULL, updated_at = ?"
+            " WHERE relpath = ?",
+            (time.time(), relpath),
+        )
+
+    def mark_done(self, relpath: str, outputs: list[str], timings: dict[str, float]) -> None:
+        self.db.execute(
+            "UPDATE files SET state = 'done', completions = completions + 1, error = NULL, outputs = ?,"
+            " timings = ?, updated_at = ? WHERE relpath = ?",
+            (json.dumps(outputs), json.dumps(timings, sort_keys=True), time.time(), relpath),
+        )
+
+    def mark_failed(self, relpath: str, error: str, timings: dict[str, float] | None = None) -> None:
+        self.db.execute(
+            "UPDATE files SET state = 'failed', error = ?, timings = ?, updated_at = ? WHERE relpath = ?",
+            (error, json.dumps(timings or {}, sort_keys=True), time.time(), relpath),
+        )
+
+    def mark_pending(self, relpath: str) -> None:
+        """Roll a file back after an interrupt: it was not finished, so it is simply to do again."""
+        self.db.execute(
+            "UPDATE files SET state = 'pending', updated_at = ? WHERE relpath = ?", (time.time(), relpath)
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def check(self) -> list[str]:
+        """Consistency problems (empty when fine): SQLite integrity plus our own invariants."""
+        problems = [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+        for row in self.all():
+            if row.state == "done" and not row.outputs:
+                problems.append(f"{row.relpath}: done without outputs")
+            if row.state == "done" and row.completions < 1:
+                problems.append(f"{row.relpath}: done but never completed")
+        return problems
+
+
+def _row(rec: tuple) -> Row:
+    return Row(
+        relpath=rec[0],
+        fingerprint=rec[1],
+        state=rec[2],
+        attempts=rec[3],
+        completions=rec[4],
+        error=rec[5],
+        outputs=json.loads(rec[6]),
+        timings=json.loads(rec[7]),
+        input_size=rec[8],
+        input_mtime=rec[9],
+        input_sha256=rec[10],
+    )

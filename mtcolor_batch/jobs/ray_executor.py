@@ -1,0 +1,368 @@
+"""Run a batch on a Ray cluster: the same per-file work as the local loop, on many GPU actors.
+
+Why this shape:
+
+- The driver plans exactly as the local runner does (``jobs.runner.run_batch`` with this module as
+  its ``executor``): same discovery, lock, fingerprints and journal. Only the loop differs.
+- Workers are Ray Data actors (``map_batches`` with a callable class and an ``ActorPoolStrategy``):
+  each loads the model once (``pipeline.Pipeline.load``) and runs ``Pipeline.process`` on one file at
+  a time, reading the file itself from the shared scan tree. ``read_images`` is not used: it drops
+  per-file metadata and 16-bit depth, which the pipeline must keep.
+- Workers write outputs atomically into the shared output tree (``output.writer.atomic_write``, as
+  locally) and return only small results (state, error, outputs, timings). The driver alone writes
+  the SQLite journal, as results stream back through ``iter_batches``: SQLite WAL must never be
+  written from many hosts over a network filesystem.
+- Fault tolerance: every dispatched file is marked ``running`` before dispatch. A worker that dies
+  loses only its in-flight files: Ray restarts the actor and retries its tasks (one file per block,
+  so a retry redoes just that file). A file that kills its worker ``MAX_TASK_RETRIES + 1`` times is
+  recorded as failed instead of stalling the run. If the driver itself dies, rows stay ``running``
+  and the next run re-queues them (the runner's ``retry-crashed``): the journal stays the one record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mtcolor_batch.config import Profile
+from mtcolor_batch.errors import UserError
+from mtcolor_batch.jobs.runner import ExecContext, Outcome, PlannedFile
+from mtcolor_batch.scan.discover import ScanFile
+
+RAY_MISSING = (
+    "--executor ray needs Ray, which is not installed: "
+    "pip install 'mtcolor-batch[ray]' (or pip install 'ray[data]')"
+)
+MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
+MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
+RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+
+
+class RayMissingError(UserError):
+    """``--executor ray`` without Ray installed."""
+
+
+def require_ray() -> Any:
+    """Import Ray or raise the one-line install hint (checked before any output is created)."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data extra: pyarrow, pandas)
+    except ImportError as exc:
+        raise RayMissingError(RAY_MISSING) from exc
+    return ray
+
+
+def process_one(pipeline: Any, item: ScanFile, stage: Callable[[str], None]) -> dict[str, Any]:
+    """One file through ``Pipeline.process``, classified as the local loop does (same error text)."""
+    started = time.perf_counter()
+    try:
+        result = pipeline.process(item, stage)
+    except UserError as exc:
+        return _result(item.relpath, "failed", exc.one_line(), started)
+    except Exception as exc:  # an engine/library bug fails this file, never the whole run
+        reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        return _result(item.relpath, "failed", reason, started)
+    out = _result(item.relpath, "done", "", started)
+    out["outputs"] = list(result.outputs)
+    out["timings"] = {**{k: float(v) for k, v in result.timings.items()}, "total": out["seconds"]}
+    out["engine_seconds"] = float(getattr(result, "engine_seconds", 0.0))
+    return out
+
+
+def _result(relpath: str, state: str, error: str, started: float) -> dict[str, Any]:
+    seconds = time.perf_counter() - started
+    return {
+        "relpath": relpath,
+        "state": state,
+        "error": error,
+        "outputs": [],
+        "timings": {"total": seconds},
+        "seconds": seconds,
+        "engine_seconds": 0.0,
+    }
+
+
+class FileWorker:
+    """A Ray Data actor: loads the model once, then colorizes files named by relative path.
+
+    ``crash_once`` = (flag file, n) is a fault-injection hook for the tests: the first actor to
+    reach its n-th file while the flag file does not yet exist creates it and dies with
+    ``os._exit`` in the middle of that file (during ``colorize``), exactly as a lost node would.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        bundle_dir: str,
+        scan_root: str,
+        out_dir: str,
+        crash_once: tuple[str, int] | None = None,
+    ) -> None:
+        from mtcolor_batch.pipeline import Pipeline
+
+        _quiet_worker_logs()
+        self.scan_root = Path(scan_root)
+        self.pipeline = Pipeline.load(profile, Path(bundle_dir), self.scan_root, Path(out_dir))
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.crash_once = crash_once
+        self.count = 0
+
+    def _maybe_crash(self, stage: str) -> None:
+        if self.crash_once is None or stage != "colorize" or self.count < self.crash_once[1]:
+            return
+        try:
+            fd = os.open(self.crash_once[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, self.worker.encode())
+        os.close(fd)
+        os._exit(1)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        import json
+
+        out: dict[str, list[Any]] = {k: [] for k in RESULT_KEYS}
+        for rel, stem in zip(batch["relpath"], batch["stem"], strict=True):
+            rel, stem = str(rel), str(stem)
+            self.count += 1
+            res = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._maybe_crash)
+            res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
+            res["timings"] = json.dumps(res["timings"], sort_keys=True)
+            res["worker"] = self.worker
+            for key in RESULT_KEYS:
+                out[key].append(res[key])
+        return out
+
+
+def _quiet_worker_logs() -> None:
+    """Ray forwards every worker line to the driver: drop the per-actor weight-loading bars."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Join ``address`` (``auto``: the running cluster) or start a local Ray; True if we started it."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise UserError(
+            f"cannot connect to a Ray cluster at '{address}'",
+            hint="start one with `ray start --head`, or leave out --address to use this machine only",
+        ) from exc
+    return True
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """Our own progress bar and summary replace Ray Data's; one dropped file must not stop the run."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = -1  # a file whose worker keeps dying fails alone (see _record_lost)
+    # A block dropped after its retries is logged by Ray Data with a long traceback; the file's own
+    # failed row (and Ray's "(raylet) worker died" lines) already say what happened.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+
+
+class RayExecutor:
+    """The ``executor`` that ``run_batch`` calls with the planned files (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float | None = None,
+        crash_once: tuple[str, int] | None = None,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise UserError(f"bad --workers {workers}", hint="need at least 1")
+        if gpus_per_worker is not None and gpus_per_worker < 0:
+            raise UserError(f"bad --gpus-per-worker {gpus_per_worker}", hint="0 (CPU), a fraction, or 1+")
+        self.ray = require_ray()
+        self.address = address
+        self.workers = workers
+        self.gpus_per_worker = gpus_per_worker
+        self.crash_once = crash_once
+
+    def resources(self) -> tuple[int, float]:
+        """(actors, GPUs per actor): a GPU each when the cluster has GPUs, else CPU actors."""
+        total = self.ray.cluster_resources()
+        gpus = float(total.get("GPU", 0.0))
+        per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+        if per > gpus:
+            raise UserError(
+                f"--gpus-per-worker {per:g} but the Ray cluster has {gpus:g} GPU(s)",
+                hint="use --gpus-per-worker 0 for CPU workers",
+            )
+        if self.workers is not None:
+            return self.workers, per
+        n = int(gpus // per) if per else int(total.get("CPU", 1))
+        return max(1, n), per
+
+    def __call__(self, todo: list[PlannedFile], ctx: ExecContext) -> bool:
+        ray = self.ray
+        started_ray = _connect(ray, self.address)
+        try:
+            return self._run(todo, ctx)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _run(self, todo: list[PlannedFile], ctx: ExecContext) -> bool:
+        ray = self.ray
+        _quiet_ray_data(ray)
+        workers, gpus = self.resources()
+        ctx.console.print(
+            f"Ray: {workers} worker(s), {gpus:g} GPU each, model {ctx.bundle_dir}; "
+            f"journal written by this driver only."
+        )
+        items = [{"relpath": p.item.relpath, "stem": p.item.stem} for p in todo]
+        _mark_dispatched(ctx, todo)
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing actor options as **ray_remote_args, but max_task_retries has
+            # no named parameter yet, and Ray Data's default (-1: retry forever) would let one file that
+            # always kills its worker (a driver crash, an OOM) stall the whole run.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+            ds = self._map(ds, ctx, workers, gpus)
+        pending = {p.item.relpath for p in todo}
+        interrupted = False
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=ctx.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(f"starting {workers} Ray worker(s)", total=len(todo))
+            batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+            try:
+                for batch in batches:
+                    for res in _rows(batch):
+                        if res["relpath"] not in pending:
+                            continue  # a retried task reporting twice: the first report stands
+                        pending.discard(res["relpath"])
+                        self._record(res, ctx)
+                        progress.update(task, description=f"{res['relpath']} [dim]{res['worker']}[/dim]")
+                        progress.advance(task)
+                    if ctx.stop.requested:
+                        interrupted = True
+                        break
+            except KeyboardInterrupt:  # second Ctrl-C: stop at once; unrecorded files go back to pending
+                interrupted = True
+            finally:
+                close = getattr(batches, "close", None)
+                if close:
+                    close()
+            progress.update(task, description="interrupted" if interrupted else "finished")
+        if interrupted or ctx.stop.requested:
+            for rel in sorted(pending):
+                ctx.journal.mark_pending(rel)
+                ctx.outcomes.append(Outcome(rel, "pending", "not finished (interrupted)"))
+            return True
+        self._record_lost(sorted(pending), ctx)
+        return False
+
+    def _map(self, ds: Any, ctx: ExecContext, workers: int, gpus: float) -> Any:
+        """One actor per worker, one file per call; up to 2 calls queued per actor to hide dispatch."""
+        return ds.map_batches(
+            FileWorker,
+            fn_constructor_kwargs={
+                "profile": ctx.profile,
+                "bundle_dir": str(ctx.bundle_dir),
+                "scan_root": str(ctx.scan_root),
+                "out_dir": str(ctx.out_dir),
+                "crash_once": self.crash_once,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=self.ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
+            num_cpus=1,
+            num_gpus=gpus,
+            max_restarts=-1,
+            max_task_retries=MAX_TASK_RETRIES,
+        )
+
+    @staticmethod
+    def _record(res: dict[str, Any], ctx: ExecContext) -> None:
+        """Write one worker result into the journal, exactly as the local loop would."""
+        rel = res["relpath"]
+        if res["state"] == "done":
+            ctx.journal.mark_done(rel, res["outputs"], res["timings"])
+            ctx.outcomes.append(Outcome(rel, "done", "", res["seconds"], res["engine_seconds"]))
+        else:
+            ctx.journal.mark_failed(rel, res["error"], res["timings"])
+            ctx.outcomes.append(Outcome(rel, "failed", res["error"], res["seconds"]))
+            ctx.console.print("[red]failed[/red] " + escape(res["error"]))
+
+    @staticmethod
+    def _record_lost(lost: list[str], ctx: ExecContext) -> None:
+        """Files whose task failed even after retries (their worker died every time) fail alone."""
+        for rel in lost:
+            reason = f"{rel}: the Ray worker died {MAX_TASK_RETRIES + 1} times while processing this file"
+            ctx.journal.mark_failed(rel, reason)
+            ctx.outcomes.append(Outcome(rel, "failed", reason))
+            ctx.console.print("[red]failed[/red] " + escape(reason))
+
+
+def _mark_dispatched(ctx: ExecContext, todo: list[PlannedFile]) -> None:
+    """Mark every file ``running`` before dispatch, in one transaction (one fsync, not one per file).
+
+    A driver crash then leaves exactly these rows ``running``, and the next run retries them.
+    """
+    db = ctx.journal.db
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for p in todo:
+            ctx.journal.mark_running(p.item.relpath)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A numpy batch of worker results -> one plain dict per file."""
+    import json
+
+    n = len(batch["relpath"])
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "relpath": str(batch["relpath"][i]),
+                "state": str(batch["state"][i]),
+                "error": str(batch["error"][i]),
+                "outputs": json.loads(str(batch["outputs"][i])),
+                "timings": json.loads(str(batch["timings"][i])),
+                "seconds": float(batch["seconds"][i]),
+                "engine_seconds": float(batch["engine_seconds"][i]),
+                "worker": str(batch["worker"][i]),
+            }
+        )
+    return rows

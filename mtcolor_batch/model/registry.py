@@ -1,0 +1,109 @@
+"""Where the default bundle's public parts come from, in one table.
+
+No MT-Color weights are published, so the default bundle is assembled from public components
+(DESIGN.md, "The default bundle on a connected machine"). Keeping every repo id and revision in this
+one table means a user swaps a part by editing one line (or passing ``--revision``), and provenance
+can name exactly what ran. ``revision`` is what ``models pull`` asks the hub for; the commit it
+resolves to is written into the bundle's ``mtcolor.json`` so a bundle is pinned to exact commits
+even when the table says ``main``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Component:
+    """One public part of the default bundle.
+
+    ``subfolders`` maps a folder of the hub repo ("" = repo root) to the bundle folder it fills, so a
+    multi-part repo (SD 1.5) and single-model repos (ControlNet, SAM, detector) share one code path.
+    """
+
+    key: str
+    repo_id: str
+    revision: str
+    subfolders: dict[str, str]
+    role: str
+
+
+DEFAULT_BUNDLE_NAME = "mtcolor-sd15"
+"""Folder name of the default bundle inside the cache."""
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        key="base",
+        repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        revision="main",
+        subfolders={
+            "unet": "unet",
+            "vae": "vae",
+            "text_encoder": "text_encoder",
+            "tokenizer": "tokenizer",
+            "scheduler": "scheduler",
+        },
+        role="Stable Diffusion 1.5 backbone (UNet, VAE, CLIP text encoder, tokenizer, scheduler)",
+    ),
+    Component(
+        key="controlnet",
+        repo_id="latentcat/control_v1p_sd15_brightness",
+        revision="main",
+        subfolders={"": "controlnet"},
+        role="gray-to-colour ControlNet for SD 1.5 (brightness conditioning)",
+    ),
+    Component(
+        key="sam",
+        repo_id="facebook/sam-vit-base",
+        revision="main",
+        subfolders={"": "sam"},
+        role="Segment Anything (transformers SamModel + SamProcessor) for hint boxes/points",
+    ),
+    Component(
+        key="detector",
+        repo_id="google/owlv2-base-patch16-ensemble",
+        revision="main",
+        subfolders={"": "detector"},
+        role="open-vocabulary detector (transformers Owlv2ForObjectDetection) for auto instances",
+    ),
+)
+
+REQUIRED_FOLDERS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "controlnet")
+"""Bundle folders the colorizer cannot run without (perception folders are optional)."""
+
+MODULES_FILE = "mtcolor_modules.safetensors"
+MANIFEST_FILE = "mtcolor.json"
+
+
+def component(key: str) -> Component:
+    """Look a component up by key, so callers fail loudly on a typo instead of pulling nothing."""
+    for comp in COMPONENTS:
+        if comp.key == key:
+            return comp
+    raise KeyError(f"unknown component '{key}'; known: {', '.join(c.key for c in COMPONENTS)}")
+
+
+def cache_dir() -> Path:
+    """Root of everything this tool downloads: ``$MTCOLOR_HOME`` or ``~/.cache/mtcolor-batch``.
+
+    A single env var lets a cluster point every node at one shared, pre-filled cache.
+    """
+    env = os.environ.get("MTCOLOR_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtcolor-batch"
+
+
+def bundles_dir() -> Path:
+    """Where assembled bundles live (one folder per bundle)."""
+    return cache_dir() / "bundles"
+
+
+def hub_cache_dir() -> Path:
+    """Raw hub snapshots; kept apart from bundles so a re-pull does not re-download."""
+    return cache_dir() / "hub"
+
+
+def default_bundle_dir() -> Path:
+    """The bundle ``run`` uses when no ``--model`` is given."""
+    return bundles_dir() / DEFAULT_BUNDLE_NAME

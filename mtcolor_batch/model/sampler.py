@@ -1,0 +1,474 @@
+"""The MT-Color sampling loop: multi-instance branches, fusion, classifier-free guidance, tiling.
+
+One call colours one working-resolution image. What happens, in order:
+
+1. Texts are encoded once: the global prompt, the negative prompt and every instance's text (its
+   77-token embedding is that branch's cross-attention prompt; its pooled embedding feeds the
+   instance-guidance tokens).
+2. Initial noise comes from a CPU ``torch.Generator`` seeded with the plan's seed, so the same seed
+   gives the same noise on every device.
+3. For the first ``K = round(alpha*T)`` steps the global branch and one branch per instance are
+   denoised from that same noise, each with its own text; all branches, both halves of classifier-
+   free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
+   per call. After step K the branches are fused (CONTRACT.md)::
+
+       z = (beta*m_g*z_g + sum_i m_i*z_i) / (beta*m_g + sum_i m_i),   m_g = 1, m_i exclusive
+
+   and the remaining steps run on ``z`` alone. ``alpha = 0`` never creates a branch, so it is the
+   plain loop, bit for bit.
+4. Tiling (working image larger than one tile): a low-resolution pass of the whole picture runs
+   first; its colours, put on the full-resolution luminance and encoded by the VAE, are re-noised to
+   an intermediate step, and the tiles take it from there. Every step denoises every tile, the
+   noise predictions are blended with the smooth windows of ``render.tiling`` and ONE scheduler steps
+   the whole canvas. Blending noise predictions and then stepping equals stepping each tile and
+   blending the latents (the DDIM update is affine per pixel and the weights sum to 1), so this is
+   MultiDiffusion with a single scheduler state.
+
+The scheduler is DDIM (deterministic, no per-step history), which is what makes batching branches
+into one tensor and fusing them mid-trajectory exact; bundles shipping another scheduler are run
+with DDIM built from their config (recorded in the engine's info).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtcolor_batch.render.chroma import lab_to_srgb_locked
+from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
+from mtcolor_batch.types import Box, Instance, Plan
+
+LATENT_SCALE = 8
+TILE_SEED_STRENGTH = 0.6
+"""Fraction of the steps re-run on the tiles after the low-resolution pass seeds them: enough to
+add tile-level detail, little enough that the global colours survive (SDEdit-style strength)."""
+
+
+def fusion_steps(alpha: float, steps: int) -> int:
+    """K = round(alpha*T), rounding halves up (Python's round() would send 0.5 to 0)."""
+    return min(steps, max(0, int(math.floor(alpha * steps + 0.5))))
+
+
+def fuse_latents(
+    z_global: torch.Tensor, z_inst: torch.Tensor, masks: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """The multi-instance fusion of CONTRACT.md.
+
+    ``z_global`` (1, C, h, w), ``z_inst`` (N, C, h, w), ``masks`` (N, h, w) exclusive {0,1} at latent
+    resolution. Pixels no instance covers keep ``z_global`` exactly (also when beta = 0, where the
+    normalised formula would be 0/0).
+    """
+    if z_inst.shape[0] == 0:
+        return z_global
+    m = masks.to(z_global.dtype)[:, None]  # (N, 1, h, w)
+    num = beta * z_global + (m * z_inst).sum(0, keepdim=True)
+    den = beta + m.sum(0, keepdim=True)
+    covered = m.sum(0, keepdim=True) > 0
+    return torch.where(covered, num / den.clamp_min(1e-12), z_global)
+
+
+@dataclass
+class TextBank:
+    """Encoded texts: 77-token sequences for cross-attention and pooled vectors for guidance."""
+
+    prompt: torch.Tensor  # (1, 77, D)
+    negative: torch.Tensor  # (1, 77, D)
+    inst_seq: torch.Tensor  # (N, 77, D)
+    inst_pooled: torch.Tensor  # (N, D_pooled)
+
+
+@dataclass
+class Canvas:
+    """One image prepared for sampling at one resolution (padded to a multiple of 8)."""
+
+    height: int  # unpadded pixels
+    width: int
+    control: torch.Tensor  # (1, 3, Hp, Wp) in [0, 1]
+    inst_masks: torch.Tensor  # (1, N, Hp, Wp) float {0,1}
+    label_map: torch.Tensor  # (1, h, w) long, 0 = background, k = instance k
+    fusion_masks: torch.Tensor  # (N, h, w) float exclusive one-hot of label_map
+    boxes: list[Box]  # latent tile boxes
+    blender: TileBlender
+    present: list[list[int]] = field(default_factory=list)  # per tile: instance slots (0-based) inside
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return tuple(self.label_map.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def n_instances(self) -> int:
+        return int(self.inst_masks.shape[1])
+
+
+DenoiseFn = Callable[..., torch.Tensor]
+"""``denoiser(latents, timestep, text_embeds, control_image, regions, controlnet_scale=...)``."""
+
+
+def _ceil8(v: int) -> int:
+    return max(LATENT_SCALE, -(-v // LATENT_SCALE) * LATENT_SCALE)
+
+
+def resize_plane(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-downsample / bilinear-upsample a (..., H, W) float array to ``size`` (h, w)."""
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    lead = t.shape[:-2]
+    t = t.reshape(1, -1, *t.shape[-2:])
+    if size[0] <= t.shape[-2] and size[1] <= t.shape[-1]:
+        out = F.interpolate(t, size=size, mode="area")
+    else:
+        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size).numpy()
+
+
+def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
+    """Latent tile boxes for a padded canvas of ``height`` x ``width`` pixels.
+
+    The plan's own tiles are used when they fit this canvas exactly (aligned to 8, inside, covering
+    it), so provenance describes what ran; otherwise they are recomputed with the plan's tile size
+    and overlap (e.g. when padding to a multiple of 8 grew the canvas).
+    """
+    if height <= plan.tile_size and width <= plan.tile_size:
+        return [(0, 0, width // LATENT_SCALE, height // LATENT_SCALE)]
+    tiles = [tuple(int(v) for v in b) for b in plan.tiles]
+    ok = len(tiles) > 1 and all(
+        all(v % LATENT_SCALE == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
+        for b in tiles
+    )
+    if ok:
+        cover = np.zeros((height, width), dtype=bool)
+        for x0, y0, x1, y1 in tiles:
+            cover[y0:y1, x0:x1] = True
+        ok = bool(cover.all())
+    if not ok:
+        overlap = min(plan.tile_overlap, plan.tile_size - LATENT_SCALE)
+        tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_SCALE)
+    return scale_boxes(tiles, LATENT_SCALE)  # type: ignore[arg-type]
+
+
+def build_canvas(
+    luma: np.ndarray,
+    masks: np.ndarray,
+    boxes_fn: Callable[[int, int], list[Box]],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Canvas:
+    """Pad luma (edge-replicated) and masks (background) to a multiple of 8 and derive every map.
+
+    Latent labels come from each instance's area coverage of the 8x8 cell versus the background's,
+    so they are exclusive and every latent pixel has one owner.
+    """
+    h, w = luma.shape
+    hp, wp = _ceil8(h), _ceil8(w)
+    n = masks.shape[0]
+    lum = np.pad(luma.astype(np.float32), ((0, hp - h), (0, wp - w)), mode="edge")
+    msk = np.zeros((n, hp, wp), dtype=np.float32)
+    msk[:, :h, :w] = masks
+    control = torch.from_numpy(lum)[None, None].expand(1, 3, hp, wp).contiguous()
+    inst = torch.from_numpy(msk)[None]
+    cov = F.avg_pool2d(inst, LATENT_SCALE)[0] if n else torch.zeros(0, hp // 8, wp // 8)
+    background = (1.0 - cov.sum(0, keepdim=True)).clamp_min(0.0)
+    labels = torch.cat([background, cov], 0).argmax(0)[None]  # (1, h, w)
+    fusion = torch.stack([(labels[0] == k + 1).float() for k in range(n)]) if n else cov
+    boxes = boxes_fn(hp, wp)
+    lh, lw = hp // LATENT_SCALE, wp // LATENT_SCALE
+    blender = TileBlender(lh, lw, boxes)
+    present = [crop_masks(fusion[None], box)[1] for box in boxes] if n else [[] for _ in boxes]
+    return Canvas(
+        height=h,
+        width=w,
+        control=control.to(device=device, dtype=dtype),
+        inst_masks=inst.to(device=device, dtype=dtype),
+        label_map=labels.to(device),
+        fusion_masks=fusion.to(device=device, dtype=torch.float32),
+        boxes=boxes,
+        blender=blender,
+        present=present,
+    )
+
+
+@dataclass
+class _Entry:
+    """One latent in a UNet batch: which tile, which branch, which CFG half."""
+
+    tile: int
+    branch: int  # 0 = global, k = instance k
+    cond: bool
+
+
+class MTColorSampler:
+    """Runs the loop; counts UNet calls (one call = one batched denoiser forward)."""
+
+    def __init__(
+        self,
+        denoiser: DenoiseFn,
+        region_batch: type,
+        scheduler_factory: Callable[[], object],
+        vae: torch.nn.Module,
+        encode_text: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.denoiser = denoiser
+        self.region_batch = region_batch
+        self.scheduler_factory = scheduler_factory
+        self.vae = vae
+        self.encode_text = encode_text
+        self.device = device
+        self.dtype = dtype
+        self.unet_calls = 0
+
+    # ----------------------------------------------------------------------------------- texts
+    def texts(self, plan: Plan, instances: Sequence[Instance]) -> TextBank:
+        inst_texts = [(inst.text or inst.label or "").strip() for inst in instances]
+        unique = list(dict.fromkeys([plan.prompt, plan.negative_prompt, *inst_texts]))
+        seq, pooled = self.encode_text(unique)
+        index = {t: i for i, t in enumerate(unique)}
+        ids = torch.tensor([index[t] for t in inst_texts], dtype=torch.long, device=seq.device)
+        return TextBank(
+            prompt=seq[index[plan.prompt]][None],
+            negative=seq[index[plan.negative_prompt]][None],
+            inst_seq=seq[ids],
+            inst_pooled=pooled[ids],
+        )
+
+    # ------------------------------------------------------------------------------ one step
+    def _regions(self, canvas: Canvas, tile: int, texts: TextBank, count: int) -> object:
+        """RegionBatch for ``count`` latents of one tile (same regions for every branch/CFG half)."""
+        x0, y0, x1, y1 = canvas.boxes[tile]
+        n = canvas.n_instances
+        label = canvas.label_map[:, y0:y1, x0:x1]
+        s = LATENT_SCALE
+        masks = canvas.inst_masks[:, :, y0 * s : y1 * s, x0 * s : x1 * s]
+        valid = torch.zeros(1, n, dtype=torch.bool, device=self.device)
+        if canvas.present[tile]:
+            valid[0, canvas.present[tile]] = True
+        return self.region_batch(
+            label_map=label.expand(count, -1, -1),
+            inst_masks=masks.expand(count, -1, -1, -1),
+            inst_text=texts.inst_pooled.to(self.dtype)[None].expand(count, -1, -1),
+            inst_valid=valid.expand(count, -1),
+        )
+
+    def _predict(
+        self,
+        z: torch.Tensor,
+        branches: list[int],
+        t: torch.Tensor,
+        canvas: Canvas,
+        texts: TextBank,
+        plan: Plan,
+        scheduler: object,
+    ) -> torch.Tensor:
+        """Guided noise prediction for every active branch over the whole canvas: (len(branches),4,h,w).
+
+        ``z`` holds one latent per active branch (branch ids in ``branches``). Every (tile, branch,
+        CFG half) is one batch entry; entries of the same tile shape share UNet calls of at most
+        ``plan.max_batch``.
+        """
+        cfg = plan.guidance_scale > 1.0
+        halves = (False, True) if cfg else (True,)
+        entries: list[_Entry] = []
+        for ti in range(len(canvas.boxes)):
+            for b in branches:
+                if b == 0 or (b - 1) in canvas.present[ti]:
+                    entries.extend(_Entry(ti, b, c) for c in halves)
+        model_in = scheduler.scale_model_input(z, t)  # type: ignore[attr-defined]
+        slot = {b: i for i, b in enumerate(branches)}
+        outputs: dict[tuple[int, int, bool], torch.Tensor] = {}
+        by_shape: dict[tuple[int, int], list[_Entry]] = {}
+        for e in entries:
+            x0, y0, x1, y1 = canvas.boxes[e.tile]
+            by_shape.setdefault((y1 - y0, x1 - x0), []).append(e)
+        s = LATENT_SCALE
+        for group in by_shape.values():
+            for start in range(0, len(group), max(1, plan.max_batch)):
+                chunk = group[start : start + max(1, plan.max_batch)]
+                lat, txt, ctl, regs = [], [], [], []
+                for e in chunk:
+                    x0, y0, x1, y1 = canvas.boxes[e.tile]
+                    lat.append(model_in[slot[e.branch], :, y0:y1, x0:x1])
+                    if not e.cond:
+                        txt.append(texts.negative[0])
+                    elif e.branch == 0:
+                        txt.append(texts.prompt[0])
+                    else:
+                        txt.append(texts.inst_seq[e.branch - 1])
+                    ctl.append(canvas.control[0, :, y0 * s : y1 * s, x0 * s : x1 * s])
+                    regs.append(e.tile)
+                regions = self._stack_regions(canvas, regs, texts)
+                pred = self.denoiser(
+                    torch.stack(lat).to(self.dtype),
+                    t,
+                    torch.stack(txt).to(self.dtype),
+                    torch.stack(ctl),
+                    regions,
+                    controlnet_scale=plan.controlnet_scale,
+                )
+                self.unet_calls += 1
+                for e, p in zip(chunk, pred.float(), strict=True):
+                    outputs[(e.tile, e.branch, e.cond)] = p
+        out = []
+        for b in branches:
+            tiles, preds = [], []
+            for ti in range(len(canvas.boxes)):
+                if (ti, b, True) not in outputs:
+                    continue
+                cond = outputs[(ti, b, True)]
+                eps = (
+                    outputs[(ti, b, False)] + plan.guidance_scale * (cond - outputs[(ti, b, False)])
+                    if cfg
+                    else cond
+                )
+                tiles.append(ti)
+                preds.append(eps[None])
+            if b == 0:
+                out.append(canvas.blender.blend(preds)[0])
+            else:
+                out.append(self._partial_blend(canvas, tiles, preds, out[0]))
+        return torch.stack(out)
+
+    def _stack_regions(self, canvas: Canvas, tiles: list[int], texts: TextBank) -> object:
+        parts = [self._regions(canvas, ti, texts, 1) for ti in tiles]
+        return self.region_batch(
+            label_map=torch.cat([p.label_map for p in parts]),
+            inst_masks=torch.cat([p.inst_masks for p in parts]),
+            inst_text=torch.cat([p.inst_text for p in parts]),
+            inst_valid=torch.cat([p.inst_valid for p in parts]),
+        )
+
+    @staticmethod
+    def _partial_blend(
+        canvas: Canvas, tiles: list[int], preds: list[torch.Tensor], fallback: torch.Tensor
+    ) -> torch.Tensor:
+        """Blend an instance branch over the tiles it appears in; elsewhere follow the global branch.
+
+        Every pixel of the instance lies in a tile where the instance is present, so its fused value
+        only ever uses real predictions of its own branch; the fallback fills pixels whose value the
+        fusion discards anyway.
+        """
+        if len(canvas.boxes) == 1:
+            return preds[0][0] if preds else fallback
+        acc = torch.zeros_like(fallback)
+        wsum = torch.zeros(fallback.shape[-2:], device=fallback.device, dtype=fallback.dtype)
+        for ti, p in zip(tiles, preds, strict=True):
+            x0, y0, x1, y1 = canvas.boxes[ti]
+            win = torch.from_numpy(canvas.blender.weights(ti)).to(fallback.device, fallback.dtype)
+            acc[:, y0:y1, x0:x1] += p[0] * win
+            wsum[y0:y1, x0:x1] += win
+        return torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), fallback)
+
+    # ------------------------------------------------------------------------------- the loop
+    def denoise(
+        self,
+        canvas: Canvas,
+        texts: TextBank,
+        plan: Plan,
+        z0: torch.Tensor,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """Run steps ``start..T-1`` from latent ``z0`` (1, 4, h, w) (float32); return the final latent."""
+        scheduler = self.scheduler_factory()
+        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
+        timesteps = scheduler.timesteps[start:]  # type: ignore[attr-defined]
+        k = fusion_steps(plan.alpha, plan.steps)
+        n = canvas.n_instances
+        multi = n > 0 and k > start
+        branches = [0, *range(1, n + 1)] if multi else [0]
+        z = z0.repeat(len(branches), 1, 1, 1) if multi else z0
+        for i, t in enumerate(timesteps, start=start):
+            eps = self._predict(z, branches, t, canvas, texts, plan, scheduler)
+            z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
+            if multi and i + 1 == k:
+                z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta)
+                branches = [0]
+                multi = False
+        return z
+
+    def initial_noise(self, generator: torch.Generator, latent_size: tuple[int, int]) -> torch.Tensor:
+        """Seeded on the CPU, then moved: identical noise on every device for one seed."""
+        noise = torch.randn((1, 4, *latent_size), generator=generator, dtype=torch.float32)
+        return noise.to(self.device)
+
+    # ----------------------------------------------------------------------------- VAE / Lab
+    @torch.no_grad()
+    def decode_rgb(self, z: torch.Tensor, canvas: Canvas) -> np.ndarray:
+        """Latent -> sRGB float64 (H, W, 3) in [0, 1], padding cropped."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        scale = self.vae.config.scaling_factor
+        img = self.vae.decode((z / scale).to(vae_dtype)).sample
+        rgb = ((img.float() + 1.0) / 2.0).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+        return rgb[: canvas.height, : canvas.width].astype(np.float64)
+
+    @torch.no_grad()
+    def encode_rgb(self, rgb: np.ndarray, canvas: Canvas) -> torch.Tensor:
+        """sRGB (H, W, 3) -> latent (1, 4, h, w) float32 (distribution mean: deterministic)."""
+        hp, wp = canvas.control.shape[-2:]
+        h, w = rgb.shape[:2]
+        padded = np.pad(rgb.astype(np.float32), ((0, hp - h), (0, wp - w), (0, 0)), mode="edge")
+        x = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device) * 2.0 - 1.0
+        vae_dtype = next(self.vae.parameters()).dtype
+        latent = self.vae.encode(x.to(vae_dtype)).latent_dist.mean
+        return latent.float() * self.vae.config.scaling_factor
+
+    # --------------------------------------------------------------------------------- sample
+    @torch.no_grad()
+    def sample(self, luma: np.ndarray, instances: Sequence[Instance], plan: Plan) -> np.ndarray:
+        """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1]."""
+        from skimage.color import rgb2lab
+
+        luma = np.asarray(luma, dtype=np.float32)
+        if luma.ndim != 2 or luma.size == 0:
+            raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
+        masks = (
+            np.stack([np.asarray(i.mask, dtype=bool) for i in instances]).astype(np.float32)
+            if instances
+            else np.zeros((0, *luma.shape), dtype=np.float32)
+        )
+        if masks.shape[1:] != luma.shape:
+            raise ValueError(f"instance masks {masks.shape[1:]} do not match the luma {luma.shape}")
+        texts = self.texts(plan, instances)
+        generator = torch.Generator("cpu").manual_seed(int(plan.seed))
+
+        def tiled_boxes(hp: int, wp: int) -> list[Box]:
+            return canvas_tiles(plan, hp, wp)
+
+        def one_box(hp: int, wp: int) -> list[Box]:
+            return [(0, 0, wp // LATENT_SCALE, hp // LATENT_SCALE)]
+
+        full = build_canvas(luma, masks, tiled_boxes, self.device, self.dtype)
+        if len(full.boxes) == 1:
+            z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
+            return self.decode_rgb(z, full)
+
+        # Tiled: a low-resolution pass of the whole picture fixes the colours ...
+        h, w = luma.shape
+        scale = plan.tile_size / max(_ceil8(h), _ceil8(w))
+        lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
+        low = build_canvas(
+            resize_plane(luma, (lh, lw)),
+            (resize_plane(masks, (lh, lw)) >= 0.5).astype(np.float32),
+            one_box,
+            self.device,
+            self.dtype,
+        )
+        z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
+        rgb_low = self.decode_rgb(z_low, low)
+        ab_low = rgb2lab(rgb_low)[..., 1:].transpose(2, 0, 1)
+        ab = resize_plane(ab_low, (h, w))
+        seed_rgb = lab_to_srgb_locked(luma, ab[0], ab[1])
+        # ... and the tiles re-run the last TILE_SEED_STRENGTH of the steps from it, re-noised.
+        x0 = self.encode_rgb(seed_rgb, full)
+        start = min(plan.steps - 1, plan.steps - int(math.floor(TILE_SEED_STRENGTH * plan.steps + 0.5)))
+        start = max(0, start)
+        scheduler = self.scheduler_factory()
+        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
+        noise = self.initial_noise(generator, full.latent_size)
+        t_start = scheduler.timesteps[start : start + 1]  # type: ignore[attr-defined]
+        z_start = scheduler.add_noise(x0, noise, t_start)  # type: ignore[attr-defined]
+        z = self.denoise(full, texts, plan, z_start, start=start)
+        return self.decode_rgb(z, full)

@@ -1,0 +1,185 @@
+"""A tiny, randomly initialised bundle in exactly the real layout, built offline in seconds.
+
+Tests and the offline demo need the whole pipeline (tokenizer -> text encoder -> ControlNet ->
+UNet -> VAE -> scheduler -> MT-Color modules -> perception) without a download. Every shape
+relationship of SD 1.5 that the sampler relies on is kept: the VAE and the ControlNet's conditioning
+encoder both downsample by 8, the UNet has a cross-attention stage, the text encoder's hidden size is
+the UNet's cross-attention width. Weights are random (seeded), so colours are meaningless; the
+manifest says ``tiny: true`` and every output made with it says so in its provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mtcolor_batch.errors import ModelError
+from mtcolor_batch.model.bundle import save_bundle
+from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+
+TINY_TEXT_DIM = 32
+TINY_NAME = "tiny-random"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable-unicode table, so every byte string is tokenizable offline."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+# A few merges so common words become single tokens (the tokenizer exercises real BPE, not bytes only).
+_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("r", "e"), ("re", "d</w>")]
+
+
+def write_tiny_tokenizer(folder: Path) -> int:
+    """Write a CLIP BPE tokenizer (vocab.json + merges.txt, model_max_length 77); return vocab size."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    for a, b in _MERGES:
+        vocab.setdefault(a + b, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES), encoding="utf-8"
+    )
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(folder)
+    return len(vocab)
+
+
+def _tiny_components(folder: Path, seed: int) -> None:
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab_size = write_tiny_tokenizer(folder / "tokenizer")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        # Attention only at the coarser level (as diffusers' own tiny test UNets): at the latent's full
+        # resolution a 64x64 latent means 4096x4096 attention maps, seconds per call on a CPU.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_TEXT_DIM,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    torch.manual_seed(seed + 1)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    # from_unet copies the UNet's encoder; re-randomise the copied weights' zero-convs so the
+    # ControlNet really reaches the UNet in tests (a zero ControlNet would hide wiring bugs).
+    with torch.no_grad():
+        for mod in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            torch.nn.init.normal_(mod.weight, std=0.05)
+        torch.nn.init.normal_(controlnet.controlnet_cond_embedding.conv_out.weight, std=0.05)
+    controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+        mid_block_add_attention=False,  # same reason: no 4096-token attention in the tiny VAE
+    )
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    torch.manual_seed(seed + 3)
+    text_config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        projection_dim=TINY_TEXT_DIM,
+    )
+    CLIPTextModel(text_config).save_pretrained(folder / "text_encoder", safe_serialization=True)
+    DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
+    from mtcolor_batch.model.denoiser import MTColorModules
+
+    torch.manual_seed(seed + 4)
+    MTColorModules.from_unet(unet, controlnet, text_dim=TINY_TEXT_DIM).save(folder / MODULES_FILE)
+
+
+def _write_perception(folder: Path, seed: int) -> bool:
+    """Add the tiny perception components when the perception package provides them."""
+    try:
+        from mtcolor_batch.perception.tiny import write_tiny_perception
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("mtcolor_batch.perception"):
+            return False
+        raise
+    write_tiny_perception(folder, seed=seed)
+    return True
+
+
+def write_tiny_bundle(path: Path, *, seed: int = 0, perception: bool = True) -> Path:
+    """Write a complete tiny random bundle at ``path`` (created; must be empty or absent).
+
+    Built in a sibling temp folder and moved into place, so an interrupted build never leaves a
+    folder that looks like a bundle. Same seed -> byte-identical weights and manifest.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if (path / MANIFEST_FILE).is_file():
+            raise ModelError("a bundle already exists here", path=path, hint="choose an empty folder")
+        raise ModelError("target folder is not empty", path=path, hint="choose an empty or new folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+            _tiny_components(staging, seed)
+        has_perception = perception and _write_perception(staging, seed)
+        save_bundle(
+            staging,
+            name=TINY_NAME,
+            revision=f"seed-{seed}",
+            tiny=True,
+            sources={"generator": "mtcolor_batch.model.tiny", "seed": seed, "perception": has_perception},
+        )
+        if path.exists():
+            path.rmdir()
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path

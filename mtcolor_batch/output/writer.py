@@ -1,0 +1,291 @@
+"""Atomic output files in the input's format and bit depth, with the metadata carried forward.
+
+Why atomic: an overnight run can be killed at any moment (Ctrl-C, OOM killer, kill -9, power).
+Every file is written to a hidden temp file in its target folder, flushed and fsynced, then
+renamed over the target and the folder fsynced, so a reader only ever sees the old file or the
+complete new one. Live temp paths are registered so an interrupt handler can remove them, and a run
+removes stale temps a killed run left behind (it holds the output lock, so none can be live).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import piexif
+import piexif.helper
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+TEMP_MARK = ".mtcolor-tmp"
+_LIVE_TEMPS: set[Path] = set()
+
+_EXT_FORMAT = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+}
+_TIFF_TEXT_TAGS = (271, 272, 306, 315, 33432)  # Make, Model, DateTime, Artist, Copyright: kept from the input
+
+
+@dataclass
+class EmbeddedMeta:
+    """What goes inside the output file (all deterministic: no clock, so reruns are byte-identical)."""
+
+    software: str
+    description: str
+    user_comment: str
+    xmp: bytes
+    exif: bytes | None = None  # the original's EXIF (orientation already reset to 1)
+    icc_profile: bytes | None = None
+
+
+def output_path(out_dir: Path, relpath: str, suffix: str, json_record: bool = False, stem: str = "") -> Path:
+    """``<out>/<rel dir>/<stem><suffix>.<ext>`` (or ``.json`` for the provenance record)."""
+    rel = Path(relpath)
+    ext = ".json" if json_record else rel.suffix.lower()
+    return Path(out_dir) / rel.parent / f"{stem or rel.stem}{suffix}{ext}"
+
+
+def live_temps() -> list[Path]:
+    return sorted(_LIVE_TEMPS)
+
+
+def remove_live_temps() -> None:
+    """Called on a hard interrupt: nothing half-written stays on disk."""
+    for tmp in list(_LIVE_TEMPS):
+        tmp.unlink(missing_ok=True)
+        _LIVE_TEMPS.discard(tmp)
+
+
+def clean_stale_temps(out_dir: Path) -> list[Path]:
+    """Remove temp files a killed run left (call only while holding the output lock)."""
+    removed = []
+    for tmp in Path(out_dir).rglob(f".*{TEMP_MARK}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutputBatch:
+    """Files staged as temps and renamed into place together when the block ends without error.
+
+    Why a batch: an image and its ``.color.json`` record belong together. Both are fully written
+    and fsynced first; only then are both renamed, so an interrupt leaves either the old pair or
+    the new pair (the rename window is microseconds), never an image whose record is missing.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def add(self, target: Path, write: Callable[[BinaryIO], None]) -> str:
+        """Write a temp beside ``target`` through ``write(fh)``; return the sha256 of its bytes."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}{TEMP_MARK}"
+        _LIVE_TEMPS.add(tmp)
+        self._staged.append((tmp, target))
+        with open(tmp, "w+b") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.seek(0)
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def commit(self) -> None:
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+            _LIVE_TEMPS.discard(tmp)
+        for folder in {target.parent for _, target in self._staged}:
+            _fsync_dir(folder)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+            _LIVE_TEMPS.discard(tmp)
+        self._staged.clear()
+
+    def __enter__(self) -> OutputBatch:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> str:
+    """Write one file atomically through ``write(fh)``; return the sha256 of the bytes written."""
+    with OutputBatch() as batch:
+        return batch.add(target, write)
+
+
+def quantize(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
+    """float [0,1] -> uint8/uint16 with rounding (the same on every machine)."""
+    top = 65535.0 if bit_depth == 16 else 255.0
+    arr = np.rint(np.clip(rgb, 0.0, 1.0) * top)
+    return arr.astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def _ascii(text: str) -> str:
+    """piexif's text tags are ASCII: keep it readable, never crash on a non-ASCII file name."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def build_exif(meta: EmbeddedMeta) -> bytes:
+    """Original EXIF plus Software, ImageDescription and UserComment; the stale thumbnail is dropped."""
+    exif: dict = {"0th": {}, "Exif": {}, "GPS": {}, "Interop": {}, "1st": {}, "thumbnail": None}
+    if meta.exif:
+        # piexif raises bare ValueError/struct.error on odd makers' notes: then start fresh.
+        with contextlib.suppress(Exception):
+            exif = piexif.load(meta.exif)
+    exif["thumbnail"] = None
+    exif["1st"] = {}
+    exif["0th"][piexif.ImageIFD.Software] = _ascii(meta.software).encode()
+    exif["0th"][piexif.ImageIFD.ImageDescription] = _ascii(meta.description).encode()
+    exif["0th"][piexif.ImageIFD.Orientation] = 1
+    exif["Exif"][piexif.ExifIFD.UserComment] = piexif.helper.UserComment.dump(
+        _ascii(meta.user_comment), encoding="ascii"
+    )
+    try:
+        return piexif.dump(exif)
+    except Exception:  # an original tag piexif cannot re-encode: keep ours, drop theirs
+        fresh = {
+            "0th": {
+                k: exif["0th"][k]
+                for k in (
+                    piexif.ImageIFD.Software,
+                    piexif.ImageIFD.ImageDescription,
+                    piexif.ImageIFD.Orientation,
+                )
+            },
+            "Exif": {piexif.ExifIFD.UserComment: exif["Exif"][piexif.ExifIFD.UserComment]},
+        }
+        return piexif.dump(fresh)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+
+def _write_png16(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta, exif: bytes) -> None:
+    """16-bit RGB PNG (Pillow cannot write one): IHDR, iCCP-free sRGB note, eXIf, iTXt XMP, IDAT."""
+    h, w, _ = arr.shape
+    raw = np.empty((h, 1 + w * 6), dtype=np.uint8)
+    raw[:, 0] = 0  # filter type None per row
+    raw[:, 1:] = arr.astype(">u2").view(np.uint8).reshape(h, w * 6)
+    fh.write(b"\x89PNG\r\n\x1a\n")
+    fh.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)))
+    fh.write(_png_chunk(b"sRGB", b"\x00"))
+    fh.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    fh.write(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp))
+    fh.write(_png_chunk(b"tEXt", b"Software\x00" + _ascii(meta.software).encode()))
+    fh.write(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
+    fh.write(_png_chunk(b"IEND", b""))
+
+
+def _write_tiff(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta) -> None:
+    """TIFF via tifffile (8 or 16 bit RGB), XMP in tag 700, ICC in 34675, the input's text tags kept."""
+    import tifffile
+
+    extratags: list[tuple] = [(700, "B", len(meta.xmp), meta.xmp, True)]
+    if meta.icc_profile:
+        extratags.append((34675, "B", len(meta.icc_profile), meta.icc_profile, True))
+    if meta.exif:
+        try:
+            zeroth = piexif.load(meta.exif).get("0th", {})
+        except Exception:
+            zeroth = {}
+        for tag in _TIFF_TEXT_TAGS:
+            value = zeroth.get(tag)
+            if isinstance(value, bytes) and value.strip(b"\x00"):
+                text = value.split(b"\x00", 1)[0].decode("latin-1")
+                extratags.append((tag, "s", 0, _ascii(text), True))
+    tifffile.imwrite(
+        fh,
+        arr,
+        photometric="rgb",
+        compression="zlib",
+        metadata=None,
+        software=_ascii(meta.software),
+        description=_ascii(meta.description),
+        extratags=extratags,
+    )
+
+
+def encode_image(
+    fh: BinaryIO, rgb: np.ndarray, fmt: str, bit_depth: int, meta: EmbeddedMeta, jpeg_quality: int = 95
+) -> None:
+    """Encode ``rgb`` (float HxWx3 in [0,1]) as ``fmt`` with the metadata each format can hold."""
+    exif = build_exif(meta)
+    if fmt == "TIFF":
+        _write_tiff(fh, quantize(rgb, 16 if bit_depth == 16 else 8), meta)
+        return
+    if fmt == "PNG" and bit_depth == 16:
+        _write_png16(fh, quantize(rgb, 16), meta, exif)
+        return
+    img = Image.fromarray(quantize(rgb, 8), mode="RGB")
+    icc = {"icc_profile": meta.icc_profile} if meta.icc_profile else {}
+    if fmt == "JPEG":
+        img.save(fh, "JPEG", quality=jpeg_quality, exif=exif, xmp=meta.xmp, subsampling=0, **icc)
+    elif fmt == "PNG":
+        info = PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", meta.xmp.decode("utf-8"))
+        info.add_text("Software", _ascii(meta.software))
+        img.save(fh, "PNG", pnginfo=info, exif=exif, **icc)
+    elif fmt == "WEBP":
+        img.save(fh, "WEBP", quality=jpeg_quality, exif=exif, xmp=meta.xmp, **icc)
+    elif fmt == "BMP":
+        img.save(fh, "BMP")  # BMP holds no metadata: the .color.json record carries it all
+    else:
+        raise ValueError(f"unsupported output format {fmt}")
+
+
+def format_for(relpath: str, input_format: str) -> str:
+    """The output format: the input's own (by extension, which also names the output file)."""
+    return _EXT_FORMAT.get(Path(relpath).suffix.lower(), input_format)
+
+
+def encode_to_bytes(
+    rgb: np.ndarray, fmt: str, bit_depth: int, meta: EmbeddedMeta, jpeg_quality: int = 95
+) -> bytes:
+    """In-memory encoding (tests and the benchmark)."""
+    buf = io.BytesIO()
+    encode_image(buf, rgb, fmt, bit_depth, meta, jpeg_quality)
+    return buf.getvalue()
+
+
+def iter_outputs(out_dir: Path) -> Iterator[Path]:
+    """Every finished output image under ``out_dir`` (hidden folders and temps excluded)."""
+    for path in sorted(Path(out_dir).rglob("*")):
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(out_dir).parts):
+            yield path

@@ -1,0 +1,259 @@
+"""The per-file stage chain: scan -> sidecar -> perceive -> hints -> plan -> colorize -> compose -> write.
+
+One :class:`Pipeline` holds what is loaded once per run (engine, perception models, profile) and
+turns one discovered file into its outputs. Stages are announced through a callback before they
+start; the batch runner uses it for progress and as the safe point to stop at after a Ctrl-C (any
+stage before ``write`` can be abandoned without leaving anything behind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtcolor_batch.config import Profile
+from mtcolor_batch.errors import ModelError
+from mtcolor_batch.model.bundle import read_manifest
+from mtcolor_batch.model.registry import DEFAULT_BUNDLE_NAME, bundles_dir, default_bundle_dir
+from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
+from mtcolor_batch.output.writer import OutputBatch, encode_image, format_for, output_path
+from mtcolor_batch.scan.discover import ScanFile
+from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
+
+STAGES = ("load", "hints", "perceive", "plan", "colorize", "compose", "write")
+StageCallback = Callable[[str], None]
+
+NO_MODEL_HINT = (
+    "get one with `mtcolor-batch models pull` on a connected machine, point at a bundle with "
+    "`--model DIR`, or write a tiny random bundle for a pipeline check with `mtcolor-batch models tiny DIR` "
+    "(its outputs are not real colorizations)"
+)
+
+
+def resolve_model(spec: str | None) -> Path:
+    """``--model DIR|ID`` (or the cached default) -> a bundle folder with a manifest, else ModelError.
+
+    Called before anything in the output folder is created, so a missing model never leaves a
+    half-started run behind.
+    """
+    if spec:
+        candidate = Path(spec).expanduser()
+        if not candidate.exists() and "/" not in spec and (bundles_dir() / spec).exists():
+            candidate = bundles_dir() / spec
+    else:
+        candidate = default_bundle_dir()
+    if not (candidate / "mtcolor.json").is_file():
+        what = (
+            f"model '{spec}' not found"
+            if spec
+            else f"no model configured and no cached '{DEFAULT_BUNDLE_NAME}'"
+        )
+        raise ModelError(f"{what} ({candidate})", hint=NO_MODEL_HINT)
+    return candidate.resolve()
+
+
+def model_hash(bundle_dir: Path) -> str:
+    """Digest of every weight file's sha256 (from the manifest: cheap, no weights read)."""
+    return read_manifest(bundle_dir).weights_sha256
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def derive_seed(input_sha256: str) -> int:
+    """Seed from the file's content: reruns (and moved files) get the same seed without a record."""
+    return int(input_sha256[:8], 16) & 0x7FFFFFFF
+
+
+def fingerprint(input_sha256: str, sidecar_sha256: str | None, profile_fp: str, model_fp: str) -> str:
+    """What must match for a done file to be skipped: input, sidecar, profile and model."""
+    text = f"{input_sha256}|{sidecar_sha256 or '-'}|{profile_fp}|{model_fp}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def find_sidecar_safe(path: Path) -> Path | None:
+    """The scan's sidecar, if any (hints stage rules: ``photo.jpg.yaml`` first, then ``photo.yaml``)."""
+    from mtcolor_batch.hints.schema import find_sidecar
+
+    return find_sidecar(path)
+
+
+@dataclass
+class FileResult:
+    """What one processed file produced (paths relative to the output folder)."""
+
+    outputs: list[str]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    engine_seconds: float = 0.0
+
+
+@dataclass
+class Pipeline:
+    """Loaded once per run; :meth:`process` runs the stage chain on one file."""
+
+    profile: Profile
+    bundle_dir: Path
+    engine: Any
+    perception: Any
+    device: str
+    scan_root: Path
+    out_dir: Path
+    model_fp: str
+
+    @classmethod
+    def load(cls, profile: Profile, bundle_dir: Path, scan_root: Path, out_dir: Path) -> Pipeline:
+        """Load the engine and the perception models from the bundle on the profile's device."""
+        from mtcolor_batch.model.engine import MTColorEngine
+        from mtcolor_batch.perception.models import load_perception
+
+        engine = MTColorEngine.load(bundle_dir, device=profile.device, dtype=profile.sampling.dtype)
+        device = str(getattr(engine, "device", profile.device))
+        # Loaded even with auto instances off: SAM also serves sidecar box/point hints.
+        perception = load_perception(bundle_dir, device, long_side=profile.perception.size)
+        return cls(
+            profile=profile,
+            bundle_dir=bundle_dir,
+            engine=engine,
+            perception=perception,
+            device=device,
+            scan_root=scan_root,
+            out_dir=out_dir,
+            model_fp=model_hash(bundle_dir),
+        )
+
+    def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
+        """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
+        from mtcolor_batch.hints.adherence import enforce
+        from mtcolor_batch.hints.resolve import resolve_hints
+        from mtcolor_batch.hints.schema import load_sidecar
+        from mtcolor_batch.perception import perceive
+        from mtcolor_batch.perception.instances import finalize, resize_instances
+        from mtcolor_batch.plan import make_plan
+        from mtcolor_batch.render.chroma import compose, resize_luma
+
+        prof = self.profile
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + (now - clock)
+            clock = now
+
+        stage("load")
+        scan = load_scan(item.path, self.scan_root, prof.scan)
+        lap("load")
+        stage("hints")
+        sidecar_path = find_sidecar_safe(item.path)
+        sidecar = None
+        if sidecar_path is not None:
+            limit = prof.hints.max_sidecar_bytes
+            sidecar = load_sidecar(sidecar_path, max_bytes=limit, scan_size=scan.size)
+        sidecar_sha = file_sha256(sidecar_path) if sidecar_path else None
+        lap("hints")
+        stage("perceive")
+        exclude = list(getattr(sidecar, "exclude", None) or [])
+        autos = perceive(scan, self.perception, prof.perception, exclude)  # [] when auto instances are off
+        segmenter = getattr(self.perception, "segmenter", None)
+        resolved = resolve_hints(sidecar, sidecar_path, scan, autos, segmenter, self.scan_root, prof.hints)
+        warnings = list(resolved.warnings)
+        instances = finalize(resolved.instances, scan.size, prof.perception, warnings)
+        lap("perceive")
+        stage("plan")
+        # The sidecar speaks for this one file, so its seed beats the run-wide profile/--seed.
+        if resolved.seed is not None:
+            seed, seed_source = int(resolved.seed), "sidecar"
+        elif prof.seed is not None:
+            seed, seed_source = prof.seed, "profile"
+        else:
+            seed, seed_source = derive_seed(scan.sha256), "input sha256"
+        prompt = resolved.prompt or prof.sampling.prompt
+        plan = make_plan(scan.size, prof.sampling, seed, prompt)
+        luma_w = resize_luma(scan.luma, plan.working_size)
+        insts_w = resize_instances(instances, plan.working_size)
+        lap("plan")
+        stage("colorize")
+        ab = self.engine.colorize(luma_w, insts_w, plan)
+        lap("colorize")
+        ab, stats = enforce(ab, luma_w, insts_w, prof.hints)
+        lap("adherence")
+        stage("compose")
+        rgb = compose(scan.luma, ab)
+        lap("compose")
+        stage("write")
+        info = dict(self.engine.info)
+        model_name = str(info.get("name") or info.get("bundle") or self.bundle_dir.name)
+        fmt = format_for(scan.relpath, scan.format)
+        bit_depth = scan.bit_depth if fmt in ("TIFF", "PNG") else 8
+        img_path = output_path(self.out_dir, scan.relpath, prof.output.suffix, stem=item.stem)
+        rec_path = output_path(
+            self.out_dir, scan.relpath, prof.output.suffix, json_record=True, stem=item.stem
+        )
+        meta = embedded_meta(
+            scan,
+            model_name=model_name,
+            seed=seed,
+            steps=plan.steps,
+            record_name=rec_path.name,
+            icc_profile=srgb_icc_bytes() if scan.icc_profile else None,
+        )
+        outputs = [img_path.relative_to(self.out_dir).as_posix()]
+        with OutputBatch() as batch:  # image + record renamed into place together
+            out_sha = batch.add(
+                img_path, lambda fh: encode_image(fh, rgb, fmt, bit_depth, meta, prof.output.jpeg_quality)
+            )
+            lap("write")
+            if prof.output.write_json:
+                stats_by_id = _stats_by_id(stats)
+                record = build_record(
+                    scan=scan,
+                    profile=prof,
+                    plan=plan,
+                    seed_source=seed_source,
+                    engine_info=info,
+                    model_dir=self.bundle_dir,
+                    model_hash=self.model_fp,
+                    instances=[instance_record(i, stats_by_id.get(i.id)) for i in instances],
+                    sidecar_path=sidecar_path,
+                    sidecar_sha256=sidecar_sha,
+                    output_path=img_path,
+                    output_sha256=out_sha,
+                    output_format=fmt,
+                    output_bit_depth=bit_depth,
+                    device=self.device,
+                    timings=timings,
+                    warnings=warnings,
+                    out_dir=self.out_dir,
+                )
+                data = record_bytes(record)
+                batch.add(rec_path, lambda fh: fh.write(data))
+                outputs.append(rec_path.relative_to(self.out_dir).as_posix())
+        lap("write")
+        return FileResult(
+            outputs=outputs,
+            timings=timings,
+            warnings=warnings + list(scan.notes),
+            engine_seconds=timings.get("colorize", 0.0),
+        )
+
+
+def _stats_by_id(stats: Any) -> dict[int, dict[str, Any]]:
+    """Adherence stats keyed by instance id, whatever container the hints stage returns."""
+    if isinstance(stats, dict):
+        return {int(k): v for k, v in stats.items()}
+    out: dict[int, dict[str, Any]] = {}
+    for entry in stats or []:
+        if isinstance(entry, dict) and "id" in entry:
+            out[int(entry["id"])] = entry
+    return out

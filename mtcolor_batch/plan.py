@@ -1,0 +1,103 @@
+"""Plan one scan: the chroma working resolution, the tile grid and every sampling value.
+
+Why a working resolution: colour varies far more slowly than archival detail, and the luminance
+lock (``render/chroma.py``) puts the scan's own full-resolution luminance back after sampling, so
+the sampler only has to get colour right at a modest size. The engine therefore always runs at
+``sampling.working_long_side`` (default 1024) on the long side: a 100 MP scan costs the same
+sampler work as a 1 MP scan; only the cheap guided upsampling grows with pixels.
+
+Decisions recorded here (and in provenance via the Plan):
+- Scans larger than the working size are scaled down keeping their aspect ratio.
+- Scans smaller than the working size are never scaled up: they run at their own size.
+- Both sides are then rounded to the nearest multiple of 8 (at least 8), because the VAE works on
+  8x8 blocks. This moves each side by at most 4 px (a tiny scan such as 1x1 or 7x3000 becomes
+  8 px on the short side); compose maps the whole working canvas onto the whole scan, so the
+  geometry stays exact and nothing needs padding or cropping later.
+- Tiles come from ``render.tiling.tile_boxes`` at the working size, aligned to 8 so they map
+  exactly onto latents; a working image that fits one tile gives one box covering it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtcolor_batch.config import SamplingSettings
+from mtcolor_batch.errors import UserError
+from mtcolor_batch.render.tiling import axis_starts, tile_boxes
+from mtcolor_batch.types import Plan
+
+LATENT_FACTOR = 8
+"""Pixels per latent cell of the Stable Diffusion VAE."""
+
+
+def _round8(value: float) -> int:
+    return max(LATENT_FACTOR, int(round(value / LATENT_FACTOR)) * LATENT_FACTOR)
+
+
+def working_size(scan_size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(h, w) the engine runs at for a scan of ``scan_size`` (h, w); multiples of 8."""
+    h, w = scan_size
+    if h < 1 or w < 1:
+        raise UserError(f"empty scan ({w}x{h} px)")
+    if long_side < LATENT_FACTOR:
+        raise UserError(f"sampling.working_long_side must be >= {LATENT_FACTOR} (got {long_side})")
+    scale = min(1.0, long_side / max(h, w))
+    return _round8(h * scale), _round8(w * scale)
+
+
+def _check_tiles(settings: SamplingSettings) -> None:
+    if settings.tile_size % LATENT_FACTOR:
+        raise UserError(
+            f"sampling.tile_size must be a multiple of {LATENT_FACTOR} (got {settings.tile_size})",
+            hint="the sampler tiles latents, 8 pixels per latent cell; 512 is the model's native size",
+        )
+    if settings.tile_overlap % LATENT_FACTOR or settings.tile_overlap >= settings.tile_size:
+        raise UserError(
+            f"sampling.tile_overlap must be a multiple of {LATENT_FACTOR} below tile_size "
+            f"(got {settings.tile_overlap} for tile_size {settings.tile_size})",
+            hint="e.g. tile_size 512 with tile_overlap 128",
+        )
+
+
+def make_plan(
+    scan_size: tuple[int, int], settings: SamplingSettings, seed: int, prompt: str | None = None
+) -> Plan:
+    """The Plan for one scan of ``scan_size`` (h, w) under the profile's sampling settings.
+
+    ``prompt`` is the global text (from the sidecar); ``None`` or empty falls back to
+    ``settings.prompt``. Raises UserError for tile settings the latent grid cannot honour.
+    """
+    _check_tiles(settings)
+    wh, ww = working_size(scan_size, settings.working_long_side)
+    tiles = tile_boxes(wh, ww, settings.tile_size, settings.tile_overlap, align=LATENT_FACTOR)
+    return Plan(
+        scan_size=(int(scan_size[0]), int(scan_size[1])),
+        working_size=(wh, ww),
+        tile_size=settings.tile_size,
+        tile_overlap=settings.tile_overlap,
+        tiles=tiles,
+        seed=int(seed),
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        controlnet_scale=settings.controlnet_scale,
+        alpha=settings.alpha,
+        beta=settings.beta,
+        prompt=prompt or settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        max_batch=settings.max_batch,
+    )
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    """Compact, JSON-ready description of the plan's geometry for provenance and logs."""
+    wh, ww = plan.working_size
+    rows = len(axis_starts(wh, plan.tile_size, plan.tile_overlap, LATENT_FACTOR))
+    cols = len(axis_starts(ww, plan.tile_size, plan.tile_overlap, LATENT_FACTOR))
+    return {
+        "scan_size": list(plan.scan_size),
+        "working_size": [wh, ww],
+        "tile_size": plan.tile_size,
+        "tile_overlap": plan.tile_overlap,
+        "tile_grid": [rows, cols],
+        "tiles": [list(b) for b in plan.tiles],
+    }

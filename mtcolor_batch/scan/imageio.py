@@ -1,0 +1,266 @@
+"""Robust scan loading: every odd file an archive holds becomes either a clean Scan or one ScanError.
+
+Archives hold 8- and 16-bit gray scans, RGB files that are really gray or sepia, palette and alpha
+images, CMYK from print workflows, ICC-tagged files, rotated camera scans and multi-page TIFFs.
+Colorization only needs the luminance, so everything is reduced to a float32 luminance in [0, 1]
+that keeps 16-bit precision, plus the metadata the output must carry forward. The file is opened
+read-only ('rb') exactly once: its bytes are hashed and decoded from memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from mtcolor_batch.config import ScanSettings
+from mtcolor_batch.errors import ScanError
+from mtcolor_batch.types import Scan
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def srgb_icc_bytes() -> bytes:
+    """The sRGB profile outputs embed when the input carried a (converted) ICC profile."""
+    return _SRGB_PROFILE.tobytes()
+
+
+def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * np.power(np.clip(v, 0, None), 1 / 2.4) - 0.055)
+
+
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """The gray value with the same CIE luminance as each sRGB pixel.
+
+    Why not Pillow's ``convert("L")``: its Rec.601 weights on gamma-encoded values change the
+    lightness of toned prints; the luminance lock later keeps exactly this lightness.
+    """
+    lin = _srgb_to_linear(rgb.astype(np.float64))
+    y = lin[..., 0] * 0.2126 + lin[..., 1] * 0.7152 + lin[..., 2] * 0.0722
+    return np.clip(_linear_to_srgb(y), 0.0, 1.0).astype(np.float32)
+
+
+def describe_tone(rgb: np.ndarray, tolerance: float) -> str:
+    """Say what kind of RGB file this is: gray, toned monochrome (sepia, cyanotype) or real colour.
+
+    A toned print has one hue throughout: its chroma vectors (Cb, Cr) lie close to one line through
+    the origin. The spread off that line (smallest principal axis) below ``tolerance`` means toned.
+    """
+    sample = (
+        rgb[:: max(1, rgb.shape[0] // 256), :: max(1, rgb.shape[1] // 256)].reshape(-1, 3).astype(np.float64)
+    )
+    cb = -0.168736 * sample[:, 0] - 0.331264 * sample[:, 1] + 0.5 * sample[:, 2]
+    cr = 0.5 * sample[:, 0] - 0.418688 * sample[:, 1] - 0.081312 * sample[:, 2]
+    chroma = np.hypot(cb, cr)
+    mean_chroma = float(chroma.mean())
+    if mean_chroma <= tolerance:
+        return f"RGB scan is gray (mean chroma {mean_chroma:.3f}): converted to luminance"
+    vecs = np.stack([cb, cr], axis=1)
+    second_moment = vecs.T @ vecs / len(vecs)
+    off_axis = float(np.sqrt(max(np.linalg.eigvalsh(second_moment)[0], 0.0)))
+    if off_axis <= tolerance:
+        return f"RGB scan is toned monochrome/sepia (mean chroma {mean_chroma:.3f}): converted to luminance"
+    return (
+        f"RGB scan has real colour (mean chroma {mean_chroma:.3f}): its colour was discarded, luminance used"
+    )
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an array read without Pillow (16-bit TIFF via tifffile)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1, :],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.swapaxes(a, 0, 1)[:, ::-1],
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+        8: lambda a: np.swapaxes(a, 0, 1)[::-1, :],
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(arr)) if op else arr
+
+
+def _read_tiff_16bit(data: bytes, path: Path) -> np.ndarray:
+    """First page of a 16-bit TIFF as uint16 (H, W) or (H, W, C): Pillow cannot decode 16-bit RGB."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            arr = tif.pages[0].asarray()
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise ScanError(f"corrupt or truncated TIFF: {exc}", path=path) from exc
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar storage
+    return arr
+
+
+def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite on white: transparent areas of scans are margins, and margins are paper."""
+    a = alpha[..., None] if rgb.ndim == 3 else alpha
+    return rgb * a + (1.0 - a)
+
+
+def _exif_bytes(img: Image.Image) -> bytes | None:
+    src = img.getexif()  # Pillow caches this object and exif_transpose reads it: never mutate it
+    if not len(src):
+        return None
+    exif = Image.Exif()
+    exif.load(src.tobytes())
+    exif[0x0112] = 1  # orientation is applied to the pixels now
+    return exif.tobytes()
+
+
+def load_scan(path: Path, root: Path, settings: ScanSettings) -> Scan:
+    """Load one scan as luminance; raise ScanError with a one-line reason for anything unreadable."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except IsADirectoryError as exc:
+        raise ScanError("is a directory, not an image", path=path) from exc
+    except OSError as exc:
+        raise ScanError(f"cannot read: {exc.strerror or exc}", path=path) from exc
+    if not data:
+        raise ScanError("empty file (0 bytes)", path=path)
+    try:
+        relpath = path.relative_to(root).as_posix()
+    except ValueError:
+        relpath = path.name
+    sha = hashlib.sha256(data).hexdigest()
+    limit = int(settings.max_megapixels * 1_000_000)
+    notes: list[str] = []
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(io.BytesIO(data))
+                fmt = img.format or "UNKNOWN"
+                n_frames = getattr(img, "n_frames", 1)
+                img.load()
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+                raise ScanError(
+                    f"image too large (over the {settings.max_megapixels:g} MP limit)",
+                    path=path,
+                    hint="raise scan.max_megapixels in the profile if the file is trusted",
+                ) from exc
+            except UnidentifiedImageError as exc:
+                raise ScanError("not an image (unrecognised format)", path=path) from exc
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise ScanError(f"corrupt or truncated image: {exc}", path=path) from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if n_frames > 1:
+        notes.append(f"multi-page file ({n_frames} pages): only the first page was colorized")
+    mode = img.mode
+    orientation = int(img.getexif().get(0x0112, 1) or 1)
+    exif = _exif_bytes(img)
+    icc = img.info.get("icc_profile") or None
+    bits_per_sample = None
+    if fmt == "TIFF":
+        bps = img.tag_v2.get(258) if hasattr(img, "tag_v2") else None
+        bits_per_sample = max(bps) if isinstance(bps, tuple) else bps
+    try:
+        if fmt == "TIFF" and (bits_per_sample == 16 or mode in _SIXTEEN_BIT_MODES):
+            luma, bit_depth = _luma_16bit(_orient(_read_tiff_16bit(data, path), orientation), settings, notes)
+        elif mode in _SIXTEEN_BIT_MODES:
+            arr = np.asarray(ImageOps.exif_transpose(img)).astype(np.float64)
+            bit_depth = 16 if mode != "I" or arr.max() > 255 else 8
+            luma = np.clip(arr / (65535.0 if bit_depth == 16 else 255.0), 0, 1).astype(np.float32)
+        else:
+            luma, bit_depth = _luma_8bit(ImageOps.exif_transpose(img), icc, settings, notes, path)
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"corrupt or truncated image: {exc}", path=path) from exc
+    if luma.ndim != 2 or min(luma.shape) < 8:
+        raise ScanError(f"image too small ({luma.shape[1]}x{luma.shape[0]} px)", path=path)
+    return Scan(
+        source=path,
+        relpath=relpath,
+        luma=np.ascontiguousarray(luma, dtype=np.float32),
+        format=fmt,
+        mode=mode,
+        bit_depth=bit_depth,
+        sha256=sha,
+        icc_profile=icc,
+        exif=exif,
+        notes=notes,
+    )
+
+
+def _luma_16bit(arr: np.ndarray, settings: ScanSettings, notes: list[str]) -> tuple[np.ndarray, int]:
+    scale = (
+        65535.0
+        if arr.dtype == np.uint16
+        else float(np.iinfo(arr.dtype).max)
+        if arr.dtype.kind == "u"
+        else 1.0
+    )
+    f = arr.astype(np.float64) / scale
+    if f.ndim == 3:
+        if f.shape[-1] in (2, 4):
+            f = (
+                _flatten_alpha(f[..., :-1], f[..., -1])
+                if f.shape[-1] == 4
+                else _flatten_alpha(f[..., 0], f[..., 1])
+            )
+            notes.append("alpha channel flattened onto white")
+        if f.ndim == 3:
+            notes.append(describe_tone(f[..., :3], settings.gray_tolerance))
+            return rgb_to_gray(f[..., :3]), 16
+    return np.clip(f, 0, 1).astype(np.float32), 16
+
+
+def _luma_8bit(
+    img: Image.Image, icc: bytes | None, settings: ScanSettings, notes: list[str], path: Path
+) -> tuple[np.ndarray, int]:
+    mode = img.mode
+    if mode == "1":
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, 8
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")
+        notes.append("palette image expanded")
+        mode = "RGBA"
+    alpha = None
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float64) / 255.0
+        img = img.convert("L" if mode in ("LA", "La") else "RGB")
+        mode = img.mode
+        if alpha.min() < 1.0:
+            notes.append("alpha channel flattened onto white")
+        else:
+            alpha = None
+    if icc and mode in ("RGB", "CMYK", "L"):
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            img = ImageCms.profileToProfile(img, src, _SRGB_PROFILE, outputMode="RGB")
+            notes.append("ICC profile converted to sRGB")
+            mode = "RGB"
+        except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+            notes.append(f"ICC profile not usable ({exc}); pixel values used as sRGB")
+    if mode == "L":
+        f = np.asarray(img, dtype=np.float64) / 255.0
+        if alpha is not None:
+            f = _flatten_alpha(f, alpha)
+        return f.astype(np.float32), 8
+    if mode != "RGB":
+        if mode == "CMYK":
+            notes.append("CMYK converted to RGB")
+        try:
+            img = img.convert("RGB")
+        except ValueError as exc:
+            raise ScanError(f"unsupported image mode {mode}", path=path) from exc
+    rgb = np.asarray(img, dtype=np.float64) / 255.0
+    if alpha is not None:
+        rgb = _flatten_alpha(rgb, alpha)
+    notes.append(describe_tone(rgb, settings.gray_tolerance))
+    return rgb_to_gray(rgb), 8

@@ -1,0 +1,102 @@
+"""Training configuration: one validated set of every knob that changes a training run.
+
+Kept apart from the run ``Profile`` because training knobs (learning rate, warm-up, accumulation)
+never change how a finished bundle colorizes, and a run profile must not accept them by mistake.
+The shipped defaults live in ``mtcolor_batch/profiles/train.yaml``; a user file overlays them and
+CLI options override single keys. The config is stored beside every checkpoint, and ``--resume``
+refuses a config whose loss-changing values differ, because that resume would no longer be exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mtcolor_batch.errors import UserError
+
+TRAIN_PROFILE = "train.yaml"
+
+
+class TrainConfig(BaseModel):
+    """Every value of a training run (recorded in the checkpoint and the output bundle)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    steps: int = Field(20000, ge=1, description="Optimizer steps (each one = grad_accum micro-batches).")
+    batch_size: int = Field(4, ge=1, description="Samples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches summed into one optimizer step.")
+    lr: float = Field(5e-5, gt=0)
+    warmup_steps: int = Field(500, ge=0, description="Linear warm-up from 0 to lr over these steps.")
+    weight_decay: float = Field(1e-2, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 turns it off.")
+    resolution: int = Field(512, ge=8, description="Square training size in pixels (multiple of 8).")
+    null_prob: float = Field(
+        0.5, ge=0, le=1, description="Chance that a sample's masks and texts are replaced by null (for CFG)."
+    )
+    max_instances: int = Field(8, ge=1, description="Instance slots per sample; extra instances are dropped.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."
+    )
+    checkpoint_every: int = Field(1000, ge=1, description="Optimizer steps between checkpoints.")
+    keep_checkpoints: int = Field(3, ge=1, description="Most recent checkpoints kept on disk.")
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    cache_latents: bool = Field(
+        False, description="Keep each sample's VAE posterior in memory (small datasets; saves the encode)."
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    def loss_fingerprint(self) -> str:
+        """Hash of the values a resumed run must share with the original for the loss curve to match.
+
+        ``steps``, ``checkpoint_every``, ``keep_checkpoints``, ``log_every`` and ``num_workers`` may
+        change between a run and its resume (e.g. to train longer) without changing any loss.
+        """
+        free = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers"}
+        data = self.model_dump(mode="json", exclude=free)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise UserError(f"cannot parse training config: {exc}", path=where, line=line) from exc
+    if not isinstance(data, dict):
+        raise UserError("a training config must be a YAML mapping", path=where)
+    return data
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Shipped defaults (``profiles/train.yaml``) overlaid by ``path`` then by ``overrides``.
+
+    ``None`` override values are ignored so CLI options left unset keep the file's value.
+    """
+    shipped = (resources.files("mtcolor_batch") / "profiles" / TRAIN_PROFILE).read_text(encoding="utf-8")
+    data = _read_yaml(shipped, TRAIN_PROFILE)
+    where = TRAIN_PROFILE
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read training config: {exc.strerror}", path=path) from exc
+        data.update(_read_yaml(text, where))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"invalid training value {loc}: {first['msg']}", path=where) from exc

@@ -1,0 +1,196 @@
+"""The MT-Color sampling loop on the tiny bundle: fusion, alpha=0, determinism, batching, tiling, sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtcolor_batch.config import SamplingSettings
+from mtcolor_batch.model.sampler import fuse_latents, fusion_steps
+from mtcolor_batch.plan import make_plan
+from mtcolor_batch.types import Instance, Plan
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core box: one thread avoids OpenMP spin contention (60x faster here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_overlap=16, alpha=0.5, beta=0.2)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle: Path):
+    from mtcolor_batch.model.engine import MTColorEngine
+
+    return MTColorEngine.load(tiny_bundle, device="cpu")
+
+
+def _scene(h: int, w: int, n: int = 2) -> tuple[np.ndarray, list[Instance]]:
+    yy, xx = np.mgrid[0:h, 0:w]
+    luma = (0.2 + 0.6 * (xx / max(w - 1, 1)) * (yy / max(h - 1, 1))).astype(np.float32)
+    insts = []
+    boxes = [
+        (w // 8, h // 8, w // 2, h // 2),
+        (w // 2, h // 2, w - w // 8, h - h // 10),
+        (0, h // 2, w // 3, h),
+    ]
+    texts = ["a red tram", "the green and blue sky", "a brown coat"]
+    for i in range(n):
+        x0, y0, x1, y1 = boxes[i]
+        m = np.zeros((h, w), dtype=bool)
+        m[y0:y1, x0:x1] = True
+        insts.append(Instance(i + 1, f"thing{i}", texts[i], m, (x0, y0, x1, y1)))
+    return luma, insts
+
+
+def _plan(size: tuple[int, int], **changes: object) -> Plan:
+    return dataclasses.replace(make_plan(size, SETTINGS, seed=7, prompt="an old street"), **changes)
+
+
+# ------------------------------------------------------------------------------------ fusion
+def test_fusion_equation_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    zg = torch.randn(1, 4, 6, 5, generator=g)
+    zi = torch.randn(3, 4, 6, 5, generator=g)
+    labels = torch.randint(0, 4, (6, 5), generator=g)
+    masks = torch.stack([(labels == k + 1).float() for k in range(3)])
+    for beta in (0.2, 0.0, 1.0):
+        z = fuse_latents(zg, zi, masks, beta)
+        for y in range(6):
+            for x in range(5):
+                k = int(labels[y, x])
+                want = (
+                    zg[0, :, y, x] if k == 0 else (beta * zg[0, :, y, x] + zi[k - 1, :, y, x]) / (beta + 1.0)
+                )
+                assert torch.equal(z[0, :, y, x], want), (beta, y, x)
+    assert torch.equal(fuse_latents(zg, zi[:0], masks[:0], 0.2), zg)
+
+
+def test_fusion_steps_rounds_half_up() -> None:
+    assert fusion_steps(0.2, 20) == 4
+    assert fusion_steps(0.5, 1) == 1
+    assert fusion_steps(0.0, 50) == 0
+    assert fusion_steps(1.0, 3) == 3
+
+
+# ------------------------------------------------------------------------------ equivalences
+def _plain_sampling(engine, luma: np.ndarray, insts: list[Instance], plan: Plan) -> np.ndarray:  # noqa: ANN001
+    """An independent, textbook SD+ControlNet CFG loop (no branches) through the same denoiser."""
+    from diffusers import DDIMScheduler
+    from skimage.color import rgb2lab
+
+    from mtcolor_batch.model.denoiser import RegionBatch
+
+    h, w = luma.shape
+    seq, pooled = engine.encode_text([plan.negative_prompt, plan.prompt, *[i.text for i in insts]])
+    regions = RegionBatch.from_masks([i.mask for i in insts], pooled[2:], (h // 8, w // 8)).repeat(2)
+    sched = DDIMScheduler.from_config(engine.sampler.scheduler_factory().config)
+    sched.set_timesteps(plan.steps)
+    z = torch.randn((1, 4, h // 8, w // 8), generator=torch.Generator("cpu").manual_seed(plan.seed))
+    control = torch.from_numpy(luma)[None, None].expand(2, 3, h, w)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            eps = engine.denoiser(torch.cat([z, z]), t, seq[:2], control, regions, plan.controlnet_scale)
+            eps = eps[:1] + plan.guidance_scale * (eps[1:] - eps[:1])
+            z = sched.step(eps, t, z).prev_sample
+        img = engine.vae.decode(z / engine.vae.config.scaling_factor).sample
+    rgb = ((img + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy().astype(np.float64)
+    return rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32)
+
+
+def test_alpha_zero_is_plain_sampling_bit_for_bit(engine) -> None:  # noqa: ANN001
+    luma, insts = _scene(64, 64)
+    plan = _plan((64, 64), alpha=0.0)
+    engine.unet_calls = 0
+    ab = engine.colorize(luma, insts, plan)
+    assert engine.unet_calls == plan.steps  # one batched [uncond; cond] call per step
+    assert np.array_equal(ab, _plain_sampling(engine, luma, insts, plan))
+    # ... and the multi-instance path really does something different when alpha > 0.
+    assert not np.array_equal(ab, engine.colorize(luma, insts, _plan((64, 64), alpha=1.0)))
+
+
+def test_seed_determinism(engine) -> None:  # noqa: ANN001
+    luma, insts = _scene(64, 64)
+    a = engine.colorize(luma, insts, _plan((64, 64)))
+    b = engine.colorize(luma, insts, _plan((64, 64)))
+    c = engine.colorize(luma, insts, _plan((64, 64), seed=8))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert a.shape == (2, 64, 64) and a.dtype == np.float32 and np.isfinite(a).all()
+
+
+def test_batched_equals_unbatched_branches(engine) -> None:  # noqa: ANN001
+    luma, insts = _scene(64, 64, n=3)
+    plan = _plan((64, 64), alpha=1.0)  # every step has 4 branches x 2 CFG halves
+    engine.unet_calls = 0
+    one = engine.colorize(luma, insts, dataclasses.replace(plan, max_batch=1))
+    assert engine.unet_calls == 2 * 4 * 2
+    engine.unet_calls = 0
+    big = engine.colorize(luma, insts, dataclasses.replace(plan, max_batch=64))
+    assert engine.unet_calls == 2
+    # Only float summation order differs (batched conv kernels): ~3e-4 CIELAB units, 1000x below a JND.
+    # A branch paired with the wrong text or regions would differ by whole units.
+    np.testing.assert_allclose(one, big, atol=5e-3, rtol=0)
+
+
+# ---------------------------------------------------------------------------------- tiling
+def test_unet_calls_constant_beyond_working_resolution(engine) -> None:  # noqa: ANN001
+    from mtcolor_batch.render.chroma import resize_luma
+
+    counts = {}
+    for side in (300, 1000):
+        plan = make_plan((side, side), SETTINGS, seed=3, prompt="x")
+        assert plan.working_size == (96, 96) and len(plan.tiles) > 1
+        luma, insts = _scene(side, side, n=1)
+        luma_w = resize_luma(luma, plan.working_size)
+        insts_w = [
+            dataclasses.replace(i, mask=resize_luma(i.mask.astype(np.float32), plan.working_size) > 0.5)
+            for i in insts
+        ]
+        engine.unet_calls = 0
+        ab = engine.colorize(luma_w, insts_w, plan)
+        assert ab.shape == (2, 96, 96) and np.isfinite(ab).all()
+        counts[side] = engine.unet_calls
+    assert len(set(counts.values())) == 1, counts
+    small = make_plan((64, 64), SETTINGS, seed=3, prompt="x")
+    engine.unet_calls = 0
+    engine.colorize(*_scene(64, 64, n=1), small)
+    assert engine.unet_calls < counts[300]
+
+
+def test_tiled_instance_branches_across_tile_borders(engine) -> None:  # noqa: ANN001
+    luma, insts = _scene(96, 64, n=2)
+    plan = _plan((96, 64), alpha=1.0)  # K = T: instance branches also run in the tile pass
+    assert len(plan.tiles) > 1
+    ab = engine.colorize(luma, insts, plan)
+    again = engine.colorize(luma, insts, plan)
+    assert ab.shape == (2, 96, 64) and np.isfinite(ab).all() and np.array_equal(ab, again)
+
+
+@pytest.mark.parametrize("scan", [(1, 1), (7, 3000), (513, 513)])
+def test_odd_scan_sizes(engine, scan: tuple[int, int]) -> None:  # noqa: ANN001
+    settings = (
+        SETTINGS
+        if scan != (513, 513)
+        else SETTINGS.model_copy(update={"working_long_side": 1024, "tile_size": 512, "tile_overlap": 128})
+    )
+    plan = make_plan(scan, settings, seed=1, prompt="x")
+    luma, insts = _scene(*plan.working_size, n=1 if min(plan.working_size) >= 16 else 0)
+    ab = engine.colorize(luma, insts, plan)
+    assert ab.shape == (2, *plan.working_size) and np.isfinite(ab).all()
+
+
+def test_unaligned_luma_is_padded_and_cropped(engine) -> None:  # noqa: ANN001
+    luma, insts = _scene(13, 21, n=1)
+    plan = _plan((13, 21), tiles=[(0, 0, 21, 13)])
+    ab = engine.colorize(luma, insts, plan)
+    assert ab.shape == (2, 13, 21) and np.isfinite(ab).all()
