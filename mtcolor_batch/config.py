@@ -125,7 +125,9 @@ def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, An
     path = Path(spec)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
-            raise UserError("profile file not found", path=path, hint=f"built-ins: {', '.join(builtin_profiles())}")
+            raise UserError(
+                "profile file not found", path=path, hint=f"built-ins: {', '.join(builtin_profiles())}"
+            )
         data = _read_profile_file(path)
         data.setdefault("name", path.stem)
     else:
@@ -151,4 +153,6 @@ def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, An
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"invalid profile value {loc}: {first['msg']}", path=str(name_or_path or "default")) from exc
+        raise UserError(
+            f"invalid profile value {loc}: {first['msg']}", path=str(name_or_path or "default")
+        ) from exc

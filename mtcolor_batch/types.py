@@ -35,6 +35,7 @@ class Scan:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     notes: list[str] = field(default_factory=list)  # e.g. "RGB scan converted to luminance"
+    compression: str | None = None  # TIFF only, Pillow's name ("raw", "tiff_lzw"...): outputs follow it
 
     @property
     def size(self) -> tuple[int, int]:

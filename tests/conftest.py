@@ -7,6 +7,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Tiny models: torch's intra-op threads only add contention on a 2-core runner (measured 20-50x
+# slower under load). One thread for this process and every CLI subprocess a test starts; it also
+# keeps outputs byte-comparable between the local runner and Ray workers (which use one thread each).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 # -- perception (engineer "perception") ---------------------------------------------------------
@@ -78,6 +87,7 @@ def ray_local():
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # test Ray on loopback only
     import ray
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING)

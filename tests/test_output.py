@@ -124,3 +124,12 @@ def test_eight_bit_formats_decode(fmt: str) -> None:
 def test_encoding_is_deterministic() -> None:
     for fmt, depth in (("JPEG", 8), ("TIFF", 16), ("PNG", 16), ("PNG", 8)):
         assert encode_to_bytes(_rgb(), fmt, depth, _meta()) == encode_to_bytes(_rgb(), fmt, depth, _meta())
+
+
+def test_tiff_follows_input_compression() -> None:
+    packed = _meta()
+    raw = _meta()
+    raw.tiff_compress = False  # the input TIFF was uncompressed
+    for meta, expected in ((packed, 8), (raw, 1)):  # 8 = Adobe deflate (zlib), 1 = none
+        with tifffile.TiffFile(io.BytesIO(encode_to_bytes(_rgb(), "TIFF", 16, meta))) as tif:
+            assert tif.pages[0].compression == expected

@@ -212,3 +212,39 @@ def test_missing_ray_is_one_clear_line(tmp_path: Path, tiny_bundle: Path, monkey
 def test_ray_options_need_ray_executor(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(tmp_path), "--workers", "2"])
     assert result.exit_code == 2 and "need --executor ray" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("resources", "workers", "per", "expected"),
+    [
+        ({"CPU": 16.0, "GPU": 4.0}, None, None, (4, 1.0)),  # one worker per GPU by default
+        ({"CPU": 16.0, "GPU": 4.0}, None, 0.5, (8, 0.5)),  # two model copies per GPU
+        ({"CPU": 16.0, "GPU": 4.0}, 3, None, (3, 1.0)),
+        ({"CPU": 8.0}, None, None, (8, 0.0)),  # CPU-only cluster: one worker per CPU
+        ({"CPU": 8.0}, 2, 0, (2, 0.0)),
+    ],
+)
+def test_worker_count_and_gpus_follow_the_cluster(monkeypatch, resources, workers, per, expected) -> None:
+    """The GPU defaults, checked without GPUs: the sizing reads only ``ray.cluster_resources()``."""
+    from types import SimpleNamespace
+
+    from mtcolor_batch.jobs import ray_executor
+
+    fake = SimpleNamespace(cluster_resources=lambda: resources)
+    monkeypatch.setattr(ray_executor, "require_ray", lambda: fake)
+    executor = ray_executor.RayExecutor(workers=workers, gpus_per_worker=per)
+    assert executor.resources() == expected
+
+
+def test_more_gpus_per_worker_than_the_cluster_has_is_a_user_error(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from mtcolor_batch.errors import UserError
+    from mtcolor_batch.jobs import ray_executor
+
+    fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 4.0, "GPU": 1.0})
+    monkeypatch.setattr(ray_executor, "require_ray", lambda: fake)
+    with pytest.raises(UserError, match="--gpus-per-worker 2 but the Ray cluster has 1 GPU"):
+        ray_executor.RayExecutor(gpus_per_worker=2).resources()
+    with pytest.raises(UserError, match="bad --workers 0"):
+        ray_executor.RayExecutor(workers=0)

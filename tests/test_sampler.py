@@ -92,7 +92,10 @@ def _plain_sampling(engine, luma: np.ndarray, insts: list[Instance], plan: Plan)
 
     h, w = luma.shape
     seq, pooled = engine.encode_text([plan.negative_prompt, plan.prompt, *[i.text for i in insts]])
-    regions = RegionBatch.from_masks([i.mask for i in insts], pooled[2:], (h // 8, w // 8)).repeat(2)
+    cond = RegionBatch.from_masks([i.mask for i in insts], pooled[2:], (h // 8, w // 8))
+    # Unconditional half: the null instance condition, as training's dropout (no regions, no tokens).
+    null = RegionBatch.from_masks([], pooled[:0], (h // 8, w // 8), slots=len(insts))
+    regions = RegionBatch.cat([null, cond])
     sched = DDIMScheduler.from_config(engine.sampler.scheduler_factory().config)
     sched.set_timesteps(plan.steps)
     z = torch.randn((1, 4, h // 8, w // 8), generator=torch.Generator("cpu").manual_seed(plan.seed))

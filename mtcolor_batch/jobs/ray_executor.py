@@ -49,6 +49,7 @@ RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
     "pip install 'mtcolor-batch[ray]' (or pip install 'ray[data]')"
 )
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
 RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
@@ -200,6 +201,10 @@ class RayExecutor:
             raise UserError(f"bad --workers {workers}", hint="need at least 1")
         if gpus_per_worker is not None and gpus_per_worker < 0:
             raise UserError(f"bad --gpus-per-worker {gpus_per_worker}", hint="0 (CPU), a fraction, or 1+")
+        if address is None:
+            # A Ray started by this command serves this machine alone: bind it to the loopback
+            # address rather than the public interface (Ray reads this switch at import time).
+            os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
         self.ray = require_ray()
         self.address = address
         self.workers = workers

@@ -406,9 +406,11 @@ def _loop(
                     continue
                 current = rel
                 journal.mark_running(rel)
-                outcomes.append(_process_one(p, pipeline, journal, stop, progress, task))
+                outcome = _process_one(p, pipeline, journal, stop, progress, task)
+                outcomes.append(outcome)
                 current = None
-                progress.advance(task)
+                if outcome.state != "pending":  # a rolled-back file is not progress
+                    progress.advance(task)
         except KeyboardInterrupt:  # second Ctrl-C: stop at once, leave nothing half-written
             remove_live_temps()
             stop.requested = True

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -299,7 +299,7 @@ class MTColorSampler:
                     else:
                         txt.append(texts.inst_seq[e.branch - 1])
                     ctl.append(canvas.control[0, :, y0 * s : y1 * s, x0 * s : x1 * s])
-                    regs.append(e.tile)
+                    regs.append((e.tile, e.cond))
                 regions = self._stack_regions(canvas, regs, texts)
                 pred = self.denoiser(
                     torch.stack(lat).to(self.dtype),
@@ -332,13 +332,31 @@ class MTColorSampler:
                 out.append(self._partial_blend(canvas, tiles, preds, out[0]))
         return torch.stack(out)
 
-    def _stack_regions(self, canvas: Canvas, tiles: list[int], texts: TextBank) -> object:
-        parts = [self._regions(canvas, ti, texts, 1) for ti in tiles]
+    def _stack_regions(self, canvas: Canvas, tiles: list[tuple[int, bool]], texts: TextBank) -> object:
+        """Regions of each (tile, CFG half) entry; the unconditional half gets the null instance condition.
+
+        Null = no regions, no masks, no valid tokens: exactly what training feeds when it drops a
+        sample's masks and texts (``train.trainer.make_regions``), so ``cond - uncond`` in CFG carries
+        (and the guidance scale amplifies) the instance guidance, as it does the global text.
+        """
+        parts = [
+            self._regions(canvas, ti, texts, 1) if cond else self._null_regions(canvas, ti, texts)
+            for ti, cond in tiles
+        ]
         return self.region_batch(
             label_map=torch.cat([p.label_map for p in parts]),
             inst_masks=torch.cat([p.inst_masks for p in parts]),
             inst_text=torch.cat([p.inst_text for p in parts]),
             inst_valid=torch.cat([p.inst_valid for p in parts]),
+        )
+
+    def _null_regions(self, canvas: Canvas, tile: int, texts: TextBank) -> object:
+        full = self._regions(canvas, tile, texts, 1)
+        return replace(
+            full,
+            label_map=torch.zeros_like(full.label_map),
+            inst_masks=torch.zeros_like(full.inst_masks),
+            inst_valid=torch.zeros_like(full.inst_valid),
         )
 
     @staticmethod

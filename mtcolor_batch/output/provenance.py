@@ -84,6 +84,7 @@ def embedded_meta(
         ),
         exif=scan.exif,
         icc_profile=icc_profile,
+        tiff_compress=scan.compression not in ("raw", None) if scan.format == "TIFF" else True,
     )
 
 

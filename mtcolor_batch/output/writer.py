@@ -51,6 +51,7 @@ class EmbeddedMeta:
     xmp: bytes
     exif: bytes | None = None  # the original's EXIF (orientation already reset to 1)
     icc_profile: bytes | None = None
+    tiff_compress: bool = True  # False when the input TIFF was uncompressed: archives chose that for speed
 
 
 def output_path(out_dir: Path, relpath: str, suffix: str, json_record: bool = False, stem: str = "") -> Path:
@@ -234,7 +235,7 @@ def _write_tiff(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta) -> None:
         fh,
         arr,
         photometric="rgb",
-        compression="zlib",
+        compression="zlib" if meta.tiff_compress else None,
         metadata=None,
         software=_ascii(meta.software),
         description=_ascii(meta.description),

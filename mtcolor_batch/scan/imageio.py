@@ -190,6 +190,7 @@ def load_scan(path: Path, root: Path, settings: ScanSettings) -> Scan:
         format=fmt,
         mode=mode,
         bit_depth=bit_depth,
+        compression=img.info.get("compression") if fmt == "TIFF" else None,
         sha256=sha,
         icc_profile=icc,
         exif=exif,
