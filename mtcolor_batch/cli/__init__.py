@@ -6,6 +6,8 @@ prints; exit codes: 0 all good, 1 some files failed or checks found problems, 2 
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from mtcolor_batch import __version__
@@ -56,5 +58,14 @@ app.add_typer(dataset_app, name="dataset")
 app.command("train")(train_command)
 
 
+def _quiet_libraries() -> None:
+    """Hide the per-component weight-loading bars and library chatter: our own progress and one-line
+    errors are what a user reads. Must run before transformers/diffusers are imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
 def main() -> None:
+    _quiet_libraries()
     app()

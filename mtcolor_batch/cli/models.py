@@ -46,8 +46,11 @@ def pull(
     no_perception: bool = typer.Option(False, "--no-perception", help="Skip SAM and the detector."),
 ) -> None:
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
+    from huggingface_hub.utils import enable_progress_bars
+
     from mtcolor_batch.model.bundle import pull_bundle
 
+    enable_progress_bars()  # main() hides loading bars; a multi-GB download should show its progress
     try:
         bundle = pull_bundle(
             dest,
