@@ -139,7 +139,7 @@ class Pipeline:
         from mtcolor_batch.perception import perceive
         from mtcolor_batch.perception.instances import finalize, resize_instances
         from mtcolor_batch.plan import make_plan
-        from mtcolor_batch.render.chroma import compose, resize_luma
+        from mtcolor_batch.render.chroma import compose_quantized, resize_luma
 
         prof = self.profile
         timings: dict[str, float] = {}
@@ -189,13 +189,14 @@ class Pipeline:
         ab, stats = enforce(ab, luma_w, insts_w, prof.hints)
         lap("adherence")
         stage("compose")
-        rgb = compose(scan.luma, ab)
+        fmt = format_for(scan.relpath, scan.format)
+        bit_depth = scan.bit_depth if fmt in ("TIFF", "PNG") else 8
+        # Straight to the output's integers: a float32 RGB copy would be 12 B/px (1.2 GB at 100 MP).
+        rgb = compose_quantized(scan.luma, ab, bit_depth)
         lap("compose")
         stage("write")
         info = dict(self.engine.info)
         model_name = str(info.get("name") or info.get("bundle") or self.bundle_dir.name)
-        fmt = format_for(scan.relpath, scan.format)
-        bit_depth = scan.bit_depth if fmt in ("TIFF", "PNG") else 8
         img_path = output_path(self.out_dir, scan.relpath, prof.output.suffix, stem=item.stem)
         rec_path = output_path(
             self.out_dir, scan.relpath, prof.output.suffix, json_record=True, stem=item.stem

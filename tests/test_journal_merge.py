@@ -93,7 +93,6 @@ def test_merge_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_two_real_shard_runs_merge_into_a_journal_a_plain_run_resumes(tmp_path: Path, tiny_bundle: Path):
     """Shards 1/2 and 2/2 (as two array tasks would), merged; a plain run then finds all done."""
-    import torch
 
     from mtcolor_batch.config import load_profile
     from mtcolor_batch.jobs.runner import RunRequest, run_batch
@@ -110,14 +109,9 @@ def test_two_real_shard_runs_merge_into_a_journal_a_plain_run_resumes(tmp_path: 
             loaded.append(Pipeline.load(*args))
         return loaded[0]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on a loaded 2-core runner
-    try:
-        for k in (1, 2):
-            req = RunRequest(scans, load_profile(profile), out=out, model=str(tiny_bundle), shard=(k, 2))
-            assert run_batch(req, pipeline_factory=once) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for k in (1, 2):
+        req = RunRequest(scans, load_profile(profile), out=out, model=str(tiny_bundle), shard=(k, 2))
+        assert run_batch(req, pipeline_factory=once) == 0
     shards = [set(states(journal_path(out, (k, 2)))) for k in (1, 2)]
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(rels)
 

@@ -19,15 +19,6 @@ from mtcolor_batch.model.bundle import load_bundle, read_manifest, save_bundle, 
 from mtcolor_batch.model.registry import COMPONENTS, MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP spin contention (60x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "copy"

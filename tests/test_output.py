@@ -16,10 +16,13 @@ from PIL import Image
 from mtcolor_batch.output.provenance import DIGITAL_SOURCE_TYPE, build_xmp
 from mtcolor_batch.output.writer import (
     EmbeddedMeta,
+    OutputBatch,
     atomic_write,
     clean_stale_temps,
+    encode_image,
     encode_to_bytes,
     output_path,
+    quantize,
 )
 
 
@@ -133,3 +136,39 @@ def test_tiff_follows_input_compression() -> None:
     for meta, expected in ((packed, 8), (raw, 1)):  # 8 = Adobe deflate (zlib), 1 = none
         with tifffile.TiffFile(io.BytesIO(encode_to_bytes(_rgb(), "TIFF", 16, meta))) as tif:
             assert tif.pages[0].compression == expected
+
+
+def test_streamed_sha256_matches_the_bytes_on_disk(tmp_path: Path) -> None:
+    """Hashing while writing must give the file's digest even when a writer seeks back or skips."""
+    import hashlib
+
+    def patchy(fh) -> None:  # type: ignore[no-untyped-def]
+        fh.write(b"HEADER00" + b"x" * 5000)
+        fh.seek(6)
+        fh.write(b"99")  # rewrites hashed bytes
+        fh.seek(0, 2)
+        fh.write(b"tail")
+
+    def gappy(fh) -> None:  # type: ignore[no-untyped-def]
+        fh.write(b"ab")
+        fh.seek(100)
+        fh.write(b"cd")  # ahead of what was hashed: read back at the end
+        fh.seek(2)
+        fh.write(b"ef")
+
+    writers = {"p.bin": patchy, "g.bin": gappy}
+    for name, fmt, depth in (("a.jpg", "JPEG", 8), ("a.png", "PNG", 16), ("a.tif", "TIFF", 16)):
+        writers[name] = lambda fh, fmt=fmt, depth=depth: encode_image(fh, _rgb(), fmt, depth, _meta())
+    for name, write in writers.items():
+        with OutputBatch() as batch:
+            digest = batch.add(tmp_path / name, write)
+        assert digest == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest(), name
+
+
+def test_quantised_pixels_encode_like_floats() -> None:
+    """The pipeline hands over compose_quantized's integers: same bytes as quantising here."""
+    for fmt, depth in (("JPEG", 8), ("TIFF", 16), ("PNG", 16), ("PNG", 8), ("TIFF", 8)):
+        ints = quantize(_rgb(), depth)
+        assert encode_to_bytes(ints, fmt, depth, _meta()) == encode_to_bytes(_rgb(), fmt, depth, _meta())
+    with pytest.raises(ValueError, match="16-bit"):
+        encode_to_bytes(quantize(_rgb(), 8), "TIFF", 16, _meta())

@@ -96,21 +96,15 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 @pytest.fixture(scope="module")
 def reference(tree, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The local runner's outputs, with the 1 torch thread that Ray gives each 1-CPU worker.
+    """The local runner's outputs, with the 1 torch thread (conftest) that Ray gives each 1-CPU worker.
 
     CPU float reductions depend on the thread count, so byte identity holds at equal thread counts
     (as on equal GPUs); ``OMP_NUM_THREADS=1 mtcolor-batch run ...`` reproduces Ray's CPU outputs.
     """
-    import torch
 
     root, _ = tree
     out = tmp_path_factory.mktemp("ray-ref") / "local"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = run_batch(RunRequest(scans=root, profile=fast_profile(), out=out, model=str(tiny_bundle)))
-    finally:
-        torch.set_num_threads(threads)
+    code = run_batch(RunRequest(scans=root, profile=fast_profile(), out=out, model=str(tiny_bundle)))
     assert code == 0
     return out
 

@@ -16,21 +16,10 @@ SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_ov
 
 @pytest.fixture(scope="module")
 def engine(tiny_bundle: Path):
-    """The engine on the session's tiny bundle (conftest), loaded once for this module.
-
-    Runs with one torch thread (restored afterwards): the tiny model gains nothing from more, and
-    on a busy 2-core CI box torch's thread pool made each tiny colorize ~30x slower.
-    """
-    import torch
-
+    """The engine on the session's tiny bundle (conftest), loaded once for this module."""
     from mtcolor_batch.model.engine import MTColorEngine
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield MTColorEngine.load(tiny_bundle, device="cpu", dtype="float32")
-    finally:
-        torch.set_num_threads(threads)
+    return MTColorEngine.load(tiny_bundle, device="cpu", dtype="float32")
 
 
 def _smooth_scan(height: int, width: int) -> np.ndarray:

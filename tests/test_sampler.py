@@ -14,16 +14,6 @@ from mtcolor_batch.model.sampler import fuse_latents, fusion_steps
 from mtcolor_batch.plan import make_plan
 from mtcolor_batch.types import Instance, Plan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP spin contention (60x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_overlap=16, alpha=0.5, beta=0.2)
 
 

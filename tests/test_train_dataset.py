@@ -19,17 +19,6 @@ from mtcolor_batch.train.dataset import MANIFEST, build_dataset, read_manifest
 from mtcolor_batch.train.synthetic import BLUE, RED, TruthFinder, write_shapes_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture()
 def shapes(tmp_path: Path):
     truth = write_shapes_folder(tmp_path / "photos", 6, size=64, seed=3)

@@ -1,25 +1,31 @@
 """Training really learns: a tiny bundle learns to colour shapes the colour their instance texts say.
 
-The synthetic task (train/synthetic.py): a square and a circle on gray, each red or royal blue at
-random, and the two colours have the same luminance, so the gray input cannot tell them apart; only
-the instance texts can. The tiny bundle's random parts are first made workable, as real SD already
-is: its VAE is fitted to reconstruct the images, and its backbone (UNet + ControlNet, "stage 0") is
-trained as a gray-to-colour model with the same trainer. Then stage 1 trains the instance guidance.
-The held-out check colours new images through MTColorEngine.colorize with the texts given one way and
-then swapped, and measures each region's colour on the red-minus-blue axis of CIELAB (a*, b*).
+The synthetic task (train/synthetic.py): shapes on gray, each red or royal blue, and the two colours
+have the same luminance, so the gray input cannot tell them apart. Every training layout is written
+twice, once with its colours exchanged, so even memorising the training photos does not give the
+colours away: only the instance texts can. The bundle is the tiny one with a UNet that attends at the
+latent resolution and a wider text encoder (``write_learning_bundle`` says why). Its random parts are
+first made workable, as real SD already is: the VAE is fitted to reconstruct the images, and the
+backbone (UNet + ControlNet, "stage 0", not a CLI stage) is trained as a text-blind gray-to-colour
+model (every sample's texts and masks null), so it cannot know which colour a shape is. Then the
+paper's stage 1 trains the instance guidance alone, with everything else frozen.
+
+Held-out measure: new layouts (another seed) with a square and a circle, coloured through
+``MTColorEngine.colorize`` (alpha 0, so the instance texts act only through the trained guidance;
+classifier-free guidance GUIDANCE_SCALE against the null instance condition), once with the square
+told "red" and the circle "royal blue", once with the texts swapped. Each region's colour is its mean
+CIELAB (a*, b*) projected on the axis from royal blue to red (0 = royal blue, ~150 = red). The
+effect of one image is (told-red region minus told-blue region), computed in both orientations.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from skimage.color import rgb2lab
 
-from mtcolor_batch.model.bundle import save_bundle
 from mtcolor_batch.scan.imageio import rgb_to_gray
 from mtcolor_batch.train.config import load_train_config
 from mtcolor_batch.train.dataset import build_dataset
@@ -29,28 +35,24 @@ from mtcolor_batch.train.synthetic import (
     TruthFinder,
     fit_tiny_vae,
     shapes_image,
+    write_learning_bundle,
     write_shapes_folder,
 )
 from mtcolor_batch.train.trainer import train
 from mtcolor_batch.types import Instance, Plan
 
 SIZE = 64
-PHOTOS = 64
+PHOTOS = 64  # 32 layouts x 2 colourings
 VAE_STEPS = 120
 BACKBONE_STEPS = 300
-GUIDANCE_STEPS = 100
-HELD_OUT = 4
+GUIDANCE_STEPS = 400
+GUIDANCE_LR = 3e-3
+NULL_PROB = 0.5  # the paper's (and train.yaml's) null-condition rate, kept as is
+HELD_OUT = 8
+GUIDANCE_SCALE = 5.0
+MIN_MEAN_EFFECT = 25.0  # measured ~53 (see .notes/train.md, section train2)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _cfg(steps: int, **kw: object):
@@ -76,21 +78,24 @@ def _cfg(steps: int, **kw: object):
 @pytest.fixture(scope="module")
 def trained(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("train-learning")
-    bundle = root / "bundle"
-    shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("sam", "detector", "mtcolor.json"))
-    save_bundle(bundle, name="tiny-random", revision="seed-0", tiny=True)
-    truth = write_shapes_folder(root / "photos", PHOTOS, size=SIZE, seed=0, single=True)
+    bundle = write_learning_bundle(tiny_bundle, root / "bundle")
+    truth = write_shapes_folder(root / "photos", PHOTOS, size=SIZE, seed=0, single=True, paired=True)
     build_dataset(root / "photos", root / "data", finder=TruthFinder(truth))
     vae_mse = fit_tiny_vae(bundle, [t.rgb for t in truth.values()], steps=VAE_STEPS)
     backbone = train(
-        stage=0, data=root / "data", bundle=bundle, out=root / "s0", config=_cfg(BACKBONE_STEPS), device="cpu"
+        stage=0,
+        data=root / "data",
+        bundle=bundle,
+        out=root / "s0",
+        config=_cfg(BACKBONE_STEPS, null_prob=1.0),
+        device="cpu",
     )
     guided = train(
         stage=1,
         data=root / "data",
         bundle=backbone.bundle,
         out=root / "s1",
-        config=_cfg(GUIDANCE_STEPS, lr=1e-2),
+        config=_cfg(GUIDANCE_STEPS, lr=GUIDANCE_LR, null_prob=NULL_PROB),
         device="cpu",
     )
     return {"vae_mse": vae_mse, "backbone": backbone, "guided": guided}
@@ -101,21 +106,18 @@ def _mean(values: list[float]) -> float:
 
 
 def test_loss_falls(trained: dict) -> None:
-    """The trainer really optimises: the backbone's noise-prediction loss drops by more than 1.4x."""
+    """The trainer really optimises: the backbone's noise-prediction loss drops by more than 1.5x."""
     assert trained["vae_mse"] < 0.05
     losses = trained["backbone"].losses
     first, last = _mean(losses[:25]), _mean(losses[-50:])
     print(f"backbone loss {first:.3f} -> {last:.3f} ({first / last:.2f}x)")
-    assert first / last > 1.4
+    assert first / last > 1.5
     guided = trained["guided"].losses
     assert len(guided) == GUIDANCE_STEPS and np.isfinite(guided).all()
 
 
-def _red_blue_scores(bundle: Path) -> list[tuple[float, float, float, float]]:
-    """Per held-out image: (square, circle) red scores with the square told red, then with texts swapped.
-
-    Score: mean (a*, b*) of the region projected on the axis from royal blue to red (0 = blue).
-    """
+def _red_blue_scores(bundle: Path) -> np.ndarray:
+    """(HELD_OUT, 2) effects: told-red minus told-blue region score, square told red, then swapped."""
     from mtcolor_batch.model.engine import MTColorEngine
 
     engine = MTColorEngine.load(bundle, device="cpu")
@@ -126,7 +128,7 @@ def _red_blue_scores(bundle: Path) -> list[tuple[float, float, float, float]]:
     for trial in range(HELD_OUT):
         image = shapes_image(rng, SIZE)
         luma = rgb_to_gray(image.rgb.astype(np.float32) / 255)
-        row: list[float] = []
+        scores: list[float] = []
         for square, circle in (("red", "royal blue"), ("royal blue", "red")):
             instances = [
                 Instance(1, "square", f"a {square} square", image.square, (0, 0, SIZE, SIZE)),
@@ -139,32 +141,40 @@ def _red_blue_scores(bundle: Path) -> list[tuple[float, float, float, float]]:
                 0,
                 [(0, 0, SIZE, SIZE)],
                 seed=trial,
-                steps=20,
-                guidance_scale=1.0,
+                steps=10,
+                guidance_scale=GUIDANCE_SCALE,
                 controlnet_scale=1.0,
-                alpha=0.2,
+                alpha=0.0,
                 beta=0.2,
                 prompt="",
                 negative_prompt="",
             )
             ab = engine.colorize(luma, instances, plan)
-            row += [float((ab[:, m].mean(1) - blue_ab) @ axis) for m in (image.square, image.circle)]
-        out.append(tuple(row))
-    return out
-
-
-@pytest.mark.xfail(
-    reason="known gap (see .notes/train.md): within this CPU budget the tiny model does not "
-    "yet learn to bind colour words to regions; the measured figures are printed",
-    strict=False,
-)
-def test_trained_model_colours_regions_as_told_and_swaps(trained: dict) -> None:
-    scores = _red_blue_scores(trained["guided"].bundle)
-    for sq_told_red, ci_told_blue, sq_told_blue, ci_told_red in scores:
+            scores += [float((ab[:, m].mean(1) - blue_ab) @ axis) for m in (image.square, image.circle)]
+        sq_red, ci_blue, sq_blue, ci_red = scores
         print(
-            f"told square red: square {sq_told_red:.1f} circle {ci_told_blue:.1f} | "
-            f"swapped: square {sq_told_blue:.1f} circle {ci_told_red:.1f}"
+            f"told square red: square {sq_red:.1f} circle {ci_blue:.1f} | "
+            f"swapped: square {sq_blue:.1f} circle {ci_red:.1f}"
         )
-    for sq_told_red, ci_told_blue, sq_told_blue, ci_told_red in scores:
-        assert sq_told_red > ci_told_blue + 5
-        assert ci_told_red > sq_told_blue + 5
+        out.append((sq_red - ci_blue, ci_red - sq_blue))
+    return np.array(out)
+
+
+def test_trained_model_colours_regions_as_told_and_swaps(trained: dict) -> None:
+    """Told "red", a held-out region comes out redder than the one told "royal blue", and the swap follows.
+
+    Asserted on HELD_OUT new layouts: in BOTH orientations the mean effect (told-red minus told-blue
+    score, on the ~150-unit blue-to-red axis) exceeds MIN_MEAN_EFFECT, so the square-minus-circle
+    difference changes sign when the texts swap; and at least 6 of the 8 images follow the texts in
+    both orientations. Control: the bundle before stage 1 (zero, no-op guidance) gives no effect at
+    all (swapping the texts changes no colour), so the effect is what stage 1 learned, not the texts
+    reaching the backbone some other way.
+    """
+    effects = _red_blue_scores(trained["guided"].bundle)
+    print("effects (square told red, swapped):", effects.round(1).tolist())
+    print("mean effect per orientation:", effects.mean(0).round(1).tolist())
+    assert (effects.mean(0) > MIN_MEAN_EFFECT).all()
+    assert int((effects > 0).all(1).sum()) >= 6
+    # Control: with no text effect both orientations give (d, -d) for the same colours d, sum 0.
+    control = _red_blue_scores(trained["backbone"].bundle)
+    assert np.abs(control.sum(1)).max() < 1e-3

@@ -23,17 +23,6 @@ from mtcolor_batch.train.synthetic import TruthFinder, write_shapes_folder
 from mtcolor_batch.train.trainer import LOSS_LOG, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def small(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(bundle without perception, 8-photo shapes dataset): the cheapest complete training setup."""

@@ -16,7 +16,15 @@ from rich.markup import escape
 
 from mtcolor_batch.config import load_profile
 from mtcolor_batch.errors import UserError
-from mtcolor_batch.jobs.runner import EXIT_USAGE, RunRequest, console_for_run, run_batch
+from mtcolor_batch.jobs.runner import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RunRequest,
+    console_for_run,
+    default_out_dir,
+    run_batch,
+)
 from mtcolor_batch.scan.discover import parse_shard
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -70,6 +78,7 @@ def run_command(
     workers: int | None = typer.Option(
         None, "--workers", help="Ray workers (default: one per GPU, or one per CPU without GPUs)."
     ),
+    report: bool = typer.Option(False, "--report", help="Write OUT/report.html (see `report`) at the end."),
 ) -> None:
     """Colorize every scan under SCANS, resumably; outputs go to <SCANS>-colorized by default.
 
@@ -112,6 +121,11 @@ def run_command(
             argv=sys.argv[1:],
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
+        if report and not dry_run and code in (EXIT_OK, EXIT_FAILED):
+            from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
+
+            out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
+            console.print(f"report: {build_report(out_dir)}", highlight=False)
     except UserError as exc:
         console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None

@@ -90,6 +90,77 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class HashingFile:
+    """A write-only view of an open temp file that hashes the bytes while they are written.
+
+    Why: reading a just-written output back to hash it costs a second pass over every byte. Bytes
+    written in order (Pillow, the PNG writer, JSON) are hashed on the way through; a write that
+    jumps ahead leaves a stretch to read back at the end, and a write landing on already hashed
+    bytes (a format patching its header) makes :meth:`finish` re-read the whole file. ``fileno``
+    is hidden so encoders write through :meth:`write` instead of the descriptor (which would
+    bypass the digest); :attr:`raw` is the real file for writers that need it (see ``_write_tiff``),
+    after :meth:`rehash_all` is called.
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.raw = fh
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # bytes [0, _hashed) are in the digest and final
+        self._rehash = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        pos = self.raw.tell()
+        n = self.raw.write(data)
+        if pos == self._hashed and not self._rehash:
+            self._digest.update(data)
+            self._hashed += n
+        elif pos < self._hashed:
+            self._rehash = True
+        return n
+
+    def rehash_all(self) -> None:
+        """Someone writes to :attr:`raw` directly: hash the whole file from disk at the end."""
+        self._rehash = True
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def truncate(self, size: int | None = None) -> int:
+        self._rehash = True
+        return self.raw.truncate(size)
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno hidden: writes must go through write() to be hashed")
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self.raw.closed
+
+    def finish(self) -> str:
+        """Hex sha256 of the file's bytes (call after the last write; reads back only what it must)."""
+        self.raw.flush()
+        digest, start = (hashlib.sha256(), 0) if self._rehash else (self._digest, self._hashed)
+        self.raw.seek(start)
+        for chunk in iter(lambda: self.raw.read(1 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
 class OutputBatch:
     """Files staged as temps and renamed into place together when the block ends without error.
 
@@ -102,21 +173,23 @@ class OutputBatch:
         self._staged: list[tuple[Path, Path]] = []
 
     def add(self, target: Path, write: Callable[[BinaryIO], None]) -> str:
-        """Write a temp beside ``target`` through ``write(fh)``; return the sha256 of its bytes."""
+        """Write a temp beside ``target`` through ``write(fh)``; return the sha256 of its bytes.
+
+        The bytes are hashed as they stream through (no second pass over a large file); only what
+        a writer put down out of order (tifffile's IFD after the pixels) is read back, after the
+        fsync, so the digest is always that of the bytes on disk.
+        """
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{os.getpid()}{TEMP_MARK}"
         _LIVE_TEMPS.add(tmp)
         self._staged.append((tmp, target))
         with open(tmp, "w+b") as fh:
-            write(fh)
+            stream = HashingFile(fh)
+            write(stream)
             fh.flush()
             os.fsync(fh.fileno())
-            fh.seek(0)
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return stream.finish()
 
     def commit(self) -> None:
         for tmp, target in self._staged:
@@ -203,14 +276,14 @@ def _write_png16(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta, exif: bytes)
     h, w, _ = arr.shape
     raw = np.empty((h, 1 + w * 6), dtype=np.uint8)
     raw[:, 0] = 0  # filter type None per row
-    raw[:, 1:] = arr.astype(">u2").view(np.uint8).reshape(h, w * 6)
+    raw[:, 1:].view(">u2").reshape(h, w, 3)[...] = arr  # big-endian in place, no extra copy
     fh.write(b"\x89PNG\r\n\x1a\n")
     fh.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)))
     fh.write(_png_chunk(b"sRGB", b"\x00"))
     fh.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     fh.write(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp))
     fh.write(_png_chunk(b"tEXt", b"Software\x00" + _ascii(meta.software).encode()))
-    fh.write(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
+    fh.write(_png_chunk(b"IDAT", zlib.compress(raw, 6)))
     fh.write(_png_chunk(b"IEND", b""))
 
 
@@ -231,6 +304,12 @@ def _write_tiff(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta) -> None:
             if isinstance(value, bytes) and value.strip(b"\x00"):
                 text = value.split(b"\x00", 1)[0].decode("latin-1")
                 extratags.append((tag, "s", 0, _ascii(text), True))
+    if isinstance(fh, HashingFile):
+        # tifffile writes the IFD after the pixels (out of order) and hands big uncompressed
+        # arrays to numpy's tofile, which needs a real descriptor (else a full bytes copy):
+        # write to the real file and hash by reading back.
+        fh.rehash_all()
+        fh = fh.raw
     tifffile.imwrite(
         fh,
         arr,
@@ -243,18 +322,33 @@ def _write_tiff(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta) -> None:
     )
 
 
+def output_array(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
+    """The integer pixels to write: ``rgb`` as is when already uint8/uint16 for ``bit_depth``
+    (``render.chroma.compose_quantized``: no float copy of a 100 MP scan), else quantised."""
+    want = np.uint16 if bit_depth == 16 else np.uint8
+    if rgb.dtype.kind in "ui":
+        if rgb.dtype != want:
+            raise ValueError(f"{rgb.dtype} pixels given for a {bit_depth}-bit output")
+        return rgb
+    return quantize(rgb, bit_depth)
+
+
 def encode_image(
     fh: BinaryIO, rgb: np.ndarray, fmt: str, bit_depth: int, meta: EmbeddedMeta, jpeg_quality: int = 95
 ) -> None:
-    """Encode ``rgb`` (float HxWx3 in [0,1]) as ``fmt`` with the metadata each format can hold."""
+    """Encode ``rgb`` as ``fmt`` with the metadata each format can hold.
+
+    ``rgb``: float HxWx3 in [0, 1] (quantised here), or the already quantised uint8/uint16 array
+    of the output's bit depth (16 only for 16-bit TIFF/PNG, 8 otherwise).
+    """
     exif = build_exif(meta)
     if fmt == "TIFF":
-        _write_tiff(fh, quantize(rgb, 16 if bit_depth == 16 else 8), meta)
+        _write_tiff(fh, output_array(rgb, 16 if bit_depth == 16 else 8), meta)
         return
     if fmt == "PNG" and bit_depth == 16:
-        _write_png16(fh, quantize(rgb, 16), meta, exif)
+        _write_png16(fh, output_array(rgb, 16), meta, exif)
         return
-    img = Image.fromarray(quantize(rgb, 8), mode="RGB")
+    img = Image.fromarray(output_array(rgb, 8), mode="RGB")
     icc = {"icc_profile": meta.icc_profile} if meta.icc_profile else {}
     if fmt == "JPEG":
         img.save(fh, "JPEG", quality=jpeg_quality, exif=exif, xmp=meta.xmp, subsampling=0, **icc)

@@ -78,24 +78,39 @@ def single_shape(image: ShapesImage, keep_square: bool) -> ShapesImage:
     return ShapesImage(rgb, empty, image.circle, image.square_red, image.circle_red)
 
 
+def recoloured(image: ShapesImage) -> ShapesImage:
+    """The same photo with red and blue exchanged: an identical gray image with the opposite colours."""
+    rgb = image.rgb.copy()
+    for mask, red in ((image.square, image.square_red), (image.circle, image.circle_red)):
+        rgb[mask] = BLUE if red else RED
+    return ShapesImage(rgb, image.square, image.circle, not image.square_red, not image.circle_red)
+
+
 def write_shapes_folder(
-    folder: Path, count: int, *, size: int = 64, seed: int = 0, single: bool = False
+    folder: Path, count: int, *, size: int = 64, seed: int = 0, single: bool = False, paired: bool = False
 ) -> dict[str, ShapesImage]:
     """Write ``count`` shapes photos as PNG; return relpath -> image (its ground truth).
 
     ``single`` keeps one shape per photo (square or circle at random): each photo then has one
     colour word, which a tiny model learns far faster than binding two words to two shapes.
+    ``paired`` writes every layout twice, the second time with red and blue exchanged (``count``
+    must be even). Why: with a few dozen photos a backbone memorises each layout's colours from its
+    gray image, which leaves the texts nothing to add on the training set, so nothing to learn;
+    with both colourings of every gray image present, only the instance texts can tell them apart.
     """
+    if paired and count % 2:
+        raise ValueError(f"paired shapes photos need an even count, got {count}")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = {}
-    for i in range(count):
+    while len(out) < count:
         image = shapes_image(rng, size)
         if single:
             image = single_shape(image, bool(rng.integers(2)))
-        name = f"shapes_{i:04d}.png"
-        Image.fromarray(image.rgb, mode="RGB").save(folder / name)
-        out[name] = image
+        for version in (image, recoloured(image)) if paired else (image,):
+            name = f"shapes_{len(out):04d}.png"
+            Image.fromarray(version.rgb, mode="RGB").save(folder / name)
+            out[name] = version
     return out
 
 
@@ -173,7 +188,7 @@ def fit_tiny_vae(
     return float(loss.detach())
 
 
-def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0) -> Path:
+def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: int = 128) -> Path:
     """Copy the tiny bundle ``source`` to ``dest`` with a UNet that attends at the latent resolution.
 
     Why: the shipped tiny UNet attends only at its coarse level (1/16 of the image), where a shape of
@@ -182,25 +197,46 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0) -> Path:
     that level is cheap here. Same tokenizer, text encoder, VAE and scheduler; the ControlNet is
     derived from the new UNet and the MT-Color modules are fresh (zero, exact no-ops), written with
     the same save code as every bundle. Perception components are left out (not needed here).
+
+    The text encoder is rebuilt ``text_dim`` wide (the shipped tiny one is 32): the instance token's
+    MLP sees [pooled text ; mask features (1024)], and at 32 text dims (3 % of its input, against
+    768 of 1792 for SD 1.5) the text is drowned by the mask path and never learned in a CPU budget.
     """
     import shutil
 
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from mtcolor_batch.model.bundle import load_bundle, save_bundle
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
-    from mtcolor_batch.model.tiny import TINY_TEXT_DIM
 
     original = load_bundle(source)
     shutil.copytree(
         source,
         dest,
-        ignore=shutil.ignore_patterns("sam", "detector", "unet", "controlnet", MANIFEST_FILE, MODULES_FILE),
+        ignore=shutil.ignore_patterns(
+            "sam", "detector", "unet", "controlnet", "text_encoder", MANIFEST_FILE, MODULES_FILE
+        ),
     )
+    vocab_size = len(CLIPTokenizer.from_pretrained(dest / "tokenizer"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab_size,
+                hidden_size=text_dim,
+                intermediate_size=2 * text_dim,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=vocab_size - 2,
+                eos_token_id=vocab_size - 1,
+                pad_token_id=vocab_size - 1,
+                projection_dim=text_dim,
+            )
+        )
         unet = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
@@ -209,12 +245,13 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0) -> Path:
             layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=TINY_TEXT_DIM,
+            cross_attention_dim=text_dim,
             attention_head_dim=4,
             norm_num_groups=4,
         )
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
-        modules = MTColorModules.from_unet(unet, controlnet, text_dim=TINY_TEXT_DIM)
+        modules = MTColorModules.from_unet(unet, controlnet, text_dim=text_dim)
+    text_encoder.save_pretrained(dest / "text_encoder", safe_serialization=True)
     unet.save_pretrained(dest / "unet", safe_serialization=True)
     controlnet.save_pretrained(dest / "controlnet", safe_serialization=True)
     modules.save(dest / MODULES_FILE)
