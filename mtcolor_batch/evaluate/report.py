@@ -34,6 +34,7 @@ from mtcolor_batch.evaluate.evaluation import (
     score_arrays,
 )
 from mtcolor_batch.evaluate.records import FailedRow, FileRecord, read_failures
+from mtcolor_batch.output.writer import atomic_write
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report_files"
@@ -42,24 +43,14 @@ ASSETS = ("errortrap.js", "report.css", "report.js")
 _PALETTE = ("#ff4d4d", "#4dd2ff", "#ffd24d", "#7dff4d", "#ff4dd2", "#b84dff", "#ff944d", "#4dffb8")
 
 
-
 def e(value: object) -> str:
     """HTML-escape anything shown (quotes too: it also goes into attributes)."""
     return html.escape(str(value), quote=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the target folder, fsync, rename: a reader never sees half a report or CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A reader never sees half a report or CSV (the outputs' own temp + fsync + rename)."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 @dataclass
@@ -114,8 +105,9 @@ def _prepare(entry: _Entry, thumbs: Path, scans_dir: Path | None, with_metrics: 
         before = _gray_from_thumb(after)
     before.save(thumbs / f"{entry.index:04d}-before.jpg", "JPEG", quality=85)
     if with_metrics:
-        entry.row = score_arrays(FileMetrics(relpath=pred.relpath, output=str(pred.path)), rgb, scan, None,
-                                 pred.record)
+        entry.row = score_arrays(
+            FileMetrics(relpath=pred.relpath, output=str(pred.path)), rgb, scan, None, pred.record
+        )
 
 
 def _overlay(rec: FileRecord, size: tuple[int, int]) -> str:
@@ -152,23 +144,30 @@ def _instances_table(rec: FileRecord, row: FileMetrics | None) -> str:
     if not rec.instances:
         return '<p class="note">no instances (global colorization only)</p>'
     clip = {i["id"]: i.get("clip_score") for i in (row.instances if row else [])}
-    out = ['<table class="instances"><thead><tr><th>#</th><th>label</th><th>text</th><th>source</th>'
-           '<th>hint</th><th>result</th><th>ΔE00 before → after</th></tr></thead><tbody>']
+    out = [
+        '<table class="instances"><thead><tr><th>#</th><th>label</th><th>text</th><th>source</th>'
+        "<th>hint</th><th>result</th><th>ΔE00 before → after</th></tr></thead><tbody>"
+    ]
     for inst in rec.instances:
         if inst.hint_lab is not None:
             lab = ", ".join(f"{v:.1f}" for v in inst.hint_lab)
-            hint = (f'<span class="swatch" style="background:{_lab_hex(inst.hint_lab)}"></span>'
-                    f'{e(inst.hint_name or "")} <span class="note">lab({e(lab)})</span>')
+            hint = (
+                f'<span class="swatch" style="background:{_lab_hex(inst.hint_lab)}"></span>'
+                f'{e(inst.hint_name or "")} <span class="note">lab({e(lab)})</span>'
+            )
         else:
             hint = "–"
-        result = (f'<span class="swatch" style="background:{_lab_hex(inst.result_lab)}"></span>'
-                  if inst.result_lab is not None and inst.hint_lab is not None else "")
+        result = (
+            f'<span class="swatch" style="background:{_lab_hex(inst.result_lab)}"></span>'
+            if inst.result_lab is not None and inst.hint_lab is not None
+            else ""
+        )
         de = f"{_fmt(inst.delta_e_before)} → {_fmt(inst.delta_e)}" if inst.hint_lab is not None else "–"
         score = clip.get(inst.id)
         extra = f' <span class="note">CLIP {_fmt(score)}</span>' if score is not None else ""
         out.append(
             f"<tr><td>{e(inst.id)}</td><td>{e(inst.label)}</td><td>{e(inst.text)}{extra}</td>"
-            f"<td>{e(inst.source)}</td><td>{hint}</td><td>{result}</td><td class=\"num\">{e(de)}</td></tr>"
+            f'<td>{e(inst.source)}</td><td>{hint}</td><td>{result}</td><td class="num">{e(de)}</td></tr>'
         )
     out.append("</tbody></table>")
     return "".join(out)
@@ -210,7 +209,7 @@ def _done_html(entry: _Entry, out_dir: Path) -> str:
     prompt = e(rec.prompt or "")
     sidecar = (rec.raw.get("sidecar") or {}).get("path")
     meta = [
-        ("seed", f"{e(rec.seed)} <span class=\"note\">({e(rec.raw.get('seed_source', ''))})</span>"),
+        ("seed", f'{e(rec.seed)} <span class="note">({e(rec.raw.get("seed_source", ""))})</span>'),
         ("model", e(_model_text(rec)) + (" <strong>(tiny test model)</strong>" if rec.tiny else "")),
         ("profile", e(rec.profile or "")),
         ("device", e(rec.device or "")),
@@ -236,7 +235,7 @@ data-warn="{int(warn)}" data-relpath="{e(rec.relpath)}">
 <button type="button" class="toggle" aria-pressed="false">show before</button></div>
 {before_note}<dl class="meta">{meta_html}</dl>
 {_metrics_table(entry.row)}{_instances_table(rec, entry.row)}
-{f'<ul class="warnings">{warnings}</ul>' if warnings else ''}
+{f'<ul class="warnings">{warnings}</ul>' if warnings else ""}
 </article>"""
 
 
@@ -260,9 +259,11 @@ def _summary(entries: list[_Entry]) -> str:
 
     if not rows:
         return ""
-    return (f"<span>mean colourfulness <b>{mean('colorfulness')}</b></span>"
-            f"<span>worst max ΔL* <b>{_fmt(max(values('luminance_max_dl'), default=None))}</b></span>"
-            f"<span>mean hint ΔE00 <b>{mean('hint_de_mean')}</b></span>")
+    return (
+        f"<span>mean colourfulness <b>{mean('colorfulness')}</b></span>"
+        f"<span>worst max ΔL* <b>{_fmt(max(values('luminance_max_dl'), default=None))}</b></span>"
+        f"<span>mean hint ΔE00 <b>{mean('hint_de_mean')}</b></span>"
+    )
 
 
 def _page(out_dir: Path, entries: list[_Entry], failures: list[FailedRow]) -> str:
@@ -273,12 +274,18 @@ def _page(out_dir: Path, entries: list[_Entry], failures: list[FailedRow]) -> st
     n_warn = sum(1 for en in done if en.pred.record and en.pred.record.warnings)
     tiny = [en for en in done if en.pred.record and en.pred.record.tiny]
     banner = (
-        f'<div class="banner">{len(tiny)} of {len(done)} outputs were made with a TINY random test model: '
-        "they are pipeline checks, not real colorizations.</div>"
-    ) if tiny else ""
+        (
+            f'<div class="banner">{len(tiny)} of {len(done)} outputs were made with a TINY random test '
+            "model: they are pipeline checks, not real colorizations.</div>"
+        )
+        if tiny
+        else ""
+    )
     cards = [_failed_html(n, f.relpath, f.error, f.attempts, "failed") for n, f in enumerate(failures)]
-    cards += [_failed_html(len(failures) + n, en.pred.relpath, en.error or "", None, "unreadable output")
-              for n, en in enumerate(broken)]
+    cards += [
+        _failed_html(len(failures) + n, en.pred.relpath, en.error or "", None, "unreadable output")
+        for n, en in enumerate(broken)
+    ]
     cards += [_done_html(en, out_dir) for en in done]
     body = "\n".join(cards) if cards else '<p class="empty">No outputs and no failures recorded yet.</p>'
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

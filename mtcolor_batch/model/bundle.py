@@ -22,6 +22,7 @@ from huggingface_hub import snapshot_download
 
 from mtcolor_batch.errors import ModelError
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
+from mtcolor_batch.output.writer import atomic_write
 
 FORMAT_VERSION = 1
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx")
@@ -100,16 +101,7 @@ def _components_of(root: Path) -> dict[str, str]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_bundle(

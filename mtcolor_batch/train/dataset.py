@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from PIL import Image, ImageOps
 
 from mtcolor_batch.config import PerceptionSettings
 from mtcolor_batch.errors import UserError
+from mtcolor_batch.output.writer import atomic_write
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import describe_tone as describe_scan_tone
 from mtcolor_batch.scan.imageio import rgb_to_gray
@@ -57,19 +57,9 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + fsync + rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -109,7 +99,7 @@ def read_manifest(folder: Path, *, repair: bool = False) -> list[dict[str, Any]]
                 raise UserError(f"corrupt manifest line: {exc.msg}", path=path, line=number) from exc
             if repair:
                 keep = b"".join(x + b"\n" for x in lines[: number - 1] if x.strip())
-                atomic_write(path, keep)
+                write_bytes_atomic(path, keep)
             break
         if not isinstance(entry, dict) or "id" not in entry:
             raise UserError("manifest line is not an entry object", path=path, line=number)
@@ -264,7 +254,7 @@ def build_entry(
         lab_mean = naming.mean_lab(lab, mask)
         colour = naming.color_name(lab_mean)
         mask_rel = f"masks/{ident}_{k}.png"
-        atomic_write(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
+        write_bytes_atomic(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
         ys, xs = np.nonzero(mask)
         instances.append(
             {
@@ -280,10 +270,12 @@ def build_entry(
     caption = captioner(rgb) if captioner is not None else None
     tone = naming.describe_tone(lab)
     image_rel, gray_rel = f"images/{ident}.png", f"gray/{ident}.png"
-    atomic_write(
+    write_bytes_atomic(
         out / image_rel, _png_bytes(Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB"))
     )
-    atomic_write(out / gray_rel, _png_bytes(Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L")))
+    write_bytes_atomic(
+        out / gray_rel, _png_bytes(Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L"))
+    )
     return {
         "id": ident,
         "source": relpath,
@@ -343,7 +335,7 @@ def build_dataset(
         "captioner": captioner.name if captioner else None,
         "max_side": max_side,
     }
-    atomic_write(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     for number, item in enumerate(files, start=1):
         try:
             sha = hashlib.sha256(item.path.read_bytes()).hexdigest()
