@@ -26,7 +26,7 @@ from mtcolor_batch.config import load_profile
 from mtcolor_batch.model.bundle import Bundle
 from mtcolor_batch.model.engine import MTColorEngine, _load_scheduler
 from mtcolor_batch.model.sampler import fusion_steps
-from mtcolor_batch.model.tiny import write_tiny_bundle, write_tiny_tokenizer
+from mtcolor_batch.model.tiny import sd15_scheduler, write_tiny_bundle, write_tiny_tokenizer
 from mtcolor_batch.plan import make_plan
 from mtcolor_batch.types import Instance
 
@@ -35,7 +35,7 @@ PAPER_S, PAPER_GB = 68.6, 18.0
 
 def full_size_engine(device: str, dtype: str, workdir: Path) -> MTColorEngine:
     """SD 1.5-shaped random engine, built in memory (no multi-GB files written)."""
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from mtcolor_batch.device import resolve_device, resolve_dtype
@@ -69,14 +69,7 @@ def full_size_engine(device: str, dtype: str, workdir: Path) -> MTColorEngine:
         )
         modules = MTColorModules.from_unet(unet, controlnet, text_dim=768)
     write_tiny_tokenizer(workdir / "tokenizer")
-    DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    ).save_pretrained(workdir / "scheduler")
+    sd15_scheduler().save_pretrained(workdir / "scheduler")
     comps = {
         "tokenizer": CLIPTokenizer.from_pretrained(workdir / "tokenizer"),
         "text_encoder": text,

@@ -67,8 +67,23 @@ def write_tiny_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+def sd15_scheduler():
+    """SD 1.5's own noise schedule, so random bundles (tiny or full-size) sample like a real one."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def _tiny_components(folder: Path, seed: int) -> None:
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vocab_size = write_tiny_tokenizer(folder / "tokenizer")
@@ -125,15 +140,7 @@ def _tiny_components(folder: Path, seed: int) -> None:
         projection_dim=TINY_TEXT_DIM,
     )
     CLIPTextModel(text_config).save_pretrained(folder / "text_encoder", safe_serialization=True)
-    DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    ).save_pretrained(folder / "scheduler")
+    sd15_scheduler().save_pretrained(folder / "scheduler")
     from mtcolor_batch.model.denoiser import MTColorModules
 
     torch.manual_seed(seed + 4)
