@@ -48,6 +48,11 @@ class SamplingSettings(_Section):
     controlnet_scale: float = Field(1.0, ge=0)
     alpha: float = Field(0.2, ge=0, le=1, description="Fraction of steps sampled per instance.")
     beta: float = Field(0.2, ge=0, le=1, description="Weight of the global branch in the fusion.")
+    fusion: Literal["paper", "paste", "blend"] = Field(
+        "paste",
+        description="Multi-instance fusion after alpha*T steps: paper (Eq. 10 as printed, background "
+        "scaled by beta), paste (instances pasted onto the global latent), blend (beta-weighted mix).",
+    )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     tile_size: int = Field(512, ge=64)
     tile_overlap: int = Field(128, ge=0)

@@ -85,6 +85,7 @@ def make_plan(
         prompt=prompt or settings.prompt,
         negative_prompt=settings.negative_prompt,
         max_batch=settings.max_batch,
+        fusion=settings.fusion,
     )
 
 

@@ -88,6 +88,7 @@ class Plan:
     prompt: str
     negative_prompt: str
     max_batch: int = 8  # UNet batch cap; larger batches are chunked
+    fusion: str = "paste"  # multi-instance fusion after step K: paper | paste | blend (sampling.fusion)
 
 
 @dataclass

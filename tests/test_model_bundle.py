@@ -211,3 +211,24 @@ def test_device_and_dtype_choice() -> None:
             resolve_device("cuda")
     with pytest.raises(ModelError, match="unknown device"):
         resolve_device("toaster")
+
+
+def test_bundle_with_old_format_modules_is_refused(bundle_copy: Path) -> None:
+    """A bundle whose modules predate the instance branch's own weights: verify and load refuse it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from mtcolor_batch.model.engine import MTColorEngine
+
+    path = bundle_copy / MODULES_FILE
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads(f.metadata()["mtcolor_modules"])
+    config["format"] = 1
+    save_file(load_file(str(path)), str(path), metadata={"mtcolor_modules": json.dumps(config)})
+    manifest = read_manifest(bundle_copy)
+    save_bundle(bundle_copy, name=manifest.name, revision=manifest.revision, tiny=True)
+    bad = CliRunner().invoke(app, ["models", "verify", str(bundle_copy)])
+    assert bad.exit_code == 1 and "format 1" in bad.output and "mtcolor-batch train" in bad.output
+    with pytest.raises(ModelError, match="retrain") as err:
+        MTColorEngine.load(bundle_copy, device="cpu")
+    assert "\n" not in err.value.one_line()

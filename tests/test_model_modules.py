@@ -15,15 +15,15 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file, save_file
 
 from mtcolor_batch.errors import ModelError
-from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules, RegionBatch
+from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 from mtcolor_batch.model.instance_guidance import (
-    GuidanceContext,
-    GuidanceState,
     GuidedLayer,
     InstanceAttnProcessor,
+    InstanceCall,
     InstanceGuidance,
 )
-from mtcolor_batch.model.pmam import PMAMBlock, RegionMasks, labels_at, same_region_mask
+from mtcolor_batch.model.pmam import PMAMBlock
+from mtcolor_batch.model.regions import RegionBatch, RegionMaps, labels_at, same_region_mask
 
 TEXT_DIM = 32
 LATENT = (16, 16)
@@ -141,7 +141,7 @@ def test_pmam_block_does_not_leak_across_instances(size: tuple[int, int], pertur
         blk.out_proj.bias.normal_(0, 0.1)
     h, w = size
     latent, control = torch.randn(1, 32, h, w), torch.randn(1, 32, h, w)
-    mask = RegionMasks(LABELS).same_region(size)
+    mask = RegionMaps(LABELS, torch.ones(1, 2, dtype=torch.bool), (8, 8)).same_region(size)
     a, b, bg = region(size, 1), region(size, 2), region(size, 0)
     assert a.any() and b.any() and bg.any()
 
@@ -156,7 +156,7 @@ def test_pmam_block_does_not_leak_across_instances(size: tuple[int, int], pertur
     assert (new[:, :, a] - out[:, :, a]).abs().max() > 1e-3
 
 
-def guidance_setup(seed: int = 5) -> tuple[Attention, InstanceAttnProcessor, InstanceGuidance, GuidanceState]:
+def guidance_setup(seed: int = 5) -> tuple[Attention, InstanceAttnProcessor, InstanceGuidance]:
     torch.manual_seed(seed)
     attn = Attention(query_dim=32, heads=4, dim_head=8).eval()
     guidance = InstanceGuidance(TEXT_DIM, {"layer.attn1.processor": 32}, token_dim=16)
@@ -164,58 +164,73 @@ def guidance_setup(seed: int = 5) -> tuple[Attention, InstanceAttnProcessor, Ins
     with torch.no_grad():
         layer.gate.fill_(0.7)
         layer.proj.weight.normal_(0, 0.5)  # trained-like: tokens of a useful magnitude
-    state = GuidanceState()
-    return attn, InstanceAttnProcessor(AttnProcessor2_0(), layer, "layer_attn1", state), guidance, state
+    return attn, InstanceAttnProcessor(AttnProcessor2_0(), layer, "layer_attn1"), guidance
 
 
-def guidance_context(
-    guidance: InstanceGuidance, inst_text: torch.Tensor, valid: list[bool]
-) -> GuidanceContext:
+def instance_call(guidance: InstanceGuidance, inst_text: torch.Tensor, valid: list[bool]) -> InstanceCall:
     masks = torch.stack([LABELS[0] == 1, LABELS[0] == 2]).float()[None]  # (1, 2, 8, 8)
     masks = torch.nn.functional.interpolate(masks, scale_factor=8, mode="nearest")
     with torch.no_grad():
         tokens = guidance.encode(inst_text, masks)
-    return GuidanceContext(tokens, torch.tensor([valid]), RegionMasks(LABELS), (8, 8))
+    return InstanceCall(tokens, RegionMaps(LABELS, torch.tensor([valid]), (8, 8)))
 
 
 @pytest.mark.parametrize("size", [(8, 8), (4, 4)])
 def test_instance_attention_does_not_leak_across_instances(size: tuple[int, int]) -> None:
-    attn, proc, guidance, state = guidance_setup()
-    ctx = guidance_context(guidance, torch.randn(1, 2, TEXT_DIM), [True, True])
+    attn, proc, guidance = guidance_setup()
+    call = instance_call(guidance, torch.randn(1, 2, TEXT_DIM), [True, True])
     h, w = size
     x = torch.randn(1, h * w, 32)
     a, b, bg = region(size, 1), region(size, 2), region(size, 0)
     bumped = x.clone()
     bumped[:, a] += torch.randn(1, int(a.sum()), 32)
-    with torch.no_grad(), state.use(ctx):
-        out = proc(attn, x) - AttnProcessor2_0()(attn, x)  # the instance term, through the processor
-        new = proc.delta(attn, bumped, ctx)
-        torch.testing.assert_close(proc.delta(attn, x, ctx), out, atol=1e-6, rtol=0)
+    bumped[:, bg] += torch.randn(1, int(bg.sum()), 32)  # background is never mixed into any instance
+    with torch.no_grad():
+        out = proc(attn, x, mtcolor=call) - AttnProcessor2_0()(attn, x)  # the branch, via the processor
+        new = proc.delta(bumped, call)
+        torch.testing.assert_close(proc.delta(x, call), out, atol=1e-6, rtol=0)
     torch.testing.assert_close(new[:, b], out[:, b], atol=1e-6, rtol=0)
-    torch.testing.assert_close(new[:, bg], out[:, bg], atol=1e-6, rtol=0)
     assert (new[:, a] - out[:, a]).abs().max() > 1e-3
+    # Eq. 7: pixels outside every instance get exactly zero branch output.
+    assert not new[:, bg].any() and not proc.delta(x, call)[:, bg].any()
+
+
+def test_instance_branch_has_its_own_projections() -> None:
+    """W_Qp/W_Kp/W_Vp/W_O are the branch's: the layer's frozen projections do not enter it."""
+    attn, proc, guidance = guidance_setup()
+    call = instance_call(guidance, torch.randn(1, 2, TEXT_DIM), [True, True])
+    x = torch.randn(1, 64, 32)
+    with torch.no_grad():
+        before = proc.delta(x, call)
+        for lin in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]):
+            lin.weight.mul_(3.0)
+        assert torch.equal(proc.delta(x, call), before)
+        proc.layer.to_v.weight.mul_(3.0)
+        assert not torch.equal(proc.delta(x, call), before)
+    names = {n.split(".")[0] for n, _ in proc.layer.named_parameters()}
+    assert names == {"proj", "norm", "to_q", "to_k", "to_v", "to_out", "gate"}
 
 
 def test_instance_token_affects_only_its_own_pixels() -> None:
-    attn, proc, guidance, _ = guidance_setup()
+    attn, proc, guidance = guidance_setup()
     texts = torch.randn(1, 2, TEXT_DIM)
     x = torch.randn(1, 64, 32)
     a, b, bg = region((8, 8), 1), region((8, 8), 2), region((8, 8), 0)
     other = texts.clone()
     other[0, 0] = torch.randn(TEXT_DIM)  # new text for instance A only
     with torch.no_grad():
-        ctx, ctx_new = (
-            guidance_context(guidance, texts, [True, True]),
-            guidance_context(guidance, other, [True, True]),
+        call, call_new = (
+            instance_call(guidance, texts, [True, True]),
+            instance_call(guidance, other, [True, True]),
         )
-        torch.testing.assert_close(ctx_new.tokens[:, 1], ctx.tokens[:, 1])  # B's token untouched
-        out, new = proc.delta(attn, x, ctx), proc.delta(attn, x, ctx_new)
+        torch.testing.assert_close(call_new.tokens[:, 1], call.tokens[:, 1])  # B's token untouched
+        out, new = proc.delta(x, call), proc.delta(x, call_new)
     assert torch.equal(new[:, b], out[:, b]) and torch.equal(new[:, bg], out[:, bg])  # bit-identical
     assert (new[:, a] - out[:, a]).abs().max() > 1e-4
     # An invalid slot is never attended: its token can change freely without any effect.
     with torch.no_grad():
-        off = proc.delta(attn, x, guidance_context(guidance, texts, [False, True]))
-        off_new = proc.delta(attn, x, guidance_context(guidance, other, [False, True]))
+        off = proc.delta(x, instance_call(guidance, texts, [False, True]))
+        off_new = proc.delta(x, instance_call(guidance, other, [False, True]))
     torch.testing.assert_close(off, off_new, atol=0, rtol=0)
 
 
@@ -267,7 +282,7 @@ def test_pmam_hooks_equal_residual_plus_delta(models, inputs) -> None:
         for hook in hooks:
             hook.remove()
         down, mid = cn(lat, 25, encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
-        masks = RegionMasks(regions.label_map)
+        masks = RegionMaps.of(regions)
         raw = [*down, mid]
         deltas = [
             s * blk(f, r, masks.same_region(f.shape[-2:]))
@@ -310,7 +325,7 @@ def test_batch_of_two_equals_two_batches_of_one(models, inputs) -> None:
     assert (batched - plain).abs().max() > 1e-3  # trained-like modules change the prediction
 
 
-def test_cfg_repeat_and_state_is_cleared_after_every_call(models, inputs) -> None:
+def test_cfg_repeat_and_hooks_are_removed_after_every_call(models, inputs) -> None:
     unet, cn = models
     den = MTColorDenoiser(unet, cn, make_trained_like(MTColorModules.from_unet(unet, cn, TEXT_DIM)))
     regions = two_instances(inputs).repeat(2)  # CFG doubles the batch
@@ -319,7 +334,6 @@ def test_cfg_repeat_and_state_is_cleared_after_every_call(models, inputs) -> Non
     with torch.no_grad():
         out = den(*args, regions)
     assert out.shape == lat.shape and torch.isfinite(out).all()
-    assert den.state.current is None
     assert not unet.conv_in._forward_hooks and not unet.mid_block._forward_hooks
     assert not unet.down_blocks[0]._forward_pre_hooks
     # A failure inside the UNet must not leave the context or hooks behind either.
@@ -327,7 +341,7 @@ def test_cfg_repeat_and_state_is_cleared_after_every_call(models, inputs) -> Non
     with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
         den(*args, regions)
     boom.remove()
-    assert den.state.current is None and not unet.conv_in._forward_hooks
+    assert not unet.conv_in._forward_hooks
     with pytest.raises(ValueError, match="batch"):
         den(*args, two_instances(inputs))  # regions not repeated for CFG
 
@@ -445,3 +459,169 @@ def test_fresh_modules_receive_a_first_gradient(models, inputs) -> None:
     out.pow(2).mean().backward()
     assert all(blk.out_proj.weight.grad.abs().sum() > 0 for blk in modules.pmam.blocks)
     assert all(layer.gate.grad.abs().sum() > 0 for layer in modules.guidance.layers.values())
+
+
+# --------------------------------------------------------------------------- paper Sec. 3.3 / CFG
+
+
+def _relative_change(new: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((new - ref).detach().norm() / ref.detach().norm())
+
+
+@pytest.mark.parametrize("mode", ["inference", "inference-compute-all", "training"])
+def test_no_instances_equals_empty_slots_bit_for_bit(models, inputs, mode: str) -> None:
+    """N = 0 and N empty (null) slots are the same network: what training sees is what runs."""
+    unet, cn = models
+    modules = make_trained_like(MTColorModules.from_unet(unet, cn, TEXT_DIM))
+    den = MTColorDenoiser(unet, cn, modules, skip_zero_modules=mode == "inference")
+    none = RegionBatch.from_masks([], torch.zeros(0, TEXT_DIM), LATENT)
+    empty = RegionBatch.from_masks([], torch.zeros(0, TEXT_DIM), LATENT, slots=8)
+    dropped = two_instances(inputs, slots=8).drop_tokens()  # regions kept, no tokens: not the same
+    args = (inputs["latents"], 25, inputs["text"], inputs["control"])
+    modules.requires_grad_(mode == "training")
+    with torch.set_grad_enabled(mode == "training"):
+        a, b = den(*args, none), den(*args, empty)
+        c = den(*args, dropped)
+    modules.requires_grad_(False)
+    assert torch.equal(a, b)
+    assert _relative_change(c, a) > 1e-3  # the regions still act in the null condition (PMAM, M_self)
+
+
+def test_instance_free_row_of_a_mixed_batch_gets_exactly_no_branch(models, inputs) -> None:
+    """Batched with an image that has instances, an instance-free image still gets a zero branch."""
+    unet, cn = models
+    modules = make_trained_like(MTColorModules.from_unet(unet, cn, TEXT_DIM))
+    den = MTColorDenoiser(unet, cn, modules, skip_zero_modules=False)
+    g = torch.Generator().manual_seed(4)
+    lat, text = torch.randn(2, 4, *LATENT, generator=g), torch.randn(2, 77, 32, generator=g)
+    control = torch.rand(2, 3, 128, 128, generator=g)
+    mixed = RegionBatch.cat(
+        [two_instances(inputs), RegionBatch.from_masks([], torch.zeros(0, TEXT_DIM), LATENT)]
+    )
+    with torch.no_grad():
+        out = den(lat, 25, text, control, mixed)
+        for layer in modules.guidance.layers.values():
+            layer.gate.zero_()
+        ref = den(lat, 25, text, control, mixed)
+    assert torch.equal(out[1], ref[1])
+    assert _relative_change(out[0], ref[0]) > 1e-3
+
+
+def test_cfg_unconditional_half_keeps_the_masks(models, inputs) -> None:
+    """Perturbing instance A's pixels leaves instance B's guided (CFG) term unchanged.
+
+    The sampler's own regions for [uncond; cond] go through trained-like PMAM and instance-branch
+    layers; the guided combination ``u + s*(c - u)`` at guidance 7.5 is compared on B's pixels. The
+    control (uncond with an all-background label map, the old null condition) shows the test bites.
+    """
+    import numpy as np
+
+    from mtcolor_batch.model.sampler import MTColorSampler, build_canvas
+
+    size = 64
+    masks = np.zeros((2, size, size), np.float32)
+    masks[0, :32, :32] = 1
+    masks[1, 32:, 24:] = 1
+    canvas = build_canvas(
+        np.full((size, size), 0.5, np.float32),
+        masks,
+        inputs["inst_text"],
+        lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
+        torch.device("cpu"),
+        torch.float32,
+    )
+    regions = RegionBatch.cat(
+        [MTColorSampler._regions(canvas, 0, False), MTColorSampler._regions(canvas, 0, True)]
+    )
+    assert torch.equal(regions.label_map[0], regions.label_map[1])
+    assert regions.inst_valid.tolist() == [[False, False], [True, True]]
+    old_labels = torch.cat([torch.zeros_like(regions.label_map[:1]), regions.label_map[1:]])
+    old_null = RegionBatch(old_labels, regions.inst_masks, regions.inst_text, regions.inst_valid)
+
+    torch.manual_seed(2)
+    pmam = PMAMBlock(32, head_dim=16)
+    with torch.no_grad():
+        pmam.out_proj.weight.normal_(0, 0.3)
+    attn, proc, guidance = guidance_setup()
+    labels = regions.label_map[1].flatten()
+    a, b = labels == 1, labels == 2
+    feat = torch.randn(1, 32, 8, 8).repeat(2, 1, 1, 1)
+    feat[0] += 0.1 * torch.randn(32, 8, 8)  # the halves differ, as they do in a real step
+    control = torch.randn(1, 32, 8, 8).repeat(2, 1, 1, 1)
+    bumped = feat.clone().flatten(2)
+    bumped[:, :, a] += torch.randn(32, int(a.sum()))
+    bumped = bumped.view_as(feat)
+    s = 7.5
+
+    def guided(rb: RegionBatch, x: torch.Tensor) -> torch.Tensor:
+        maps = RegionMaps.of(rb)
+        with torch.no_grad():
+            tokens = guidance.encode(rb.inst_text, rb.inst_masks)
+            d = pmam(x, control, maps.same_region((8, 8))).flatten(2).transpose(1, 2)
+            d = d + proc.delta(x.flatten(2).transpose(1, 2), InstanceCall(tokens, maps))
+        return d[0] + s * (d[1] - d[0])  # (64, 32)
+
+    ours, ours_bumped = guided(regions, feat), guided(regions, bumped)
+    torch.testing.assert_close(ours_bumped[b], ours[b], atol=1e-5, rtol=0)
+    assert _relative_change(ours_bumped[a], ours[a]) > 1e-2
+    old, old_bumped = guided(old_null, feat), guided(old_null, bumped)
+    assert _relative_change(old_bumped[b], old[b]) > 1e-2  # the old null condition leaked A into B
+
+
+def test_processors_installed_once_and_diffusers_stays_quiet(models, inputs, caplog, monkeypatch) -> None:
+    unet, cn = models
+    den = MTColorDenoiser(unet, cn, make_trained_like(MTColorModules.from_unet(unet, cn, TEXT_DIM)))
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("processors re-installed during a forward call")
+
+    monkeypatch.setattr(unet, "set_attn_processor", refuse)
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        den(inputs["latents"], 25, inputs["text"], inputs["control"], two_instances(inputs))
+    assert "cross_attention_kwargs" not in caplog.text
+
+
+def test_stage_one_mode_calls_neither_controlnet_nor_pmam(models, inputs) -> None:
+    unet, cn = models
+    modules = make_trained_like(MTColorModules.from_unet(unet, cn, TEXT_DIM))
+    den = MTColorDenoiser(unet, cn, modules, skip_zero_modules=False)
+    calls = {"controlnet": 0, "pmam": 0}
+    hooks = [cn.register_forward_hook(lambda *a: calls.__setitem__("controlnet", calls["controlnet"] + 1))]
+    hooks += [
+        blk.register_forward_hook(lambda *a: calls.__setitem__("pmam", calls["pmam"] + 1))
+        for blk in modules.pmam.blocks
+    ]
+    with torch.no_grad():
+        out = den(inputs["latents"], 25, inputs["text"], None, two_instances(inputs), use_controlnet=False)
+        plain = unet(inputs["latents"], 25, encoder_hidden_states=inputs["text"], return_dict=False)[0]
+    assert calls == {"controlnet": 0, "pmam": 0}
+    assert _relative_change(out, plain) > 1e-3  # the instance branch acts
+    with torch.no_grad():
+        den(inputs["latents"], 25, inputs["text"], inputs["control"], two_instances(inputs))
+    for hook in hooks:
+        hook.remove()
+    assert calls == {"controlnet": 1, "pmam": len(modules.pmam.blocks)}
+
+
+def test_modules_of_the_old_format_are_refused_in_one_line(models, tmp_path) -> None:
+    """Files without the branch's own projections (format 1) never load half."""
+    import json
+
+    from safetensors import safe_open
+
+    unet, cn = models
+    path = MTColorModules.from_unet(unet, cn, TEXT_DIM).save(tmp_path / "mtcolor_modules.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads(f.metadata()["mtcolor_modules"])
+    config["format"] = 1
+    old = {
+        k: v
+        for k, v in load_file(str(path)).items()
+        if not any(f".{p}." in k for p in ("norm", "to_q", "to_k", "to_v", "to_out")) or k.startswith("pmam")
+    }
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={"mtcolor_modules": json.dumps(config)})
+    with pytest.raises(ModelError) as err:
+        MTColorModules.load(tmp_path / "old.safetensors")
+    line = err.value.one_line()
+    assert "\n" not in line and "format 1" in line
+    assert "mtcolor-batch train" in line and "mtcolor-batch models pull" in line

@@ -47,22 +47,40 @@ def _plan(size: tuple[int, int], **changes: object) -> Plan:
 
 
 # ------------------------------------------------------------------------------------ fusion
-def test_fusion_equation_exact() -> None:
+@pytest.mark.parametrize("mode", ["paper", "paste", "blend"])
+def test_fusion_equation_exact(mode: str) -> None:
+    """Each sampling.fusion mode is its formula, pixel by pixel and bit for bit."""
     g = torch.Generator().manual_seed(0)
     zg = torch.randn(1, 4, 6, 5, generator=g)
     zi = torch.randn(3, 4, 6, 5, generator=g)
     labels = torch.randint(0, 4, (6, 5), generator=g)
     masks = torch.stack([(labels == k + 1).float() for k in range(3)])
     for beta in (0.2, 0.0, 1.0):
-        z = fuse_latents(zg, zi, masks, beta)
+        z = fuse_latents(zg, zi, masks, beta, mode)
         for y in range(6):
             for x in range(5):
                 k = int(labels[y, x])
-                want = (
-                    zg[0, :, y, x] if k == 0 else (beta * zg[0, :, y, x] + zi[k - 1, :, y, x]) / (beta + 1.0)
-                )
-                assert torch.equal(z[0, :, y, x], want), (beta, y, x)
-    assert torch.equal(fuse_latents(zg, zi[:0], masks[:0], 0.2), zg)
+                g_px, i_px = zg[0, :, y, x], zi[k - 1, :, y, x]
+                want = {
+                    "paper": beta * g_px if k == 0 else i_px,  # Eq. 10: beta*m_g*z_g + sum m_i*z_i
+                    "paste": g_px if k == 0 else i_px,
+                    "blend": g_px if k == 0 else (beta * g_px + i_px) / (beta + 1.0),
+                }[mode]
+                assert torch.equal(z[0, :, y, x], want), (mode, beta, y, x)
+    no_instances = fuse_latents(zg, zi[:0], masks[:0], 0.2, mode)
+    assert torch.equal(no_instances, 0.2 * zg if mode == "paper" else zg)
+    with pytest.raises(ValueError, match="fusion"):
+        fuse_latents(zg, zi, masks, 0.2, "average")
+
+
+def test_fusion_mode_reaches_the_sampler(engine) -> None:  # noqa: ANN001
+    """The plan's mode is what runs: the three modes give three different images, paste by default."""
+    luma, insts = _scene(64, 64)
+    assert make_plan((64, 64), SETTINGS, seed=7).fusion == "paste"
+    outs = {m: engine.colorize(luma, insts, _plan((64, 64), fusion=m)) for m in ("paper", "paste", "blend")}
+    assert np.array_equal(outs["paste"], engine.colorize(luma, insts, _plan((64, 64))))
+    assert not np.array_equal(outs["paper"], outs["paste"])
+    assert not np.array_equal(outs["blend"], outs["paste"])
 
 
 def test_fusion_steps_rounds_half_up() -> None:
@@ -78,14 +96,13 @@ def _plain_sampling(engine, luma: np.ndarray, insts: list[Instance], plan: Plan)
     from diffusers import DDIMScheduler
     from skimage.color import rgb2lab
 
-    from mtcolor_batch.model.denoiser import RegionBatch
+    from mtcolor_batch.model.regions import RegionBatch
 
     h, w = luma.shape
     seq, pooled = engine.encode_text([plan.negative_prompt, plan.prompt, *[i.text for i in insts]])
     cond = RegionBatch.from_masks([i.mask for i in insts], pooled[2:], (h // 8, w // 8))
-    # Unconditional half: the null instance condition, as training's dropout (no regions, no tokens).
-    null = RegionBatch.from_masks([], pooled[:0], (h // 8, w // 8), slots=len(insts))
-    regions = RegionBatch.cat([null, cond])
+    # Unconditional half: the null instance condition, as training's dropout (same regions, no tokens).
+    regions = RegionBatch.cat([cond.drop_tokens(), cond])
     sched = DDIMScheduler.from_config(engine.sampler.scheduler_factory().config)
     sched.set_timesteps(plan.steps)
     z = torch.randn((1, 4, h // 8, w // 8), generator=torch.Generator("cpu").manual_seed(plan.seed))

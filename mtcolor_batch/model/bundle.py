@@ -4,7 +4,7 @@ A bundle is the unit of provenance: an output names the bundle and the digest of
 ``verify`` proves the files on disk are the ones that digest describes. Only safetensors weights are
 accepted, because pickle-based formats (.bin/.pt/.ckpt) can run code when loaded.
 
-Layout (DESIGN.md): ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
+Layout: ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
 + ``mtcolor_modules.safetensors`` (+ optional perception folders ``sam/`` and ``detector/``).
 """
 
@@ -231,6 +231,17 @@ def verify_problems(bundle: Bundle) -> list[str]:
         elif rel.endswith((".safetensors", ".json", ".txt")):
             problems.append(
                 f"{root / rel}: file is not listed in {MANIFEST_FILE} (remove it, or re-save the bundle)"
+            )
+    modules = root / MODULES_FILE
+    if modules.is_file():
+        from mtcolor_batch.model.denoiser import FORMAT_VERSION, OUTDATED_HINT, modules_format
+
+        found = modules_format(modules)
+        if found is not None and found != FORMAT_VERSION:
+            hint = OUTDATED_HINT if found == 1 else "update mtcolor-batch or re-pull the bundle"
+            problems.append(
+                f"{modules}: MT-Color modules are format {found}, "
+                f"this version needs {FORMAT_VERSION} ({hint})"
             )
     return problems
 

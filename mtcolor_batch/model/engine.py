@@ -71,7 +71,7 @@ class MTColorEngine:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        from mtcolor_batch.model.denoiser import MTColorDenoiser, RegionBatch
+        from mtcolor_batch.model.denoiser import MTColorDenoiser
 
         self.bundle = bundle
         self.device = device
@@ -86,7 +86,6 @@ class MTColorEngine:
         sched_cls, sched_config, self.scheduler_name = scheduler
         self.sampler = MTColorSampler(
             denoiser=self.denoiser,
-            region_batch=RegionBatch,
             scheduler_factory=lambda: sched_cls.from_config(sched_config),
             vae=self.vae,
             encode_text=self.encode_text,

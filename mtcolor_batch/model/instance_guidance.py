@@ -1,39 +1,51 @@
-"""Instance mask + text guidance: one extra token per instance in every UNet self-attention.
+"""Instance mask + text guidance (paper Sec. 3.3, Eq. 7-9): a gated, masked branch in every self-attention.
 
 Each instance is described by its own text ("a dark green tram") and its mask. The pooled CLIP
 embedding of the text is concatenated with a small 3-conv encoding of the mask and mapped by a 3-layer
-MLP to one token. In every self-attention layer (``attn1``) of the UNet the latent pixels attend to
-``[latents ; instance tokens]`` under the paper's mask:
+MLP to one token. Every self-attention layer (``attn1``) of the UNet gets a branch of its own, as
+diffusers' GLIGEN ``GatedSelfAttentionDense``: the token is mapped to the layer's width, LayerNorm is
+applied to ``[latents ; tokens]``, and the branch's own projections W_Qp, W_Kp, W_Vp and an output
+projection compute a masked attention whose latent part is added through a tanh gate:
 
-* latent -> latent only within the same region (background is one more region);
-* latent -> instance token k only for pixels of instance k; empty slots are never attended.
+    out = self_attention(x) + tanh(gate_l) * inside * W_O(masked_attn(W_Qp h, W_Kp [h ; e], W_Vp [h ; e]))
 
-Only the latent part is kept, added through a tanh gate that starts at zero (as in diffusers'
-GLIGEN ``GatedSelfAttentionDense``), so untrained modules are exact no-ops:
+under the paper's masks (built in ``regions.py``):
 
-    out = self_attention(x) + tanh(gate_l) * masked_attention([x ; W_l tokens])[latent part]
+* M_self (Eq. 7): a pixel of instance k attends to the pixels of instance k only; pixels outside
+  every instance get zero branch output (``inside``), so background is never mixed in;
+* M_cross (Eq. 8): a pixel of instance k attends to token k only, when slot k holds a text.
 
-The masked attention reuses the layer's own (pretrained) q/k/v/out projections; what is learned is the
-token encoder, one linear map per layer into that layer's width, and the gates. It is installed as a
-diffusers attention processor that wraps the layer's original processor: no fork of diffusers.
+The gate starts at zero, so fresh modules are exact no-ops. An image without instances (N = 0) and
+one whose N slots are all empty get the same output bit for bit, in training and at inference: no
+pixel is inside an instance, so the branch adds exactly zero.
+
+Per-call data (tokens, masks) reaches the processors as a call argument through the UNet's
+``cross_attention_kwargs`` (key ``mtcolor``), the way diffusers passes per-call data to attention
+processors; nothing is stored on the processors between calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcolor_batch.model.pmam import RegionMasks
+from mtcolor_batch.model.regions import RegionMaps, masked_attention
+
+CALL_KEY = "mtcolor"
+"""Name of the per-call argument in the UNet's ``cross_attention_kwargs``."""
 
 
 def layer_key(processor_name: str) -> str:
     """ModuleDict-safe key for a layer: "down_blocks.0...attn1.processor" -> "down_blocks_0_..._attn1"."""
     return processor_name.removesuffix(".processor").replace(".", "_")
+
+
+def heads_for(dim: int, head_dim: int = 64) -> int:
+    """SD's 64-wide heads where the width allows it, else a single head (tiny test models)."""
+    return dim // head_dim if dim % head_dim == 0 else 1
 
 
 class MaskEncoder(nn.Module):
@@ -65,12 +77,38 @@ class MaskEncoder(nn.Module):
 
 
 class GuidedLayer(nn.Module):
-    """Per-layer parameters: token -> layer width, and the zero-initialised tanh gate."""
+    """One layer's instance branch: token map, LayerNorm, W_Qp/W_Kp/W_Vp, output projection, tanh gate.
+
+    Only the gate is zero-initialised (as in GLIGEN): the projections start random so the first
+    gradient reaching the gate carries signal, and the output is exactly zero until the gate moves.
+    """
 
     def __init__(self, token_dim: int, dim: int) -> None:
         super().__init__()
+        self.heads = heads_for(dim)
         self.proj = nn.Linear(token_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
         self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(
+        self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, inside: torch.Tensor
+    ) -> torch.Tensor:
+        """The gated branch output (B, S, dim) for latents ``x`` (B, S, dim), tokens (B, N, token_dim).
+
+        ``mask`` is the (B, 1, S, S + N) branch mask, ``inside`` the (B, S, 1) instance pixels.
+        """
+        b, s, _ = x.shape
+        dtype = self.to_q.weight.dtype
+        h = self.norm(torch.cat([x.to(dtype), self.proj(tokens.to(dtype))], dim=1))
+        q, k, v = self.to_q(h[:, :s]), self.to_k(h), self.to_v(h)
+        q, k, v = (t.view(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = masked_attention(q, k, v, mask).transpose(1, 2).reshape(b, s, -1)
+        out = torch.where(inside, self.to_out(out), 0.0)
+        return (torch.tanh(self.gate) * out).to(x.dtype)
 
 
 class InstanceGuidance(nn.Module):
@@ -115,101 +153,24 @@ class InstanceGuidance(nn.Module):
         return dict(zip(self.layers.keys(), flags, strict=True))
 
 
-@dataclass
-class GuidanceContext:
-    """Everything one UNet call needs; lives only for that call (see :meth:`GuidanceState.use`)."""
+@dataclass(frozen=True)
+class InstanceCall:
+    """What one UNet call hands every instance processor: the tokens and the call's region masks."""
 
     tokens: torch.Tensor  # (B, N, token_dim)
-    valid: torch.Tensor  # (B, N) bool
-    masks: RegionMasks  # label map at latent resolution + per-size cache
-    latent_size: tuple[int, int]
-    active: dict[str, bool] = field(default_factory=dict)
-    _size_cache: dict[int, tuple[int, int]] = field(default_factory=dict)
-    _mask_cache: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def attention_mask(self, seq_len: int) -> torch.Tensor:
-        """The (B, 1, S, S + N) mask for layers with ``seq_len`` latent tokens, built once per call."""
-        if seq_len not in self._mask_cache:
-            labels = self.masks.labels(self.size_for(seq_len))
-            self._mask_cache[seq_len] = instance_attention_mask(labels, self.valid)
-        return self._mask_cache[seq_len]
-
-    def size_for(self, seq_len: int) -> tuple[int, int]:
-        """Spatial size of a layer from its token count: the latent size halved (ceil) k times."""
-        if seq_len not in self._size_cache:
-            h, w = self.latent_size
-            while h * w > seq_len and (h > 1 or w > 1):
-                h, w = -(-h // 2), -(-w // 2)
-            if h * w != seq_len:
-                raise ValueError(f"cannot map {seq_len} tokens onto latent size {self.latent_size}")
-            self._size_cache[seq_len] = (h, w)
-        return self._size_cache[seq_len]
+    maps: RegionMaps
+    active: dict[str, bool] = field(default_factory=dict)  # layer key -> may change anything
 
 
-class GuidanceState:
-    """Shared slot through which the processors see the current call's context (None between calls)."""
+class CallArgFilter:
+    """Wraps the processors of layers without a branch so they accept (and ignore) the MT-Color argument.
 
-    def __init__(self) -> None:
-        self.current: GuidanceContext | None = None
-
-    @contextmanager
-    def use(self, context: GuidanceContext) -> Iterator[None]:
-        if self.current is not None:
-            raise RuntimeError("instance guidance context is already set (re-entrant UNet call?)")
-        self.current = context
-        try:
-            yield
-        finally:
-            self.current = None
-
-
-def instance_attention_mask(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Bool mask (B, 1, S, S + N) of the paper for latent queries over [latents ; instance tokens].
-
-    ``labels`` (B, S): region per pixel (0 background, k = slot k). Token k (slot k, 1-based in the
-    label map) is visible to a pixel only if the pixel is in region k and the slot is valid.
-    """
-    n = valid.shape[1]
-    latent = labels[:, :, None] == labels[:, None, :]
-    slots = torch.arange(1, n + 1, device=labels.device)
-    token = (labels[:, :, None] == slots) & valid[:, None, :].bool()
-    return torch.cat([latent, token], dim=-1)[:, None]
-
-
-def masked_instance_attention(
-    attn: nn.Module, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Latent part of ``attn``'s attention over ``[x ; tokens]`` under ``mask``, using attn's projections.
-
-    Only latent queries are computed: the token rows would be thrown away anyway.
-    """
-    b, s, _ = x.shape
-    kv = torch.cat([x, tokens], dim=1)
-    q, k, v = attn.to_q(x), attn.to_k(kv), attn.to_v(kv)
-    heads = attn.heads
-    q, k, v = (t.view(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(b, s, -1).to(q.dtype)
-    return attn.to_out[0](out)
-
-
-class InstanceAttnProcessor:
-    """Wraps a self-attention layer's processor and adds the gated, masked instance attention.
-
-    A plain object on purpose: diffusers registers nn.Module processors as UNet submodules, which
-    would leak MT-Color weights into the UNet's own state dict. Without a context it is exactly the
-    wrapped processor, so the UNet stays usable on its own.
+    diffusers hands ``cross_attention_kwargs`` to every attention layer and warns about keys a
+    processor does not name; naming it here keeps cross-attention and ControlNet-shared layers quiet.
     """
 
-    def __init__(self, base: object, layer: GuidedLayer, key: str, state: GuidanceState) -> None:
+    def __init__(self, base: object) -> None:
         self.base = base
-        self.layer = layer
-        self.key = key
-        self.state = state
 
     def __call__(
         self,
@@ -218,21 +179,43 @@ class InstanceAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        *args: object,
+        mtcolor: InstanceCall | None = None,
         **kwargs: object,
     ) -> torch.Tensor:
-        out = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        ctx = self.state.current
-        if ctx is None or encoder_hidden_states is not None or hidden_states.ndim != 3:
-            return out
-        if not ctx.active.get(self.key, True) or ctx.tokens.shape[1] == 0:
-            return out
-        return out + self.delta(attn, hidden_states, ctx)
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)  # type: ignore[operator]
 
-    def delta(self, attn: nn.Module, x: torch.Tensor, ctx: GuidanceContext) -> torch.Tensor:
+
+class InstanceAttnProcessor:
+    """Wraps a self-attention layer's processor and adds the layer's gated instance branch.
+
+    A plain object on purpose: diffusers registers nn.Module processors as UNet submodules, which
+    would leak MT-Color weights into the UNet's own state dict. Called without ``mtcolor`` it is
+    exactly the wrapped processor, so the UNet stays usable on its own.
+    """
+
+    def __init__(self, base: object, layer: GuidedLayer, key: str) -> None:
+        self.base = base
+        self.layer = layer
+        self.key = key
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        mtcolor: InstanceCall | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        out = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)  # type: ignore[operator]
+        if mtcolor is None or encoder_hidden_states is not None or hidden_states.ndim != 3:
+            return out
+        if not mtcolor.active.get(self.key, True):
+            return out
+        return out + self.delta(hidden_states, mtcolor)
+
+    def delta(self, x: torch.Tensor, call: InstanceCall) -> torch.Tensor:
         """The gated instance term alone (tests use it to check leakage)."""
-        mask = ctx.attention_mask(x.shape[1])
-        weight_dtype = self.layer.proj.weight.dtype
-        tokens = self.layer.proj(ctx.tokens.to(weight_dtype)).to(x.dtype)
-        gate = torch.tanh(self.layer.gate).to(x.dtype)
-        return gate * masked_instance_attention(attn, x, tokens, mask)
+        size = call.maps.size_for(x.shape[1])
+        return self.layer(x, call.tokens, call.maps.branch(size), call.maps.inside(size))

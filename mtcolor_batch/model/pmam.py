@@ -16,7 +16,7 @@ Wiring without forking diffusers: the UNet still receives the ControlNet residua
 only adds the PMAM delta through forward hooks on ``conv_in``, every down block (on the skip tuple it
 returns, never on the hidden state that flows down) and the mid block. Because the UNet's down-path
 features do not depend on those residuals, the result equals passing ``control_res + delta`` to an
-unmodified UNet (tests/test_model_modules.py checks exactly that).
+unmodified UNet (the model tests check exactly that).
 """
 
 from __future__ import annotations
@@ -25,54 +25,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtcolor_batch.errors import ModelError
-
-
-def labels_at(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Region labels (B, h, w) resampled to ``size`` by nearest neighbour, flattened to (B, h'*w').
-
-    Nearest (not area) resampling keeps labels integral: a pixel belongs to exactly one region at
-    every resolution, so the masks below stay exclusive.
-    """
-    if tuple(label_map.shape[-2:]) != tuple(size):
-        label_map = F.interpolate(label_map[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    return label_map.flatten(1)
-
-
-def same_region_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Bool mask (B, 1, S, S): True where query pixel and key pixel share a region.
-
-    Every row contains its own pixel, so no row is fully masked and SDPA never yields NaN.
-    """
-    return (labels[:, :, None] == labels[:, None, :])[:, None]
-
-
-class RegionMasks:
-    """Per-call cache of labels and same-region masks, keyed by feature size.
-
-    Masks are rebuilt once per call and resolution (not per layer): with a bool ``attn_mask`` SDPA
-    cannot use the flash kernel, so at least avoid building the same S x S mask several times.
-    """
-
-    def __init__(self, label_map: torch.Tensor) -> None:
-        self.label_map = label_map
-        self._labels: dict[tuple[int, int], torch.Tensor] = {}
-        self._masks: dict[tuple[int, int], torch.Tensor] = {}
-
-    def labels(self, size: tuple[int, int]) -> torch.Tensor:
-        size = (int(size[0]), int(size[1]))
-        if size not in self._labels:
-            self._labels[size] = labels_at(self.label_map, size)
-        return self._labels[size]
-
-    def same_region(self, size: tuple[int, int]) -> torch.Tensor:
-        size = (int(size[0]), int(size[1]))
-        if size not in self._masks:
-            self._masks[size] = same_region_mask(self.labels(size))
-        return self._masks[size]
+from mtcolor_batch.model.regions import RegionMaps, masked_attention
 
 
 class PMAMBlock(nn.Module):
@@ -107,7 +63,7 @@ class PMAMBlock(nn.Module):
         x = self.norm_latent(latent.to(dtype).flatten(2).transpose(1, 2))
         y = self.norm_control(control.to(dtype).flatten(2).transpose(1, 2))
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(x)), self._split(self.to_v(y))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = masked_attention(q, k, v, mask)
         out = self.out_proj(out.transpose(1, 2).reshape(b, h * w, c))
         return out.transpose(1, 2).reshape(b, c, h, w).to(latent.dtype)
 
@@ -161,7 +117,7 @@ def attach_pmam(
     unet: nn.Module,
     control_down: Sequence[torch.Tensor],
     control_mid: torch.Tensor,
-    masks: RegionMasks,
+    masks: RegionMaps,
     scale: float = 1.0,
     active: Sequence[bool] | None = None,
 ) -> Iterator[None]:
@@ -184,7 +140,7 @@ def attach_pmam(
     def delta(i: int, feat: torch.Tensor) -> torch.Tensor | None:
         if not active[i]:
             return None
-        d = pmam.blocks[i](feat, controls[i], masks.same_region(feat.shape[-2:]))
+        d = pmam.blocks[i](feat, controls[i], masks.same_region((feat.shape[-2], feat.shape[-1])))
         return d * scale if scale != 1.0 else d
 
     stash: dict[str, torch.Tensor] = {}

@@ -10,12 +10,9 @@ One call colours one working-resolution image. What happens, in order:
 3. For the first ``K = round(alpha*T)`` steps the global branch and one branch per instance are
    denoised from that same noise, each with its own text; all branches, both halves of classifier-
    free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
-   per call. After step K the branches are fused (CONTRACT.md)::
-
-       z = (beta*m_g*z_g + sum_i m_i*z_i) / (beta*m_g + sum_i m_i),   m_g = 1, m_i exclusive
-
-   and the remaining steps run on ``z`` alone. ``alpha = 0`` never creates a branch, so it is the
-   plain loop, bit for bit.
+   per call. After step K the branches are fused (paper Eq. 10; ``sampling.fusion``, see
+   :func:`fuse_latents`) and the remaining steps run on ``z`` alone. ``alpha = 0`` never creates a
+   branch, so it is the plain loop, bit for bit.
 4. Tiling (working image larger than one tile): a low-resolution pass of the whole picture runs
    first; its colours, put on the full-resolution luminance and encoded by the VAE, are re-noised to
    an intermediate step, and the tiles take it from there. Every step denoises every tile, the
@@ -33,17 +30,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtcolor_batch.model.regions import LATENT_SCALE, RegionBatch, one_hot
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
 from mtcolor_batch.types import Box, Instance, Plan
 
-LATENT_SCALE = 8
+FUSION_MODES = ("paper", "paste", "blend")
 TILE_SEED_STRENGTH = 0.6
 """Fraction of the steps re-run on the tiles after the low-resolution pass seeds them: enough to
 add tile-level detail, little enough that the global colours survive (SDEdit-style strength)."""
@@ -55,21 +53,34 @@ def fusion_steps(alpha: float, steps: int) -> int:
 
 
 def fuse_latents(
-    z_global: torch.Tensor, z_inst: torch.Tensor, masks: torch.Tensor, beta: float
+    z_global: torch.Tensor, z_inst: torch.Tensor, masks: torch.Tensor, beta: float, mode: str = "paste"
 ) -> torch.Tensor:
-    """The multi-instance fusion of CONTRACT.md.
+    """Multi-instance fusion after step K (paper Sec. 3.4, Eq. 10), one of ``FUSION_MODES``.
 
     ``z_global`` (1, C, h, w), ``z_inst`` (N, C, h, w), ``masks`` (N, h, w) exclusive {0,1} at latent
-    resolution. Pixels no instance covers keep ``z_global`` exactly (also when beta = 0, where the
-    normalised formula would be 0/0).
+    resolution, ``m_g = NOT(OR m_i)`` the background:
+
+    * ``paper``: Eq. 10 as printed, ``z = beta*m_g*z_g + sum_i m_i*z_i``: background latents are
+      scaled by beta (what the paper's beta sweep varies);
+    * ``paste``: ``z = m_g*z_g + sum_i m_i*z_i``: each instance's latent pasted onto the global one,
+      the paper's stated intent ("isolating instances") without shrinking the background;
+    * ``blend``: ``z = (beta*z_g + sum_i m_i*z_i) / (beta + sum_i m_i)``: instance pixels mix the
+      global and instance branches; background keeps ``z_g`` (also at beta = 0, where it is 0/0).
     """
+    if mode not in FUSION_MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; use one of {', '.join(FUSION_MODES)}")
     if z_inst.shape[0] == 0:
-        return z_global
+        return z_global if mode != "paper" else beta * z_global
     m = masks.to(z_global.dtype)[:, None]  # (N, 1, h, w)
-    num = beta * z_global + (m * z_inst).sum(0, keepdim=True)
-    den = beta + m.sum(0, keepdim=True)
-    covered = m.sum(0, keepdim=True) > 0
-    return torch.where(covered, num / den.clamp_min(1e-12), z_global)
+    pasted = (m * z_inst).sum(0, keepdim=True)
+    covered = m.sum(0, keepdim=True)
+    m_g = 1.0 - covered.clamp(max=1.0)
+    if mode == "paper":
+        return beta * m_g * z_global + pasted
+    if mode == "paste":
+        return m_g * z_global + pasted
+    num = beta * z_global + pasted
+    return torch.where(covered > 0, num / (beta + covered).clamp_min(1e-12), z_global)
 
 
 @dataclass
@@ -89,20 +100,19 @@ class Canvas:
     height: int  # unpadded pixels
     width: int
     control: torch.Tensor  # (1, 3, Hp, Wp) in [0, 1]
-    inst_masks: torch.Tensor  # (1, N, Hp, Wp) float {0,1}
-    label_map: torch.Tensor  # (1, h, w) long, 0 = background, k = instance k
-    fusion_masks: torch.Tensor  # (N, h, w) float exclusive one-hot of label_map
+    regions: RegionBatch  # the whole canvas, B = 1, one valid slot per instance
+    fusion_masks: torch.Tensor  # (N, h, w) float exclusive one-hot of the label map
     boxes: list[Box]  # latent tile boxes
     blender: TileBlender
     present: list[list[int]] = field(default_factory=list)  # per tile: instance slots (0-based) inside
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        return tuple(self.label_map.shape[-2:])  # type: ignore[return-value]
+        return tuple(self.regions.label_map.shape[-2:])  # type: ignore[return-value]
 
     @property
     def n_instances(self) -> int:
-        return int(self.inst_masks.shape[1])
+        return self.regions.num_slots
 
 
 DenoiseFn = Callable[..., torch.Tensor]
@@ -153,14 +163,14 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
 def build_canvas(
     luma: np.ndarray,
     masks: np.ndarray,
+    inst_text: torch.Tensor,
     boxes_fn: Callable[[int, int], list[Box]],
     device: torch.device,
     dtype: torch.dtype,
 ) -> Canvas:
     """Pad luma (edge-replicated) and masks (background) to a multiple of 8 and derive every map.
 
-    Latent labels come from each instance's area coverage of the 8x8 cell versus the background's,
-    so they are exclusive and every latent pixel has one owner.
+    The regions come from :meth:`RegionBatch.from_masks`, the builder training uses too.
     """
     h, w = luma.shape
     hp, wp = _ceil8(h), _ceil8(w)
@@ -169,21 +179,17 @@ def build_canvas(
     msk = np.zeros((n, hp, wp), dtype=np.float32)
     msk[:, :h, :w] = masks
     control = torch.from_numpy(lum)[None, None].expand(1, 3, hp, wp).contiguous()
-    inst = torch.from_numpy(msk)[None]
-    cov = F.avg_pool2d(inst, LATENT_SCALE)[0] if n else torch.zeros(0, hp // 8, wp // 8)
-    background = (1.0 - cov.sum(0, keepdim=True)).clamp_min(0.0)
-    labels = torch.cat([background, cov], 0).argmax(0)[None]  # (1, h, w)
-    fusion = torch.stack([(labels[0] == k + 1).float() for k in range(n)]) if n else cov
-    boxes = boxes_fn(hp, wp)
     lh, lw = hp // LATENT_SCALE, wp // LATENT_SCALE
+    regions = RegionBatch.from_masks(torch.from_numpy(msk), inst_text.float().cpu(), (lh, lw))
+    fusion = one_hot(regions.label_map[0], n)
+    boxes = boxes_fn(hp, wp)
     blender = TileBlender(lh, lw, boxes)
     present = [crop_masks(fusion[None], box)[1] for box in boxes] if n else [[] for _ in boxes]
     return Canvas(
         height=h,
         width=w,
         control=control.to(device=device, dtype=dtype),
-        inst_masks=inst.to(device=device, dtype=dtype),
-        label_map=labels.to(device),
+        regions=regions.to(device=device, dtype=dtype),
         fusion_masks=fusion.to(device=device, dtype=torch.float32),
         boxes=boxes,
         blender=blender,
@@ -206,7 +212,6 @@ class MTColorSampler:
     def __init__(
         self,
         denoiser: DenoiseFn,
-        region_batch: type,
         scheduler_factory: Callable[[], object],
         vae: torch.nn.Module,
         encode_text: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
@@ -214,7 +219,6 @@ class MTColorSampler:
         dtype: torch.dtype,
     ) -> None:
         self.denoiser = denoiser
-        self.region_batch = region_batch
         self.scheduler_factory = scheduler_factory
         self.vae = vae
         self.encode_text = encode_text
@@ -237,22 +241,16 @@ class MTColorSampler:
         )
 
     # ------------------------------------------------------------------------------ one step
-    def _regions(self, canvas: Canvas, tile: int, texts: TextBank, count: int) -> object:
-        """RegionBatch for ``count`` latents of one tile (same regions for every branch/CFG half)."""
-        x0, y0, x1, y1 = canvas.boxes[tile]
-        n = canvas.n_instances
-        label = canvas.label_map[:, y0:y1, x0:x1]
-        s = LATENT_SCALE
-        masks = canvas.inst_masks[:, :, y0 * s : y1 * s, x0 * s : x1 * s]
-        valid = torch.zeros(1, n, dtype=torch.bool, device=self.device)
-        if canvas.present[tile]:
-            valid[0, canvas.present[tile]] = True
-        return self.region_batch(
-            label_map=label.expand(count, -1, -1),
-            inst_masks=masks.expand(count, -1, -1, -1),
-            inst_text=texts.inst_pooled.to(self.dtype)[None].expand(count, -1, -1),
-            inst_valid=valid.expand(count, -1),
-        )
+    @staticmethod
+    def _regions(canvas: Canvas, tile: int, cond: bool) -> RegionBatch:
+        """Regions of one (tile, CFG half) entry, the same for every branch.
+
+        The unconditional half keeps the regions and drops only the instance tokens, exactly what
+        training's null dropout feeds (``train.trainer.make_regions``): the masks hold in both halves,
+        so ``uncond + s*(cond - uncond)`` never carries a term that crossed an instance border.
+        """
+        regions = canvas.regions.crop(canvas.boxes[tile], canvas.present[tile])
+        return regions if cond else regions.drop_tokens()
 
     def _predict(
         self,
@@ -300,7 +298,7 @@ class MTColorSampler:
                         txt.append(texts.inst_seq[e.branch - 1])
                     ctl.append(canvas.control[0, :, y0 * s : y1 * s, x0 * s : x1 * s])
                     regs.append((e.tile, e.cond))
-                regions = self._stack_regions(canvas, regs, texts)
+                regions = RegionBatch.cat([self._regions(canvas, ti, cond) for ti, cond in regs])
                 pred = self.denoiser(
                     torch.stack(lat).to(self.dtype),
                     t,
@@ -331,33 +329,6 @@ class MTColorSampler:
             else:
                 out.append(self._partial_blend(canvas, tiles, preds, out[0]))
         return torch.stack(out)
-
-    def _stack_regions(self, canvas: Canvas, tiles: list[tuple[int, bool]], texts: TextBank) -> object:
-        """Regions of each (tile, CFG half) entry; the unconditional half gets the null instance condition.
-
-        Null = no regions, no masks, no valid tokens: exactly what training feeds when it drops a
-        sample's masks and texts (``train.trainer.make_regions``), so ``cond - uncond`` in CFG carries
-        (and the guidance scale amplifies) the instance guidance, as it does the global text.
-        """
-        parts = [
-            self._regions(canvas, ti, texts, 1) if cond else self._null_regions(canvas, ti, texts)
-            for ti, cond in tiles
-        ]
-        return self.region_batch(
-            label_map=torch.cat([p.label_map for p in parts]),
-            inst_masks=torch.cat([p.inst_masks for p in parts]),
-            inst_text=torch.cat([p.inst_text for p in parts]),
-            inst_valid=torch.cat([p.inst_valid for p in parts]),
-        )
-
-    def _null_regions(self, canvas: Canvas, tile: int, texts: TextBank) -> object:
-        full = self._regions(canvas, tile, texts, 1)
-        return replace(
-            full,
-            label_map=torch.zeros_like(full.label_map),
-            inst_masks=torch.zeros_like(full.inst_masks),
-            inst_valid=torch.zeros_like(full.inst_valid),
-        )
 
     @staticmethod
     def _partial_blend(
@@ -402,7 +373,7 @@ class MTColorSampler:
             eps = self._predict(z, branches, t, canvas, texts, plan, scheduler)
             z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
             if multi and i + 1 == k:
-                z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta)
+                z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
                 branches = [0]
                 multi = False
         return z
@@ -458,7 +429,7 @@ class MTColorSampler:
         def one_box(hp: int, wp: int) -> list[Box]:
             return [(0, 0, wp // LATENT_SCALE, hp // LATENT_SCALE)]
 
-        full = build_canvas(luma, masks, tiled_boxes, self.device, self.dtype)
+        full = build_canvas(luma, masks, texts.inst_pooled, tiled_boxes, self.device, self.dtype)
         if len(full.boxes) == 1:
             z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
             return self.decode_rgb(z, full)
@@ -470,6 +441,7 @@ class MTColorSampler:
         low = build_canvas(
             resize_plane(luma, (lh, lw)),
             (resize_plane(masks, (lh, lw)) >= 0.5).astype(np.float32),
+            texts.inst_pooled,
             one_box,
             self.device,
             self.dtype,

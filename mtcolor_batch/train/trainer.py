@@ -178,21 +178,22 @@ class FrozenCache:
 
 
 def make_regions(batch: Batch, pooled: torch.Tensor, keep: torch.Tensor, latent_size: tuple[int, int]) -> Any:
-    """RegionBatch of a micro-batch, built exactly as at inference (``RegionBatch.from_masks``).
+    """RegionBatch of a micro-batch, built by the builder inference uses (``RegionBatch.from_masks``).
 
-    ``keep[b] == False`` is the null condition: no masks, no instance texts (all slots invalid).
+    ``keep[b] == False`` is the null condition: the regions stay, only the instance texts (tokens)
+    are dropped, exactly as classifier-free guidance's unconditional half at inference.
     """
-    from mtcolor_batch.model.denoiser import RegionBatch
+    from mtcolor_batch.model.regions import RegionBatch
 
     slots = batch.valid.shape[1]
     per_image = []
     for b in range(batch.valid.shape[0]):
-        n = int(batch.valid[b].sum()) if bool(keep[b]) else 0
+        n = int(batch.valid[b].sum())
         masks = [batch.masks[b, k] for k in range(n)]
         per_image.append(
             RegionBatch.from_masks(masks, pooled[b, :n].detach().cpu(), latent_size, slots=slots)
         )
-    return RegionBatch.cat(per_image)
+    return RegionBatch.cat(per_image).drop_tokens(~keep)
 
 
 def compute_loss(
