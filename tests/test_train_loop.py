@@ -20,7 +20,7 @@ from mtcolor_batch.train.checkpoint import list_checkpoints
 from mtcolor_batch.train.config import TrainConfig, load_train_config
 from mtcolor_batch.train.dataset import build_dataset
 from mtcolor_batch.train.synthetic import TruthFinder, write_shapes_folder
-from mtcolor_batch.train.trainer import LOSS_LOG, train
+from mtcolor_batch.train.trainer import LOSS_LOG, STAGE_STEPS, train
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,42 @@ def _losses(out: Path) -> list[float]:
 def test_shipped_training_defaults_follow_the_paper() -> None:
     cfg = load_train_config()
     assert (cfg.lr, cfg.warmup_steps, cfg.null_prob) == (5e-5, 500, 0.5)
+    assert cfg.steps is None and STAGE_STEPS[1] == 25000 and STAGE_STEPS[2] == 20000
+    assert cfg.controlnet_init == "bundle"
     with pytest.raises(UserError, match="lr"):
         load_train_config(None, {"lr": -1})
+
+
+def test_unset_steps_take_the_stage_default(small, tmp_path: Path) -> None:
+    bundle, data = small
+    lines: list[str] = []
+    cfg = _cfg(steps=None, grad_accum=1)
+    train(
+        stage=1,
+        data=data,
+        bundle=bundle,
+        out=tmp_path,
+        config=cfg,
+        device="cpu",
+        stop_after=1,
+        log=lines.append,
+    )
+    assert any(line.startswith("step 1/25000 ") for line in lines), lines
+
+
+def test_controlnet_init_from_the_unet(small) -> None:
+    from mtcolor_batch.train.trainer import load_components
+
+    bundle, _ = small
+    ours = load_components(bundle, torch.device("cpu"), "unet")
+    theirs = load_components(bundle, torch.device("cpu"), "bundle")
+    unet_down = ours.unet.down_blocks.state_dict()
+    copied = ours.controlnet.down_blocks.state_dict()
+    assert all(torch.equal(copied[k], unet_down[k]) for k in unet_down)
+    # The bundle's ControlNet has trained-like (non-zero) zero convs; the fresh copy starts at zero.
+    assert all(conv.weight.any() for conv in theirs.controlnet.controlnet_down_blocks)
+    assert not any(conv.weight.any() for conv in ours.controlnet.controlnet_down_blocks)
+    assert ours.modules.pmam.channels == theirs.modules.pmam.channels
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -95,13 +129,37 @@ def test_resume_repeats_the_uninterrupted_run_exactly(small, tmp_path: Path, sta
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_each_stage_trains_only_its_parts_and_writes_a_loadable_bundle(
-    small, tmp_path: Path, stage: int
+    small, tmp_path: Path, stage: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """... and stage 1 trains the instance module on its own: no ControlNet call, no PMAM (counted)."""
+    from diffusers import ControlNetModel
+
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.engine import MTColorEngine
+    from mtcolor_batch.model.pmam import PMAMBlock
 
+    calls = {"controlnet": 0, "pmam": 0}
+
+    def counting(cls: type, key: str) -> None:
+        forward = cls.forward
+
+        def wrapped(self: object, *a: object, **k: object) -> object:
+            calls[key] += 1
+            return forward(self, *a, **k)
+
+        monkeypatch.setattr(cls, "forward", wrapped)
+
+    counting(ControlNetModel, "controlnet")
+    counting(PMAMBlock, "pmam")
     bundle, data = small
     result = train(stage=stage, data=data, bundle=bundle, out=tmp_path, config=_cfg(steps=2), device="cpu")
+    micro_batches = 2 * 2  # steps x grad_accum
+    if stage == 1:
+        assert calls == {"controlnet": 0, "pmam": 0}
+    else:
+        blocks = len(MTColorModules.load(bundle / MODULES_FILE).pmam.blocks)
+        assert calls["controlnet"] == micro_batches and calls["pmam"] == micro_batches * blocks
+    monkeypatch.undo()
     new = load_bundle(result.bundle)  # hashes verified
     old = read_manifest(bundle)
     assert new.revision == f"{old.revision}+s{stage}-2" and new.sources["training"][0]["stage"] == stage
@@ -166,10 +224,14 @@ def test_cli_train_stage_1_then_2(small, tmp_path: Path) -> None:
             "cpu",
             "--steps",
             "1",
+            "--controlnet-init",
+            "unet",
         ],
     )
     assert two.exit_code == 0, two.output
-    assert load_bundle(tmp_path / "s2" / "bundle").revision.endswith("+s1-2+s2-1")
+    trained = load_bundle(tmp_path / "s2" / "bundle")
+    assert trained.revision.endswith("+s1-2+s2-1")
+    assert trained.sources["training"][-1]["config"]["controlnet_init"] == "unet"
     bad = runner.invoke(
         app,
         [

@@ -78,7 +78,11 @@ def dataset_build(
 
 def train_command(
     stage: int = typer.Option(
-        ..., "--stage", min=1, max=2, help="1: instance guidance; 2: ControlNet + PMAM."
+        ...,
+        "--stage",
+        min=1,
+        max=2,
+        help="1: instance guidance (default 25,000 steps); 2: ControlNet + PMAM (default 20,000).",
     ),
     data: Path = typer.Option(..., "--data", help="Dataset folder from `dataset build`."),
     bundle: Path = typer.Option(..., "--bundle", help="Bundle to start from (stage 2: stage 1's output)."),
@@ -87,13 +91,18 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Override the config's steps."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    controlnet_init: str | None = typer.Option(
+        None,
+        "--controlnet-init",
+        help="Stage 2's starting ControlNet: bundle (default) or unet (ControlNetModel.from_unet).",
+    ),
 ) -> None:
     """Train MT-Color's modules (paper's two stages) and write a new bundle `run --model` loads."""
     from mtcolor_batch.train.config import load_train_config
     from mtcolor_batch.train.trainer import train
 
     try:
-        cfg = load_train_config(config, {"steps": steps})
+        cfg = load_train_config(config, {"steps": steps, "controlnet_init": controlnet_init})
         result = train(
             stage=stage,
             data=data,

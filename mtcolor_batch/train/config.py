@@ -28,7 +28,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    steps: int = Field(20000, ge=1, description="Optimizer steps (each one = grad_accum micro-batches).")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps (each one = grad_accum micro-batches); unset: the paper's "
+        "per-stage default, 25,000 for stage 1 and 20,000 for stage 2.",
+    )
     batch_size: int = Field(4, ge=1, description="Samples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches summed into one optimizer step.")
     lr: float = Field(5e-5, gt=0)
@@ -40,7 +45,10 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 turns it off.")
     resolution: int = Field(512, ge=8, description="Square training size in pixels (multiple of 8).")
     null_prob: float = Field(
-        0.5, ge=0, le=1, description="Chance that a sample's masks and texts are replaced by null (for CFG)."
+        0.5,
+        ge=0,
+        le=1,
+        description="Chance that a sample's texts are replaced by null, masks kept (for CFG).",
     )
     max_instances: int = Field(8, ge=1, description="Instance slots per sample; extra instances are dropped.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
@@ -54,6 +62,11 @@ class TrainConfig(BaseModel):
         False, description="Keep each sample's VAE posterior in memory (small datasets; saves the encode)."
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    controlnet_init: Literal["bundle", "unet"] = Field(
+        "bundle",
+        description="Stage 2's starting ControlNet: the bundle's (default; already a gray-to-colour "
+        "ControlNet) or a copy of the UNet's encoder (ControlNetModel.from_unet, the paper's recipe).",
+    )
 
     def loss_fingerprint(self) -> str:
         """Hash of the values a resumed run must share with the original for the loss curve to match.

@@ -1,12 +1,16 @@
-"""The paper's two training stages, with exact resume, ending in a new bundle ``run`` can load.
+"""The paper's two training stages (Sec. 4.1-4.2), with exact resume, ending in a bundle ``run`` can load.
 
-Stage 1 trains only the instance guidance module (mask encoder + MLP + per-layer projections and
-gates); stage 2 freezes it and trains the ControlNet and PMAM. The UNet, VAE and text encoder are
-always frozen. Loss: L2 between the predicted and the true noise (or velocity, per the bundle's
-scheduler config) at random DDPM timesteps of the VAE latents of the colour target, conditioned on
-the gray image (ControlNet), the global text and the instances. Each sample's masks and texts are
-replaced by null with probability ``null_prob`` so classifier-free guidance has an unconditional
-model to subtract.
+Stage 1 trains only the instance guidance module (mask encoder + MLP + per-layer branches), and
+"independently" as in the paper: its forward pass is the UNet with the instance branch alone, no
+ControlNet call and no PMAM. Stage 2 freezes it and trains the ControlNet and PMAM; the ControlNet
+starts from the bundle's (``controlnet_init: bundle``, default: a gray-to-colour ControlNet already
+knows the task) or from the UNet (``unet``: ``ControlNetModel.from_unet``, the paper's and
+ControlNet's own recipe). The UNet, VAE and text encoder are always frozen. Default lengths are the
+paper's: 25,000 steps for stage 1, 20,000 for stage 2. Loss: L2 between the predicted and the true
+noise (or velocity, per the bundle's scheduler config) at random DDPM timesteps of the VAE latents
+of the colour target, conditioned on the gray image (stage 2), the global text and the instances.
+Each sample's texts are replaced by null with probability ``null_prob`` (its regions stay, as in
+classifier-free guidance at inference) so guidance has an unconditional model to subtract.
 
 Why plain PyTorch rather than accelerate: exact resume needs every RNG, the data position and the
 optimizer/scheduler state under our control and written without pickle (see ``checkpoint.py``);
@@ -72,8 +76,16 @@ class Components:
     denoiser: nn.Module
 
 
-def load_components(bundle_dir: Path, device: torch.device) -> Components:
-    """Load a verified bundle's parts in fp32 (trainable parts must be fp32 for AdamW)."""
+STAGE_STEPS = {0: 20000, 1: 25000, 2: 20000}
+"""Default optimizer steps per stage when the config leaves ``steps`` unset (the paper's)."""
+
+
+def load_components(bundle_dir: Path, device: torch.device, controlnet_init: str = "bundle") -> Components:
+    """Load a verified bundle's parts in fp32 (trainable parts must be fp32 for AdamW).
+
+    ``controlnet_init="unet"`` replaces the bundle's ControlNet by one copied from the UNet
+    (conditioning embedding sized like the bundle's, zero convs at zero).
+    """
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -93,6 +105,14 @@ def load_components(bundle_dir: Path, device: torch.device) -> Components:
     # DDPM is the training-time view of it whatever sampler the bundle names for inference.
     noise_scheduler = DDPMScheduler.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     modules = MTColorModules.load(bundle_dir / MODULES_FILE)
+    if controlnet_init == "unet":
+        controlnet = ControlNetModel.from_unet(
+            unet,
+            conditioning_embedding_out_channels=tuple(controlnet.config.conditioning_embedding_out_channels),
+            conditioning_channels=int(controlnet.config.conditioning_channels),
+        )
+    elif controlnet_init != "bundle":
+        raise UserError(f"unknown controlnet_init {controlnet_init!r}", hint="use bundle or unet")
     parts = [text_encoder, vae, unet, controlnet, modules]
     for part in parts:
         part.to(device).requires_grad_(False).eval()
@@ -204,8 +224,12 @@ def compute_loss(
     cfg: TrainConfig,
     device: torch.device,
     amp: torch.dtype | None,
+    stage: int = 2,
 ) -> torch.Tensor:
-    """L2 noise-prediction loss of one micro-batch; draws (in this order) null, posterior, t, noise."""
+    """L2 noise-prediction loss of one micro-batch; draws (in this order) null, posterior, t, noise.
+
+    Stage 1 runs without ControlNet and PMAM (the instance module trained on its own).
+    """
     bsz = batch.pixels.shape[0]
     keep = torch.rand(bsz, generator=generator) >= cfg.null_prob
     texts = [t if bool(k) else "" for t, k in zip(batch.texts, keep, strict=True)]
@@ -231,7 +255,10 @@ def compute_loss(
     latent_size = (latents.shape[2], latents.shape[3])
     regions = make_regions(batch, pooled.float().view(bsz, slots, -1), keep, latent_size)
     with autocast:
-        pred = parts.denoiser(noisy, timesteps, text_embeds, batch.control.to(device), regions)
+        if stage == 1:
+            pred = parts.denoiser(noisy, timesteps, text_embeds, None, regions, use_controlnet=False)
+        else:
+            pred = parts.denoiser(noisy, timesteps, text_embeds, batch.control.to(device), regions)
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -369,6 +396,8 @@ def train(
     would (after the checkpoint of that step, if one is due): used to test resume.
     """
     cfg = config
+    if cfg.steps is None:
+        cfg = cfg.model_copy(update={"steps": STAGE_STEPS.get(stage, STAGE_STEPS[2])})
     data, bundle, out = Path(data), Path(bundle), Path(out)
     dev = resolve_device(device)
     amp = autocast_dtype(cfg.mixed_precision, dev)
@@ -384,7 +413,7 @@ def train(
         )
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    parts = load_components(bundle, dev)
+    parts = load_components(bundle, dev, cfg.controlnet_init if stage == 2 else "bundle")
     params = trainable_parameters(parts, stage)
     dataset = ManifestDataset(data, cfg.resolution, cfg.max_instances)
     optimizer = torch.optim.AdamW(
@@ -452,7 +481,7 @@ def train(
             for _ in range(cfg.grad_accum):
                 batch = next(loader)
                 batches += 1
-                loss = compute_loss(parts, cache, batch, generator, cfg, dev, amp)
+                loss = compute_loss(parts, cache, batch, generator, cfg, dev, amp, stage)
                 scaled = loss / cfg.grad_accum
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 total += float(loss.detach())
