@@ -8,7 +8,8 @@ latent resolution and a wider text encoder (``write_learning_bundle`` says why).
 first made workable, as real SD already is: the VAE is fitted to reconstruct the images, and the
 backbone (UNet + ControlNet, "stage 0", not a CLI stage) is trained as a text-blind gray-to-colour
 model (every sample's texts and masks null), so it cannot know which colour a shape is. Then the
-paper's stage 1 trains the instance guidance alone, with everything else frozen.
+paper's stage 1 trains the instance guidance alone, with everything else frozen and, as in the
+paper, without the ControlNet or PMAM in its forward pass.
 
 Held-out measure: new layouts (another seed) with a square and a circle, coloured through
 ``MTColorEngine.colorize`` (alpha 0, so the instance texts act only through the trained guidance;
@@ -16,6 +17,9 @@ classifier-free guidance GUIDANCE_SCALE against the null instance condition), on
 told "red" and the circle "royal blue", once with the texts swapped. Each region's colour is its mean
 CIELAB (a*, b*) projected on the axis from royal blue to red (0 = royal blue, ~150 = red). The
 effect of one image is (told-red region minus told-blue region), computed in both orientations.
+The held-out set also has instance-free images: on those the trained bundle must give exactly what
+the bundle before stage 1 gives (no instance, no branch output), i.e. an image without instances
+runs the network training ran on instance-free (null) samples, not an untrained one.
 """
 
 from __future__ import annotations
@@ -116,6 +120,24 @@ def test_loss_falls(trained: dict) -> None:
     assert len(guided) == GUIDANCE_STEPS and np.isfinite(guided).all()
 
 
+def _plan(seed: int) -> Plan:
+    return Plan(
+        (SIZE, SIZE),
+        (SIZE, SIZE),
+        512,
+        0,
+        [(0, 0, SIZE, SIZE)],
+        seed=seed,
+        steps=10,
+        guidance_scale=GUIDANCE_SCALE,
+        controlnet_scale=1.0,
+        alpha=0.0,
+        beta=0.2,
+        prompt="",
+        negative_prompt="",
+    )
+
+
 def _red_blue_scores(bundle: Path) -> np.ndarray:
     """(HELD_OUT, 2) effects: told-red minus told-blue region score, square told red, then swapped."""
     from mtcolor_batch.model.engine import MTColorEngine
@@ -134,21 +156,7 @@ def _red_blue_scores(bundle: Path) -> np.ndarray:
                 Instance(1, "square", f"a {square} square", image.square, (0, 0, SIZE, SIZE)),
                 Instance(2, "circle", f"a {circle} circle", image.circle, (0, 0, SIZE, SIZE)),
             ]
-            plan = Plan(
-                (SIZE, SIZE),
-                (SIZE, SIZE),
-                512,
-                0,
-                [(0, 0, SIZE, SIZE)],
-                seed=trial,
-                steps=10,
-                guidance_scale=GUIDANCE_SCALE,
-                controlnet_scale=1.0,
-                alpha=0.0,
-                beta=0.2,
-                prompt="",
-                negative_prompt="",
-            )
+            plan = _plan(trial)
             ab = engine.colorize(luma, instances, plan)
             scores += [float((ab[:, m].mean(1) - blue_ab) @ axis) for m in (image.square, image.circle)]
         sq_red, ci_blue, sq_blue, ci_red = scores
@@ -178,3 +186,19 @@ def test_trained_model_colours_regions_as_told_and_swaps(trained: dict) -> None:
     # Control: with no text effect both orientations give (d, -d) for the same colours d, sum 0.
     control = _red_blue_scores(trained["backbone"].bundle)
     assert np.abs(control.sum(1)).max() < 1e-3
+
+
+def test_instance_free_held_out_images_run_the_trained_null_network(trained: dict) -> None:
+    """Without instances the trained bundle is bit for bit the backbone (stage 1 changed nothing there)."""
+    from mtcolor_batch.model.engine import MTColorEngine
+
+    guided = MTColorEngine.load(trained["guided"].bundle, device="cpu")
+    backbone = MTColorEngine.load(trained["backbone"].bundle, device="cpu")
+    assert any(layer.gate.abs().max() > 0 for layer in guided.modules.guidance.layers.values())
+    rng = np.random.default_rng(99)
+    for trial in range(3):
+        image = shapes_image(rng, SIZE)
+        luma = rgb_to_gray(image.rgb.astype(np.float32) / 255)
+        ours = guided.colorize(luma, [], _plan(trial))
+        assert np.isfinite(ours).all()
+        assert np.array_equal(ours, backbone.colorize(luma, [], _plan(trial)))
