@@ -54,6 +54,11 @@ class SamplingSettings(_Section):
         "scaled by beta), paste (instances pasted onto the global latent), blend (beta-weighted mix).",
     )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
+    working_square: bool = Field(
+        False,
+        description="Run at working_long_side x working_long_side whatever the scan's shape or size "
+        "(the paper's 512x512); compose maps the result back onto the whole scan.",
+    )
     tile_size: int = Field(512, ge=64)
     tile_overlap: int = Field(128, ge=0)
     max_batch: int = Field(8, ge=1, description="Most latents per UNet call; more are chunked.")
@@ -70,6 +75,11 @@ class HintSettings(_Section):
 
 class OutputSettings(_Section):
     suffix: str = ".color"
+    luminance_lock: bool = Field(
+        True,
+        description="Keep the scan's own full-resolution lightness under the model's colour; false "
+        "writes the model's decoded RGB as is (the paper profile).",
+    )
     jpeg_quality: int = Field(95, ge=1, le=100)
     write_json: bool = True
 
@@ -85,6 +95,21 @@ class Profile(_Section):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     hints: HintSettings = Field(default_factory=HintSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+
+    def follows(self, builtin: str) -> bool:
+        """Whether every value the built-in profile ``builtin`` sets holds here (e.g. the paper setting).
+
+        Provenance uses it to label outputs made in the paper's setting, whatever the profile's name.
+        """
+        text = (resources.files("mtcolor_batch") / "profiles" / f"{builtin}.yaml").read_text(encoding="utf-8")
+        mine = self.model_dump(mode="json")
+
+        def holds(want: Any, have: Any) -> bool:
+            if isinstance(want, dict):
+                return isinstance(have, dict) and all(holds(v, have.get(k)) for k, v in want.items())
+            return bool(want == have)
+
+        return holds({k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "name"}, mine)
 
     def fingerprint(self) -> str:
         """Hash of every value that changes output bytes (device excluded: it is recorded apart)."""

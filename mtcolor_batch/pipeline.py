@@ -133,13 +133,16 @@ class Pipeline:
 
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
         """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
+        import numpy as np
+        from skimage.color import rgb2lab
+
         from mtcolor_batch.hints.adherence import enforce
         from mtcolor_batch.hints.resolve import resolve_hints
         from mtcolor_batch.hints.schema import load_sidecar
         from mtcolor_batch.perception import perceive
         from mtcolor_batch.perception.instances import finalize, resize_instances
         from mtcolor_batch.plan import make_plan
-        from mtcolor_batch.render.chroma import compose_quantized, resize_luma
+        from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
 
         prof = self.profile
         timings: dict[str, float] = {}
@@ -184,15 +187,23 @@ class Pipeline:
         insts_w = resize_instances(instances, plan.working_size)
         lap("plan")
         stage("colorize")
-        ab = self.engine.colorize(luma_w, insts_w, plan)
+        decoded = None
+        if prof.output.luminance_lock:
+            ab = self.engine.colorize(luma_w, insts_w, plan)
+        else:  # the paper profile: the decoded RGB is the output; a*, b* only for adherence stats
+            decoded = self.engine.colorize_rgb(luma_w, insts_w, plan)
+            ab = np.ascontiguousarray(rgb2lab(decoded)[..., 1:].transpose(2, 0, 1).astype(np.float32))
         lap("colorize")
         ab, stats = enforce(ab, luma_w, insts_w, prof.hints)
         lap("adherence")
         stage("compose")
         fmt = format_for(scan.relpath, scan.format)
         bit_depth = scan.bit_depth if fmt in ("TIFF", "PNG") else 8
-        # Straight to the output's integers: a float32 RGB copy would be 12 B/px (1.2 GB at 100 MP).
-        rgb = compose_quantized(scan.luma, ab, bit_depth)
+        if decoded is not None:
+            rgb = decoded_to_output(decoded, scan.size, bit_depth)
+        else:
+            # Straight to the output's integers: a float32 RGB copy would be 12 B/px (1.2 GB at 100 MP).
+            rgb = compose_quantized(scan.luma, ab, bit_depth)
         lap("compose")
         stage("write")
         info = dict(self.engine.info)

@@ -34,13 +34,18 @@ def _round8(value: float) -> int:
     return max(LATENT_FACTOR, int(round(value / LATENT_FACTOR)) * LATENT_FACTOR)
 
 
-def working_size(scan_size: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """(h, w) the engine runs at for a scan of ``scan_size`` (h, w); multiples of 8."""
+def working_size(scan_size: tuple[int, int], long_side: int, square: bool = False) -> tuple[int, int]:
+    """(h, w) the engine runs at for a scan of ``scan_size`` (h, w); multiples of 8.
+
+    ``square`` (``sampling.working_square``): always ``long_side`` x ``long_side``, as the paper.
+    """
     h, w = scan_size
     if h < 1 or w < 1:
         raise UserError(f"empty scan ({w}x{h} px)")
     if long_side < LATENT_FACTOR:
         raise UserError(f"sampling.working_long_side must be >= {LATENT_FACTOR} (got {long_side})")
+    if square:
+        return _round8(long_side), _round8(long_side)
     scale = min(1.0, long_side / max(h, w))
     return _round8(h * scale), _round8(w * scale)
 
@@ -68,7 +73,7 @@ def make_plan(
     ``settings.prompt``. Raises UserError for tile settings the latent grid cannot honour.
     """
     _check_tiles(settings)
-    wh, ww = working_size(scan_size, settings.working_long_side)
+    wh, ww = working_size(scan_size, settings.working_long_side, settings.working_square)
     tiles = tile_boxes(wh, ww, settings.tile_size, settings.tile_overlap, align=LATENT_FACTOR)
     return Plan(
         scan_size=(int(scan_size[0]), int(scan_size[1])),

@@ -4,7 +4,8 @@
 safetensors only, wires the MT-Color modules in through :class:`MTColorDenoiser` and picks device and
 dtype (float16 on CUDA, float32 on CPU; PyTorch SDPA attention). ``colorize`` returns CIELAB a*, b*
 at the working resolution: the luminance lock (``render/chroma.py``) later puts the scan's own
-full-resolution lightness under it, so only colour comes from the model.
+full-resolution lightness under it, so only colour comes from the model. ``colorize_rgb`` hands
+back the decoded RGB itself, which the paper profile writes as is.
 
 The VAE always runs in float32: it is small, and SD's VAE in float16 can overflow at high
 resolution, which would turn a whole canvas black for a saving of a few hundred MB.
@@ -173,23 +174,26 @@ class MTColorEngine:
     # ------------------------------------------------------------------------------ colorize
     @torch.no_grad()
     def colorize_rgb(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
-        """The decoded sRGB (H, W, 3) float64 in [0, 1] at working resolution (before the lock)."""
-        return self.sampler.sample(luma_w, instances_w, plan)
+        """The decoded sRGB (H, W, 3) float64 in [0, 1] at working resolution (before any lock).
+
+        What the paper profile writes as is (``output.luminance_lock: false``).
+        """
+        t0 = time.perf_counter()
+        calls0 = self.unet_calls
+        rgb = self.sampler.sample(luma_w, instances_w, plan)
+        self.last_timings = {
+            "sample_s": time.perf_counter() - t0,
+            "unet_calls": float(self.unet_calls - calls0),
+        }
+        return rgb
 
     @torch.no_grad()
     def colorize(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
         """Luma (H, W) float32 in [0, 1] at working resolution -> CIELAB a*, b* (2, H, W) float32."""
         from skimage.color import rgb2lab
 
-        t0 = time.perf_counter()
-        calls0 = self.unet_calls
         rgb = self.colorize_rgb(luma_w, instances_w, plan)
-        ab = rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32)
-        self.last_timings = {
-            "sample_s": time.perf_counter() - t0,
-            "unet_calls": float(self.unet_calls - calls0),
-        }
-        return np.ascontiguousarray(ab)
+        return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))
 
 
 def _use_sdpa(model: torch.nn.Module) -> None:

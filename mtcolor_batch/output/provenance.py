@@ -144,6 +144,7 @@ def build_record(
             "path": str(model_dir),
             "info": engine_info,
         },
+        "paper_profile": profile.follows("paper"),  # made in the MT-Color paper's setting
         "profile": {
             "name": profile.name,
             "fingerprint": profile.fingerprint(),

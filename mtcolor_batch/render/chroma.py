@@ -344,6 +344,15 @@ def _quantize(rgb: np.ndarray, top: int, dtype: type[np.unsignedinteger]) -> np.
     return np.clip(np.rint(rgb * np.float32(top)), 0, top).astype(dtype)
 
 
+def decoded_to_output(rgb_w: np.ndarray, size: tuple[int, int], bit_depth: int) -> np.ndarray:
+    """The model's decoded RGB (h, w, 3) written as is (no luminance lock), area-resized to ``size``.
+
+    The paper profile's compose: pixels pass through unchanged when the scan is the working size.
+    """
+    rgb = np.stack([area_resize(rgb_w[..., c], size) for c in range(3)], axis=-1)
+    return to_output_array(np.clip(rgb, 0.0, 1.0), bit_depth)
+
+
 def to_output_array(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
     """Float sRGB in [0, 1] -> uint8 (bit_depth 8) or uint16 (16), rounded to nearest, in strips."""
     dtype, top = _depth(bit_depth)
