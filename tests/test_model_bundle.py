@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.model import bundle as bundle_mod
 from mtcolor_batch.model.bundle import load_bundle, read_manifest, save_bundle, verify_problems
 from mtcolor_batch.model.registry import COMPONENTS, MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
@@ -195,7 +195,7 @@ def test_engine_info_marks_tiny(tiny_bundle: Path) -> None:
 
 
 def test_device_and_dtype_choice() -> None:
-    from mtcolor_batch.device import resolve_device, resolve_dtype
+    from mtcolor_batch.core.device import resolve_device, resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == torch.float32

@@ -16,10 +16,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import atomic_write_text
 from mtcolor_batch.evaluate.evaluation import NUMERIC_COLUMNS, EvalResult, evaluate_dir, finite_or_text
 from mtcolor_batch.evaluate.iqa import DEFAULT_IQA
-from mtcolor_batch.evaluate.report import atomic_write_text, build_report
+from mtcolor_batch.evaluate.report import build_report
 
 _HEADERS = {
     "colorfulness": "Colorful.",

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
-    from mtcolor_batch.config import Profile
+    from mtcolor_batch.core.config import Profile
+    from mtcolor_batch.core.types import Instance, Scan
     from mtcolor_batch.perception.models import Perception
-    from mtcolor_batch.types import Instance, Scan
 
 hints_app = typer.Typer(
     name="hints",
@@ -63,7 +63,7 @@ def _bundle_folder(model: str | None) -> Path | None:
 
 def _load_context(model: str | None, profile_name: str | None, device: str | None) -> _Context:
     """Profile + perception models; no bundle (or one without sam/detector) means no auto instances."""
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
     from mtcolor_batch.perception.models import load_perception
 
     profile = load_profile(profile_name)
@@ -286,7 +286,7 @@ def _sidecars_to_check(scans: Path) -> tuple[list[tuple[Path, Path | None]], lis
 
 def _mask_problems(sidecar_path: Path, scan_root: Path, max_bytes: int) -> list[str]:
     """Mask files that are missing or leave the scan folder, with the line of their hint."""
-    from mtcolor_batch.errors import HintError
+    from mtcolor_batch.core.errors import HintError
     from mtcolor_batch.hints.resolve import resolve_mask_path
     from mtcolor_batch.hints.schema import load_sidecar
 
@@ -340,7 +340,7 @@ def check_command(
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
     """Validate every sidecar; print file:line:col: problem for each; exit 1 if there is any."""
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
 
     try:
         settings = load_profile(profile)

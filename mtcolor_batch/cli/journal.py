@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
 from mtcolor_batch.jobs.merge import MergeReport, merge_journals, shard_journals

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 app = typer.Typer(
     help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
@@ -136,7 +136,7 @@ def tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
-    from mtcolor_batch.model.tiny import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
     t0 = time.perf_counter()
     try:

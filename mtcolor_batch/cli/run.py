@@ -14,8 +14,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from mtcolor_batch.config import load_profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.runner import (
     EXIT_FAILED,
     EXIT_OK,
@@ -137,7 +137,7 @@ def _executor(
 ) -> Callable[..., bool] | None:
     """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
     if kind == "ray":
-        from mtcolor_batch.jobs.ray_executor import RayExecutor
+        from mtcolor_batch.jobs.executors.ray import RayExecutor
 
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
     if kind != "local":

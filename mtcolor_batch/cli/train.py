@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 dataset_app = typer.Typer(help="Build training datasets from colour photos.", no_args_is_help=True)
 _err = Console(stderr=True)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 
 CLIP_COMPONENT = "clip"
 

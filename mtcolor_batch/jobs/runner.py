@@ -31,18 +31,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import clean_stale_temps, remove_live_temps, sha256_file
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
-from mtcolor_batch.output.writer import clean_stale_temps, remove_live_temps
 from mtcolor_batch.scan.discover import ScanFile, discover
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Processor(Protocol):
-    """What the loop needs from a loaded pipeline (see :class:`mtcolor_batch.pipeline.Pipeline`)."""
+    """What the loop needs from a loaded pipeline (see :class:`mtcolor_batch.stages.pipeline.Pipeline`)."""
 
     device: str
 
@@ -93,7 +93,7 @@ class Outcome:
 
 @dataclass
 class ExecContext:
-    """What another executor (``jobs.ray_executor``) gets in place of the local loop: it owns no journal
+    """What another executor (``jobs.executors.ray``) gets in place of the local loop: it owns no journal
     logic of its own beyond recording results through ``journal`` (the driver alone writes it)."""
 
     journal: Journal
@@ -169,7 +169,7 @@ def plan_files(
     retry_failed: bool = False,
 ) -> list[PlannedFile]:
     """Decide, per file, whether this run does it; hashes are reused when size and mtime match."""
-    from mtcolor_batch.pipeline import file_sha256, find_sidecar_safe, fingerprint
+    from mtcolor_batch.stages.pipeline import find_sidecar_safe, fingerprint
 
     planned: list[PlannedFile] = []
     for item in files:
@@ -185,12 +185,12 @@ def plan_files(
             sha = row.input_sha256
         else:
             try:
-                sha = file_sha256(item.path)
+                sha = sha256_file(item.path)
             except OSError:
                 sha = None  # unreadable: loading reports why, as a failed row
         try:
             sidecar = find_sidecar_safe(item.path)
-            sidecar_sha = file_sha256(sidecar) if sidecar else None
+            sidecar_sha = sha256_file(sidecar) if sidecar else None
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
         fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?")
@@ -265,7 +265,7 @@ def run_batch(
 ) -> int:
     """Run (or dry-run) a batch; return the exit code. UserErrors propagate to the CLI (exit 2)."""
     from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.pipeline import Pipeline, model_hash, resolve_model
+    from mtcolor_batch.stages.pipeline import Pipeline, model_hash, resolve_model
 
     console = console or Console(stderr=True)
     scans = Path(req.scans)

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from mtcolor_batch.config import Profile
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.perception.instances import finalize
-from mtcolor_batch.types import Instance, Scan
 
 FILL_ALPHA = 0.45
 # Instances without a colour hint get a distinct, colour-blind-friendly marker colour (Okabe-Ito).
@@ -36,7 +36,7 @@ def instance_rgb(inst: Instance, k: int) -> tuple[int, int, int]:
     """The hint colour in sRGB 0-255, or a palette colour when the instance has no hint."""
     if inst.color is None:
         return PALETTE[k % len(PALETTE)]
-    from mtcolor_batch.hints.colors import lab_to_srgb
+    from mtcolor_batch.core.color import lab_to_srgb
 
     r, g, b = lab_to_srgb(inst.color.lab)
     return round(r * 255), round(g * 255), round(b * 255)
@@ -94,11 +94,11 @@ def render_overlay(luma: np.ndarray, instances: Sequence[Instance]) -> Image.Ima
 
 def write_png(target: Path, image: Image.Image) -> None:
     """PNG written atomically (temp file, fsync, rename): a crash never leaves half a picture."""
-    from mtcolor_batch.output.writer import atomic_write
+    from mtcolor_batch.core.fs import atomic_write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write(Path(target), lambda fh: fh.write(buffer.getvalue()))
+    atomic_write_bytes(Path(target), buffer.getvalue())
 
 
 def resolve_for_show(

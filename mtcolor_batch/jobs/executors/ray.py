@@ -40,8 +40,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.runner import ExecContext, Outcome, PlannedFile
 from mtcolor_batch.scan.discover import ScanFile
 
@@ -115,7 +115,7 @@ class FileWorker:
         out_dir: str,
         crash_once: tuple[str, int] | None = None,
     ) -> None:
-        from mtcolor_batch.pipeline import Pipeline
+        from mtcolor_batch.stages.pipeline import Pipeline
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)

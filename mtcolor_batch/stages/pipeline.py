@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.fs import OutputBatch, sha256_file
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.model.registry import DEFAULT_BUNDLE_NAME, bundles_dir, default_bundle_dir
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
-from mtcolor_batch.output.writer import OutputBatch, encode_image, format_for, output_path
+from mtcolor_batch.output.writer import encode_image, format_for, output_path
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
@@ -59,14 +60,6 @@ def resolve_model(spec: str | None) -> Path:
 def model_hash(bundle_dir: Path) -> str:
     """Digest of every weight file's sha256 (from the manifest: cheap, no weights read)."""
     return read_manifest(bundle_dir).weights_sha256
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def derive_seed(input_sha256: str) -> int:
@@ -138,8 +131,8 @@ class Pipeline:
         from mtcolor_batch.hints.schema import load_sidecar
         from mtcolor_batch.perception import perceive
         from mtcolor_batch.perception.instances import finalize, resize_instances
-        from mtcolor_batch.plan import make_plan
         from mtcolor_batch.render.chroma import compose_quantized, resize_luma
+        from mtcolor_batch.stages.plan import make_plan
 
         prof = self.profile
         timings: dict[str, float] = {}
@@ -160,7 +153,7 @@ class Pipeline:
         if sidecar_path is not None:
             limit = prof.hints.max_sidecar_bytes
             sidecar = load_sidecar(sidecar_path, max_bytes=limit, scan_size=scan.size)
-        sidecar_sha = file_sha256(sidecar_path) if sidecar_path else None
+        sidecar_sha = sha256_file(sidecar_path) if sidecar_path else None
         lap("hints")
         stage("perceive")
         exclude = list(getattr(sidecar, "exclude", None) or [])
