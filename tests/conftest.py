@@ -56,7 +56,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def eval_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A folder holding only a tiny random clip/ component: what eval needs for CLIP scores."""
-    from mtcolor_batch.evaluate.clip_score import write_tiny_clip
+    from mtcolor_batch.testing.tiny_clip import write_tiny_clip
 
     bundle = tmp_path_factory.mktemp("eval-bundle")
     write_tiny_clip(bundle / "clip")

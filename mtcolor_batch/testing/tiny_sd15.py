@@ -10,7 +10,6 @@ manifest says ``tiny: true`` and every output made with it says so in its proven
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,24 +18,11 @@ from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import staged_dir
 from mtcolor_batch.model.bundle import save_bundle
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+from mtcolor_batch.testing.tiny_clip import write_tiny_clip_tokenizer
 from mtcolor_batch.testing.tiny_perception import write_tiny_perception
 
 TINY_TEXT_DIM = 32
 TINY_NAME = "tiny-random"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable-unicode table, so every byte string is tokenizable offline."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 # A few merges so common words become single tokens (the tokenizer exercises real BPE, not bytes only).
@@ -45,26 +31,9 @@ _MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("r", "e"),
 
 def write_tiny_tokenizer(folder: Path) -> int:
     """Write a CLIP BPE tokenizer (vocab.json + merges.txt, model_max_length 77); return vocab size."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    for a, b in _MERGES:
-        vocab.setdefault(a + b, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES), encoding="utf-8"
-    )
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok = write_tiny_clip_tokenizer(folder, merges=_MERGES)
     tok.save_pretrained(folder)
-    return len(vocab)
+    return len(tok.get_vocab())
 
 
 def sd15_scheduler():
