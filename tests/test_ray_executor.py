@@ -24,6 +24,7 @@ from mtcolor_batch.cli import app
 from mtcolor_batch.core.config import Profile, load_profile
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.jobs.runner import RunRequest, console_for_run, run_batch
+from mtcolor_batch.testing.faults import CrashOnce
 
 N_FILES = 30
 FAST = {
@@ -134,7 +135,7 @@ def test_worker_killed_mid_run_matches_local_runner(ray_local, tree, reference, 
     """A Ray run in which one worker dies (os._exit) mid-file: same bytes as local, nothing lost."""
     root, rels = tree
     flag = tmp_path / "worker-died"
-    code = ray_run(root, tmp_path / "out", tiny_bundle, crash_once=(str(flag), 4))
+    code = ray_run(root, tmp_path / "out", tiny_bundle, fault=CrashOnce(str(flag), 4))
     assert code == 0
     assert flag.exists(), "the fault hook never fired: no worker was killed"
     journal = assert_complete(tmp_path / "out", reference, rels)

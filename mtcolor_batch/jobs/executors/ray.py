@@ -53,6 +53,8 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
 RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+FaultHook = Callable[[str, int, str], None]
+"""``fault(stage, files_started, worker)``: a test hook (see ``mtcolor_batch.testing.faults``)."""
 
 
 class RayMissingError(UserError):
@@ -102,9 +104,8 @@ def _result(relpath: str, state: str, error: str, started: float) -> dict[str, A
 class FileWorker:
     """A Ray Data actor: loads the model once, then colorizes files named by relative path.
 
-    ``crash_once`` = (flag file, n) is a fault-injection hook for the tests: the first actor to
-    reach its n-th file while the flag file does not yet exist creates it and dies with
-    ``os._exit`` in the middle of that file (during ``colorize``), exactly as a lost node would.
+    ``fault`` is a fault-injection hook for the tests (``mtcolor_batch.testing.faults``), called
+    at every stage as ``fault(stage, files_started, worker)``.
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class FileWorker:
         bundle_dir: str,
         scan_root: str,
         out_dir: str,
-        crash_once: tuple[str, int] | None = None,
+        fault: FaultHook | None = None,
     ) -> None:
         from mtcolor_batch.stages.pipeline import Pipeline
 
@@ -121,19 +122,12 @@ class FileWorker:
         self.scan_root = Path(scan_root)
         self.pipeline = Pipeline.load(profile, Path(bundle_dir), self.scan_root, Path(out_dir))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.crash_once = crash_once
+        self.fault = fault
         self.count = 0
 
-    def _maybe_crash(self, stage: str) -> None:
-        if self.crash_once is None or stage != "colorize" or self.count < self.crash_once[1]:
-            return
-        try:
-            fd = os.open(self.crash_once[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, self.worker.encode())
-        os.close(fd)
-        os._exit(1)
+    def _on_stage(self, stage: str) -> None:
+        if self.fault is not None:
+            self.fault(stage, self.count, self.worker)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         import json
@@ -142,7 +136,7 @@ class FileWorker:
         for rel, stem in zip(batch["relpath"], batch["stem"], strict=True):
             rel, stem = str(rel), str(stem)
             self.count += 1
-            res = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._maybe_crash)
+            res = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._on_stage)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
             res["worker"] = self.worker
@@ -195,7 +189,7 @@ class RayExecutor:
         address: str | None = None,
         workers: int | None = None,
         gpus_per_worker: float | None = None,
-        crash_once: tuple[str, int] | None = None,
+        fault: FaultHook | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise UserError(f"bad --workers {workers}", hint="need at least 1")
@@ -209,7 +203,7 @@ class RayExecutor:
         self.address = address
         self.workers = workers
         self.gpus_per_worker = gpus_per_worker
-        self.crash_once = crash_once
+        self.fault = fault
 
     def resources(self) -> tuple[int, float]:
         """(actors, GPUs per actor): a GPU each when the cluster has GPUs, else CPU actors."""
@@ -302,7 +296,7 @@ class RayExecutor:
                 "bundle_dir": str(ctx.bundle_dir),
                 "scan_root": str(ctx.scan_root),
                 "out_dir": str(ctx.out_dir),
-                "crash_once": self.crash_once,
+                "fault": self.fault,
             },
             batch_size=1,
             batch_format="numpy",
