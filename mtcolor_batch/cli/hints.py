@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.cli._common import fail, print_error
+from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
     from mtcolor_batch.core.config import Profile
@@ -197,8 +198,7 @@ def init_command(
         files = _scan_files(scans)
         ctx = _load_context(model, profile, device)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     note = None
     if ctx.perception is None or not ctx.perception.can_auto_segment:
         note = "no detector/SAM in the model bundle: nothing detected; add regions by hand"
@@ -215,7 +215,7 @@ def init_command(
             scan = load_scan(path, root, ctx.profile.scan)
             instances = _auto_instances(ctx, scan, []) if note is None else []
         except UserError as exc:
-            typer.echo(f"error: {exc.one_line()}", err=True)
+            print_error(exc)
             failed += 1
             continue
         target = sidecar_candidates(path)[0]
@@ -233,7 +233,7 @@ def init_command(
             skipped += 1
     typer.echo(f"{written} written, {skipped} kept, {failed} failed")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -346,13 +346,12 @@ def check_command(
         settings = load_profile(profile)
         problems, warnings, checked = check_sidecars(scans, settings.hints.max_sidecar_bytes)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     for line in [*warnings, *problems]:
         typer.echo(line)
     typer.echo(f"{checked} sidecar(s) checked, {len(problems)} problem(s)")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- show ---------------------------------------------------------------------------------------
@@ -383,8 +382,7 @@ def show_command(
         image = render_overlay(scan.luma, instances)
         write_png(target, image)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     for inst in instances:

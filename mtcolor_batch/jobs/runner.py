@@ -32,13 +32,11 @@ from rich.progress import (
 from rich.table import Table
 
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.core.fs import clean_stale_temps, remove_live_temps, sha256_file
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
 from mtcolor_batch.scan.discover import ScanFile, discover
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Processor(Protocol):
