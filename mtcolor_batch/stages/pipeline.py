@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.errors import ModelError, UserError
 from mtcolor_batch.core.fs import OutputBatch, sha256_file
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.model.registry import DEFAULT_BUNDLE_NAME, bundles_dir, default_bundle_dir
@@ -78,6 +78,10 @@ def find_sidecar_safe(path: Path) -> Path | None:
     from mtcolor_batch.hints.schema import find_sidecar
 
     return find_sidecar(path)
+
+
+class Interrupted(Exception):
+    """Raised by a stage callback to abandon the current file before ``write`` (after a first Ctrl-C)."""
 
 
 @dataclass
@@ -251,3 +255,55 @@ def _stats_by_id(stats: Any) -> dict[int, dict[str, Any]]:
         if isinstance(entry, dict) and "id" in entry:
             out[int(entry["id"])] = entry
     return out
+
+
+class FileProcessor(Protocol):
+    """What an executor needs from a loaded pipeline (:class:`Pipeline`, or a test double)."""
+
+    device: str
+
+    def process(self, item: ScanFile, stage: StageCallback) -> FileResult: ...
+
+
+@dataclass
+class WorkResult:
+    """One file's result as every executor records it (plain fields: it crosses process boundaries)."""
+
+    relpath: str
+    state: str  # done | failed
+    error: str = ""
+    outputs: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    engine_seconds: float = 0.0
+
+
+def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -> WorkResult:
+    """The unit of work every executor runs unchanged: one file, classified done or failed.
+
+    A :class:`UserError` fails the file with its own one-line reason; any other exception is an
+    engine or library bug, which fails this file (never the whole overnight run) with a one-line
+    ``internal error``. :class:`Interrupted` raised by ``stage`` propagates: the executor rolls the
+    file back.
+    """
+    started = time.perf_counter()
+    try:
+        result = pipeline.process(item, stage)
+    except Interrupted:
+        raise
+    except UserError as exc:
+        reason = exc.one_line()
+    except Exception as exc:  # an engine/library bug must not end an overnight run
+        reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+    else:
+        seconds = time.perf_counter() - started
+        return WorkResult(
+            relpath=item.relpath,
+            state="done",
+            outputs=list(result.outputs),
+            timings={**{k: float(v) for k, v in result.timings.items()}, "total": seconds},
+            seconds=seconds,
+            engine_seconds=float(result.engine_seconds),
+        )
+    seconds = time.perf_counter() - started
+    return WorkResult(item.relpath, "failed", reason, timings={"total": seconds}, seconds=seconds)

@@ -1,15 +1,16 @@
-"""Run a batch on a Ray cluster: the same per-file work as the local loop, on many GPU actors.
+"""Run a batch on a Ray cluster: the same unit of work as the local executor, on many GPU actors.
 
 Why this shape:
 
 - The driver plans exactly as the local runner does (``jobs.runner.run_batch`` with this module as
   its ``executor``): same discovery, lock, fingerprints and journal. Only the loop differs.
 - Workers are Ray Data actors (``map_batches`` with a callable class and an ``ActorPoolStrategy``):
-  each loads the model once (``pipeline.Pipeline.load``) and runs ``Pipeline.process`` on one file at
-  a time, reading the file itself from the shared scan tree. ``read_images`` is not used: it drops
-  per-file metadata and 16-bit depth, which the pipeline must keep.
-- Workers write outputs atomically into the shared output tree (``output.writer.atomic_write``, as
-  locally) and return only small results (state, error, outputs, timings). The driver alone writes
+  each loads the model once (``stages.pipeline.Pipeline.load``) and runs
+  ``stages.pipeline.process_one`` (as the local executor does) on one file at a time, reading the
+  file itself from the shared scan tree. ``read_images`` is not used: it drops per-file metadata
+  and 16-bit depth, which the pipeline must keep.
+- Workers write outputs atomically into the shared output tree (``core.fs``, as locally) and
+  return only small results (state, error, outputs, timings). The driver alone writes
   the SQLite journal, as results stream back through ``iter_batches``: SQLite WAL must never be
   written from many hosts over a network filesystem.
 - Fault tolerance: every dispatched file is marked ``running`` before dispatch. A worker that dies
@@ -21,10 +22,10 @@ Why this shape:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +43,9 @@ from rich.progress import (
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.jobs.runner import ExecContext, Outcome, PlannedFile
+from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, record_result
 from mtcolor_batch.scan.discover import ScanFile
+from mtcolor_batch.stages.pipeline import WorkResult, process_one
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -69,36 +71,6 @@ def require_ray() -> Any:
     except ImportError as exc:
         raise RayMissingError(RAY_MISSING) from exc
     return ray
-
-
-def process_one(pipeline: Any, item: ScanFile, stage: Callable[[str], None]) -> dict[str, Any]:
-    """One file through ``Pipeline.process``, classified as the local loop does (same error text)."""
-    started = time.perf_counter()
-    try:
-        result = pipeline.process(item, stage)
-    except UserError as exc:
-        return _result(item.relpath, "failed", exc.one_line(), started)
-    except Exception as exc:  # an engine/library bug fails this file, never the whole run
-        reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
-        return _result(item.relpath, "failed", reason, started)
-    out = _result(item.relpath, "done", "", started)
-    out["outputs"] = list(result.outputs)
-    out["timings"] = {**{k: float(v) for k, v in result.timings.items()}, "total": out["seconds"]}
-    out["engine_seconds"] = float(getattr(result, "engine_seconds", 0.0))
-    return out
-
-
-def _result(relpath: str, state: str, error: str, started: float) -> dict[str, Any]:
-    seconds = time.perf_counter() - started
-    return {
-        "relpath": relpath,
-        "state": state,
-        "error": error,
-        "outputs": [],
-        "timings": {"total": seconds},
-        "seconds": seconds,
-        "engine_seconds": 0.0,
-    }
 
 
 class FileWorker:
@@ -136,7 +108,8 @@ class FileWorker:
         for rel, stem in zip(batch["relpath"], batch["stem"], strict=True):
             rel, stem = str(rel), str(stem)
             self.count += 1
-            res = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._on_stage)
+            work = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._on_stage)
+            res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
             res["worker"] = self.worker
@@ -266,7 +239,7 @@ class RayExecutor:
                         if res["relpath"] not in pending:
                             continue  # a retried task reporting twice: the first report stands
                         pending.discard(res["relpath"])
-                        self._record(res, ctx)
+                        record_result(_work_result(res), ctx)
                         progress.update(task, description=f"{res['relpath']} [dim]{res['worker']}[/dim]")
                         progress.advance(task)
                     if ctx.stop.requested:
@@ -306,18 +279,6 @@ class RayExecutor:
             max_restarts=-1,
             max_task_retries=MAX_TASK_RETRIES,
         )
-
-    @staticmethod
-    def _record(res: dict[str, Any], ctx: ExecContext) -> None:
-        """Write one worker result into the journal, exactly as the local loop would."""
-        rel = res["relpath"]
-        if res["state"] == "done":
-            ctx.journal.mark_done(rel, res["outputs"], res["timings"])
-            ctx.outcomes.append(Outcome(rel, "done", "", res["seconds"], res["engine_seconds"]))
-        else:
-            ctx.journal.mark_failed(rel, res["error"], res["timings"])
-            ctx.outcomes.append(Outcome(rel, "failed", res["error"], res["seconds"]))
-            ctx.console.print("[red]failed[/red] " + escape(res["error"]))
 
     @staticmethod
     def _record_lost(lost: list[str], ctx: ExecContext) -> None:
@@ -365,3 +326,8 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _work_result(row: dict[str, Any]) -> WorkResult:
+    """A decoded result row (the worker's name dropped) -> the result every executor records."""
+    return WorkResult(**{k: v for k, v in row.items() if k != "worker"})
