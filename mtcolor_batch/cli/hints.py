@@ -2,9 +2,9 @@
 
 The loop a user follows: ``hints init`` writes a template next to each scan listing what the
 detector found (so they only fill colours in), ``hints check`` says file:line:col what is wrong,
-``hints show`` draws the instances the run will use. All three go through the same code as
-``run`` (perception, hints.schema, hints.resolve, instances.finalize), so what they show is what
-the run does.
+``hints show`` draws the instances the run will use. ``init`` and ``show`` find instances with
+``stages.instances``, the chain ``run`` uses, and ``check`` validates with ``hints.schema``, so
+what they show is what the run does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
     from mtcolor_batch.core.config import Profile
-    from mtcolor_batch.core.types import Instance, Scan
+    from mtcolor_batch.core.types import Instance
     from mtcolor_batch.perception.models import Perception
 
 hints_app = typer.Typer(
@@ -175,14 +175,6 @@ def write_new_file(target: Path, text: str) -> bool:
     return True
 
 
-def _auto_instances(ctx: _Context, scan: Scan, exclude: list[str]) -> list[Instance]:
-    from mtcolor_batch.perception import perceive
-    from mtcolor_batch.perception.instances import finalize
-
-    autos = perceive(scan, ctx.perception, ctx.profile.perception, exclude)
-    return finalize(autos, scan.size, ctx.profile.perception)
-
-
 @hints_app.command("init")
 def init_command(
     scans: Path = typer.Argument(..., help="A scan or a folder of scans."),
@@ -193,6 +185,7 @@ def init_command(
     """Write a template sidecar next to every scan that has none (existing sidecars are left alone)."""
     from mtcolor_batch.hints.schema import find_sidecar, sidecar_candidates
     from mtcolor_batch.scan.imageio import load_scan
+    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
 
     try:
         files = _scan_files(scans)
@@ -213,7 +206,11 @@ def init_command(
             continue
         try:
             scan = load_scan(path, root, ctx.profile.scan)
-            instances = _auto_instances(ctx, scan, []) if note is None else []
+            instances = (
+                find_instances(scan, NO_SIDECAR, ctx.perception, ctx.profile, root).instances
+                if note is None
+                else []
+            )
         except UserError as exc:
             print_error(exc)
             failed += 1
@@ -373,12 +370,14 @@ def show_command(
     ),
 ) -> None:
     """Draw each instance of a scan (auto + sidecar): outlined, numbered, labelled, filled with its colour."""
-    from mtcolor_batch.perception.overlay import render_overlay, resolve_for_show, write_png
+    from mtcolor_batch.perception.overlay import render_overlay, write_png
+    from mtcolor_batch.stages.instances import scan_instances
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
     try:
         ctx = _load_context(model, profile, device)
-        scan, instances, warnings = resolve_for_show(photo, ctx.profile, ctx.perception, root)
+        scan, found = scan_instances(photo, root or photo.parent, ctx.profile, ctx.perception)
+        instances, warnings = found.instances, found.warnings
         image = render_overlay(scan.luma, instances)
         write_png(target, image)
     except UserError as exc:

@@ -69,7 +69,8 @@ def plan_files(
     retry_failed: bool = False,
 ) -> list[PlannedFile]:
     """Decide, per file, whether this run does it; hashes are reused when size and mtime match."""
-    from mtcolor_batch.stages.pipeline import find_sidecar_safe, fingerprint
+    from mtcolor_batch.hints.schema import find_sidecar
+    from mtcolor_batch.stages.pipeline import fingerprint
 
     planned: list[PlannedFile] = []
     for item in files:
@@ -89,7 +90,7 @@ def plan_files(
             except OSError:
                 sha = None  # unreadable: loading reports why, as a failed row
         try:
-            sidecar = find_sidecar_safe(item.path)
+            sidecar = find_sidecar(item.path)
             sidecar_sha = sha256_file(sidecar) if sidecar else None
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
