@@ -32,7 +32,7 @@ def test_tiny_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     for folder in REQUIRED_FOLDERS:
         assert (tiny_bundle / folder).is_dir()
     assert (tiny_bundle / MODULES_FILE).is_file()
-    assert b.has_perception  # perception.tiny exists in this checkout
+    assert b.has_perception  # testing.tiny_perception writes it
     on_disk = sorted(p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file())
     assert sorted(b.files) == [r for r in on_disk if r != MANIFEST_FILE]
     weights = [r for r in b.files if r.endswith(".safetensors")]

@@ -1,6 +1,6 @@
 """Training really learns: a tiny bundle learns to colour shapes the colour their instance texts say.
 
-The synthetic task (train/synthetic.py): shapes on gray, each red or royal blue, and the two colours
+The synthetic task (testing/synthetic.py): shapes on gray, each red or royal blue, and the two colours
 have the same luminance, so the gray input cannot tell them apart. Every training layout is written
 twice, once with its colours exchanged, so even memorising the training photos does not give the
 colours away: only the instance texts can. The bundle is the tiny one with a UNet that attends at the

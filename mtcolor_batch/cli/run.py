@@ -1,7 +1,7 @@
 """``mtcolor-batch run SCANS``: the overnight batch job (thin: parse, build the profile, call the runner).
 
 Every option that changes output maps to one profile key and is applied through
-``config.load_profile`` overrides, so the effective profile (and thus fingerprints and provenance)
+``core.config.load_profile`` overrides, so the effective profile (and thus fingerprints and provenance)
 is the single source of truth. Options left unset keep the profile's value.
 """
 

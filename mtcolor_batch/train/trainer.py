@@ -103,7 +103,7 @@ def load_components(bundle_dir: Path, device: torch.device) -> Components:
 
 def trainable_parameters(parts: Components, stage: int) -> dict[str, nn.Parameter]:
     """Name -> parameter of what a stage trains (stage 1: guidance; stage 2: ControlNet + PMAM)."""
-    if stage == 0:  # backbone pretraining of toy bundles (train/synthetic.py); not a paper stage
+    if stage == 0:  # backbone pretraining of toy bundles (testing/synthetic.py); not a paper stage
         groups = {"unet": parts.unet, "controlnet": parts.controlnet}
     elif stage == 1:
         groups = {"guidance": parts.modules.guidance}
