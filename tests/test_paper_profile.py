@@ -11,9 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.config import load_profile
-from mtcolor_batch.plan import make_plan
+from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.render.chroma import decoded_to_output
+from mtcolor_batch.stages.plan import make_plan
 
 
 def test_paper_profile_values_and_label() -> None:

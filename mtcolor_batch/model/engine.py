@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtcolor_batch.device import describe_device, resolve_device, resolve_dtype
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.device import describe_device, resolve_device, resolve_dtype
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.bundle import Bundle, load_bundle
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler
-from mtcolor_batch.types import Instance, Plan
 
 _STEPPABLE = ("DDIMScheduler",)
 """Schedulers run as shipped; any other is rebuilt as DDIM from its config (see sampler.py)."""
@@ -190,10 +190,14 @@ class MTColorEngine:
     @torch.no_grad()
     def colorize(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
         """Luma (H, W) float32 in [0, 1] at working resolution -> CIELAB a*, b* (2, H, W) float32."""
-        from skimage.color import rgb2lab
+        return rgb_to_ab(self.colorize_rgb(luma_w, instances_w, plan))
 
-        rgb = self.colorize_rgb(luma_w, instances_w, plan)
-        return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))
+
+def rgb_to_ab(rgb: np.ndarray) -> np.ndarray:
+    """Decoded sRGB (H, W, 3) in [0, 1] -> CIELAB a*, b* (2, H, W) float32, what ``colorize`` returns."""
+    from skimage.color import rgb2lab
+
+    return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))
 
 
 def _use_sdpa(model: torch.nn.Module) -> None:
