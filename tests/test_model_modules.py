@@ -211,6 +211,23 @@ def test_instance_branch_has_its_own_projections() -> None:
     assert names == {"proj", "norm", "to_q", "to_k", "to_v", "to_out", "gate"}
 
 
+def test_fresh_branch_projections_start_as_copies_of_the_layer(models) -> None:
+    unet, cn = models
+    modules = MTColorModules.from_unet(unet, cn, TEXT_DIM)
+    for name in modules.guidance.layer_dims:
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        layer = modules.guidance.layers[name.removesuffix(".processor").replace(".", "_")]
+        assert layer.heads == attn.heads and float(layer.gate) == 0.0
+        for mine, theirs in (
+            (layer.to_q, attn.to_q),
+            (layer.to_v, attn.to_v),
+            (layer.to_out, attn.to_out[0]),
+        ):
+            assert (
+                torch.equal(mine.weight, theirs.weight) and mine.weight.data_ptr() != theirs.weight.data_ptr()
+            )
+
+
 def test_instance_token_affects_only_its_own_pixels() -> None:
     attn, proc, guidance = guidance_setup()
     texts = torch.randn(1, 2, TEXT_DIM)

@@ -7,7 +7,8 @@ colours away: only the instance texts can. The bundle is the tiny one with a UNe
 latent resolution and a wider text encoder (``write_learning_bundle`` says why). Its random parts are
 first made workable, as real SD already is: the VAE is fitted to reconstruct the images, and the
 backbone (UNet + ControlNet, "stage 0", not a CLI stage) is trained as a text-blind gray-to-colour
-model (every sample's texts and masks null), so it cannot know which colour a shape is. Then the
+model (every sample's texts null), so it cannot know which colour a shape is; half of its batches
+run without the ControlNet so that its UNet also works alone, as SD's does. Then the
 paper's stage 1 trains the instance guidance alone, with everything else frozen and, as in the
 paper, without the ControlNet or PMAM in its forward pass.
 

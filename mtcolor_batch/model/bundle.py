@@ -28,7 +28,6 @@ UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h
 """Weight formats a bundle refuses: pickles can execute code; the others are not what we load."""
 
 
-
 @dataclass
 class Bundle:
     """A bundle as described by its manifest (``files`` maps relative path -> sha256)."""

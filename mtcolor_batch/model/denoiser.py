@@ -53,10 +53,11 @@ class MTColorModules(nn.Module):
         layer_dims: dict[str, int],
         token_dim: int,
         head_dim: int = 64,
+        layer_heads: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.pmam = PMAM(pmam_channels, head_dim)
-        self.guidance = InstanceGuidance(text_dim, layer_dims, token_dim)
+        self.guidance = InstanceGuidance(text_dim, layer_dims, token_dim, layer_heads)
 
     @property
     def config(self) -> dict:
@@ -68,17 +69,22 @@ class MTColorModules(nn.Module):
             "text_dim": self.guidance.text_dim,
             "token_dim": self.guidance.token_dim,
             "layer_dims": self.guidance.layer_dims,
+            "layer_heads": self.guidance.layer_heads,
         }
 
     @classmethod
     def from_unet(
         cls, unet: nn.Module, controlnet: nn.Module, text_dim: int, token_dim: int | None = None
     ) -> MTColorModules:
-        """Zero-initialised modules sized for this UNet + ControlNet (token_dim defaults to the UNet's
-        cross-attention width, 768 for SD 1.5)."""
+        """Zero-gated modules sized for this UNet + ControlNet (token_dim defaults to the UNet's
+        cross-attention width, 768 for SD 1.5); branch projections start from the UNet's own."""
         pmam = PMAM.from_controlnet(controlnet)
         token_dim = int(token_dim or unet.config.cross_attention_dim)
-        return cls(pmam.channels, text_dim, InstanceGuidance.self_attention_dims(unet), token_dim)
+        dims = InstanceGuidance.self_attention_dims(unet)
+        heads = InstanceGuidance.self_attention_heads(unet)
+        modules = cls(pmam.channels, text_dim, dims, token_dim, layer_heads=heads)
+        modules.guidance.init_from(unet)
+        return modules
 
     def check_compatible(self, unet: nn.Module, controlnet: nn.Module) -> None:
         """ModelError unless these modules were built for this UNet/ControlNet pair."""

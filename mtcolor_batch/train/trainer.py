@@ -228,9 +228,12 @@ def compute_loss(
 ) -> torch.Tensor:
     """L2 noise-prediction loss of one micro-batch; draws (in this order) null, posterior, t, noise.
 
-    Stage 1 runs without ControlNet and PMAM (the instance module trained on its own).
+    Stage 1 runs without ControlNet and PMAM (the instance module trained on its own). Stage 0 (toy
+    backbones only) leaves the ControlNet out of every other micro-batch at random, so its UNet also
+    works alone, as SD's does: stage 1 trains on the UNet alone.
     """
     bsz = batch.pixels.shape[0]
+    use_controlnet = stage == 2 or (stage == 0 and bool(torch.rand(1, generator=generator) < 0.5))
     keep = torch.rand(bsz, generator=generator) >= cfg.null_prob
     texts = [t if bool(k) else "" for t, k in zip(batch.texts, keep, strict=True)]
     slots = batch.valid.shape[1]
@@ -255,10 +258,10 @@ def compute_loss(
     latent_size = (latents.shape[2], latents.shape[3])
     regions = make_regions(batch, pooled.float().view(bsz, slots, -1), keep, latent_size)
     with autocast:
-        if stage == 1:
-            pred = parts.denoiser(noisy, timesteps, text_embeds, None, regions, use_controlnet=False)
-        else:
+        if use_controlnet:
             pred = parts.denoiser(noisy, timesteps, text_embeds, batch.control.to(device), regions)
+        else:
+            pred = parts.denoiser(noisy, timesteps, text_embeds, None, regions, use_controlnet=False)
     return F.mse_loss(pred.float(), target.float())
 
 
