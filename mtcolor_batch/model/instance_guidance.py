@@ -3,8 +3,8 @@
 Each instance is described by its own text ("a dark green tram") and its mask. The pooled CLIP
 embedding of the text is concatenated with a small 3-conv encoding of the mask and mapped by a 3-layer
 MLP to one token. Every self-attention layer (``attn1``) of the UNet gets a branch of its own, as
-diffusers' GLIGEN ``GatedSelfAttentionDense``: the token is mapped to the layer's width, LayerNorm is
-applied to ``[latents ; tokens]``, and the branch's own projections W_Qp, W_Kp, W_Vp and an output
+diffusers' GLIGEN ``GatedSelfAttentionDense``: the token is mapped to the layer's width (``e``), the
+latents get a LayerNorm (``h``), and the branch's own projections W_Qp, W_Kp, W_Vp and an output
 projection compute a masked attention whose latent part is added through a tanh gate:
 
     out = self_attention(x) + tanh(gate_l) * inside * W_O(masked_attn(W_Qp h, W_Kp [h ; e], W_Vp [h ; e]))
@@ -100,7 +100,9 @@ class GuidedLayer(nn.Module):
         """
         b, s, _ = x.shape
         dtype = self.to_q.weight.dtype
-        h = self.norm(torch.cat([x.to(dtype), self.proj(tokens.to(dtype))], dim=1))
+        # LayerNorm on the latents only: a normalised token could never outweigh the pixels it
+        # competes with in the softmax, and on the synthetic task the texts were then never learned.
+        h = torch.cat([self.norm(x.to(dtype)), self.proj(tokens.to(dtype))], dim=1)
         q, k, v = self.to_q(h[:, :s]), self.to_k(h), self.to_v(h)
         q, k, v = (t.view(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
         out = masked_attention(q, k, v, mask).transpose(1, 2).reshape(b, s, -1)
