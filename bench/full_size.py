@@ -72,7 +72,7 @@ def sd15_modules(dev: torch.device) -> dict[str, nn.Module]:
     return {"unet": unet, "controlnet": controlnet, "text_encoder": text, "vae": vae}
 
 
-def full_size_engine(device: str, dtype: str, workdir: Path, *, seed: int = 0) -> Any:
+def full_size_engine(device: str, dtype: str, workdir: Path, *, seed: int = 0, options: Any = None) -> Any:
     """SD 1.5-shaped random MTColorEngine built in memory (fresh, zero-initialised MT-Color modules)."""
     from transformers import CLIPTokenizer
 
@@ -97,7 +97,7 @@ def full_size_engine(device: str, dtype: str, workdir: Path, *, seed: int = 0) -
     for kind in ("unet", "controlnet", "vae"):
         _use_sdpa(comps[kind])
     bundle = Bundle(workdir, "random-sd15-size", "random", False, {}, {})
-    return MTColorEngine(bundle, comps, _load_scheduler(workdir / "scheduler"), dev, dt)
+    return MTColorEngine(bundle, comps, _load_scheduler(workdir / "scheduler"), dev, dt, options)
 
 
 def _write_perception(root: Path, small: bool) -> None:
@@ -108,8 +108,14 @@ def _write_perception(root: Path, small: bool) -> None:
     if small:
         write_tiny_perception(root)
         return
-    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor, SamConfig, SamModel
-    from transformers import SamProcessor
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2Processor,
+        SamConfig,
+        SamModel,
+        SamProcessor,
+    )
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
@@ -156,8 +162,13 @@ def write_bench_bundle(path: Path, *, small: bool = False, seed: int = 0) -> Pat
         modules = MTColorModules.load(path / MODULES_FILE)
         trained_like(modules, seed=seed + 2)
         modules.save(path / MODULES_FILE)
-        save_bundle(path, name="bench-small-trained-like", revision=f"seed-{seed}", tiny=True,
-                    sources={"generator": "bench/full_size.py", "small": True})
+        save_bundle(
+            path,
+            name="bench-small-trained-like",
+            revision=f"seed-{seed}",
+            tiny=True,
+            sources={"generator": "bench/full_size.py", "small": True},
+        )
         return path
     path.mkdir(parents=True, exist_ok=False)
     torch.manual_seed(seed)
@@ -172,6 +183,11 @@ def write_bench_bundle(path: Path, *, small: bool = False, seed: int = 0) -> Pat
     write_tiny_tokenizer(path / "tokenizer")
     sd15_scheduler().save_pretrained(path / "scheduler")
     _write_perception(path, small=False)
-    save_bundle(path, name="bench-sd15-size-trained-like", revision=f"seed-{seed}", tiny=False,
-                sources={"generator": "bench/full_size.py", "random": True})
+    save_bundle(
+        path,
+        name="bench-sd15-size-trained-like",
+        revision=f"seed-{seed}",
+        tiny=False,
+        sources={"generator": "bench/full_size.py", "random": True},
+    )
     return path

@@ -46,8 +46,10 @@ def main() -> None:
     heads, s = args.channels // args.head_dim, args.side * args.side
     labels = block_labels(args.side, args.regions, args.background).to(dev)[None].expand(args.batch, -1)
     q, k, v = (torch.randn(args.batch, heads, s, args.head_dim, device=dev, dtype=dt) for _ in range(3))
-    print(f"S={s} ({args.side}x{args.side}), {heads} heads x {args.head_dim}, batch {args.batch}, "
-          f"{args.regions} regions, {args.background:.0%} background, {args.device} {args.dtype}")
+    print(
+        f"S={s} ({args.side}x{args.side}), {heads} heads x {args.head_dim}, batch {args.batch}, "
+        f"{args.regions} regions, {args.background:.0%} background, {args.device} {args.dtype}"
+    )
     base = None
     ref = None
     for impl in args.impls.split(","):
@@ -66,8 +68,10 @@ def main() -> None:
         base = base or best
         ref = out if ref is None else ref
         err = (out.float() - ref.float()).abs().max().item()
-        print(f"{impl:>7}: {best * 1000:9.1f} ms/call  {base / best:5.2f}x vs {args.impls.split(',')[0]}"
-              f"  max |diff| {err:.2e}")
+        print(
+            f"{impl:>7}: {best * 1000:9.1f} ms/call  {base / best:5.2f}x vs {args.impls.split(',')[0]}"
+            f"  max |diff| {err:.2e}"
+        )
 
 
 if __name__ == "__main__":

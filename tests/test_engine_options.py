@@ -64,7 +64,8 @@ def test_vae_dtype_resolution() -> None:
 
 def test_profile_keys_reach_the_engine_options() -> None:
     profile = load_profile(
-        "default", {"sampling.compile": True, "sampling.channels_last": False, "sampling.vae_dtype": "bfloat16"}
+        "default",
+        {"sampling.compile": True, "sampling.channels_last": False, "sampling.vae_dtype": "bfloat16"},
     )
     opts = EngineOptions.from_sampling(profile.sampling)
     assert opts == EngineOptions(vae_dtype="bfloat16", channels_last=False, compile=True)

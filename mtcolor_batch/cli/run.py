@@ -57,7 +57,7 @@ def run_command(
     ),
     dtype: str | None = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16."),
     vae_dtype: str | None = typer.Option(
-        None, "--vae-dtype", help="auto | float32 | float16 | bfloat16 (auto: half on CUDA, float32 on overflow)."
+        None, "--vae-dtype", help="auto (half on CUDA, float32 on overflow) | float32 | float16 | bfloat16."
     ),
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."

@@ -114,7 +114,11 @@ class RegionLayout:
     _block_masks: dict[int, object] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.q_labels.ndim != 2 or self.k_labels.ndim != 2 or self.q_labels.shape[0] != self.k_labels.shape[0]:
+        if (
+            self.q_labels.ndim != 2
+            or self.k_labels.ndim != 2
+            or self.q_labels.shape[0] != self.k_labels.shape[0]
+        ):
             raise ValueError(
                 f"labels must be (B, Sq) and (B, Sk), got {tuple(self.q_labels.shape)} "
                 f"and {tuple(self.k_labels.shape)}"
@@ -167,9 +171,7 @@ class RegionLayout:
             k_sorted, k_sub = torch.sort(k_row[k_keep], stable=True)
             k_order = k_keep[k_sub]
             spans = _spans(q_sorted, k_sorted)
-            identity = (
-                len(spans) == 1 and spans[0][1] == sq and spans[0][3] == k_row.shape[0]
-            )
+            identity = len(spans) == 1 and spans[0][1] == sq and spans[0][3] == k_row.shape[0]
             groups.append(
                 _Group(
                     rows=rows,
@@ -193,7 +195,9 @@ class RegionLayout:
             g = self.groups()[gi]
             ql, kl = g.q_sorted_labels, g.k_sorted_labels
 
-            def mask_mod(_b: torch.Tensor, _h: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+            def mask_mod(
+                _b: torch.Tensor, _h: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor
+            ) -> torch.Tensor:
                 return ql[qi] == kl[ki]
 
             self._block_masks[gi] = create_block_mask(
