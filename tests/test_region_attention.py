@@ -113,3 +113,19 @@ def test_sparse_is_differentiable_like_dense() -> None:
         grads.append([t.grad for t in (q, k, v)])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_background_queries_can_be_left_out() -> None:
+    """``background_queries=False``: background rows are zero, instance rows unchanged."""
+    b, h, s, n = 2, 2, 64, 3
+    labels = _labels(b, s, n, seed=8)
+    valid = torch.ones(b, n, dtype=torch.bool)
+    q, k, v = _qkv(b, h, s, s + n, seed=9)
+    full = region_attention(q, k, v, RegionLayout.with_tokens(labels, valid))
+    for impl in ("dense", "sparse"):
+        part = region_attention(
+            q, k, v, RegionLayout.with_tokens(labels, valid, background_queries=False), impl
+        )
+        inside = (labels > 0)[:, None, :, None]
+        assert part.masked_select(~inside).abs().max() == 0
+        torch.testing.assert_close(part, torch.where(inside, full, 0.0), atol=1e-5, rtol=1e-5)

@@ -130,16 +130,22 @@ class RegionLayout:
         return cls(labels, labels)
 
     @classmethod
-    def with_tokens(cls, labels: torch.Tensor, valid: torch.Tensor) -> RegionLayout:
+    def with_tokens(
+        cls, labels: torch.Tensor, valid: torch.Tensor, *, background_queries: bool = True
+    ) -> RegionLayout:
         """Pixels attending ``[pixels ; instance tokens]`` (M_self and M_cross together).
 
         Token k (slot k, label k in ``labels``) is labelled k when valid and -1 otherwise, so a pixel
         sees its own region's pixels plus its own instance's token; background (label 0) sees no token.
+        ``background_queries=False`` gives background pixels no keys at all (zero output, nothing
+        computed): for a branch that discards their output anyway (the paper's all-zero M_self rows).
         """
         n = valid.shape[1]
         slots = torch.arange(1, n + 1, device=labels.device, dtype=labels.dtype)
         token_labels = torch.where(valid.to(labels.device).bool(), slots, torch.full_like(slots, -1))
-        return cls(labels, torch.cat([labels, token_labels], dim=1))
+        keys = torch.cat([labels, token_labels.expand(labels.shape[0], -1)], dim=1)
+        queries = labels if background_queries else torch.where(labels > 0, labels, -1)
+        return cls(queries, keys)
 
     @property
     def batch_size(self) -> int:
