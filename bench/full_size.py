@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtcolor_batch.model.tiny import sd15_scheduler, write_tiny_tokenizer
+from mtcolor_batch.testing.tiny_sd15 import sd15_scheduler, write_tiny_tokenizer
 
 TRAINED_LIKE_STD = 0.02
 
@@ -76,7 +76,7 @@ def full_size_engine(device: str, dtype: str, workdir: Path, *, seed: int = 0, o
     """SD 1.5-shaped random MTColorEngine built in memory (fresh, zero-initialised MT-Color modules)."""
     from transformers import CLIPTokenizer
 
-    from mtcolor_batch.device import resolve_device, resolve_dtype
+    from mtcolor_batch.core.device import resolve_device, resolve_dtype
     from mtcolor_batch.model.bundle import Bundle
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.engine import MTColorEngine, _load_scheduler, _use_sdpa
@@ -103,7 +103,7 @@ def full_size_engine(device: str, dtype: str, workdir: Path, *, seed: int = 0, o
 def _write_perception(root: Path, small: bool) -> None:
     """SAM ViT-B-shaped and OWLv2-base-shaped random perception (tiny ones when ``small``)."""
     from mtcolor_batch.perception.models import DETECTOR_DIR, SAM_DIR
-    from mtcolor_batch.perception.tiny import write_tiny_perception
+    from mtcolor_batch.testing.tiny_perception import write_tiny_perception
 
     if small:
         write_tiny_perception(root)
@@ -119,14 +119,13 @@ def _write_perception(root: Path, small: bool) -> None:
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from mtcolor_batch.perception.tiny import _tiny_clip_tokenizer
+    from mtcolor_batch.testing.tiny_clip import write_tiny_clip_tokenizer
 
     torch.manual_seed(10)
     SamModel(SamConfig()).eval().save_pretrained(root / SAM_DIR, safe_serialization=True)  # ViT-B defaults
     SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(root / SAM_DIR)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tiny_clip_tokenizer(Path(tmp))
-        tokenizer.model_max_length = 16
+        tokenizer = write_tiny_clip_tokenizer(Path(tmp), model_max_length=16, pad_token="!")
         vocab = len(tokenizer.get_vocab())
         config = Owlv2Config(
             text_config={
@@ -154,7 +153,7 @@ def write_bench_bundle(path: Path, *, small: bool = False, seed: int = 0) -> Pat
     from mtcolor_batch.model.bundle import save_bundle
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.registry import MODULES_FILE
-    from mtcolor_batch.model.tiny import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
     path = Path(path)
     if small:

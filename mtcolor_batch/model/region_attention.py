@@ -221,7 +221,8 @@ def _flex_fn(device: torch.device) -> Callable[..., torch.Tensor]:
 
     key = device.type
     if key not in _FLEX:
-        _FLEX[key] = torch.compile(flex_attention, dynamic=False) if key == "cuda" else flex_attention
+        fn: Callable[..., torch.Tensor] = flex_attention  # type: ignore[assignment]
+        _FLEX[key] = torch.compile(fn, dynamic=False) if key == "cuda" else fn  # type: ignore[assignment]
     return _FLEX[key]
 
 
