@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size import full_size_engine, trained_like  # noqa: E402
 
 from mtcolor_batch.core.config import load_profile  # noqa: E402
+from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
 from mtcolor_batch.model.sampler import build_canvas, fusion_steps  # noqa: E402
 from mtcolor_batch.stages.plan import make_plan  # noqa: E402
-from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
 
 PAPER_S, PAPER_GB = 68.6, 18.0
 # Measured before this benchmark compared with diffusers (issue 13): full-size random weights, 2-core

@@ -12,9 +12,9 @@ import torch
 
 from mtcolor_batch.core.config import SamplingSettings, load_profile
 from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.types import Instance
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine, PrecisionVAE, resolve_vae_dtype
 from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.core.types import Instance
 
 
 @pytest.fixture(scope="module")
