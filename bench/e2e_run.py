@@ -43,8 +43,11 @@ def write_scan(path: Path, width: int, height: int, bits: int) -> None:
         x0, y0 = int(rng.integers(0, width * 3 // 4)), int(rng.integers(0, height * 3 // 4))
         img[y0 : y0 + height // 5, x0 : x0 + width // 6] = rng.uniform(0.05, 0.95)
     img = np.clip(img, 0, 1)
-    if bits == 16:
-        Image.fromarray((img * 65535).astype(np.uint16), mode="I;16").save(path)
+    if path.suffix == ".tif":
+        import tifffile
+
+        data = (img * 65535).astype(np.uint16) if bits == 16 else (img * 255).astype(np.uint8)
+        tifffile.imwrite(path, data, photometric="minisblack", compression="zlib", metadata=None)
     else:
         Image.fromarray((img * 255).astype(np.uint8), mode="L").save(path)
 

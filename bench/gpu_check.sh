@@ -35,7 +35,7 @@ if [ "$SMALL" = 1 ]; then
   DEV=cpu
   STEP_ARGS=(--size 256 --steps 5 --repeats 1 --warmup 1)
   ATTN_ARGS=(--device cpu --dtype float32 --impls dense,sparse --side 32 --channels 64 --repeats 2)
-  E2E_ARGS=(--small --device cpu --steps 3)
+  E2E_ARGS=(--small --device cpu --steps 3 --profile fast)
 else
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check.sh: no CUDA device here; use --small for the CPU check" >&2
