@@ -2,9 +2,9 @@
 
 Random weights cost what trained ones cost only where the code cannot tell them apart. MT-Color's
 modules start at zero (PMAM's out_proj, the instance gates), and the denoiser skips parts whose output
-is provably zero, so a fresh bundle never runs them. :func:`trained_like` re-draws every all-zero
-weight small and non-zero: every module then runs, as in a trained bundle. Every bench script and
-``bench/gpu_check.sh`` use this one helper.
+is provably zero, so a fresh bundle never runs them. ``mtcolor_batch.testing.trained_like`` re-draws
+every all-zero weight small and non-zero: every module then runs, as in a trained bundle. Every bench
+script, ``bench/gpu_check.sh`` and the tests use that one helper.
 
 Nothing here downloads anything: shapes are SD 1.5's (UNet 320/640/1280/1280, ControlNet from that
 UNet, CLIP-L-size text encoder, SD VAE), SAM ViT-B's and OWLv2-base's, with random weights.
@@ -20,25 +20,7 @@ import torch
 from torch import nn
 
 from mtcolor_batch.testing.tiny_sd15 import sd15_scheduler, write_tiny_tokenizer
-
-TRAINED_LIKE_STD = 0.02
-
-
-@torch.no_grad()
-def trained_like(module: nn.Module, *, std: float = TRAINED_LIKE_STD, seed: int = 0) -> int:
-    """Re-draw, in place, every all-zero floating-point parameter from N(0, std); return how many.
-
-    Zero-initialised parts (PMAM out_proj, tanh gates, ControlNet zero convs, LayerNorm biases) are
-    exactly the ones a skip-zero optimisation can skip; after this call nothing is provably zero.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    count = 0
-    for param in module.parameters():
-        if param.is_floating_point() and not bool(param.any()):
-            fresh = torch.randn(param.shape, generator=gen, dtype=torch.float32) * std
-            param.copy_(fresh.to(param.dtype))
-            count += 1
-    return count
+from mtcolor_batch.testing.trained_like import trained_like
 
 
 def sd15_modules(dev: torch.device) -> dict[str, nn.Module]:

@@ -5,7 +5,7 @@ ControlNet, text encoder, VAE and scheduler, at the same steps, guidance and siz
 setting is printed as a ratio to it.
 
 Modules (``--modules``): ``trained`` (default) re-draws every zero-initialised MT-Color weight small
-and non-zero (``bench/full_size.py: trained_like``), so PMAM and the instance branch really run, as
+and non-zero (``mtcolor_batch.testing.trained_like``), so PMAM and the instance branch really run, as
 in a trained bundle; ``fresh`` keeps them zero, which the denoiser skips as provable no-ops (a fresh
 bundle is therefore cheaper than a trained one: never quote fresh figures as MT-Color's cost).
 
@@ -43,13 +43,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full_size import full_size_engine, trained_like  # noqa: E402
+from full_size import full_size_engine  # noqa: E402
 
 from mtcolor_batch.core.config import load_profile  # noqa: E402
 from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
 from mtcolor_batch.model.sampler import build_canvas, fusion_steps  # noqa: E402
 from mtcolor_batch.stages.plan import make_plan  # noqa: E402
+from mtcolor_batch.testing.trained_like import trained_like  # noqa: E402
 
 PAPER_S, PAPER_GB = 68.6, 18.0
 # Measured before this benchmark compared with diffusers (issue 13): full-size random weights, 2-core

@@ -42,9 +42,9 @@ class EngineOptions:
         decode that overflows (non-finite output) is redone in float32 (see :class:`PrecisionVAE`).
     channels_last: NHWC memory format for UNet, ControlNet and VAE on CUDA, where cuDNN's half
         convolutions are faster in it; ignored on CPU (where it is not faster).
-    compile: ``torch.compile`` the ControlNet and the UNet's plain layers (resnets, feed-forwards,
-        cross-attention); the MT-Color self-attention layers stay eager, as their per-call state
-        would make dynamo recompile every call. Costs a warm-up per new tile shape.
+    compile: ``torch.compile`` the ControlNet and the UNet's plain layers (resnets, feed-forwards);
+        the attention layers stay eager, as MT-Color's per-call data passes through them and would
+        make dynamo recompile every call. Costs a warm-up per new tile shape.
     compile_backend: torch.compile backend (``inductor``; tests use ``eager``).
     """
 
@@ -122,8 +122,8 @@ def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, ba
 
     controlnet.compile(backend=backend, dynamic=False)
     count = 1
-    for name, mod in unet.named_modules():
-        if isinstance(mod, ResnetBlock2D | FeedForward) or name.endswith(".attn2"):
+    for mod in unet.modules():
+        if isinstance(mod, ResnetBlock2D | FeedForward):
             mod.compile(backend=backend, dynamic=False)
             count += 1
     return count
