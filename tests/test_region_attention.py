@@ -98,6 +98,8 @@ def test_empty_and_mismatched_inputs() -> None:
         region_attention(q, k, v, layout)
     with pytest.raises(ValueError, match="unknown region attention"):
         region_attention(q, k, v, RegionLayout.self_attention(torch.zeros(1, 16, dtype=torch.long)), impl="x")
+    with pytest.raises(ValueError, match="unknown region attention"):
+        RegionLayout.self_attention(torch.zeros(1, 16, dtype=torch.long), impl="fast")
     with pytest.raises(ValueError, match="labels must be"):
         RegionLayout(torch.zeros(16, dtype=torch.long), torch.zeros(1, 16, dtype=torch.long))
 

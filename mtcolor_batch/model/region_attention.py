@@ -109,11 +109,14 @@ class RegionLayout:
 
     q_labels: torch.Tensor
     k_labels: torch.Tensor
+    impl: str = "auto"  # what :func:`region_attention` uses when called without ``impl``
     _groups: list[_Group] | None = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
     _block_masks: dict[int, object] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown region attention '{self.impl}', use one of {', '.join(IMPLS)}")
         if (
             self.q_labels.ndim != 2
             or self.k_labels.ndim != 2
@@ -125,13 +128,18 @@ class RegionLayout:
             )
 
     @classmethod
-    def self_attention(cls, labels: torch.Tensor) -> RegionLayout:
+    def self_attention(cls, labels: torch.Tensor, impl: str = "auto") -> RegionLayout:
         """Pixels attending pixels of their own region (PMAM, M_self)."""
-        return cls(labels, labels)
+        return cls(labels, labels, impl)
 
     @classmethod
     def with_tokens(
-        cls, labels: torch.Tensor, valid: torch.Tensor, *, background_queries: bool = True
+        cls,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        background_queries: bool = True,
+        impl: str = "auto",
     ) -> RegionLayout:
         """Pixels attending ``[pixels ; instance tokens]`` (M_self and M_cross together).
 
@@ -145,7 +153,7 @@ class RegionLayout:
         token_labels = torch.where(valid.to(labels.device).bool(), slots, torch.full_like(slots, -1))
         keys = torch.cat([labels, token_labels.expand(labels.shape[0], -1)], dim=1)
         queries = labels if background_queries else torch.where(labels > 0, labels, -1)
-        return cls(queries, keys)
+        return cls(queries, keys, impl)
 
     @property
     def batch_size(self) -> int:
@@ -231,13 +239,16 @@ def region_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     layout: RegionLayout,
-    impl: Impl | str = "auto",
+    impl: Impl | str | None = None,
 ) -> torch.Tensor:
     """Region-restricted attention of (B, H, Sq, D) queries over (B, H, Sk, D) keys/values.
+
+    ``impl`` defaults to the layout's own.
 
     Every implementation gives the same result within floating-point tolerance
     (tests/test_region_attention.py); see the module docstring for what each one trades.
     """
+    impl = layout.impl if impl is None else impl
     if impl not in IMPLS:
         raise ValueError(f"unknown region attention '{impl}', use one of {', '.join(IMPLS)}")
     b, _, sq, _ = q.shape
