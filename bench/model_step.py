@@ -162,8 +162,14 @@ class Bench:
 
     def plain_image(self) -> int:
         """One whole image through the diffusers pipeline, then the same decode as MT-Color."""
-        control, prompt, negative = self._plain_inputs()
         self.engine.denoiser.uninstall()  # the plain UNet, as diffusers ships it
+        try:
+            return self._plain_image()
+        finally:
+            self.engine.denoiser.install()
+
+    def _plain_image(self) -> int:
+        control, prompt, negative = self._plain_inputs()
         calls = 0
 
         def count(_pipe: Any, _i: int, _t: Any, kwargs: dict) -> dict:
@@ -193,8 +199,14 @@ class Bench:
 
     def plain_step(self) -> int:
         """One denoising step exactly as the pipeline runs it (both CFG halves in one batch)."""
-        control, prompt, negative = self._plain_inputs()
         self.engine.denoiser.uninstall()
+        try:
+            return self._plain_step()
+        finally:
+            self.engine.denoiser.install()
+
+    def _plain_step(self) -> int:
+        control, prompt, negative = self._plain_inputs()
         dev, dt = self.engine.device, self.engine.dtype
         sched = self.pipe.scheduler
         sched.set_timesteps(self.plan.steps, device=dev)
@@ -296,12 +308,12 @@ def print_rows(rows: list[Row], old: dict[str, tuple[float, float]] | None, one_
     base = rows[0]
     unit = "s/image (composed)" if one_call else "s/image"
     print(
-        f"\n{'setting':<36} {unit:>18} {'x plain':>8} {'cpu s':>8} {'x cpu':>6} {'calls':>6} {'peak GiB':>9}"
+        f"\n{'setting':<40} {unit:>18} {'x plain':>8} {'cpu s':>8} {'x cpu':>6} {'calls':>6} {'peak GiB':>9}"
         + (f" | {'old cpu-s':>9} {'old x':>6}" if old else "")
     )
     for r in rows:
         line = (
-            f"{r.name:<36} {r.seconds:>18.2f} {r.seconds / base.seconds:>8.2f} {r.cpu:>8.2f} "
+            f"{r.name:<40} {r.seconds:>18.2f} {r.seconds / base.seconds:>8.2f} {r.cpu:>8.2f} "
             f"{r.cpu / base.cpu:>6.2f} {r.calls:>6d} {r.peak_gib:>9.2f}"
         )
         if old:
