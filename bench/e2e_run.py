@@ -13,6 +13,7 @@ loading excluded), wall seconds including loading, torch and nvidia-smi peak mem
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import subprocess
@@ -146,6 +147,7 @@ def main() -> None:
             cli += ["--steps", str(args.steps)]
         cli += args.extra.split()
         cuda = torch.cuda.is_available() and args.device != "cpu"
+        gc.collect()  # the previous run's engine
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

@@ -12,7 +12,7 @@
 #   bench/gpu_check.sh --small         # the same on CPU at reduced size (tiny bundle), 2-3 minutes
 #   bench/gpu_check.sh --workdir DIR   # where the bundle and scans go (default: $TMPDIR/mtcolor-gpu-check)
 #   EXTRA="--compile" bench/gpu_check.sh   # pass engine options to both benchmarks
-set -euo pipefail
+set -uo pipefail  # no -e: a failing section is reported and the next one still runs
 cd "$(dirname "$0")/.."
 
 SMALL=0
@@ -49,16 +49,25 @@ else
 fi
 "$PY" -c "import torch, diffusers, transformers; print('torch', torch.__version__, '| diffusers', diffusers.__version__, '| transformers', transformers.__version__)"
 
+failed=()
+quiet() { grep -v -e "should be kept in float32" -e "requires torchvision" -e "Loading weights" -e "Writing model"; }
+
 echo; echo "== 1/3 plain SD+ControlNet vs MT-Color (trained-like modules), 0/1/2/4/8 instances"
 # shellcheck disable=SC2086
 "$PY" bench/model_step.py --device "$DEV" --modules trained --instances 0,1,2,4,8 "${STEP_ARGS[@]}" $EXTRA 2>&1 \
-  | grep -v -e "should be kept in float32" -e "requires torchvision"
+  | quiet || failed+=("1 model_step")
 
 echo; echo "== 2/3 region attention: dense mask vs region-sparse"
-"$PY" bench/region_attention.py "${ATTN_ARGS[@]}" 2>&1 | grep -v -e "flex_attention called without" -e "^ *$" -e "SOLUTION\|debug your\|print statements\|_warn_once\|FLEX_ATTENTION_DISABLE"
+"$PY" bench/region_attention.py "${ATTN_ARGS[@]}" 2>&1 \
+  | grep -v -e "flex_attention called without" -e "^ *$" -e "SOLUTION\|debug your\|print statements\|_warn_once\|FLEX_ATTENTION_DISABLE" \
+  || failed+=("2 region_attention")
 
 echo; echo "== 3/3 end-to-end mtcolor-batch run (1.2 MP, 24 MP 16-bit, ~100 MP; --small: 0.3/2/6 MP)"
 "$PY" bench/e2e_run.py --workdir "$WORK" "${E2E_ARGS[@]}" --extra "$EXTRA" 2>&1 \
-  | grep -v -e "should be kept in float32" -e "requires torchvision"
+  | quiet | grep -v -e "━" -e "┃" -e "│" -e "┏" -e "┡" -e "└" -e "Summary" || failed+=("3 e2e_run")
 
 echo; echo "gpu_check done in $(( $(date +%s) - start )) s"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED sections: ${failed[*]}" >&2
+  exit 1
+fi

@@ -101,7 +101,7 @@ def plain_pipeline(engine: MTColorEngine) -> Any:
     from diffusers import StableDiffusionControlNetPipeline
 
     pipe = StableDiffusionControlNetPipeline(
-        vae=engine.vae,
+        vae=getattr(engine.vae, "vae", engine.vae),  # the diffusers VAE inside a PrecisionVAE
         text_encoder=engine.text_encoder,
         tokenizer=engine.tokenizer,
         unet=engine.unet,

@@ -54,16 +54,20 @@ def main() -> None:
     ref = None
     for impl in args.impls.split(","):
         times = []
-        for i in range(args.repeats + 1):
-            layout = RegionLayout.self_attention(labels)  # built per call, as in the denoiser
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            out = region_attention(q, k, v, layout, impl=impl)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first call warms up (and compiles, for flex on CUDA)
-                times.append(time.perf_counter() - t)
+        try:
+            for i in range(args.repeats + 1):
+                layout = RegionLayout.self_attention(labels)  # built per call, as in the denoiser
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                out = region_attention(q, k, v, layout, impl=impl)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # the first call warms up (and compiles, for flex on CUDA)
+                    times.append(time.perf_counter() - t)
+        except Exception as exc:  # one failing kernel (e.g. flex on an old driver) must not hide the rest
+            print(f"{impl:>7}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
         best = min(times)
         base = base or best
         ref = out if ref is None else ref
