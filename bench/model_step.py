@@ -53,8 +53,8 @@ from mtcolor_batch.stages.plan import make_plan  # noqa: E402
 from mtcolor_batch.testing.trained_like import trained_like  # noqa: E402
 
 PAPER_S, PAPER_GB = 68.6, 18.0
-# Measured before this benchmark compared with diffusers (issue 13): full-size random weights, 2-core
-# CPU, 512x512, 5 DDIM steps, whole images, CPU seconds; "plain" was MT-Color with fresh modules.
+# Measured before this benchmark compared with diffusers (issue 13), CPU seconds of whole 512x512
+# images on a 2-core CPU; "plain" was MT-Color with fresh modules. Full size: 5 DDIM steps; tiny: 20.
 OLD_FULL = {
     "fresh-0": (208.6, 1.00),
     "fresh-4": (315.4, 1.51),
@@ -382,8 +382,9 @@ def main() -> None:
     print_rows(rows, old, args.one_call)
     if old:
         print(
-            "old = before this benchmark (issue 13): whole images at 5 steps through MT-Color itself, "
-            "'plain' there = fresh modules, 0 instances; new ratios are to diffusers' pipeline."
+            "old = before this benchmark (issue 13), CPU s of whole images through MT-Color itself "
+            f"({'5 steps' if args.full_size else 'the default 20 steps'}); 'plain' there = fresh modules, "
+            "0 instances. New ratios are to diffusers' pipeline; compare x columns at equal steps."
         )
     if args.full_size and engine.device.type == "cuda":
         r = rows[-1]
