@@ -284,7 +284,7 @@ def _sidecars_to_check(scans: Path) -> tuple[list[tuple[Path, Path | None]], lis
 def _mask_problems(sidecar_path: Path, scan_root: Path, max_bytes: int) -> list[str]:
     """Mask files that are missing or leave the scan folder, with the line of their hint."""
     from mtcolor_batch.core.errors import HintError
-    from mtcolor_batch.hints.resolve import resolve_mask_path
+    from mtcolor_batch.hints.mask_files import resolve_mask_path
     from mtcolor_batch.hints.schema import load_sidecar
 
     out = []

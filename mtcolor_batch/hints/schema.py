@@ -28,6 +28,7 @@ from yaml.error import Mark
 from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import ColorHint
 from mtcolor_batch.hints.colors import parse_color
+from mtcolor_batch.hints.mask_files import check_mask_file
 
 __all__ = [
     "MAX_DEPTH",
@@ -733,8 +734,6 @@ def _check_mask_file(
     scan_size: tuple[int, int] | None,
 ) -> list[HintError]:
     """The resolve-time mask rules (inside the tree, readable, scan-sized), reported with the line."""
-    from mtcolor_batch.hints.resolve import check_mask_file  # resolve imports this module
-
     try:
         check_mask_file(hint.mask or "", path, scan_root, scan_size)
     except HintError as exc:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtcolor_batch.core.config import HintSettings, Profile
-from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.hints.resolve import resolve_hints
 from mtcolor_batch.hints.schema import Sidecar, find_sidecar, load_sidecar
@@ -51,7 +50,7 @@ def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
     if path is None:
         return NO_SIDECAR
     hints = load_sidecar(path, max_bytes=settings.max_sidecar_bytes, scan_size=scan.size)
-    return SidecarInput(path=path, hints=hints, sha256=sha256_file(path))
+    return SidecarInput(path=path, hints=hints, sha256=hints.sha256)
 
 
 def find_instances(
