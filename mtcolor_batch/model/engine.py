@@ -12,7 +12,6 @@ resolution, which would turn a whole canvas black for a saving of a few hundred 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,32 +202,3 @@ def _use_sdpa(model: torch.nn.Module) -> None:
 
     if hasattr(model, "set_attn_processor") and getattr(model, "attn_processors", None):
         model.set_attn_processor(AttnProcessor2_0())
-
-
-_DEFAULT_ENGINE: dict[str, MTColorEngine] = {}
-
-
-def colorize(
-    luma: np.ndarray,
-    instances: Sequence[Instance],
-    prompt: str | None,
-    plan: Plan,
-    *,
-    engine: MTColorEngine | None = None,
-    bundle_dir: Path | str | None = None,
-) -> np.ndarray:
-    """The batch runner's entry point: chroma (2, H, W) for one working-resolution luma.
-
-    ``prompt`` (the sidecar's global text) overrides ``plan.prompt`` when given. Without ``engine``
-    the bundle at ``bundle_dir`` (default: the cached default bundle) is loaded once and reused.
-    """
-    if engine is None:
-        from mtcolor_batch.model.registry import default_bundle_dir
-
-        key = str(Path(bundle_dir) if bundle_dir else default_bundle_dir())
-        if key not in _DEFAULT_ENGINE:
-            _DEFAULT_ENGINE[key] = MTColorEngine.load(key)
-        engine = _DEFAULT_ENGINE[key]
-    if prompt:
-        plan = dataclasses.replace(plan, prompt=prompt)
-    return engine.colorize(luma, instances, plan)

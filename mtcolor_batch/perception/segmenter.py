@@ -99,12 +99,17 @@ class Segmenter:
         self._cached: _Embedded | None = None
 
     # -- embedding -------------------------------------------------------------------------
-    def _embed(self, luma: np.ndarray) -> tuple[_Embedded, tuple[int, int]]:
-        """Embedding for ``luma`` (cached) and the (w, h) of the image SAM was given."""
+    def _embed(self, luma: np.ndarray, long_side: int | None = None) -> tuple[_Embedded, tuple[int, int]]:
+        """Embedding for ``luma`` (cached) and the (w, h) of the image SAM was given.
+
+        ``long_side`` (default: the one loaded with) is per call, so callers sharing this model never
+        change each other's embedding size.
+        """
+        side = long_side or self.long_side
         cached = self._cached
-        if cached is not None and cached.source() is luma and cached.long_side == self.long_side:
+        if cached is not None and cached.source() is luma and cached.long_side == side:
             return cached, cached.image_size  # same array object: skip converting a huge scan again
-        image = luma_to_rgb_image(luma, self.long_side)
+        image = luma_to_rgb_image(luma, side)
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + f"{image.size}"
         if cached is not None and cached.key == key:
             cached.source = weakref.ref(luma)
@@ -117,7 +122,7 @@ class Segmenter:
         self._cached = _Embedded(
             key=key,
             source=weakref.ref(luma),
-            long_side=self.long_side,
+            long_side=side,
             image_size=image.size,
             embeddings=embeddings,
             original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
@@ -142,8 +147,12 @@ class Segmenter:
         return masks.numpy().astype(bool)
 
     # -- prompts ---------------------------------------------------------------------------
+    def at(self, long_side: int) -> SegmenterAt:
+        """This model's prompts at one embedding size (what ``perceive`` used), for the hints stage."""
+        return SegmenterAt(self, long_side)
+
     def segment_boxes_scored(
-        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True
+        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True, long_side: int | None = None
     ) -> list[tuple[np.ndarray, float]]:
         """One (mask, SAM IoU score) per box; masks are bool at ``luma``'s shape.
 
@@ -154,7 +163,7 @@ class Segmenter:
         if not boxes:
             return []
         full_h, full_w = luma.shape
-        emb, (iw, ih) = self._embed(luma)
+        emb, (iw, ih) = self._embed(luma, long_side)
         sx, sy = iw / full_w, ih / full_h
         results: list[tuple[np.ndarray, float]] = []
         for start in range(0, len(boxes), BOX_CHUNK):
@@ -176,15 +185,19 @@ class Segmenter:
                 results.append((mask, float(scores[i])))
         return results
 
-    def segment_boxes(self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True) -> list[np.ndarray]:
+    def segment_boxes(
+        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True, long_side: int | None = None
+    ) -> list[np.ndarray]:
         """Masks only; see :meth:`segment_boxes_scored`."""
-        return [mask for mask, _ in self.segment_boxes_scored(luma, boxes, clip=clip)]
+        return [mask for mask, _ in self.segment_boxes_scored(luma, boxes, clip=clip, long_side=long_side)]
 
     def segment_points(
         self,
         luma: np.ndarray,
         points: Sequence[tuple[float, float]],
         labels: Sequence[int] | None = None,
+        *,
+        long_side: int | None = None,
     ) -> tuple[np.ndarray, float]:
         """All clicks describe ONE thing -> (bool mask at ``luma``'s shape, SAM IoU score).
 
@@ -198,7 +211,7 @@ class Segmenter:
         if len(labels) != len(points):
             raise ValueError("one label per point")
         full_h, full_w = luma.shape
-        emb, (iw, ih) = self._embed(luma)
+        emb, (iw, ih) = self._embed(luma, long_side)
         sx, sy = iw / full_w, ih / full_h
         coords = torch.tensor([[[[x * sx, y * sy] for x, y in points]]], dtype=torch.float32)
         coords = self._scale_to_model(coords, emb)
@@ -224,3 +237,23 @@ class Segmenter:
     def _normalize_boxes(self, boxes: list[list[float]], emb: _Embedded) -> torch.Tensor:
         coords = torch.tensor(boxes, dtype=torch.float32).reshape(1, -1, 2, 2)
         return self._scale_to_model(coords, emb).reshape(1, -1, 4)
+
+
+@dataclass(frozen=True)
+class SegmenterAt:
+    """A :class:`Segmenter`'s prompts at one embedding size: per-call data, not a changed setting.
+
+    ``perceive`` embeds a scan at ``perception.size``; the hints stage prompts the same model
+    through this view so sidecar boxes and points reuse that one embedding.
+    """
+
+    segmenter: Segmenter
+    long_side: int
+
+    def segment_boxes(self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True) -> list[np.ndarray]:
+        return self.segmenter.segment_boxes(luma, boxes, clip=clip, long_side=self.long_side)
+
+    def segment_points(
+        self, luma: np.ndarray, points: Sequence[tuple[float, float]], labels: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, float]:
+        return self.segmenter.segment_points(luma, points, labels, long_side=self.long_side)

@@ -59,7 +59,9 @@ def find_instances(
     """Perceive, apply the sidecar and finalize; ``scan_root`` is the folder mask files stay inside."""
     exclude = list(sidecar.hints.exclude) if sidecar.hints is not None else []
     autos = perceive(scan, perception, profile.perception, exclude)  # [] when auto instances are off
-    segmenter = perception.segmenter if perception is not None else None
+    # sidecar boxes and points reuse the embedding perceive made (same model, same size)
+    sam = perception.segmenter if perception is not None else None
+    segmenter = sam.at(profile.perception.size) if sam is not None else None
     resolved = resolve_hints(sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints)
     warnings = list(resolved.warnings)
     instances = finalize(resolved.instances, scan.size, profile.perception, warnings)
