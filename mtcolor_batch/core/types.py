@@ -70,6 +70,10 @@ class Instance:
         return int(self.mask.sum())
 
 
+LATENT_FACTOR = 8
+"""Pixels per latent cell of the Stable Diffusion VAE: working sizes and tiles are multiples of it."""
+
+
 @dataclass
 class Plan:
     """Everything the sampler needs to know besides the pixels; recorded in provenance."""
