@@ -252,3 +252,34 @@ def staged_dir(dest: Path, label: str = "building") -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_new_file(target: Path, text: str) -> bool:
+    """Create ``target`` atomically, never replacing an existing file; False if it exists.
+
+    Written to a temp file, fsynced, then hard-linked into place: ``link`` fails if the name
+    exists, so a sidecar a user created meanwhile is never overwritten, and a crash never leaves
+    a half-written sidecar under the real name.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # filesystems without hard links: exclusive create is still no-overwrite
+            try:
+                with open(target, "x", encoding="utf-8") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except FileExistsError:
+                return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return True

@@ -170,7 +170,8 @@ def run_batch(
     loading the pipeline with ``pipeline_factory``). UserErrors propagate to the CLI (exit 2).
     """
     from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.stages.pipeline import model_hash, resolve_model
+    from mtcolor_batch.model.registry import find_bundle
+    from mtcolor_batch.stages.pipeline import model_hash
 
     console = console or Console(stderr=True)
     scans = Path(req.scans)
@@ -188,7 +189,7 @@ def run_batch(
 
     if req.dry_run:
         try:
-            bundle_dir = resolve_model(req.model)
+            bundle_dir = find_bundle(req.model)
             model_fp: str | None = model_hash(bundle_dir)
             note = f"Model: {bundle_dir}."
         except UserError as exc:
@@ -210,7 +211,7 @@ def run_batch(
         print_plan(console, planned, out_dir, note)
         return EXIT_OK
 
-    bundle_dir = resolve_model(req.model)  # before anything is created
+    bundle_dir = find_bundle(req.model)  # before anything is created
     model_fp = model_hash(bundle_dir)
     if read_manifest(bundle_dir).tiny:
         console.print(

@@ -276,3 +276,14 @@ def _luma_8bit(
         rgb = _flatten_alpha(rgb, alpha)
     notes.append(describe_tone(rgb, settings.gray_tolerance))
     return rgb_to_gray(rgb), 8
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the scan as the run sees it (EXIF orientation applied), from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"cannot read image header: {exc}", path=path) from exc
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
