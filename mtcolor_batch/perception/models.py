@@ -12,24 +12,13 @@ from pathlib import Path
 
 import torch
 
+from mtcolor_batch.core.device import resolve_device
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.perception.segmenter import Segmenter
 
 SAM_DIR = "sam"
 DETECTOR_DIR = "detector"
 RAM_DIR = "ram"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ModelError(f"unknown device '{device}'", hint="use auto, cpu, cuda or cuda:N") from exc
 
 
 @dataclass
