@@ -4,7 +4,7 @@ A bundle is the unit of provenance: an output names the bundle and the digest of
 ``verify`` proves the files on disk are the ones that digest describes. Only safetensors weights are
 accepted, because pickle-based formats (.bin/.pt/.ckpt) can run code when loaded.
 
-Layout (DESIGN.md): ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
+Layout (docs/design.md): ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
 + ``mtcolor_modules.safetensors`` (+ optional perception folders ``sam/`` and ``detector/``).
 """
 

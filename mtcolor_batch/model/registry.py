@@ -1,7 +1,7 @@
 """Where the default bundle's public parts come from, in one table.
 
 No MT-Color weights are published, so the default bundle is assembled from public components
-(DESIGN.md, "The default bundle on a connected machine"). Keeping every repo id and revision in this
+(docs/design.md, "Model bundle"). Keeping every repo id and revision in this
 one table means a user swaps a part by editing one line (or passing ``--revision``), and provenance
 can name exactly what ran. ``revision`` is what ``models pull`` asks the hub for; the commit it
 resolves to is written into the bundle's ``mtcolor.json`` so a bundle is pinned to exact commits

@@ -10,7 +10,7 @@ One call colours one working-resolution image. What happens, in order:
 3. For the first ``K = round(alpha*T)`` steps the global branch and one branch per instance are
    denoised from that same noise, each with its own text; all branches, both halves of classifier-
    free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
-   per call. After step K the branches are fused (CONTRACT.md)::
+   per call. After step K the branches are fused (docs/mtcolor.md, Eq. 10 of the paper)::
 
        z = (beta*m_g*z_g + sum_i m_i*z_i) / (beta*m_g + sum_i m_i),   m_g = 1, m_i exclusive
 
@@ -56,7 +56,7 @@ def fusion_steps(alpha: float, steps: int) -> int:
 def fuse_latents(
     z_global: torch.Tensor, z_inst: torch.Tensor, masks: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """The multi-instance fusion of CONTRACT.md.
+    """The multi-instance fusion (Eq. 10 of the paper; docs/mtcolor.md).
 
     ``z_global`` (1, C, h, w), ``z_inst`` (N, C, h, w), ``masks`` (N, h, w) exclusive {0,1} at latent
     resolution. Pixels no instance covers keep ``z_global`` exactly (also when beta = 0, where the

@@ -129,7 +129,7 @@ def build_record(
     warnings: list[str],
     out_dir: Path,
 ) -> dict[str, Any]:
-    """The JSON provenance record (every field DESIGN.md names)."""
+    """The JSON provenance record (every field docs/design.md names)."""
     plan_dict = asdict(plan)
     plan_dict["tiles"] = [list(t) for t in plan.tiles]
     return {
