@@ -150,7 +150,7 @@ class OutputBatch:
         self._staged.append((tmp, target))
         with open(tmp, "w+b") as fh:
             stream = HashingFile(fh)
-            write(stream)
+            write(stream)  # type: ignore[arg-type]  # a BinaryIO in all an encoder uses
             fh.flush()
             os.fsync(fh.fileno())
             return stream.finish()
@@ -187,7 +187,10 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> str:
 
 def atomic_write_bytes(target: Path, data: bytes) -> str:
     """:func:`atomic_write` of bytes already in memory; return their sha256."""
-    return atomic_write(target, lambda fh: fh.write(data))
+    def put(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return atomic_write(target, put)
 
 
 def atomic_write_text(target: Path, text: str) -> str:

@@ -42,7 +42,7 @@ def _sidecars_to_check(scans: Path) -> tuple[list[tuple[Path, Path | None]], lis
     if scans.is_file() and scans.suffix.lower() in SIDECAR_EXTENSIONS:
         image = _image_for(scans)
         return [(scans, image)], ([] if image is not None else [scans])
-    pairs = []
+    pairs: list[tuple[Path, Path | None]] = []
     for f in discover(scans):
         sidecar = find_sidecar(f.path)
         if sidecar is not None:

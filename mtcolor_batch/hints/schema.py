@@ -305,8 +305,9 @@ class _Located:
                         )
                     )
                     continue
-                self.key_marks[(*path, key)] = key_node.start_mark
-                out[key] = self.convert(value_node, (*path, key))
+                where = (*path, key)
+                self.key_marks[where] = key_node.start_mark
+                out[key] = self.convert(value_node, where)
             return out
         raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover - composer never makes it
 
@@ -397,7 +398,7 @@ def _parse(path: Path, text: str) -> tuple[Any, _Located]:
         problem = _problem(exc)
         context = exc.context_mark
         moved = context is not None and exc.problem_mark is not None and context.line != exc.problem_mark.line
-        if exc.context and moved:
+        if exc.context and moved and context is not None:
             problem += (
                 f" {exc.context.strip()} that starts at line {context.line + 1}, column {context.column + 1}"
             )

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 
@@ -174,7 +175,7 @@ class Journal:
         return problems
 
 
-def _row(rec: tuple) -> Row:
+def _row(rec: tuple[Any, ...]) -> Row:
     return Row(
         relpath=rec[0],
         fingerprint=rec[1],

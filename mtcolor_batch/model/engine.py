@@ -46,7 +46,7 @@ def _load_component(kind: str, folder: Path, dtype: torch.dtype) -> Any:
         raise ModelError(f"cannot load the {kind} component: {exc}", path=folder) from exc
 
 
-def _load_scheduler(folder: Path) -> tuple[type, dict[str, Any], str]:
+def _load_scheduler(folder: Path) -> tuple[Any, dict[str, Any], str]:
     import diffusers
 
     try:
@@ -66,7 +66,7 @@ class MTColorEngine:
         self,
         bundle: Bundle,
         components: dict[str, Any],
-        scheduler: tuple[type, dict[str, Any], str],
+        scheduler: tuple[Any, dict[str, Any], str],
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
@@ -192,7 +192,7 @@ class MTColorEngine:
         return np.ascontiguousarray(ab)
 
 
-def _use_sdpa(model: torch.nn.Module) -> None:
+def _use_sdpa(model: Any) -> None:
     """PyTorch scaled-dot-product attention on every layer not already customised.
 
     The MT-Color processors wrap whatever processor a layer has, so this runs before the denoiser is

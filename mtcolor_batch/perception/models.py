@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class Detector:
     """An open-vocabulary detector (OWLv2) and its processor, on one device."""
 
     model: torch.nn.Module
-    processor: object
+    processor: Any
     device: torch.device
 
 

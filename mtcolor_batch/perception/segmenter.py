@@ -17,6 +17,7 @@ import hashlib
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,15 @@ BOX_CHUNK = 16
 """Boxes decoded per mask-decoder call: bounds memory on scans with many detections."""
 
 
+def _hw(size: Any) -> tuple[int, int]:
+    h, w = (int(v) for v in size)
+    return h, w
+
+
 @dataclass
 class _Embedded:
     key: str
-    source: weakref.ref  # the luma array it came from: the same object skips re-hashing
+    source: weakref.ref[np.ndarray]  # the luma array it came from: the same object skips re-hashing
     long_side: int
     image_size: tuple[int, int]  # (w, h) of the RGB image given to the processor
     embeddings: torch.Tensor
@@ -84,13 +90,13 @@ class Segmenter:
     def __init__(
         self,
         model: torch.nn.Module,
-        processor: object,
+        processor: Any,
         device: torch.device,
         *,
         long_side: int = 1024,
         box_margin: float = 0.1,
     ) -> None:
-        self.model = model.to(device).eval()
+        self.model: Any = model.to(device).eval()
         self.processor = processor
         self.device = device
         self.long_side = long_side
@@ -125,8 +131,8 @@ class Segmenter:
             long_side=side,
             image_size=image.size,
             embeddings=embeddings,
-            original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
-            reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+            original_size=_hw(inputs["original_sizes"][0]),
+            reshaped_size=_hw(inputs["reshaped_input_sizes"][0]),
         )
         return self._cached, image.size
 

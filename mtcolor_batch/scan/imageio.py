@@ -254,7 +254,9 @@ def _luma_8bit(
     if icc and mode in ("RGB", "CMYK", "L"):
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            img = ImageCms.profileToProfile(img, src, _SRGB_PROFILE, outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, src, _SRGB_PROFILE, outputMode="RGB")
+            assert converted is not None  # not in place: the converted copy
+            img = converted
             notes.append("ICC profile converted to sRGB")
             mode = "RGB"
         except (ImageCms.PyCMSError, OSError, ValueError) as exc:

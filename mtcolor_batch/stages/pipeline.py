@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
@@ -187,7 +187,7 @@ class Pipeline:
                     out_dir=self.out_dir,
                 )
                 data = record_bytes(record)
-                batch.add(rec_path, lambda fh: fh.write(data))
+                batch.add(rec_path, lambda fh: _put(fh, data))
                 outputs.append(rec_path.relative_to(self.out_dir).as_posix())
         lap("write")
         return FileResult(
@@ -196,6 +196,10 @@ class Pipeline:
             warnings=warnings + list(scan.notes),
             engine_seconds=timings.get("colorize", 0.0),
         )
+
+
+def _put(fh: BinaryIO, data: bytes) -> None:
+    fh.write(data)
 
 
 def _stats_by_id(stats: Any) -> dict[int, dict[str, Any]]:

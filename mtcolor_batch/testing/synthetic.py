@@ -102,7 +102,7 @@ def write_shapes_folder(
         raise ValueError(f"paired shapes photos need an even count, got {count}")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, ShapesImage] = {}
     while len(out) < count:
         image = shapes_image(rng, size)
         if single:
