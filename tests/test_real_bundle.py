@@ -196,7 +196,7 @@ def pulled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Fix
 def sd15_facts(bundle: Path) -> None:
     """What the real SD 1.5 configs say and everything downstream relies on (fails on a perturbed copy)."""
     from mtcolor_batch.model.engine import _load_scheduler
-    from mtcolor_batch.model.tiny import sd15_scheduler
+    from mtcolor_batch.testing.tiny_sd15 import sd15_scheduler
 
     unet = json.loads((bundle / "unet" / "config.json").read_text())
     assert unet["block_out_channels"] == [320, 640, 1280, 1280] and unet["cross_attention_dim"] == 768
@@ -542,7 +542,7 @@ def test_dry_run_reports_config_problems(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_dry_run_plan_without_variant_and_a_bad_revision(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtcolor_batch.errors import ModelError
+    from mtcolor_batch.core.errors import ModelError
 
     hub = FixtureHub()
     api = SimpleNamespace(model_info=hub.model_info)

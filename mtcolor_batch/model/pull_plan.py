@@ -213,7 +213,7 @@ def plan_pull(
 
 def _hub_call(where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call the hub; any failure (HTTP, offline mode, auth, missing revision) is one ModelError line."""
-    from mtcolor_batch.errors import ModelError
+    from mtcolor_batch.core.errors import ModelError
 
     try:
         return fn(*args, **kwargs)
