@@ -530,6 +530,15 @@ def test_dry_run_lists_the_bundle_and_downloads_no_weight(monkeypatch: pytest.Mo
     assert {r for r, _ in hub.info_calls} == {c.repo_id for c in COMPONENTS}
 
 
+def test_dry_run_plans_exactly_what_the_pull_fetched(pulled: tuple[Path, FixtureHub]) -> None:
+    """One set of patterns: the dry run's file list is the set of files the real pull downloaded."""
+    _, pull_hub = pulled
+    hub = FixtureHub()
+    plan = plan_pull(api=SimpleNamespace(model_info=hub.model_info), download=hub.hf_hub_download)
+    planned = {(c.repo_id, f.path) for c in plan.components for f in c.files}
+    assert planned == set(pull_hub.served)
+
+
 def test_dry_run_reports_config_problems(monkeypatch: pytest.MonkeyPatch) -> None:
     config = json.loads(derived_controlnet_config())
     config["conditioning_embedding_out_channels"] = [16, 32, 96]
