@@ -5,8 +5,6 @@ Thin: options are parsed here, the work is in :mod:`mtcolor_batch.evaluate`.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -17,18 +15,28 @@ from rich.table import Table
 from rich.text import Text
 
 from mtcolor_batch.errors import UserError
-from mtcolor_batch.evaluate.evaluation import NUMERIC_COLUMNS, EvalResult, evaluate_dir, finite_or_text
+from mtcolor_batch.evaluate.evaluation import (
+    NUMERIC_COLUMNS,
+    EvalResult,
+    evaluate_dir,
+    finite_or_text,
+    rows_csv,
+)
 from mtcolor_batch.evaluate.iqa import DEFAULT_IQA
 from mtcolor_batch.evaluate.report import atomic_write_text, build_report
 
 _HEADERS = {
-    "colorfulness": "Colorful.",
+    "colorfulness_hs": "Colorful. H&S",
+    "colorfulness_ddcolor": "Colorful. DDColor",
     "psnr": "PSNR dB",
     "ssim": "SSIM",
+    "psnr_512": "PSNR@512",
+    "ssim_512": "SSIM@512",
     "luminance_max_dl": "max ΔL*",
     "hint_de_mean": "hint ΔE00 mean",
     "hint_de_max": "hint ΔE00 max",
-    "clip_mean": "CLIP",
+    "clip_mask_cos": "CLIP mask cos",
+    "clip_box_x100": "CLIP box×100",
 }
 
 
@@ -65,19 +73,6 @@ def _table(result: EvalResult) -> Table:
         "",
     )
     return table
-
-
-def _csv_text(result: EvalResult) -> str:
-    rows = [r.flat() for r in result.rows]
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: finite_or_text(v) if isinstance(v, float) else v for k, v in row.items()})
-    return buf.getvalue()
 
 
 def _json_text(result: EvalResult) -> str:
@@ -132,7 +127,7 @@ def eval_cmd(
     for message in result.messages:
         console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
     if csv_path is not None:
-        atomic_write_text(csv_path, _csv_text(result))
+        atomic_write_text(csv_path, rows_csv(result.rows))
         console.print(f"wrote {csv_path}", highlight=False)
     if json_path is not None:
         atomic_write_text(json_path, _json_text(result))

@@ -18,6 +18,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from mtcolor_batch import __version__
 from mtcolor_batch.config import Profile
+from mtcolor_batch.output.mask_rle import encode_mask
 from mtcolor_batch.output.writer import EmbeddedMeta, atomic_write
 from mtcolor_batch.types import Instance, Plan, Scan
 
@@ -89,7 +90,10 @@ def embedded_meta(
 
 
 def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, Any]:
-    """One instance as provenance lists it (box/area at scan resolution)."""
+    """One instance as provenance lists it (box/area at scan resolution, mask as COCO RLE).
+
+    The mask lets eval crop the instance exactly (the paper's CLIP score) long after the run.
+    """
     rec: dict[str, Any] = {
         "id": inst.id,
         "label": inst.label,
@@ -98,6 +102,7 @@ def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, A
         "box": list(inst.box),
         "area": inst.area,
         "score": round(float(inst.score), 4),
+        "mask_rle": encode_mask(inst.mask),
         "hint_color": None,
     }
     if inst.color is not None:
