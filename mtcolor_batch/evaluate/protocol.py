@@ -384,7 +384,7 @@ def run_protocol(
     if code == EXIT_INTERRUPTED:
         return ScoredRun([], {}, [], profile, code)
     rows, summary, messages = score_run(out_dir, run_dir, refs, settings)
-    _, profile_note = choose_profile(settings.profile)
+    profile_note = choose_profile(settings.profile)[1] if settings.profile is None else f"profile {profile.name}"
     lead_cells = [
         f"{model_note(run_dir, rows)}; {profile_note}; "
         f"{int(summary['images_scored'] or 0)} of {len(refs)} references scored.",

@@ -130,7 +130,7 @@ def run_sweep(
                 done.append((setting, data["summary"]))
                 console.print(f"{setting.key}: done earlier, skipped", highlight=False)
                 continue
-            journal.upsert_pending(setting.key, fp)
+            journal.upsert_pending(setting.key, fp, size=None, mtime=None, sha256=None)
             journal.mark_running(setting.key)
             started = time.perf_counter()
             console.print(f"[bold]{setting.key}[/bold]: colorizing", highlight=False)
