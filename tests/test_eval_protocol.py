@@ -71,10 +71,13 @@ def refs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         h, w = SIZE if name != "wrong_size.png" else (SIZE[0] + 4, SIZE[1])
         images.append({"id": i, "file_name": name, "height": h, "width": w, "caption": f"a photo {i}"})
         seg = polygon if i % 2 else encode_mask(box_mask)  # polygons and compressed RLE
-        anns.append({"id": i, "image_id": i, "category_id": 3, "segmentation": seg, "text": f"a colourful thing {i}"})
+        anns.append(
+            {"id": i, "image_id": i, "category_id": 3, "segmentation": seg, "text": f"a colourful thing {i}"}
+        )
     ann_path = root / "instances.json"
-    ann_path.write_text(json.dumps({"images": images, "annotations": anns,
-                                    "categories": [{"id": 3, "name": "car"}]}))
+    ann_path.write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 3, "name": "car"}]})
+    )
     profile = root / "fast.yaml"
     profile.write_text(FAST_PROFILE)
     return {"refs": folder, "annotations": ann_path, "profile": profile, "root": root}
@@ -88,16 +91,37 @@ def _cli(*args: object) -> tuple[int, str]:
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
-    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()
-            and ".mtcolor" not in p.parts}
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and ".mtcolor" not in p.parts
+    }
 
 
 @pytest.mark.slow
-def test_protocol_end_to_end_with_bad_references(refs, tiny_bundle, eval_bundle, tmp_path, monkeypatch) -> None:
+def test_protocol_end_to_end_with_bad_references(
+    refs, tiny_bundle, eval_bundle, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-cache"))  # no Inception weights here
     out = tmp_path / "out"
-    args = ["eval", "protocol", refs["refs"], "--out", out, "--model", tiny_bundle, "--profile", refs["profile"],
-            "--annotations", refs["annotations"], "--clip", eval_bundle, "--no-iqa", "--device", "cpu"]
+    args = [
+        "eval",
+        "protocol",
+        refs["refs"],
+        "--out",
+        out,
+        "--model",
+        tiny_bundle,
+        "--profile",
+        refs["profile"],
+        "--annotations",
+        refs["annotations"],
+        "--clip",
+        eval_bundle,
+        "--no-iqa",
+        "--device",
+        "cpu",
+    ]
     code, output = _cli(*args)
     flat = " ".join(output.split())
     assert code == 1, output  # bad references named, the others scored
@@ -108,7 +132,8 @@ def test_protocol_end_to_end_with_bad_references(refs, tiny_bundle, eval_bundle,
     side = (out / "inputs" / "street" / "green_tram.png.yaml").read_text()
     assert "a colourful thing 2" in side and "green_tram_masks/1.png" in side and "a photo 2" in side
     assert sorted(p.name for p in (out / "colorized").rglob("*.color.png")) == sorted(
-        ["red_car.color.png", "green_tram.color.png", "blue_boat.color.png"])
+        ["red_car.color.png", "green_tram.color.png", "blue_boat.color.png"]
+    )
     rows = {r["relpath"]: r for r in csv.DictReader((out / "per_image.csv").open())}
     assert len(rows) == 6
     for name in GOOD:
@@ -141,8 +166,13 @@ def test_protocol_fills_fid_with_a_feature_network(refs, tiny_bundle, eval_bundl
 
     from mtcolor_batch.evaluate.protocol import ProtocolSettings, run_protocol
 
-    settings = ProtocolSettings(model=str(tiny_bundle), profile=str(refs["profile"]), clip=eval_bundle,
-                                fid_extractor=ChannelStats(), overrides={"device": "cpu"})
+    settings = ProtocolSettings(
+        model=str(tiny_bundle),
+        profile=str(refs["profile"]),
+        clip=eval_bundle,
+        fid_extractor=ChannelStats(),
+        overrides={"device": "cpu"},
+    )
     # no annotations: auto instances, every colour reference is usable except the gray one
     result = run_protocol(refs["refs"], tmp_path / "out", settings)
     assert result.exit_code == 1
@@ -152,8 +182,18 @@ def test_protocol_fills_fid_with_a_feature_network(refs, tiny_bundle, eval_bundl
 
 
 def test_protocol_setup_errors_exit_2(refs, tiny_bundle, tmp_path) -> None:
-    code, output = _cli("eval", "protocol", refs["refs"], "--out", tmp_path / "o", "--model", tiny_bundle,
-                        "--annotations", tmp_path / "missing.json", "--no-iqa")
+    code, output = _cli(
+        "eval",
+        "protocol",
+        refs["refs"],
+        "--out",
+        tmp_path / "o",
+        "--model",
+        tiny_bundle,
+        "--annotations",
+        tmp_path / "missing.json",
+        "--no-iqa",
+    )
     assert code == 2 and "annotation file not found" in output and "missing.json" in output
     code, output = _cli("eval", "protocol", tmp_path / "nothing", "--out", tmp_path / "o", "--no-iqa")
     assert code == 2 and "reference folder not found" in output
@@ -174,8 +214,24 @@ def test_profile_choice_says_which_was_used() -> None:
 @pytest.mark.slow
 def test_sweep_one_row_per_setting_and_resumes(refs, tiny_bundle, eval_bundle, tmp_path) -> None:
     out = tmp_path / "sweep"
-    base = ["eval", "sweep", refs["refs"], "--out", out, "--model", tiny_bundle, "--profile", refs["profile"],
-            "--annotations", refs["annotations"], "--clip", eval_bundle, "--no-iqa", "--device", "cpu"]
+    base = [
+        "eval",
+        "sweep",
+        refs["refs"],
+        "--out",
+        out,
+        "--model",
+        tiny_bundle,
+        "--profile",
+        refs["profile"],
+        "--annotations",
+        refs["annotations"],
+        "--clip",
+        eval_bundle,
+        "--no-iqa",
+        "--device",
+        "cpu",
+    ]
     code, output = _cli(*base, "--alpha", "0,0.5", "--beta", "1")
     assert code == 1, output  # the bad references are named; every setting is scored
     rows = list(csv.DictReader((out / "table.csv").open()))
@@ -190,7 +246,9 @@ def test_sweep_one_row_per_setting_and_resumes(refs, tiny_bundle, eval_bundle, t
     before = _mtimes(out / "runs")
     code, output = _cli(*base, "--alpha", "0,0.5,1", "--beta", "1")
     flat = " ".join(output.split())
-    assert "alpha=0,beta=1: done earlier, skipped" in flat and "alpha=0.5,beta=1: done earlier, skipped" in flat
+    assert (
+        "alpha=0,beta=1: done earlier, skipped" in flat and "alpha=0.5,beta=1: done earlier, skipped" in flat
+    )
     after = _mtimes(out / "runs")
     assert {k: v for k, v in after.items() if k in before} == before  # nothing redone
     assert any(k.startswith("alpha=1,beta=1/") for k in after)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -108,7 +108,7 @@ class _EvalGroup(TyperGroup):
 
     default = "outputs"
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click Context
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = [self.default, *args]
         return super().parse_args(ctx, args)

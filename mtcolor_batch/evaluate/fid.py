@@ -97,7 +97,7 @@ class FidScorer:
         path = find_inception_weights(weights)
         state = load_weights_safely(path)
         try:
-            import torch_fidelity  # noqa: F401
+            import torch_fidelity  # type: ignore[import-not-found]  # noqa: F401
         except Exception as exc:  # ImportError, or torchvision failing under it
             raise FidUnavailable(
                 f"FID skipped: torch-fidelity is not usable ({type(exc).__name__}: {exc}); "

@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import yaml
@@ -109,7 +109,16 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes(path, data)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """The project's atomic write (temp file, fsync, rename) of a byte string."""
+
+    def put(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    atomic_write(path, put)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -353,7 +362,7 @@ def table_csv(lead: Sequence[str], rows: Sequence[tuple[Sequence[str], dict[str,
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    write_bytes(path, text.encode("utf-8"))
 
 
 def model_note(run_dir: Path, rows: list[FileMetrics]) -> str:
@@ -384,7 +393,9 @@ def run_protocol(
     if code == EXIT_INTERRUPTED:
         return ScoredRun([], {}, [], profile, code)
     rows, summary, messages = score_run(out_dir, run_dir, refs, settings)
-    profile_note = choose_profile(settings.profile)[1] if settings.profile is None else f"profile {profile.name}"
+    profile_note = choose_profile(settings.profile)[1]
+    if settings.profile is not None:  # a YAML path: name it as the profile calls itself
+        profile_note = f"profile {profile.name}"
     lead_cells = [
         f"{model_note(run_dir, rows)}; {profile_note}; "
         f"{int(summary['images_scored'] or 0)} of {len(refs)} references scored.",

@@ -102,6 +102,8 @@ def run_sweep(
     out_dir = out_dir.resolve()
     name, profile_note = choose_profile(settings.profile)
     base = load_profile(name, settings.overrides)
+    if settings.profile is not None:
+        profile_note = f"profile {base.name}"
     bundle_dir = resolve_model(settings.model)  # before anything is created
     refs = prepare_inputs(refs_dir, out_dir, settings.annotations, base.scan.gray_tolerance)
     for ref in refs:
