@@ -225,7 +225,7 @@ def _finish(console: Console, out: Path, code: int) -> None:
         if (out / name).is_file():
             console.print(f"wrote {escape(str(out / name))}", highlight=False)
     if (out / "table.md").is_file():
-        Console().print((out / "table.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+        typer.echo((out / "table.md").read_text(encoding="utf-8"))
     raise typer.Exit(code)
 
 

@@ -43,18 +43,18 @@ def find_inception_weights(explicit: Path | None) -> Path:
     """``--fid-weights`` if given, else torch's hub cache; FidUnavailable with how-to when absent."""
     if explicit is not None:
         if not explicit.is_file():
-            raise FidUnavailable(f"FID skipped: --fid-weights {explicit} not found ({_how_to()})")
+            raise FidUnavailable(f"FID skipped: --fid-weights {explicit} not found; {_how_to()}")
         return explicit
     cached = hub_weights_path()
     if cached.is_file():
         return cached
-    raise FidUnavailable(f"FID skipped: no Inception weights in {cached.parent} ({_how_to()})")
+    raise FidUnavailable(f"FID skipped: no Inception weights in {cached.parent}; {_how_to()}")
 
 
 def _how_to() -> str:
     return (
-        f"on a connected machine download {INCEPTION_URL} into torch's hub cache "
-        f"({hub_weights_path().parent}) or pass --fid-weights PATH (.pth or .safetensors)"
+        f"on a connected machine download {INCEPTION_URL} into {hub_weights_path().parent}, "
+        "or pass --fid-weights PATH (.pth or .safetensors)"
     )
 
 

@@ -57,7 +57,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("fid", "FID ↓"),
     ("clip_mask_cos", "CLIP score ↑ (mask crop, cosine)"),
     ("colorfulness_hs", "Colourfulness ↑ (Hasler–Süsstrunk)"),
-    ("colorfulness_ddcolor", "Colourfulness ↑ (DDColor code, |opponent|)"),
+    ("colorfulness_ddcolor", "Colourfulness ↑ (DDColor code, abs. opponents)"),
     ("psnr_512", "PSNR ↑ (512²)"),
     ("ssim_512", "SSIM ↑ (512²)"),
     ("iqa_musiq", "MUSIQ ↑"),
@@ -272,6 +272,8 @@ def score_run(
     failures = {f.relpath: f.error for f in read_failures(run_dir)} if run_dir.is_dir() else {}
     clip = load_clip(settings.clip, list(preds.values()), messages, settings.device)
     iqa = IqaScorer.create(settings.iqa_metrics, settings.device, messages) if settings.iqa_metrics else None
+    if not settings.iqa_metrics:
+        messages.append("NR-IQA columns not computed (--no-iqa)")
     fid = _fid_scorer(settings, messages)
     rows: list[FileMetrics] = []
     for ref in refs:
