@@ -265,3 +265,12 @@ def test_sweep_rejects_bad_grid(refs, tmp_path) -> None:
     assert code == 2 and "--alpha: 'x' is not a number" in output
     code, output = _cli("eval", "sweep", refs["refs"], "--out", tmp_path / "o", "--beta", "2", "--no-iqa")
     assert code == 2 and "outside 0..1" in output
+
+
+def test_no_usable_reference_is_a_setup_error(tmp_path, tiny_bundle) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (24, 24), (128, 128, 128)).save(refs / "flat_gray.png")
+    code, output = _cli("eval", "protocol", refs, "--out", tmp_path / "o", "--model", tiny_bundle, "--no-iqa")
+    flat = " ".join(output.split())
+    assert code == 2 and "none of the 1 reference(s) is usable" in flat and "flat_gray.png" in flat

@@ -257,6 +257,9 @@ def protocol_cmd(
     except UserError as exc:
         console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     for message in result.messages:
         console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
     _finish(console, out, result.exit_code)
@@ -293,6 +296,9 @@ def sweep_cmd(
     except UserError as exc:
         console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     _finish(console, out, result.exit_code)
 
 

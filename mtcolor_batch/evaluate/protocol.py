@@ -223,6 +223,9 @@ def prepare_inputs(
         ref.input_rel = rel
     if not refs:
         raise UserError("no reference images found", path=refs_dir)
+    if not any(r.input_rel for r in refs):
+        first = refs[0].error
+        raise UserError(f"none of the {len(refs)} reference(s) is usable; first: {first}", path=refs_dir)
     return refs
 
 
