@@ -200,7 +200,7 @@ def test_protocol_setup_errors_exit_2(refs, tiny_bundle, tmp_path) -> None:
 
 
 def test_profile_choice_says_which_was_used() -> None:
-    from mtcolor_batch.config import builtin_profiles
+    from mtcolor_batch.core.config import builtin_profiles
     from mtcolor_batch.evaluate.protocol import choose_profile
 
     name, note = choose_profile(None)

@@ -19,7 +19,9 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
+from mtcolor_batch.core.fs import atomic_write_text
 from mtcolor_batch.evaluate.evaluation import (
     NUMERIC_COLUMNS,
     EvalResult,
@@ -29,9 +31,8 @@ from mtcolor_batch.evaluate.evaluation import (
 )
 from mtcolor_batch.evaluate.iqa import DEFAULT_IQA
 from mtcolor_batch.evaluate.protocol import ProtocolSettings, run_protocol
-from mtcolor_batch.evaluate.report import atomic_write_text, build_report
+from mtcolor_batch.evaluate.report import build_report
 from mtcolor_batch.evaluate.sweep import parse_grid, run_sweep
-from mtcolor_batch.jobs.runner import EXIT_INTERRUPTED, EXIT_USAGE
 
 _HEADERS = {
     "colorfulness_hs": "Colorful. H&S",
@@ -147,8 +148,7 @@ def eval_cmd(
                 progress=lambda rel: status.update(f"scoring {rel}"),
             )
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     Console().print(_table(result))
     for message in result.messages:
         console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
@@ -159,7 +159,7 @@ def eval_cmd(
         atomic_write_text(json_path, _json_text(result))
         console.print(f"wrote {json_path}", highlight=False)
     if any(r.error for r in result.rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def report_cmd(
@@ -173,8 +173,7 @@ def report_cmd(
     try:
         path = build_report(out_dir, scans_dir=scans, with_metrics=metrics)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     typer.echo(f"wrote {path}")
 
 
@@ -183,7 +182,7 @@ def _settings(
     fid_weights: Path | None, iqa: bool, iqa_metric: list[str], device: str, steps: int | None,
     seed: int | None,
 ) -> ProtocolSettings:
-    from mtcolor_batch.device import resolve_device
+    from mtcolor_batch.core.device import resolve_device
 
     overrides = {"device": device, "sampling.steps": steps, "seed": seed}
     return ProtocolSettings(
@@ -255,8 +254,7 @@ def protocol_cmd(
         )
         result = run_protocol(refs, out, settings, console)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail(exc) from None
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -294,8 +292,7 @@ def sweep_cmd(
         )
         result = run_sweep(refs, out, settings, alphas, betas, console)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail(exc) from None
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

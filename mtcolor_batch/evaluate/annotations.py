@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.output.mask_rle import decode_mask
 
 MAX_ANNOTATION_BYTES = 2 * 1024**3

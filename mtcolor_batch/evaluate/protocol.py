@@ -23,15 +23,16 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import yaml
 from PIL import Image
 from rich.console import Console
 
-from mtcolor_batch.config import Profile, builtin_profiles, load_profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import Profile, builtin_profiles, load_profile
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.core.fs import atomic_write_bytes, atomic_write_text
 from mtcolor_batch.evaluate import metrics
 from mtcolor_batch.evaluate.annotations import AnnotatedImage, load_annotations
 from mtcolor_batch.evaluate.evaluation import (
@@ -45,8 +46,7 @@ from mtcolor_batch.evaluate.evaluation import (
 from mtcolor_batch.evaluate.fid import FidScorer, FidUnavailable
 from mtcolor_batch.evaluate.iqa import IqaScorer
 from mtcolor_batch.evaluate.records import read_failures
-from mtcolor_batch.jobs.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RunRequest, run_batch
-from mtcolor_batch.output.writer import atomic_write
+from mtcolor_batch.jobs.runner import RunRequest, run_batch
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import rgb_to_gray
 
@@ -109,16 +109,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, data)
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """The project's atomic write (temp file, fsync, rename) of a byte string."""
-
-    def put(fh: BinaryIO) -> None:
-        fh.write(data)
-
-    atomic_write(path, put)
+    atomic_write_bytes(path, data)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -367,7 +358,8 @@ def table_csv(lead: Sequence[str], rows: Sequence[tuple[Sequence[str], dict[str,
 
 
 def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
 
 
 def model_note(run_dir: Path, rows: list[FileMetrics]) -> str:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mtcolor_batch.config import load_profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.evaluate.evaluation import rows_csv
 from mtcolor_batch.evaluate.protocol import (
     INPUTS,
@@ -36,8 +37,7 @@ from mtcolor_batch.evaluate.protocol import (
 )
 from mtcolor_batch.jobs.journal import Journal
 from mtcolor_batch.jobs.lock import OutputLock
-from mtcolor_batch.jobs.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from mtcolor_batch.pipeline import file_sha256, model_hash, resolve_model
+from mtcolor_batch.stages.pipeline import model_hash, resolve_model
 
 SWEEP_JOURNAL = Path(".mtcolor") / "sweep.sqlite"
 SUMMARY = "summary.json"
@@ -84,7 +84,7 @@ def _inputs_digest(out_dir: Path, refs: list[Reference]) -> str:
     inputs = out_dir / INPUTS
     for path in sorted(p for p in inputs.rglob("*") if p.is_file() and ".mtcolor" not in p.parts):
         digest.update(path.relative_to(inputs).as_posix().encode())
-        digest.update(file_sha256(path).encode())
+        digest.update(sha256_file(path).encode())
     digest.update(",".join(sorted(r.relpath for r in refs if r.input_rel)).encode())
     return digest.hexdigest()
 
