@@ -239,7 +239,8 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         body = await _json_body(request, MAX_JSON_BYTES)
         points = body.get("points")
         if not isinstance(points, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in points
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)
+            for p in points
         ):
             raise _HttpError(400, "'points' must be [[x, y], ...]")
         png = await run_in_threadpool(session.segment, _path_arg(body.get("path")), points)

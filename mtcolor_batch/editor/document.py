@@ -89,20 +89,14 @@ def to_document(text: str, path: str = "sidecar") -> dict[str, Any]:
         "seed": _plain(root.get("seed")),
         "exclude": _plain(exclude) if isinstance(exclude, list) else [],
         "instances": instances,
-        "extra": {
-            str(k): _plain(v)
-            for k, v in root.items()
-            if k not in Sidecar.model_fields
-        },
+        "extra": {str(k): _plain(v) for k, v in root.items() if k not in Sidecar.model_fields},
     }
 
 
 def _styled(key: str, value: Any) -> Any:
     """Coordinates as one-line flow lists (``box: [10, 20, 30, 40]``), like the README writes them."""
     if key in _LIST_KEYS and isinstance(value, list):
-        seq = CommentedSeq(
-            [CommentedSeq(v) if isinstance(v, list) else v for v in value]
-        )
+        seq = CommentedSeq([CommentedSeq(v) if isinstance(v, list) else v for v in value])
         seq.fa.set_flow_style()
         for child in seq:
             if isinstance(child, CommentedSeq):

@@ -196,8 +196,14 @@ class EditorSession:
                     problems = len(self._problems(rel, text))
                 except UserError:
                     problems = 1
-            out.append({"path": rel, "name": self.scans[rel].name, "sidecar": sidecar is not None,
-                        "problems": problems})
+            out.append(
+                {
+                    "path": rel,
+                    "name": self.scans[rel].name,
+                    "sidecar": sidecar is not None,
+                    "problems": problems,
+                }
+            )
         return out
 
     def load(self, rel: str) -> dict[str, Any]:
@@ -395,5 +401,9 @@ class EditorSession:
                 return {"saved": False, "problems": [_problem_dict(p, lines) for p in problems]}
             digest = atomic_write(target, lambda fh: fh.write(new_text.encode("utf-8")))
             self._cache.pop(rel, None)
-        return {"saved": True, "etag": digest, "sidecar": self._rel(target),
-                "masks": [self._rel(p) for p in masks]}
+        return {
+            "saved": True,
+            "etag": digest,
+            "sidecar": self._rel(target),
+            "masks": [self._rel(p) for p in masks],
+        }

@@ -796,7 +796,8 @@ def parse_sidecar_text(
         data, located = _parse(path, text)
     except HintError as exc:
         return None, [exc]
-    sidecar, problems = _validate(path, data, located, scan_size, None if scan_root is None else Path(scan_root))
+    root = None if scan_root is None else Path(scan_root)
+    sidecar, problems = _validate(path, data, located, scan_size, root)
     if sidecar is not None:
         sidecar._path = path
         sidecar._sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
