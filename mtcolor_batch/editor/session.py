@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import yaml
@@ -59,6 +59,15 @@ class NotFound(UserError):
 
 def _hex(rgb: tuple[float, float, float]) -> str:
     return "#" + "".join(f"{round(max(0.0, min(1.0, c)) * 255):02x}" for c in rgb)
+
+
+def _write_bytes(target: Path, data: bytes) -> str:
+    """The project's atomic write (temp, fsync, rename); the sha256 of what was written."""
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return atomic_write(target, write)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -110,6 +119,7 @@ class EditorSession:
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._write_lock = threading.Lock()  # one save at a time: the ETag check and the rename pair up
         self._model_lock = threading.Lock()  # perception models are not re-entrant
+        self._load_lock = threading.Lock()
 
     # -- names ------------------------------------------------------------------------------
     def scan_path(self, rel: str) -> Path:
@@ -156,21 +166,22 @@ class EditorSession:
 
     def _loaded(self, rel: str) -> _Loaded:
         """The run's view of a scan (cached: the scan array also keys SAM's embedding cache)."""
-        if rel in self._cache:
-            self._cache.move_to_end(rel)
-            return self._cache[rel]
         path = self.scan_path(rel)
-        with self._model_lock:
-            try:
-                scan, instances, notes = resolve_for_show(path, self.profile, self.perception, self.root)
-            except HintError as exc:  # a broken sidecar: show the scan and the problem, no instances
-                scan = load_scan(path, self.root, self.profile.scan)
-                instances, notes = [], [exc.one_line()]
-        loaded = _Loaded(scan, instances, list(notes))
-        self._cache[rel] = loaded
-        while len(self._cache) > 2:  # the current scan and the one before: enough for back-and-forth
-            self._cache.popitem(last=False)
-        return loaded
+        with self._load_lock:  # the page asks for data and image at once: perceive once, not twice
+            if rel in self._cache:
+                self._cache.move_to_end(rel)
+                return self._cache[rel]
+            with self._model_lock:
+                try:
+                    scan, instances, notes = resolve_for_show(path, self.profile, self.perception, self.root)
+                except HintError as exc:  # a broken sidecar: show the scan and the problem, no instances
+                    scan = load_scan(path, self.root, self.profile.scan)
+                    instances, notes = [], [exc.one_line()]
+            loaded = _Loaded(scan, instances, list(notes))
+            self._cache[rel] = loaded
+            while len(self._cache) > 2:  # the current scan and the one before: enough for back-and-forth
+                self._cache.popitem(last=False)
+            return loaded
 
     def _problems(self, rel: str, text: str) -> list[dict[str, Any]]:
         _, problems = parse_sidecar_text(
@@ -392,15 +403,16 @@ class EditorSession:
             _, problems = parse_sidecar_text(new_text, target, scan_size=size)
             if not problems:
                 for path, data in masks.items():
-                    atomic_write(path, lambda fh, data=data: fh.write(data))
+                    _write_bytes(path, data)
                 _, problems = parse_sidecar_text(new_text, target, scan_size=size, scan_root=self.root)
             if problems:
                 for path in masks:
                     path.unlink(missing_ok=True)
                 lines = instance_lines(new_text)
                 return {"saved": False, "problems": [_problem_dict(p, lines) for p in problems]}
-            digest = atomic_write(target, lambda fh: fh.write(new_text.encode("utf-8")))
-            self._cache.pop(rel, None)
+            digest = _write_bytes(target, new_text.encode("utf-8"))
+            with self._load_lock:
+                self._cache.pop(rel, None)
         return {
             "saved": True,
             "etag": digest,

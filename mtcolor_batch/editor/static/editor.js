@@ -168,6 +168,7 @@ function applyZoom() {
   wrap.style.width = Math.round(w * S.zoom) + "px";
   wrap.style.height = Math.round(h * S.zoom) + "px";
   $("#zoom-level").textContent = Math.round(S.zoom * 100) + "%";
+  renderShapes();  // handles and tags keep their on-screen size
 }
 function zoomFit() {
   const stage = $("#stage"); const [h, w] = S.current.size;
@@ -409,7 +410,12 @@ function renderShapes() {
   const svg = $("#shapes"); svg.textContent = "";
   if (!S.current) return;
   svg.classList.toggle("select", S.tool === "select");
-  const tag = (x, y, text) => { const t = svgEl("text", { x: x + 3, y: y + 14, class: "tag" }, svg); t.textContent = text; };
+  // Hint numbers sit at the bottom-left of their shape: the overlay's own tags are at the top-left.
+  const tag = (pts, text) => {
+    const x = Math.min(...pts.map((p) => p[0])), y = Math.max(...pts.map((p) => p[1]));
+    const t = svgEl("text", { x: x + 3, y: y - 4 / S.zoom, class: "tag" }, svg);
+    t.setAttribute("font-size", 14 / S.zoom); t.textContent = text;
+  };
   if (S.tool === "label") {
     for (const inst of S.current.instances) {
       const [x0, y0, x1, y1] = inst.box;
@@ -424,22 +430,22 @@ function renderShapes() {
     if (h.box) {
       const [x0, y0, x1, y1] = h.box;
       el = svgEl("rect", Object.assign({ x: x0, y: y0, width: x1 - x0, height: y1 - y0 }, attrs), svg);
-      tag(x0, y0, "#" + (i + 1));
+      tag([[x0, y1]], "#" + (i + 1));
     } else if (h.polygon) {
       el = svgEl("polygon", Object.assign({ points: h.polygon.map((p) => p.join(",")).join(" ") }, attrs), svg);
-      tag(h.polygon[0][0], h.polygon[0][1], "#" + (i + 1));
+      tag(h.polygon, "#" + (i + 1));
     } else if (h.points) {
       for (const [x, y] of h.points) {
         const c = svgEl("circle", Object.assign({ cx: x, cy: y, r: 6 / S.zoom }, attrs), svg);
         c.dataset.index = i;
       }
-      tag(h.points[0][0], h.points[0][1], "#" + (i + 1));
+      tag(h.points, "#" + (i + 1));
     } else if (h.label && !h.mask && !h.upload) {
       for (const inst of labelTargets(h)) {
         const [x0, y0, x1, y1] = inst.box;
         el = svgEl("rect", Object.assign({ x: x0, y: y0, width: x1 - x0, height: y1 - y0 }, attrs), svg);
         el.dataset.index = i;
-        tag(x0, y0, "#" + (i + 1));
+        tag([[x0, y1]], "#" + (i + 1));
       }
       el = null;
     }
