@@ -246,18 +246,18 @@ def test_painted_mask_is_saved_inside_the_tree(client: TestClient, scans: Path) 
     h, w = data["size"]
     mask = np.zeros((h, w), bool)
     mask[100:200, 50:150] = True
-    existing = scans / "masks" / "portrait_mask1.png"
+    existing = scans / "masks" / "portrait_hint1_mask.png"
     existing.parent.mkdir()
     existing.write_bytes(b"not mine")  # a file already there is never overwritten
     doc = data["doc"]
     doc["instances"].append(hint(upload="m1", color="dark green"))
     r = save(client, data, doc, uploads={"m1": png_data_url(mask)})
     assert r.status_code == 200, r.text
-    assert r.json()["masks"] == ["masks/portrait_mask2.png"] and existing.read_bytes() == b"not mine"
-    written = np.asarray(Image.open(scans / "masks" / "portrait_mask2.png"))
+    assert r.json()["masks"] == ["masks/portrait_hint2_mask.png"] and existing.read_bytes() == b"not mine"
+    written = np.asarray(Image.open(scans / "masks" / "portrait_hint2_mask.png"))
     assert written.shape == (h, w) and (written > 0).sum() == mask.sum()
     assert yaml.safe_load((scans / "portrait.yaml").read_text())["instances"][1]["mask"] == (
-        "masks/portrait_mask2.png"
+        "masks/portrait_hint2_mask.png"
     )
     assert check_sidecars(scans, 256 * 1024)[0] == []
     wrong = load(client, "portrait.png")
@@ -344,3 +344,27 @@ def test_live_segmentation_embeds_each_scan_once(scans: Path, tiny_perception) -
     bad = client.post("/api/segment", json={"path": "portrait.png", "points": [[9999, 1]]}, headers=H)
     assert bad.status_code == 400
     del session
+
+
+def test_colorize_preview_runs_the_pipeline_without_writing_outputs(scans: Path, tiny_bundle: Path) -> None:
+    from mtcolor_batch.perception.models import load_perception
+
+    profile = load_profile(None, {"device": "cpu", "sampling.steps": 2, "sampling.working_long_side": 256})
+    before = sorted(p.relative_to(scans.parent) for p in scans.parent.rglob("*"))
+    session = EditorSession(
+        scans,
+        [f.path for f in discover(scans)],
+        profile,
+        load_perception(tiny_bundle, "cpu"),
+        TOKEN,
+        bundle_dir=tiny_bundle,
+    )
+    client = TestClient(create_app(session, allowed_hosts(PORT)), base_url=BASE)
+    assert load(client, "portrait.png")["preview"] is True
+    r = client.post("/api/preview", json={"path": "portrait.png"}, headers=H)
+    assert r.status_code == 200, r.text
+    image = Image.open(io.BytesIO(r.content))
+    assert image.size == (384, 512) and image.mode == "RGB"
+    assert sorted(p.relative_to(scans.parent) for p in scans.parent.rglob("*")) == before  # nothing written
+    none = make_client(scans)[0].post("/api/preview", json={"path": "portrait.png"}, headers=H)
+    assert none.status_code == 400 and "--model" in none.json()["error"]

@@ -40,7 +40,12 @@ def _require(name: str, *candidates: str) -> str:
     pytest.skip(message)
 
 
-def _start_editor(scans: Path, bundle: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+FAST_PROFILE = "name: editor-test\nsampling:\n  steps: 2\n  working_long_side: 256\n"
+
+
+def _start_editor(
+    scans: Path, bundle: Path, profile: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], str]:
     """``hints edit`` as a user starts it; returns the process and the address it printed."""
     proc = subprocess.Popen(
         [
@@ -54,6 +59,8 @@ def _start_editor(scans: Path, bundle: Path, env: dict[str, str]) -> tuple[subpr
             str(bundle),
             "--device",
             "cpu",
+            "--profile",
+            str(profile),
             "--no-browser",
         ],
         stdout=subprocess.PIPE,
@@ -95,7 +102,9 @@ def test_draw_pick_save_check_run_in_chromium(tmp_path: Path, tiny_bundle: Path)
     scan_bytes = (scans / SCAN).read_bytes()
     env = {**os.environ, "MTCOLOR_HOME": str(tmp_path / "home")}
     shot = Path(os.environ.get("MTCOLOR_EDITOR_SCREENSHOT") or tmp_path / "hints-edit.png")
-    proc, url = _start_editor(scans, tiny_bundle, env)
+    profile = tmp_path / "fast.yaml"
+    profile.write_text(FAST_PROFILE, encoding="utf-8")
+    proc, url = _start_editor(scans, tiny_bundle, profile, env)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in (
@@ -147,6 +156,13 @@ def test_draw_pick_save_check_run_in_chromium(tmp_path: Path, tiny_bundle: Path)
         wait.until(lambda b: b.find_element(By.ID, "status").text == "saved")
         wait.until(lambda b: "Saved street_1910.jpg.yaml" in b.find_element(By.ID, "banner").text)
         browser.save_screenshot(str(shot))
+        # "Colorize this one": the real pipeline on this scan, shown before/after, no output folder.
+        browser.find_element(By.ID, "preview").click()
+        wait.until(lambda b: b.find_element(By.ID, "preview-box").is_displayed())
+        wait.until(
+            lambda b: b.execute_script("return document.getElementById('preview-after').naturalWidth") == 512
+        )
+        browser.find_element(By.ID, "preview-close").click()
         # Keyboard navigation: n goes to the next scan in the list.
         browser.find_element(By.TAG_NAME, "body").send_keys("n")
         wait.until(lambda b: not b.find_element(By.ID, "scan-name").text.startswith(SCAN))
@@ -161,6 +177,7 @@ def test_draw_pick_save_check_run_in_chromium(tmp_path: Path, tiny_bundle: Path)
     sidecar = (scans / "street_1910.jpg.yaml").read_text(encoding="utf-8")
     assert "# the tram" in sidecar and "brick red" in sidecar
     assert (scans / SCAN).read_bytes() == scan_bytes
+    assert not (tmp_path / "scans-colorized").exists()  # the preview wrote no output folder
     runner = CliRunner(env={"MTCOLOR_HOME": str(tmp_path / "home")})
     check = runner.invoke(app, ["hints", "check", str(scans)])
     assert check.exit_code == 0, check.output

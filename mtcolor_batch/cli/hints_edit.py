@@ -26,6 +26,7 @@ def edit_command(
 ) -> None:
     """Edit sidecar hints in your browser: draw regions, pick colours, save (127.0.0.1 only)."""
     from mtcolor_batch.cli.hints import _load_context, _scan_files
+    from mtcolor_batch.config import load_profile
     from mtcolor_batch.editor.server import serve
     from mtcolor_batch.editor.session import EditorSession
 
@@ -36,8 +37,11 @@ def edit_command(
         if not files:
             raise UserError("no scans found", path=scans, hint="give a folder with .jpg/.png/.tif scans")
         ctx = _load_context(model, profile, device)
+        settings = load_profile(profile, {"device": device})  # the preview runs where --device says
         root = scans if scans.is_dir() else scans.parent
-        session = EditorSession(root, [path for path, _ in files], ctx.profile, ctx.perception)
+        session = EditorSession(
+            root, [path for path, _ in files], settings, ctx.perception, bundle_dir=ctx.bundle_dir
+        )
     except UserError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)
         raise typer.Exit(2) from None

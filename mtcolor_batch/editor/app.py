@@ -247,6 +247,12 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         return Response(png, media_type="image/png")
 
     @_handled
+    async def preview(request: Request) -> Response:
+        body = await _json_body(request, MAX_JSON_BYTES)
+        png = await run_in_threadpool(session.preview, _path_arg(body.get("path")))
+        return Response(png, media_type="image/png")
+
+    @_handled
     async def save(request: Request) -> Response:
         body = await _json_body(request, MAX_SAVE_BYTES)
         doc, etag = body.get("doc"), body.get("etag")
@@ -267,5 +273,6 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         Route("/api/check", check, methods=["POST"]),
         Route("/api/segment", segment, methods=["POST"]),
         Route("/api/save", save, methods=["POST"]),
+        Route("/api/preview", preview, methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), session, hosts)

@@ -15,9 +15,11 @@ requests. Safety rules live here too, because they are about files, not HTTP:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import secrets
+import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -70,6 +72,19 @@ def _write_bytes(target: Path, data: bytes) -> str:
     return atomic_write(target, write)
 
 
+def _to_browser_png(path: Path) -> bytes:
+    """An output image (JPEG/PNG/WebP, or a 16-bit TIFF Pillow cannot open) as an 8-bit RGB PNG."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(path))
+        if arr.dtype == np.uint16:
+            arr = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+        return _png(Image.fromarray(arr.astype(np.uint8)).convert("RGB"))
+    with Image.open(path) as image:
+        return _png(image.convert("RGB"))
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)
@@ -105,6 +120,7 @@ class EditorSession:
         profile: Profile,
         perception: object | None = None,
         token: str | None = None,
+        bundle_dir: Path | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.profile = profile
@@ -120,6 +136,9 @@ class EditorSession:
         self._write_lock = threading.Lock()  # one save at a time: the ETag check and the rename pair up
         self._model_lock = threading.Lock()  # perception models are not re-entrant
         self._load_lock = threading.Lock()
+        self.bundle_dir = bundle_dir
+        self._pipeline: Any = None  # the run's Pipeline, loaded on the first preview
+        self._preview_lock = threading.Lock()
 
     # -- names ------------------------------------------------------------------------------
     def scan_path(self, rel: str) -> Path:
@@ -241,6 +260,7 @@ class EditorSession:
             "warnings": loaded.warnings,
             "instances": [self._instance_dict(inst, k) for k, inst in enumerate(loaded.instances)],
             "segmenter": getattr(self.perception, "segmenter", None) is not None,
+            "preview": self.bundle_dir is not None,
         }
 
     def _instance_dict(self, inst: Instance, k: int) -> dict[str, Any]:
@@ -323,6 +343,24 @@ class EditorSession:
         rgba[mask] = (255, 64, 160, 140)
         return _png(Image.fromarray(rgba, mode="RGBA"))
 
+    def preview(self, rel: str) -> bytes:
+        """ "Colorize this one": the real pipeline (``run``'s stages, this profile, the saved sidecar)
+        on one scan, written to a private temporary folder outside the scan tree and the output
+        folder, and returned as a PNG (8-bit, for the browser); the temporary files are removed."""
+        if self.bundle_dir is None:
+            raise UserError("no model bundle: start `hints edit` with --model BUNDLE to colorize a preview")
+        from mtcolor_batch.pipeline import Pipeline
+        from mtcolor_batch.scan.discover import ScanFile
+
+        path = self.scan_path(rel)
+        with self._preview_lock, tempfile.TemporaryDirectory(prefix="mtcolor-preview-") as tmp:
+            if self._pipeline is None:
+                self._pipeline = Pipeline.load(self.profile, self.bundle_dir, self.root, Path(tmp))
+            pipeline = dataclasses.replace(self._pipeline, out_dir=Path(tmp))
+            with self._model_lock:
+                result = pipeline.process(ScanFile(path=path, relpath=rel), lambda _stage: None)
+            return _to_browser_png(Path(tmp) / result.outputs[0])
+
     @staticmethod
     def colors() -> list[dict[str, str]]:
         """The colour table ``hints check`` accepts, for the picker (name, hex, set)."""
@@ -330,10 +368,12 @@ class EditorSession:
 
     # -- saving -----------------------------------------------------------------------------
     def _mask_target(self, sidecar: Path, stem: str, taken: set[Path]) -> Path:
-        """A new mask file name beside the sidecar (``masks/<scan>_maskN.png``); never an existing one."""
+        """A new mask file beside the sidecar (``masks/<scan>_hintN_mask.png``); never an existing one.
+
+        The ``_mask`` ending is what discovery reads as "a hint mask, never a scan"."""
         folder = sidecar.parent / "masks"
         for n in range(1, 10_000):
-            candidate = folder / f"{stem}_mask{n}.png"
+            candidate = folder / f"{stem}_hint{n}_mask.png"
             if not candidate.exists() and candidate not in taken:
                 return candidate
         raise HintError("too many mask files", path=folder)

@@ -18,7 +18,7 @@ const TOOL_HELP = {
 const S = {
   token: "", scans: [], current: null, doc: null, etag: "none", dirty: false, tool: "select",
   zoom: 1, selected: null, draft: null, masks: {}, nextUpload: 1, colors: [], checkTimer: null,
-  checkSeq: 0, problems: [], texts: [], swatches: [], brush: 12, erase: false, segUrl: null,
+  checkSeq: 0, problems: [], texts: [], swatches: [], brush: 12, erase: false, segUrl: null, previewUrl: null,
 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -119,6 +119,7 @@ function showScan(data, fit) {
   S.dirty = false;
   banner(data.doc_error || "");
   $("#scan-name").textContent = data.path + (data.exists ? "" : "  (no sidecar yet)");
+  $("#preview").hidden = !data.preview;
   const [h, w] = data.size;
   $("#shapes").setAttribute("viewBox", `0 0 ${w} ${h}`);
   const paint = $("#paint"); paint.width = w; paint.height = h;
@@ -391,6 +392,28 @@ async function save() {
   loadScans();
 }
 
+// -- preview: "Colorize this one" -----------------------------------------------------------------
+async function preview() {
+  if (!S.current) return;
+  if (S.dirty) {
+    if (!confirm("The preview uses the saved sidecar. Save your changes first?")) return;
+    await save();
+    if (S.dirty) return;
+  }
+  setStatus("colorizing… (the first preview loads the model)", true);
+  $("#preview").disabled = true;
+  try {
+    const r = await api("/api/preview", { path: S.current.path });
+    if (!r.ok) { banner(r.data.error || "preview failed"); setStatus(""); return; }
+    if (S.previewUrl) URL.revokeObjectURL(S.previewUrl);
+    S.previewUrl = URL.createObjectURL(r.data);
+    $("#preview-before").src = imageUrl("scan");
+    $("#preview-after").src = S.previewUrl;
+    $("#preview-box").hidden = false;
+    setStatus(S.dirty ? "unsaved changes" : "saved", S.dirty);
+  } finally { $("#preview").disabled = false; }
+}
+
 // -- drawing -------------------------------------------------------------------------------------------
 function svgEl(name, attrs, parent) {
   const el = document.createElementNS(SVG_NS, name);
@@ -606,6 +629,7 @@ function typing(e) { const t = e.target; return t && (t.tagName === "INPUT" || t
 function onKey(e) {
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "s") { e.preventDefault(); save(); return; }
   if (typing(e)) return;
+  if (e.key === "Escape" && !$("#preview-box").hidden) { $("#preview-box").hidden = true; return; }
   const tools = { v: "select", b: "box", k: "points", g: "polygon", m: "mask", l: "label" };
   if (e.key === "n" || e.key === "PageDown") { e.preventDefault(); step(1); }
   else if (e.key === "p" || e.key === "PageUp") { e.preventDefault(); step(-1); }
@@ -634,6 +658,8 @@ async function start() {
   $("#zoom-fit").addEventListener("click", zoomFit);
   $("#show-overlay").addEventListener("change", updateImage);
   $("#save").addEventListener("click", save);
+  $("#preview").addEventListener("click", preview);
+  $("#preview-close").addEventListener("click", () => { $("#preview-box").hidden = true; });
   $("#next").addEventListener("click", () => step(1));
   $("#prev").addEventListener("click", () => step(-1));
   $("#filter").addEventListener("input", renderScanList);
