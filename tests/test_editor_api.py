@@ -368,3 +368,37 @@ def test_colorize_preview_runs_the_pipeline_without_writing_outputs(scans: Path,
     assert sorted(p.relative_to(scans.parent) for p in scans.parent.rglob("*")) == before  # nothing written
     none = make_client(scans)[0].post("/api/preview", json={"path": "portrait.png"}, headers=H)
     assert none.status_code == 400 and "--model" in none.json()["error"]
+
+
+def test_server_binds_loopback_only_and_cli_refuses_bad_input(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtcolor_batch.cli import app
+    from mtcolor_batch.editor.server import bind_loopback
+
+    sock = bind_loopback(0)
+    try:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+    runner = CliRunner(env={"MTCOLOR_HOME": str(tmp_path / "home")})
+    missing = runner.invoke(app, ["hints", "edit", str(tmp_path / "nope"), "--no-browser"])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["hints", "edit", str(tmp_path / "empty"), "--no-browser"])
+    assert empty.exit_code == 2 and "no scans found" in empty.output
+
+
+def test_check_of_an_unsaved_painted_mask_shows_only_real_problems(client: TestClient, scans: Path) -> None:
+    data = load(client, "portrait.png")
+    doc = data["doc"]
+    doc["instances"].append(hint(upload="m1", color="navy"))
+    result = client.post("/api/check", json={"path": "portrait.png", "doc": doc}, headers=H).json()
+    assert result["problems"] == [] and "mask: masks/portrait_hint1_mask.png" in result["yaml"]
+    assert result["texts"][1] == "a navy object"
+    doc["instances"][1]["color"] = None
+    result = client.post("/api/check", json={"path": "portrait.png", "doc": doc}, headers=H).json()
+    assert [p["hint"] for p in result["problems"]] == [1] and "neither color nor text" in result["problems"][
+        0
+    ]["message"]
+    assert not (scans / "masks").exists()

@@ -290,12 +290,24 @@ class EditorSession:
         """Problems of the draft (as ``hints check`` would report them), the final text and swatch
         of every hint, and the YAML that a save would write."""
         text, _ = self.read_sidecar(rel)
+        sidecar = self.sidecar_path(rel)
+        hints = [dict(h) for h in doc.get("instances") or []]
+        planned: dict[int, str] = {}  # painted, not yet saved: the file name a save would give it
+        taken: set[Path] = set()
+        for k, hint in enumerate(hints):
+            if hint.pop("upload", None) is not None:
+                target = self._mask_target(sidecar, self.scan_path(rel).stem, taken)
+                taken.add(target)
+                planned[k] = hint["mask"] = target.relative_to(sidecar.parent).as_posix()
         try:
-            new_text = apply_document(text, doc, str(self.sidecar_path(rel)))
+            new_text = apply_document(text, {**doc, "instances": hints}, str(sidecar))
         except DocumentError as exc:
             return {"problems": [_problem_dict(exc, [])], "texts": [], "swatches": [], "yaml": text}
-        problems = self._problems(rel, new_text)
-        hints = list(doc.get("instances") or [])
+        problems = [
+            p
+            for p in self._problems(rel, new_text)
+            if not (p["hint"] in planned and f"'{planned[p['hint']]}'" in p["message"])  # not written yet
+        ]
         return {
             "problems": problems,
             "texts": [self._final_text(h) for h in hints],

@@ -115,7 +115,7 @@ async function openScan(path) {
 
 function showScan(data, fit) {
   S.current = data; S.etag = data.etag; S.selected = null; S.draft = null; S.masks = {};
-  S.doc = data.doc; S.problems = data.problems; S.texts = []; S.swatches = [];
+  S.doc = JSON.parse(JSON.stringify(data.doc)); S.problems = data.problems; S.texts = []; S.swatches = [];  // data.doc stays the saved state
   S.dirty = false;
   banner(data.doc_error || "");
   $("#scan-name").textContent = data.path + (data.exists ? "" : "  (no sidecar yet)");
@@ -157,6 +157,10 @@ function renderInstances() {
   if (!S.current.instances.length) {
     const li = document.createElement("li"); li.className = "muted";
     li.textContent = "no instances (nothing detected and no hints saved)"; ul.appendChild(li);
+  }
+  if ((S.doc.exclude || []).length) {
+    const li = document.createElement("li"); li.className = "muted";
+    li.textContent = "excluded labels (never instances): " + S.doc.exclude.join(", "); ul.appendChild(li);
   }
   const wl = $("#warnings"); wl.textContent = "";
   for (const w of S.current.warnings) { const li = document.createElement("li"); li.textContent = w; wl.appendChild(li); }
@@ -440,7 +444,7 @@ function renderShapes() {
     t.setAttribute("font-size", 14 / S.zoom); t.textContent = text;
   };
   if (S.tool === "label") {
-    for (const inst of S.current.instances) {
+    for (const inst of detections()) {
       const [x0, y0, x1, y1] = inst.box;
       const r = svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, class: "detection pickable" }, svg);
       r.dataset.id = inst.id;
@@ -490,17 +494,25 @@ function renderShapes() {
   }
 }
 
+function detections() {
+  // Detected instances a label hint can bind to: auto ones, and those a saved label hint already
+  // coloured (regions drawn by box/points/polygon/mask hints are not detections).
+  const bound = new Set(S.current.doc.instances.filter((h) => kindOf(h) === "label" && h.label)
+    .map((h) => h.label.trim().toLowerCase()));
+  return S.current.instances.filter((inst) => inst.source === "auto" || bound.has(inst.label.trim().toLowerCase()));
+}
+
 function labelTargets(h) {
   // The detections a label hint binds to: same label, k-th from the left with index (run's rule).
   const key = (h.label || "").trim().toLowerCase();
-  const same = S.current.instances.filter((inst) => inst.label.trim().toLowerCase() === key)
+  const same = detections().filter((inst) => inst.label.trim().toLowerCase() === key)
     .sort((a, b) => a.box[0] - b.box[0] || a.box[1] - b.box[1] || a.id - b.id);
   if (h.index) return same[h.index - 1] ? [same[h.index - 1]] : [];
   return same;
 }
 
 function pickLabel(pt) {
-  const hits = S.current.instances.filter((inst) => {
+  const hits = detections().filter((inst) => {
     const [x0, y0, x1, y1] = inst.box; return pt[0] >= x0 && pt[0] < x1 && pt[1] >= y0 && pt[1] < y1;
   }).sort((a, b) => area(a.box) - area(b.box));
   if (!hits.length) { banner("No detected instance there: draw a region with Box, Points, Polygon or Mask instead."); return; }
@@ -563,6 +575,8 @@ function redrawPaint() {
 
 function onPointerDown(e) {
   if (!S.current || e.button !== 0) return;
+  e.preventDefault();  // keep the focus where a new hint puts it (its colour field)
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
   const pt = scanPoint(e);
   const svg = $("#shapes");
   if (S.tool === "select") {
@@ -570,6 +584,8 @@ function onPointerDown(e) {
     select(idx === undefined ? null : Number(idx), true);
   } else if (S.tool === "box") {
     S.draft = { kind: "box", start: pt, end: null }; svg.setPointerCapture(e.pointerId);
+  } else if (e.detail >= 2 && (S.tool === "polygon" || S.tool === "points")) {
+    return;  // the second click of a double-click finishes (dblclick), it is not another vertex
   } else if (S.tool === "polygon") {
     if (!S.draft || S.draft.kind !== "polygon") S.draft = { kind: "polygon", pts: [] };
     const d = S.draft;
