@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import UserError
 
 
 def edit_command(
@@ -26,7 +27,7 @@ def edit_command(
 ) -> None:
     """Edit sidecar hints in your browser: draw regions, pick colours, save (127.0.0.1 only)."""
     from mtcolor_batch.cli.hints import _load_context, _scan_files
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
     from mtcolor_batch.editor.server import serve
     from mtcolor_batch.editor.session import EditorSession
 
@@ -43,8 +44,7 @@ def edit_command(
             root, [path for path, _ in files], settings, ctx.perception, bundle_dir=ctx.bundle_dir
         )
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
 
     def announce(url: str) -> None:
         typer.echo(f"Editing {len(session.scans)} scan(s) in {session.root}")

@@ -31,8 +31,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.editor.session import ConflictError, EditorSession, NotFound
-from mtcolor_batch.errors import UserError
 
 MAX_JSON_BYTES = 1024 * 1024
 """Body limit for check/segment requests (a sidecar is capped far below this)."""

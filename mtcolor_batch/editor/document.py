@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from mtcolor_batch.errors import HintError
+from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar
 
 HINT_KEYS: tuple[str, ...] = tuple(InstanceHint.model_fields)

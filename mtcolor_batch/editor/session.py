@@ -26,22 +26,25 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import yaml
 from PIL import Image
 
-from mtcolor_batch.config import Profile
+from mtcolor_batch.core.color import lab_to_srgb
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import HintError, UserError
+from mtcolor_batch.core.fs import atomic_write_bytes
+from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
-from mtcolor_batch.errors import HintError, UserError
-from mtcolor_batch.hints.colors import color_table, lab_to_srgb, parse_color
+from mtcolor_batch.hints.colors import color_table, parse_color
 from mtcolor_batch.hints.resolve import DEFAULT_LABEL, _default_text
 from mtcolor_batch.hints.schema import find_sidecar, parse_sidecar_text, sidecar_candidates
-from mtcolor_batch.output.writer import atomic_write
-from mtcolor_batch.perception.overlay import instance_rgb, render_overlay, resolve_for_show
+from mtcolor_batch.perception.models import Perception
+from mtcolor_batch.perception.overlay import instance_rgb, render_overlay
 from mtcolor_batch.scan.imageio import load_scan
-from mtcolor_batch.types import Instance, Scan
+from mtcolor_batch.stages.instances import scan_instances
 
 NO_FILE = "none"
 """ETag of a sidecar that does not exist yet."""
@@ -61,15 +64,6 @@ class NotFound(UserError):
 
 def _hex(rgb: tuple[float, float, float]) -> str:
     return "#" + "".join(f"{round(max(0.0, min(1.0, c)) * 255):02x}" for c in rgb)
-
-
-def _write_bytes(target: Path, data: bytes) -> str:
-    """The project's atomic write (temp, fsync, rename); the sha256 of what was written."""
-
-    def write(fh: BinaryIO) -> None:
-        fh.write(data)
-
-    return atomic_write(target, write)
 
 
 def _to_browser_png(path: Path) -> bytes:
@@ -118,7 +112,7 @@ class EditorSession:
         root: Path,
         scans: Sequence[Path],
         profile: Profile,
-        perception: object | None = None,
+        perception: Perception | None = None,
         token: str | None = None,
         bundle_dir: Path | None = None,
     ) -> None:
@@ -192,7 +186,8 @@ class EditorSession:
                 return self._cache[rel]
             with self._model_lock:
                 try:
-                    scan, instances, notes = resolve_for_show(path, self.profile, self.perception, self.root)
+                    scan, found = scan_instances(path, self.root, self.profile, self.perception)
+                    instances, notes = found.instances, found.warnings
                 except HintError as exc:  # a broken sidecar: show the scan and the problem, no instances
                     scan = load_scan(path, self.root, self.profile.scan)
                     instances, notes = [], [exc.one_line()]
@@ -361,8 +356,8 @@ class EditorSession:
         folder, and returned as a PNG (8-bit, for the browser); the temporary files are removed."""
         if self.bundle_dir is None:
             raise UserError("no model bundle: start `hints edit` with --model BUNDLE to colorize a preview")
-        from mtcolor_batch.pipeline import Pipeline
         from mtcolor_batch.scan.discover import ScanFile
+        from mtcolor_batch.stages.pipeline import Pipeline
 
         path = self.scan_path(rel)
         with self._preview_lock, tempfile.TemporaryDirectory(prefix="mtcolor-preview-") as tmp:
@@ -455,14 +450,14 @@ class EditorSession:
             _, problems = parse_sidecar_text(new_text, target, scan_size=size)
             if not problems:
                 for path, data in masks.items():
-                    _write_bytes(path, data)
+                    atomic_write_bytes(path, data)
                 _, problems = parse_sidecar_text(new_text, target, scan_size=size, scan_root=self.root)
             if problems:
                 for path in masks:
                     path.unlink(missing_ok=True)
                 lines = instance_lines(new_text)
                 return {"saved": False, "problems": [_problem_dict(p, lines) for p in problems]}
-            digest = _write_bytes(target, new_text.encode("utf-8"))
+            digest = atomic_write_bytes(target, new_text.encode("utf-8"))
             with self._load_lock:
                 self._cache.pop(rel, None)
         return {
