@@ -9,21 +9,15 @@ what they show is what the run does.
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from mtcolor_batch.cli._common import fail, print_error
+from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 from mtcolor_batch.core.fs import write_new_file
 from mtcolor_batch.hints.template import fmt_box, template_text
-
-if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
-    from mtcolor_batch.core.config import Profile
-    from mtcolor_batch.perception.models import Perception
 
 hints_app = typer.Typer(
     name="hints",
@@ -34,55 +28,6 @@ hints_app = typer.Typer(
 _MODEL_HELP = (
     "Bundle folder or cached bundle id (its sam/ + detector/ find instances); default: the pulled one."
 )
-
-
-@dataclass
-class _Context:
-    """What init/show load once per invocation."""
-
-    profile: Profile
-    perception: Perception | None
-    bundle_dir: Path | None
-
-
-def _bundle_folder(model: str | None) -> Path | None:
-    """``--model DIR|ID`` -> its bundle; no option -> the pulled default bundle, or None (no perception)."""
-    from mtcolor_batch.model.registry import MANIFEST_FILE, default_bundle_dir, find_bundle
-
-    if model is None and not (default_bundle_dir() / MANIFEST_FILE).is_file():
-        return None
-    return find_bundle(model)
-
-
-def _load_context(model: str | None, profile_name: str | None, device: str | None) -> _Context:
-    """Profile + perception models; no bundle (or one without sam/detector) means no auto instances."""
-    from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.perception.models import load_perception
-
-    profile = load_profile(profile_name)
-    bundle_dir = _bundle_folder(model)
-    perception = None
-    if bundle_dir is not None:
-        _quiet_transformers()
-        perception = load_perception(bundle_dir, device or profile.device, long_side=profile.perception.size)
-    return _Context(profile=profile, perception=perception, bundle_dir=bundle_dir)
-
-
-def _quiet_transformers() -> None:
-    """Weight-loading progress bars are noise on a command that prints one line per file."""
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-
-
-def _scan_files(scans: Path) -> list[tuple[Path, Path]]:
-    """(scan path, scan root) pairs: a folder is walked like ``run`` walks it; a file is itself."""
-    from mtcolor_batch.scan.discover import discover
-
-    root = scans if scans.is_dir() else scans.parent
-    return [(f.path, root) for f in discover(scans)]
 
 
 # -- init ---------------------------------------------------------------------------------------
@@ -101,8 +46,8 @@ def init_command(
     from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
 
     try:
-        files = _scan_files(scans)
-        ctx = _load_context(model, profile, device)
+        files = scan_files(scans)
+        ctx = load_hints_context(model, profile, device)
     except UserError as exc:
         raise fail(exc) from None
     note = None
@@ -194,7 +139,7 @@ def show_command(
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
     try:
-        ctx = _load_context(model, profile, device)
+        ctx = load_hints_context(model, profile, device)
         scan, found = scan_instances(photo, root or photo.parent, ctx.profile, ctx.perception)
         instances, warnings = found.instances, found.warnings
         image = render_overlay(scan.luma, instances)
