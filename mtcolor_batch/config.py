@@ -74,7 +74,9 @@ class Profile(_Section):
 
     name: str = "default"
     device: str = "auto"
-    seed: int | None = Field(None, description="Fixed seed; else derived from each file's hash.")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Fixed seed (0 to 2**63-1); else derived from each file's hash."
+    )
     scan: ScanSettings = Field(default_factory=ScanSettings)
     perception: PerceptionSettings = Field(default_factory=PerceptionSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
@@ -94,11 +96,21 @@ def builtin_profiles() -> list[str]:
     return sorted(n[:-5] for n in names if n.endswith(".yaml") and n != "train.yaml")
 
 
+MAX_PROFILE_BYTES = 64 * 1024
+"""A profile is a few dozen lines; the cap is checked before the file is read."""
+
+
 def _read_profile_file(path: Path) -> dict[str, Any]:
+    """A user's profile YAML through the sidecars' guarded loader (size cap, no aliases, no tags,
+    no deep nesting, regular files only): one line with file:line:col on any problem."""
+    from mtcolor_batch.hints.schema import read_yaml  # hints imports this module
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read profile: {exc}", path=path) from exc
+        data = read_yaml(path, max_bytes=MAX_PROFILE_BYTES, what="profile") or {}
+    except UserError as exc:
+        raise UserError(
+            exc.message, path=exc.path, line=exc.line, column=exc.column, hint=exc.hint
+        ) from None
     if not isinstance(data, dict):
         raise UserError("a profile must be a YAML mapping", path=path)
     return data

@@ -167,7 +167,7 @@ class Pipeline:
         autos = perceive(scan, self.perception, prof.perception, exclude)  # [] when auto instances are off
         segmenter = getattr(self.perception, "segmenter", None)
         resolved = resolve_hints(sidecar, sidecar_path, scan, autos, segmenter, self.scan_root, prof.hints)
-        warnings = list(resolved.warnings)
+        warnings = list(resolved.warnings) + ([item.name_note] if item.name_note else [])
         instances = finalize(resolved.instances, scan.size, prof.perception, warnings)
         lap("perceive")
         stage("plan")

@@ -96,8 +96,10 @@ def upright_size(path: Path) -> tuple[int, int]:
     """(height, width) of the scan as the run sees it (EXIF orientation applied), from the header only."""
     from PIL import Image
 
+    from mtcolor_batch.scan.regular import open_regular
+
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as fh, Image.open(fh) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except (OSError, ValueError) as exc:
@@ -327,7 +329,9 @@ def check_sidecars(scans: Path, max_bytes: int) -> tuple[list[str], list[str], i
             shadow = shadowed_sidecar(image)
             if shadow is not None:
                 warnings.append(f"{shadow}: warning: ignored because {sidecar.name} exists for the same scan")
-        found = [err.one_line() for err in check_sidecar(sidecar, max_bytes=max_bytes, scan_size=size)]
+        # scan_root turns on run's own mask checks (inside the tree, regular file, decodable, scan-sized)
+        checked_errors = check_sidecar(sidecar, max_bytes=max_bytes, scan_size=size, scan_root=scan_root)
+        found = [err.one_line() for err in checked_errors]
         if not found:
             found = _mask_problems(sidecar, scan_root, max_bytes)
         problems.extend(found)

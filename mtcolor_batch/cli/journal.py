@@ -17,6 +17,7 @@ from mtcolor_batch.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
 from mtcolor_batch.jobs.merge import MergeReport, merge_journals, shard_journals
+from mtcolor_batch.jobs.rebuild import rebuild_journal
 from mtcolor_batch.jobs.runner import EXIT_USAGE
 
 journal_app = typer.Typer(help="Inspect and combine job journals.", no_args_is_help=True)
@@ -67,6 +68,32 @@ def merge_command(
         console.print("[red]error:[/red] " + escape(exc.one_line()))
         raise typer.Exit(EXIT_USAGE) from None
     print_report(console, report)
+
+
+@journal_app.command("rebuild")
+def rebuild_command(
+    out: Path = typer.Argument(..., help="The output folder whose journal is lost, empty or damaged."),
+    shard: str | None = typer.Option(None, "--shard", help="K/N: rebuild that shard's journal instead."),
+) -> None:
+    """Rebuild the journal from the outputs' .color.json records (the old journal is kept aside)."""
+    from mtcolor_batch.scan.discover import parse_shard
+
+    console = Console(stderr=True, highlight=False)
+    try:
+        spec = parse_shard(shard)
+        with OutputLock(lock_path(out, spec)):
+            report = rebuild_journal(out, spec)
+    except UserError as exc:
+        console.print("[red]error:[/red] " + escape(exc.one_line()))
+        raise typer.Exit(EXIT_USAGE) from None
+    for line in report.skipped:
+        console.print("[yellow]not trusted:[/yellow] " + escape(line))
+    if report.kept_aside is not None:
+        console.print(f"old journal kept as {escape(str(report.kept_aside))}")
+    console.print(
+        f"journal rebuilt: {escape(str(report.target))}: {report.rows} file(s) done, "
+        f"{len(report.skipped)} record(s) not trusted (those files are redone by the next run)."
+    )
 
 
 def print_report(console: Console, report: MergeReport) -> None:

@@ -115,8 +115,9 @@ def verify(
     folder = directory or default_bundle_dir()
     try:
         bundle = read_manifest(folder)
-    except UserError as exc:
-        raise _fail(exc) from None
+    except UserError as exc:  # no readable manifest: nothing to verify against (setup error)
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        raise typer.Exit(2) from None
     t0 = time.perf_counter()
     problems = verify_problems(bundle)
     for line in problems:

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from mtcolor_batch.config import load_profile
 from mtcolor_batch.errors import UserError
+from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
     EXIT_FAILED,
     EXIT_OK,
@@ -43,6 +44,11 @@ def run_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (files, sidecars, done) and exit."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also redo files that failed before."),
     force: bool = typer.Option(False, "--force", help="Redo every file, even done ones."),
+    verify_inputs: bool = typer.Option(
+        False,
+        "--verify-inputs",
+        help="Rehash every input (default: trust an unchanged size + mtime, see README).",
+    ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
     seed: int | None = typer.Option(None, "--seed", help="Fixed seed [default: from each file's sha256]."),
@@ -89,6 +95,7 @@ def run_command(
     try:
         if device is not None and device.split(":")[0] not in _DEVICES:
             raise UserError(f"unknown --device '{device}'", hint="auto, cpu, cuda, cuda:N or mps")
+        check_seed(seed)
         overrides = {
             "device": device,
             "seed": seed,
@@ -118,6 +125,7 @@ def run_command(
             dry_run=dry_run,
             retry_failed=retry_failed,
             force=force,
+            verify_inputs=verify_inputs,
             argv=sys.argv[1:],
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))

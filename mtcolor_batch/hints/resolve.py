@@ -24,6 +24,7 @@ from mtcolor_batch.config import HintSettings
 from mtcolor_batch.errors import HintError
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
+from mtcolor_batch.scan.regular import open_regular
 from mtcolor_batch.types import Box, Instance, Scan
 
 __all__ = [
@@ -135,12 +136,16 @@ def resolve_mask_path(raw: str, sidecar_path: Path, scan_root: Path) -> Path:
 
 
 def check_mask_file(raw: str, sidecar_path: Path, scan_root: Path, size: tuple[int, int] | None) -> Path:
-    """Everything about a mask file that can be checked without decoding it (for `hints check`).
+    """The mask checks ``run`` makes, for `hints check`, so the two never disagree.
 
-    Path rules of :func:`resolve_mask_path`, then the image header: readable, and (with ``size``,
-    the scan's (h, w)) the same size as the scan in either orientation.
+    Path rules of :func:`resolve_mask_path`; with ``size`` (the scan's (h, w)) the very decode
+    ``run`` does (:func:`_load_mask_file`: size, readability, decompression-bomb limit); without
+    it (the scan itself is unreadable) the header alone.
     """
     real = resolve_mask_path(raw, sidecar_path, scan_root)
+    if size is not None:
+        _load_mask_file(real, size, sidecar_path, raw)
+        return real
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -176,7 +181,7 @@ def _load_mask_file(path: Path, size: tuple[int, int], sidecar_path: Path, raw: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open_regular(path) as fh, Image.open(fh) as image:
                 if image.size not in {(w, h), (h, w)}:  # (h, w): EXIF-rotated masks are turned below
                     raise HintError(
                         f"mask '{raw}' is {image.size[0]}x{image.size[1]} px but the scan is {w}x{h}",

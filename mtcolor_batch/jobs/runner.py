@@ -36,7 +36,8 @@ from mtcolor_batch.errors import UserError
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
 from mtcolor_batch.output.writer import clean_stale_temps, remove_live_temps
-from mtcolor_batch.scan.discover import ScanFile, discover
+from mtcolor_batch.jobs.preflight import check_journal, check_out_folder, check_seed, make_out_folder
+from mtcolor_batch.scan.discover import ScanFile, discover_report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -61,6 +62,7 @@ class RunRequest:
     dry_run: bool = False
     retry_failed: bool = False
     force: bool = False
+    verify_inputs: bool = False  # rehash every input instead of trusting size + mtime
     argv: list[str] = field(default_factory=list)  # for the "resume with" line
 
 
@@ -167,9 +169,18 @@ def plan_files(
     out_dir: Path,
     force: bool = False,
     retry_failed: bool = False,
+    verify_inputs: bool = False,
 ) -> list[PlannedFile]:
-    """Decide, per file, whether this run does it; hashes are reused when size and mtime match."""
+    """Decide, per file, whether this run does it.
+
+    Fast path: a journal row's input hash is reused when size and mtime (ns) match, so an unchanged
+    archive is re-planned without reading it; ``verify_inputs`` always rehashes (a same-size edit
+    with its mtime restored is then caught). FIFOs, devices and non-images are never hashed:
+    loading fails them with their reason.
+    """
     from mtcolor_batch.pipeline import file_sha256, find_sidecar_safe, fingerprint
+    from mtcolor_batch.scan.imageio import looks_like_image
+    from mtcolor_batch.scan.regular import not_regular_reason
 
     planned: list[PlannedFile] = []
     for item in files:
@@ -177,12 +188,15 @@ def plan_files(
         size, mtime = _stat(item.path)
         sha: str | None
         if (
-            row
+            not verify_inputs
+            and row
             and row.input_sha256
             and size is not None
             and (row.input_size, row.input_mtime) == (size, mtime)
         ):
             sha = row.input_sha256
+        elif not looks_like_image(item.path):
+            sha = None  # not a regular file or not an image: loading says which, as a failed row
         else:
             try:
                 sha = file_sha256(item.path)
@@ -190,7 +204,10 @@ def plan_files(
                 sha = None  # unreadable: loading reports why, as a failed row
         try:
             sidecar = find_sidecar_safe(item.path)
-            sidecar_sha = file_sha256(sidecar) if sidecar else None
+            if sidecar is not None and not_regular_reason(sidecar) is not None:
+                sidecar_sha: str | None = "unreadable"  # never opened; the hints stage says why
+            else:
+                sidecar_sha = file_sha256(sidecar) if sidecar else None
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
         fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?")
@@ -237,7 +254,7 @@ def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, mode
     )
 
 
-def _summary(console: Console, outcomes: list[Outcome], out_dir: Path) -> None:
+def _summary(console: Console, outcomes: list[Outcome], out_dir: Path, warnings: list[str] | None = None) -> None:
     counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed", "pending")}
     console.print(f"Output folder: {escape(str(out_dir))}", highlight=False)
     table = Table(title="Summary")
@@ -255,6 +272,8 @@ def _summary(console: Console, outcomes: list[Outcome], out_dir: Path) -> None:
         for o in failed:
             ft.add_row(escape(o.relpath), escape(o.reason))
         console.print(ft)
+    for warning in warnings or []:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def run_batch(
@@ -277,9 +296,18 @@ def run_batch(
         raise UserError(
             "--out must not be the scan folder itself", path=out_dir, hint="use a sub- or sibling folder"
         )
-    files = discover(scans, exclude=[out_dir], shard=req.shard)
+    check_seed(req.profile.seed)
+    check_out_folder(out_dir)
+    found = discover_report(
+        scans, exclude=[out_dir], shard=req.shard, max_sidecar_bytes=req.profile.hints.max_sidecar_bytes
+    )
+    files = found.files
+    for warning in found.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     profile_fp = req.profile.fingerprint()
     jpath = journal_path(out_dir, req.shard)
+    suffix = req.profile.output.suffix
+    check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
 
     if req.dry_run:
         try:
@@ -298,6 +326,7 @@ def run_batch(
                 out_dir=out_dir,
                 force=req.force,
                 retry_failed=req.retry_failed,
+                verify_inputs=req.verify_inputs,
             )
         finally:
             if journal:
@@ -314,7 +343,7 @@ def run_batch(
     if not files:
         console.print(f"No scans found under {scans} (extensions: jpg jpeg png tif tiff webp bmp).")
         return EXIT_OK
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out_dir)
     with (
         OutputLock(lock_path(out_dir, req.shard)),
         Journal(jpath) as journal,
@@ -331,6 +360,7 @@ def run_batch(
             out_dir=out_dir,
             force=req.force,
             retry_failed=req.retry_failed,
+            verify_inputs=req.verify_inputs,
         )
         for p in planned:
             if p.todo:  # new, changed, crashed (`running`), retried or forced: (re)queued as pending
@@ -364,7 +394,7 @@ def run_batch(
             else:
                 interrupted = _loop(todo, pipeline, journal, stop, console, outcomes)
         journal_problems = journal.check()
-    _summary(console, outcomes, out_dir)
+    _summary(console, outcomes, out_dir, found.warnings)
     if journal_problems:
         console.print(f"[red]journal check: {'; '.join(journal_problems)}[/red]")
     if interrupted:
