@@ -65,7 +65,7 @@ def merge_command(
         else:
             report = merge_journals(journals, into)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()))
+        console.print("[red]error:[/red] " + escape(exc.one_line()), soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     print_report(console, report)
 
@@ -78,13 +78,15 @@ def rebuild_command(
     """Rebuild the journal from the outputs' .color.json records (the old journal is kept aside)."""
     from mtcolor_batch.scan.discover import parse_shard
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         spec = parse_shard(shard)
+        if not out.is_dir():
+            raise UserError("output folder not found", path=out)
         with OutputLock(lock_path(out, spec)):
             report = rebuild_journal(out, spec)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()))
+        console.print("[red]error:[/red] " + escape(exc.one_line()), soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     for line in report.skipped:
         console.print("[yellow]not trusted:[/yellow] " + escape(line))

@@ -135,7 +135,7 @@ def run_command(
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
             console.print(f"report: {build_report(out_dir)}", highlight=False)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
+        console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     raise typer.Exit(code)
 
