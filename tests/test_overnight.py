@@ -21,8 +21,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.config import ScanSettings
-from mtcolor_batch.errors import ScanError, UserError
+from mtcolor_batch.core.config import ScanSettings
+from mtcolor_batch.core.errors import ScanError, UserError
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import load_scan
@@ -105,7 +105,7 @@ def test_deeply_nested_sidecar_does_not_stop_discovery_or_hints_check(tmp_path: 
 
 
 def test_profile_file_uses_the_guarded_loader(tmp_path: Path) -> None:
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
 
     deep = tmp_path / "deep.yaml"
     deep.write_text("sampling: " + "[" * 600 + "]" * 600 + "\n")
@@ -182,7 +182,7 @@ def test_non_regular_files_fail_alone_and_are_never_opened(tmp_path: Path, kind:
 
 
 def test_mislabelled_huge_file_is_refused_from_its_header(tmp_path: Path, monkeypatch) -> None:
-    import mtcolor_batch.pipeline as pipeline
+    import mtcolor_batch.jobs.runner as runner
     import mtcolor_batch.scan.imageio as imageio
     from mtcolor_batch.jobs.runner import plan_files
 
@@ -198,7 +198,7 @@ def test_mislabelled_huge_file_is_refused_from_its_header(tmp_path: Path, monkey
     with pytest.raises(ScanError, match="not an image"):
         load_scan(big, tmp_path, ScanSettings())
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "file_sha256", no_hash)
+    monkeypatch.setattr(runner, "sha256_file", no_hash)
     [planned] = plan_files(discover(tmp_path), None, profile_fp="p", model_fp="m", out_dir=tmp_path / "o")
     assert planned.sha256 is None
 
@@ -313,9 +313,10 @@ def test_rebuild_does_not_trust_a_record_whose_output_changed(
 
 
 def test_verify_inputs_rehashes_a_same_size_change_with_mtime_restored(tmp_path: Path) -> None:
+    from mtcolor_batch.core.fs import sha256_file as file_sha256
     from mtcolor_batch.jobs.journal import Journal
     from mtcolor_batch.jobs.runner import plan_files
-    from mtcolor_batch.pipeline import file_sha256, fingerprint
+    from mtcolor_batch.stages.pipeline import fingerprint
 
     scan = gray(tmp_path / "s" / "a.png")
     files = discover(tmp_path / "s")
@@ -329,7 +330,9 @@ def test_verify_inputs_rehashes_a_same_size_change_with_mtime_restored(tmp_path:
         scan.write_bytes(bytes(data))
         os.utime(scan, ns=(st.st_atime_ns, st.st_mtime_ns))
         trusting = plan_files(files, journal, profile_fp="p", model_fp="m", out_dir=tmp_path)
-        verifying = plan_files(files, journal, profile_fp="p", model_fp="m", out_dir=tmp_path, verify_inputs=True)
+        verifying = plan_files(
+            files, journal, profile_fp="p", model_fp="m", out_dir=tmp_path, verify_inputs=True
+        )
     assert trusting[0].fingerprint == fp  # the documented fast path
     assert verifying[0].action == "changed"
 
@@ -358,7 +361,9 @@ def test_read_only_output_folder(tmp_path: Path, tiny_bundle: Path, profile: Pat
     assert result.exit_code == 2 and "Read-only file system" in result.output
 
 
-def test_disk_full_before_the_journal_exists(tmp_path: Path, tiny_bundle: Path, profile: Path, monkeypatch) -> None:
+def test_disk_full_before_the_journal_exists(
+    tmp_path: Path, tiny_bundle: Path, profile: Path, monkeypatch
+) -> None:
     import mtcolor_batch.jobs.journal as journal_mod
 
     gray(tmp_path / "scans" / "a.png")
@@ -384,7 +389,9 @@ def test_non_utf8_manifest_is_a_setup_error(tmp_path: Path, tiny_bundle: Path, p
 
 
 @pytest.mark.parametrize("seed", ["99999999999999999999999", "-1", str(2**63)])
-def test_seed_out_of_range_is_refused_up_front(tmp_path: Path, tiny_bundle: Path, profile: Path, seed: str) -> None:
+def test_seed_out_of_range_is_refused_up_front(
+    tmp_path: Path, tiny_bundle: Path, profile: Path, seed: str
+) -> None:
     gray(tmp_path / "scans" / "a.png")
     result = run(tmp_path / "scans", tiny_bundle, profile, "--seed", seed)
     assert result.exit_code == 2 and "out of range" in result.output

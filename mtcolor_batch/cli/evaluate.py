@@ -16,10 +16,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import EXIT_FAILED, UserError
+from mtcolor_batch.core.fs import atomic_write_text
 from mtcolor_batch.evaluate.evaluation import NUMERIC_COLUMNS, EvalResult, evaluate_dir, finite_or_text
 from mtcolor_batch.evaluate.iqa import DEFAULT_IQA
-from mtcolor_batch.evaluate.report import atomic_write_text, build_report
+from mtcolor_batch.evaluate.report import build_report
 
 _HEADERS = {
     "colorfulness": "Colorful.",
@@ -126,8 +128,7 @@ def eval_cmd(
                 progress=lambda rel: status.update(f"scoring {rel}"),
             )
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     Console().print(_table(result))
     for message in result.messages:
         console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
@@ -138,7 +139,7 @@ def eval_cmd(
         atomic_write_text(json_path, _json_text(result))
         console.print(f"wrote {json_path}", highlight=False)
     if any(r.error for r in result.rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def report_cmd(
@@ -152,8 +153,7 @@ def report_cmd(
     try:
         path = build_report(out_dir, scans_dir=scans, with_metrics=metrics)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     typer.echo(f"wrote {path}")
 
 

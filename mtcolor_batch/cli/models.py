@@ -7,16 +7,12 @@ from pathlib import Path
 
 import typer
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 
 app = typer.Typer(
     help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
 )
-
-
-def _fail(exc: UserError) -> typer.Exit:
-    typer.echo(f"error: {exc.one_line()}", err=True)
-    return typer.Exit(1)
 
 
 def _parse_revisions(values: list[str]) -> dict[str, str]:
@@ -60,7 +56,7 @@ def pull(
             log=lambda msg: typer.echo(msg, err=True),
         )
     except UserError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, EXIT_FAILED) from None
     typer.echo(f"{bundle.path}  {bundle.name}  {bundle.revision}  weights {bundle.weights_sha256[:16]}")
 
 
@@ -99,7 +95,7 @@ def list_bundles(
         tiny = "yes" if bundle.tiny else "no"
         typer.echo(f"{folder.name:<24} {bundle.name:<18} {tiny:<5} {verified:<9} {bundle.revision}")
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("verify")
@@ -116,14 +112,13 @@ def verify(
     try:
         bundle = read_manifest(folder)
     except UserError as exc:  # no readable manifest: nothing to verify against (setup error)
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     t0 = time.perf_counter()
     problems = verify_problems(bundle)
     for line in problems:
         typer.echo(f"error: {line}", err=True)
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
     typer.echo(
         f"ok: {bundle.path} ({bundle.name} {bundle.revision}{', tiny' if bundle.tiny else ''}): "
         f"{len(bundle.files)} files verified in {time.perf_counter() - t0:.1f} s, "
@@ -137,13 +132,13 @@ def tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
-    from mtcolor_batch.model.tiny import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
     t0 = time.perf_counter()
     try:
         path = write_tiny_bundle(directory, seed=seed)
     except UserError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, EXIT_FAILED) from None
     typer.echo(
         f"wrote tiny random bundle {path} in {time.perf_counter() - t0:.1f} s (colours are meaningless)"
     )

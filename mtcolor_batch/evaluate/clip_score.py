@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 
 CLIP_COMPONENT = "clip"
 
@@ -38,7 +38,7 @@ def find_clip_dir(path: Path) -> Path | None:
     return None
 
 
-def _image_processor_class() -> type:
+def image_processor_class() -> type:
     """transformers 5 routes ``CLIPImageProcessor`` to a torchvision backend we cannot load; use PIL."""
     try:
         from transformers import CLIPImageProcessorPil
@@ -72,7 +72,7 @@ class ClipScorer:
         try:
             self.model = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(device).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-            self.processor = _image_processor_class().from_pretrained(clip_dir)
+            self.processor = image_processor_class().from_pretrained(clip_dir)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load CLIP: {exc}", path=clip_dir) from exc
         self.device = device
@@ -112,61 +112,3 @@ def crop_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | No
     if x1 <= x0 or y1 <= y0:
         return None
     return rgb[y0:y1, x0:x1]
-
-
-def _tiny_vocab() -> tuple[dict[str, int], list[str]]:
-    """A byte-level BPE vocabulary with no merges: every text tokenises, offline, in 514 ids."""
-    try:  # transformers 5 keeps it here; 4.x in the GPT-2 tokenizer
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
-    except ImportError:
-        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, ["#version: 0.2"]
-
-
-def write_tiny_clip(path: Path) -> Path:
-    """Write a tiny random CLIP (text + vision) for tests and the offline demo; returns ``path``.
-
-    Random weights give meaningless scores; it exists so the scoring path runs end to end without
-    the network. A bundle gets it as ``<bundle>/clip``.
-    """
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _tiny_vocab()
-    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (path / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    # positional paths: the keyword names differ between transformers 4 (vocab_file) and 5 (vocab)
-    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(path)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": vocab["<|endoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"],
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(path, safe_serialization=True)
-    _image_processor_class()(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(path)
-    return path

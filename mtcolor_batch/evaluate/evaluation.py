@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.evaluate import metrics
 from mtcolor_batch.evaluate.clip_score import ClipScorer, crop_box, find_clip_dir
 from mtcolor_batch.evaluate.iqa import IqaScorer

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from skimage.color import rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from mtcolor_batch.errors import ScanError
+from mtcolor_batch.core.color import image_lightness
+from mtcolor_batch.core.errors import ScanError
 from mtcolor_batch.scan.imageio import _orient, _read_tiff_16bit
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
@@ -105,17 +105,6 @@ def ssim(pred: np.ndarray, ref: np.ndarray) -> float:
     )
 
 
-def lightness(rgb_or_gray: np.ndarray) -> np.ndarray:
-    """CIELAB L* (0-100) of an sRGB image, or of a gray image given as HxW sRGB values.
-
-    float32 keeps scikit-image on its float32 path (about twice as fast; L* error ~1e-5).
-    """
-    x = np.asarray(rgb_or_gray, dtype=np.float32)
-    if x.ndim == 2:
-        x = np.repeat(x[..., None], 3, axis=2)
-    return rgb2lab(np.clip(x, 0.0, 1.0))[..., 0].astype(np.float64)
-
-
 def luminance_fidelity(pred: np.ndarray, scan: np.ndarray) -> float:
     """max |L*_out - L*_in| over all pixels, in L* units (0-100).
 
@@ -127,5 +116,5 @@ def luminance_fidelity(pred: np.ndarray, scan: np.ndarray) -> float:
         raise ValueError(f"size mismatch: output {pred.shape[:2]} vs scan {scan.shape[:2]}")
     worst = 0.0
     for p_strip, s_strip in zip(_strips(pred), _strips(scan), strict=True):
-        worst = max(worst, float(np.abs(lightness(p_strip) - lightness(s_strip)).max()))
+        worst = max(worst, float(np.abs(image_lightness(p_strip) - image_lightness(s_strip)).max()))
     return worst

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import Journal, Row
 
 SKIP_DIRS = frozenset({".mtcolor", "report_files"})  # the journal, the report's folder

@@ -26,9 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from yaml.error import Mark
 
-from mtcolor_batch.errors import HintError
+from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.types import ColorHint
 from mtcolor_batch.hints.colors import parse_color
-from mtcolor_batch.types import ColorHint
 
 __all__ = [
     "MAX_DEPTH",

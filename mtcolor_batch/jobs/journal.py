@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mtcolor_batch.errors import UserError, path_text
+from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.jobs.journal import journal_state, rebuild_hint
 from mtcolor_batch.jobs.merge import shard_journals
 from mtcolor_batch.output.writer import output_path
@@ -42,9 +42,11 @@ def check_out_folder(out_dir: Path) -> None:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found = Path(dirpath) / name
                 raise UserError(
-                    f"--out already holds images that are not mtcolor-batch outputs (e.g. {path_text(found)})",
+                    "--out already holds images that are not mtcolor-batch outputs "
+                    f"(e.g. {path_text(found)})",
                     path=out_dir,
-                    hint="use a new or empty folder, or the output folder of an earlier run (it has .mtcolor/)",
+                    hint="use a new or empty folder, or the output folder of an earlier run "
+                    "(it has .mtcolor/)",
                 )
 
 
@@ -62,7 +64,13 @@ def make_out_folder(out_dir: Path) -> None:
 
 
 def check_journal(
-    jpath: Path, files: list[ScanFile], out_dir: Path, suffix: str, *, shard: tuple[int, int] | None, force: bool
+    jpath: Path,
+    files: list[ScanFile],
+    out_dir: Path,
+    suffix: str,
+    *,
+    shard: tuple[int, int] | None,
+    force: bool,
 ) -> None:
     """Refuse a damaged journal, and a missing or empty one while this run's outputs already exist.
 

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtcolor_batch.errors import UserError, path_text
+from mtcolor_batch.core.errors import UserError, path_text
+from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK, shard_of
 
@@ -44,7 +45,7 @@ def _records(out_dir: Path) -> list[Path]:
 
 def _row_of(record_path: Path, out_dir: Path) -> tuple[str, dict] | str:
     """(relpath, row fields) from one record, or the reason it is not trusted."""
-    from mtcolor_batch.pipeline import file_sha256, fingerprint
+    from mtcolor_batch.stages.pipeline import fingerprint
 
     try:
         rec = json.loads(record_path.read_text(encoding="utf-8"))
@@ -60,7 +61,7 @@ def _row_of(record_path: Path, out_dir: Path) -> tuple[str, dict] | str:
     output = out_dir / output_rel
     if not output.is_file():
         return f"its output {output_rel} is missing"
-    if file_sha256(output) != output_sha:
+    if sha256_file(output) != output_sha:
         return f"its output {output_rel} does not match the sha256 in the record"
     record_rel = record_path.relative_to(out_dir).as_posix()
     timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
@@ -128,7 +129,8 @@ def rebuild_journal(out_dir: Path, shard: tuple[int, int] | None = None) -> Rebu
         newest = max(rows.values(), key=lambda r: r["created"], default=None)
         if newest is not None and newest["profile"] is not None:
             db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('profile', ?)", (json.dumps(newest["profile"]),)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('profile', ?)",
+                (json.dumps(newest["profile"]),),
             )
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('rebuilt_from_records', ?)",

@@ -13,22 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import snapshot_download
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.fs import atomic_write_text, sha256_file, staged_dir
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
-from mtcolor_batch.output.writer import atomic_write
 
 FORMAT_VERSION = 1
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx")
 """Weight formats a bundle refuses: pickles can execute code; the others are not what we load."""
 
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -54,14 +52,6 @@ class Bundle:
 
     def file(self, rel: str) -> Path:
         return self.path / rel
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_digest(files: dict[str, str]) -> str:
@@ -100,10 +90,6 @@ def _components_of(root: Path) -> dict[str, str]:
     return comps
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def save_bundle(
     root: Path,
     *,
@@ -140,7 +126,7 @@ def save_bundle(
         "weights_sha256": bundle.weights_sha256,
         "files": files,
     }
-    _atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return bundle
 
 
@@ -328,7 +314,6 @@ def pull_bundle(
     plain file is fetched only where no variant exists. The bundle is built in a temp folder next to
     ``dest`` and moved into place at the end, so a failed pull never leaves a half bundle behind.
     """
-    import shutil
 
     from mtcolor_batch.model.registry import COMPONENTS, default_bundle_dir, hub_cache_dir
 
@@ -341,10 +326,8 @@ def pull_bundle(
             f"unknown component in --revision: {', '.join(sorted(unknown))}",
             hint=f"use one of {', '.join(c.key for c in COMPONENTS)}",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.pulling-"))
     sources: dict[str, Any] = {}
-    try:
+    with staged_dir(dest, "pulling") as staging:
         for comp in COMPONENTS:
             if not perception and comp.key in ("sam", "detector"):
                 continue
@@ -378,16 +361,6 @@ def pull_bundle(
         _write_fresh_modules(staging)
         revision = "+".join(f"{k}@{v['commit'][:12]}" for k, v in sources.items())
         save_bundle(staging, name=dest.name, revision=revision, tiny=False, sources=sources)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return read_manifest(dest)
 
 

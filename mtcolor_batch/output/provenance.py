@@ -17,10 +17,11 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from mtcolor_batch import __version__
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import path_text
-from mtcolor_batch.output.writer import EmbeddedMeta, atomic_write
-from mtcolor_batch.types import Instance, Plan, Scan
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import path_text
+from mtcolor_batch.core.fs import atomic_write_bytes
+from mtcolor_batch.core.types import Instance, Plan, Scan
+from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 TOOL = f"mtcolor-batch {__version__}"
@@ -191,4 +192,4 @@ def record_bytes(record: dict[str, Any]) -> bytes:
 def write_record(path: Path, record: dict[str, Any]) -> str:
     """Write the record atomically; return its sha256."""
     data = record_bytes(record)
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write_bytes(path, data)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.perception.segmenter import Segmenter
 
 SAM_DIR = "sam"

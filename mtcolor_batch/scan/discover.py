@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtcolor_batch.errors import UserError, path_text
+from mtcolor_batch.core.errors import UserError, path_text
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 SIDECAR_EXTENSIONS = (".yaml", ".yml")
@@ -189,12 +189,14 @@ def discover_report(
         if sidecar is not None:
             if _mask_only(path):
                 continue
+            by = path_text(sidecar.relative_to(root).as_posix())
             warnings.append(
-                f"{key}: named as a mask by {path_text(sidecar.relative_to(root).as_posix())} and colorized as "
-                "a scan too (rename it <name>_mask.png or move it into a masks/ folder to make it a mask only)"
+                f"{key}: named as a mask by {by} and colorized as a scan too (rename it <name>_mask.png "
+                "or move it into a masks/ folder to make it a mask only)"
             )
         if key in by_key:  # only a non-UTF-8 name can escape to another file's name
-            warnings.append(f"{path_text(path)}: skipped: its name reads the same as {path_text(by_key[key])}")
+            other = path_text(by_key[key])
+            warnings.append(f"{path_text(path)}: skipped: its name reads the same as {other}")
             continue
         by_key[key] = path
         files.append(ScanFile(path, key))

@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from mtcolor_batch.config import PerceptionSettings
-from mtcolor_batch.errors import UserError
-from mtcolor_batch.output.writer import atomic_write
+from mtcolor_batch.core.config import PerceptionSettings
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import atomic_write_bytes
+from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import describe_tone as describe_scan_tone
 from mtcolor_batch.scan.imageio import rgb_to_gray
 from mtcolor_batch.train import naming
-from mtcolor_batch.types import Instance, Scan
 
 MANIFEST = "manifest.jsonl"
 META = "dataset.json"
@@ -59,7 +59,7 @@ class BuildReport:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
-    atomic_write(path, lambda fh: fh.write(data))
+    atomic_write_bytes(path, data)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
