@@ -152,6 +152,7 @@ def test_non_regular_files_fail_alone_and_are_never_opened(tmp_path: Path, kind:
     gray(scans / "good.png")
     target = scans / "x.jpg"
     sock = None
+    done = True
     if kind == "fifo":
         os.mkfifo(target)
     elif kind == "fifo-sidecar":
@@ -163,7 +164,8 @@ def test_non_regular_files_fail_alone_and_are_never_opened(tmp_path: Path, kind:
         sock = socket.socket(socket.AF_UNIX)
         sock.bind(str(target))
     try:
-        files = discover(scans)
+        done, files = _in_thread(lambda: discover(scans))
+        assert done, "discovery blocked on a non-regular file"
         assert [f.relpath for f in files] == ["good.png", "x.jpg"]
         done, planned = _in_thread(
             lambda: plan_files(files, None, profile_fp="p", model_fp="m", out_dir=tmp_path / "out")

@@ -97,7 +97,7 @@ def upright_size(path: Path) -> tuple[int, int]:
     """(height, width) of the scan as the run sees it (EXIF orientation applied), from the header only."""
     from PIL import Image
 
-    from mtcolor_batch.scan.regular import open_regular
+    from mtcolor_batch.core.regular import open_regular
 
     try:
         with open_regular(path) as fh, Image.open(fh) as img:
@@ -308,9 +308,12 @@ def _mask_problems(sidecar_path: Path, scan_root: Path, max_bytes: int) -> list[
     return out
 
 
-def check_sidecars(scans: Path, max_bytes: int) -> tuple[list[str], list[str], int]:
+def check_sidecars(
+    scans: Path, max_bytes: int, max_instances: int | None = None
+) -> tuple[list[str], list[str], int]:
     """(problem lines, warning lines, sidecars checked) for everything under ``scans``."""
-    from mtcolor_batch.hints.schema import check_sidecar, shadowed_sidecar
+    from mtcolor_batch.core.errors import HintError
+    from mtcolor_batch.hints.schema import check_instance_count, check_sidecar, load_sidecar, shadowed_sidecar
 
     pairs, orphans = _sidecars_to_check(scans)
     scan_root = scans if scans.is_dir() else scans.parent
@@ -329,6 +332,11 @@ def check_sidecars(scans: Path, max_bytes: int) -> tuple[list[str], list[str], i
         # scan_root turns on run's own mask checks (inside the tree, regular file, decodable, scan-sized)
         checked_errors = check_sidecar(sidecar, max_bytes=max_bytes, scan_size=size, scan_root=scan_root)
         found = [err.one_line() for err in checked_errors]
+        if not found and max_instances is not None:
+            try:  # the run's own per-sidecar cap
+                check_instance_count(load_sidecar(sidecar, max_bytes=max_bytes), sidecar, max_instances)
+            except HintError as exc:
+                found = [exc.one_line()]
         if not found:
             found = _mask_problems(sidecar, scan_root, max_bytes)
         problems.extend(found)
@@ -345,7 +353,9 @@ def check_command(
 
     try:
         settings = load_profile(profile)
-        problems, warnings, checked = check_sidecars(scans, settings.hints.max_sidecar_bytes)
+        problems, warnings, checked = check_sidecars(
+            scans, settings.hints.max_sidecar_bytes, settings.hints.max_sidecar_instances
+        )
     except UserError as exc:
         raise fail(exc) from None
     for line in [*warnings, *problems]:

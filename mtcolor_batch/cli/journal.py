@@ -16,7 +16,7 @@ from rich.table import Table
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, journal_path, lock_path
-from mtcolor_batch.jobs.lock import OutputLock
+from mtcolor_batch.jobs.lock import OutputLock, RunLock
 from mtcolor_batch.jobs.merge import MergeReport, merge_journals, shard_journals
 from mtcolor_batch.jobs.rebuild import rebuild_journal
 
@@ -82,7 +82,7 @@ def rebuild_command(
         spec = parse_shard(shard)
         if not out.is_dir():
             raise UserError("output folder not found", path=out)
-        with OutputLock(lock_path(out, spec)):
+        with RunLock(out, spec):
             report = rebuild_journal(out, spec)
     except UserError as exc:
         raise fail(exc) from None

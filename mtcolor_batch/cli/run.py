@@ -15,7 +15,7 @@ import typer
 
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.config import load_profile
-from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_OK, UserError
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
     RunRequest,
@@ -133,6 +133,11 @@ def run_command(
             console.print(f"report: {build_report(out_dir)}", highlight=False)
     except UserError as exc:
         raise fail(exc) from None
+    except KeyboardInterrupt:  # a second Ctrl-C outside the file loop (planning, summary): still 130
+        console.print(
+            "[yellow]Interrupted at once; the journal is consistent. Resume with the same command.[/yellow]"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 

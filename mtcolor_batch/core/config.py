@@ -61,6 +61,17 @@ class HintSettings(_Section):
     strict: bool = Field(False, description="Shift hinted instances to their hint colour (archival).")
     feather_px: int = Field(6, ge=0)
     max_sidecar_bytes: int = Field(256 * 1024, ge=1)
+    max_sidecar_instances: int = Field(
+        256, ge=1, description="Most hints one sidecar may hold; more fail that file with a clear error."
+    )
+
+
+class JobSettings(_Section):
+    """How the batch is run; never changes a file's output bytes, so it is not in the fingerprint."""
+
+    crash_retries: int = Field(
+        2, ge=1, description="A file that crashed the whole process this many times is failed, not retried."
+    )
 
 
 class OutputSettings(_Section):
@@ -82,10 +93,16 @@ class Profile(_Section):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     hints: HintSettings = Field(default_factory=HintSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     def fingerprint(self) -> str:
-        """Hash of every value that changes output bytes (device excluded: it is recorded apart)."""
-        data = self.model_dump(mode="json", exclude={"name", "device"})
+        """Hash of every value that changes output bytes (device excluded: it is recorded apart).
+
+        Limits that only decide whether a file is tried at all (``jobs``, the sidecar instance cap)
+        are left out, so changing them never redoes finished files.
+        """
+        exclude: dict = {"name": True, "device": True, "jobs": True, "hints": {"max_sidecar_instances"}}
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

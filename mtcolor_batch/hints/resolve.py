@@ -22,10 +22,10 @@ from skimage.draw import polygon as draw_polygon
 
 from mtcolor_batch.core.config import HintSettings
 from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.regular import open_regular
 from mtcolor_batch.core.types import Box, Instance, Scan
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
-from mtcolor_batch.scan.regular import open_regular
 
 __all__ = [
     "PromptSegmenter",

@@ -32,6 +32,7 @@ from mtcolor_batch.hints.colors import parse_color
 
 __all__ = [
     "MAX_DEPTH",
+    "check_instance_count",
     "InstanceHint",
     "Sidecar",
     "check_sidecar",
@@ -363,7 +364,7 @@ def _read_capped(path: Path, max_bytes: int, what: str = "sidecar") -> bytes:
 
     The size is checked before a byte is read, and a FIFO/socket/device is never opened.
     """
-    from mtcolor_batch.scan.regular import not_regular_reason, open_regular
+    from mtcolor_batch.core.regular import not_regular_reason, open_regular
 
     try:
         reason = not_regular_reason(path)
@@ -808,6 +809,20 @@ def check_sidecar(
     out) and, with ``scan_size``, has the scan's size.
     """
     return _load(Path(path), max_bytes, scan_size, None if scan_root is None else Path(scan_root))[1]
+
+
+def check_instance_count(sidecar: Sidecar, path: Path, cap: int) -> None:
+    """Refuse a sidecar with more hints than ``hints.max_sidecar_instances``, before any region is drawn.
+
+    Why: every drawn hint becomes a scan-sized mask; 8,000 boxes on one scan took gigabytes.
+    """
+    n = len(sidecar.instances)
+    if n > cap:
+        raise HintError(
+            f"{n} instances, over the limit of {cap} per sidecar",
+            path=path,
+            hint="split the hints over fewer, larger regions, or raise hints.max_sidecar_instances",
+        )
 
 
 def load_sidecar(path: Path, *, max_bytes: int, scan_size: tuple[int, int] | None = None) -> Sidecar:

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS files (
     input_size   INTEGER,
     input_mtime  INTEGER,
     input_sha256 TEXT,
-    updated_at   REAL NOT NULL
+    updated_at   REAL NOT NULL,
+    crashes      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -112,6 +113,9 @@ class Journal:
                 # which means a file is redone (outputs are replaced atomically), never a corrupt journal.
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
+                columns = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+                if "crashes" not in columns:  # journals written before the crash-retry cap
+                    self.db.execute("ALTER TABLE files ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
         except JournalDamagedError:
             self.db.close()
             raise
@@ -187,18 +191,43 @@ class Journal:
         return out
 
     def upsert_pending(
-        self, relpath: str, fingerprint: str, *, size: int | None, mtime: int | None, sha256: str | None
+        self,
+        relpath: str,
+        fingerprint: str,
+        *,
+        size: int | None,
+        mtime: int | None,
+        sha256: str | None,
+        keep_crashes: bool = False,
     ) -> None:
-        """(Re)plan a file: new or changed rows become pending; attempts survive for the record."""
+        """(Re)plan a file: new or changed rows become pending; attempts survive for the record.
+
+        The crash count starts over unless ``keep_crashes`` (the file is retried after a crash).
+        """
         self.db.execute(
             "INSERT INTO files (relpath, fingerprint, state, input_size, input_mtime, input_sha256,"
             " updated_at)"
             " VALUES (?, ?, 'pending', ?, ?, ?, ?)"
             " ON CONFLICT(relpath) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'pending',"
             " error = NULL, input_size = excluded.input_size, input_mtime = excluded.input_mtime,"
-            " input_sha256 = excluded.input_sha256, updated_at = excluded.updated_at",
-            (relpath, fingerprint, size, mtime, sha256, time.time()),
+            " input_sha256 = excluded.input_sha256, updated_at = excluded.updated_at,"
+            " crashes = CASE WHEN ? THEN crashes ELSE 0 END",
+            (relpath, fingerprint, size, mtime, sha256, time.time(), keep_crashes),
         )
+
+    def note_crash(self, relpath: str) -> int:
+        """A row found ``running`` at planning: the process died on it. Return its crash count."""
+        self.db.execute("UPDATE files SET crashes = crashes + 1 WHERE relpath = ?", (relpath,))
+        rec = self.db.execute("SELECT crashes FROM files WHERE relpath = ?", (relpath,)).fetchone()
+        return int(rec[0]) if rec else 0
+
+    def recorded_outputs(self) -> dict[str, str]:
+        """Every output path the journal records (lowercased) -> the relpath that wrote it."""
+        out: dict[str, str] = {}
+        for relpath, outputs in self.db.execute("SELECT relpath, outputs FROM files"):
+            for o in json.loads(outputs):
+                out.setdefault(str(o).lower(), relpath)
+        return out
 
     def mark_running(self, relpath: str) -> None:
         self.db.execute(

@@ -23,9 +23,10 @@ from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Us
 from mtcolor_batch.core.fs import clean_stale_temps, sha256_file
 from mtcolor_batch.jobs.batch import ExecContext, Executor, Outcome, PlannedFile, StopController
 from mtcolor_batch.jobs.executors.local import LocalExecutor, PipelineFactory
-from mtcolor_batch.jobs.journal import Journal, Row, journal_path, lock_path
-from mtcolor_batch.jobs.lock import OutputLock
+from mtcolor_batch.jobs.journal import Journal, Row, journal_path
+from mtcolor_batch.jobs.lock import RunLock
 from mtcolor_batch.jobs.preflight import check_journal, check_out_folder, check_seed, make_out_folder
+from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import ScanFile, discover_report
 
 
@@ -78,9 +79,9 @@ def plan_files(
     with its mtime restored is then caught). FIFOs, devices and non-images are never hashed:
     loading fails them with their reason.
     """
+    from mtcolor_batch.core.regular import not_regular_reason
     from mtcolor_batch.hints.schema import find_sidecar
     from mtcolor_batch.scan.imageio import looks_like_image
-    from mtcolor_batch.scan.regular import not_regular_reason
     from mtcolor_batch.stages.pipeline import fingerprint
 
     planned: list[PlannedFile] = []
@@ -129,6 +130,73 @@ def plan_files(
             action = "pending"
         planned.append(PlannedFile(item, fp, action, sidecar, sha, size, mtime, row.error if row else None))
     return planned
+
+
+def _cap_crashes(planned: list[PlannedFile], journal: Journal, cap: int) -> None:
+    """Count one more crash for each file found ``running``; at ``cap`` crashes it fails for good.
+
+    A file that kills the process (an OOM on one huge scan) would otherwise be retried on every
+    resume, forever. ``--retry-failed`` gives it another ``cap`` tries.
+    """
+    for p in planned:
+        if p.action != "retry-crashed":
+            continue
+        n = journal.note_crash(p.item.relpath)
+        if n >= cap:
+            reason = (
+                f"{p.item.relpath}: crashed the process {n} times (killed, or out of memory?); not retried "
+                "again (jobs.crash_retries in the profile)"
+            )
+            journal.mark_failed(p.item.relpath, reason)
+            p.action, p.previous_error = "failed-before", reason
+
+
+def _avoid_recorded_outputs(
+    planned: list[PlannedFile], journal: Journal, taken: set[tuple[str, str]], out_dir: Path, suffix: str
+) -> list[str]:
+    """Rename (``stem~N``) any file to do whose output the journal records for another file.
+
+    Discovery already makes names unique across the tree; this catches outputs of files that
+    have left the tree (or were named differently before), so no output ever replaces another
+    file's. Deterministic for a given tree and journal; the note goes into the file's provenance.
+    """
+    from dataclasses import replace
+
+    claimed = journal.recorded_outputs()
+    notes: list[str] = []
+
+    def names(rel: str, stem: str) -> list[str]:
+        return [
+            output_path(out_dir, rel, suffix, json_record=j, stem=stem)
+            .relative_to(out_dir)
+            .as_posix()
+            .lower()
+            for j in (False, True)
+        ]
+
+    for p in planned:
+        if not p.todo:
+            continue
+        rel, stem = p.item.relpath, p.item.stem
+        holders = {claimed[n] for n in names(rel, stem) if n in claimed} - {rel}
+        if not holders:
+            continue
+        folder = Path(rel).parent.as_posix()
+        n = 2
+        while (folder, f"{stem}~{n}".lower()) in taken or any(
+            x in claimed for x in names(rel, f"{stem}~{n}")
+        ):
+            n += 1
+        new = f"{stem}~{n}"
+        taken.add((folder, new.lower()))
+        note = (
+            f"output named '{new}' because the journal records '{stem}' as the output of {sorted(holders)[0]}"
+        )
+        if p.item.name_note:
+            note = f"{p.item.name_note}; {note}"
+        p.item = replace(p.item, out_stem=new, name_note=note)
+        notes.append(f"{rel}: {note}")
+    return notes
 
 
 def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, model_note: str) -> None:
@@ -252,7 +320,7 @@ def run_batch(
         return EXIT_OK
     make_out_folder(out_dir)
     with (
-        OutputLock(lock_path(out_dir, req.shard)),
+        RunLock(out_dir, req.shard),
         Journal(jpath) as journal,
         StopController(console) as stop,
     ):
@@ -269,10 +337,19 @@ def run_batch(
             retry_failed=req.retry_failed,
             verify_inputs=req.verify_inputs,
         )
+        _cap_crashes(planned, journal, req.profile.jobs.crash_retries)
+        renamed = _avoid_recorded_outputs(planned, journal, found.taken, out_dir, req.profile.output.suffix)
+        for note in renamed:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
         for p in planned:
             if p.todo:  # new, changed, crashed (`running`), retried or forced: (re)queued as pending
                 journal.upsert_pending(
-                    p.item.relpath, p.fingerprint, size=p.size, mtime=p.mtime, sha256=p.sha256
+                    p.item.relpath,
+                    p.fingerprint,
+                    size=p.size,
+                    mtime=p.mtime,
+                    sha256=p.sha256,
+                    keep_crashes=p.action == "retry-crashed",
                 )
         journal.set_meta("profile", req.profile.model_dump_json())
         journal.set_meta("model", str(bundle_dir))
@@ -282,7 +359,10 @@ def run_batch(
                 outcomes.append(Outcome(p.item.relpath, "skipped", "done earlier with the same fingerprint"))
             elif p.action == "failed-before":
                 outcomes.append(Outcome(p.item.relpath, "failed", f"{p.previous_error} (use --retry-failed)"))
-        todo = [p for p in planned if p.todo]
+        # Files the process died on last time go last: a file that kills the process every time
+        # must not keep the rest of the archive from being reached.
+        todo = [p for p in planned if p.todo and p.action != "retry-crashed"]
+        todo += [p for p in planned if p.todo and p.action == "retry-crashed"]
         interrupted = False
         if todo:  # same planning and journal whoever does the work (this process or Ray)
             ctx = ExecContext(journal, stop, console, outcomes, req.profile, bundle_dir, root, out_dir)

@@ -98,6 +98,7 @@ class Discovery:
 
     files: list[ScanFile]
     warnings: list[str] = field(default_factory=list)
+    taken: set[tuple[str, str]] = field(default_factory=set)  # (folder, stem lowercased), whole tree
 
 
 def discover(
@@ -202,9 +203,10 @@ def discover_report(
         files.append(ScanFile(path, key))
     files.sort(key=lambda f: f.relpath)
     files = _disambiguate(files)
+    taken = {(Path(f.relpath).parent.as_posix(), f.stem.lower()) for f in files}
     if shard is not None:
         files = [f for f in files if shard_of(f.relpath, shard[1]) == shard[0]]
-    return Discovery(files, warnings)
+    return Discovery(files, warnings, taken)
 
 
 def _mask_only(path: Path) -> bool:
@@ -218,7 +220,7 @@ def _mask_only(path: Path) -> bool:
         return True
     from PIL import Image
 
-    from mtcolor_batch.scan.regular import open_regular
+    from mtcolor_batch.core.regular import open_regular
 
     try:
         with open_regular(path) as fh, Image.open(fh) as img:

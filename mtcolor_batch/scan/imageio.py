@@ -23,8 +23,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from mtcolor_batch.core.color import srgb_decode, srgb_encode
 from mtcolor_batch.core.config import ScanSettings
 from mtcolor_batch.core.errors import ScanError, path_text
+from mtcolor_batch.core.regular import NotRegularFileError, open_regular
 from mtcolor_batch.core.types import Scan
-from mtcolor_batch.scan.regular import NotRegularFileError, open_regular
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))

@@ -16,7 +16,7 @@ from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.hints.resolve import resolve_hints
-from mtcolor_batch.hints.schema import Sidecar, find_sidecar, load_sidecar
+from mtcolor_batch.hints.schema import Sidecar, check_instance_count, find_sidecar, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
 from mtcolor_batch.perception.models import Perception
@@ -51,6 +51,7 @@ def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
     if path is None:
         return NO_SIDECAR
     hints = load_sidecar(path, max_bytes=settings.max_sidecar_bytes, scan_size=scan.size)
+    check_instance_count(hints, path, settings.max_sidecar_instances)
     return SidecarInput(path=path, hints=hints, sha256=sha256_file(path))
 
 
