@@ -456,3 +456,174 @@ def test_verify_refuses_a_listed_pickle(tmp_path: Path, tiny_bundle: Path) -> No
     (bundle / "mtcolor.json").write_text(json.dumps(manifest))
     result = invoke("models", "verify", bundle)
     assert result.exit_code == 1 and "pickle" in result.output
+
+
+# -- temps, locks, collisions with the journal, crashes, interrupts (runner/writer/lock) -------------
+
+
+def test_temp_names_are_short_whatever_the_target_name(tmp_path: Path) -> None:
+    from mtcolor_batch.core.fs import atomic_write_bytes
+
+    target = tmp_path / ("n" * 230 + ".color.png")  # 240 bytes: the old temp name passed 255
+    atomic_write_bytes(target, b"data")
+    assert target.read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_temp_cleanup_spares_a_live_writer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mtcolor_batch.core.fs import TEMP_MARK, clean_stale_temps, temp_path
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    try:
+        mine = temp_path(tmp_path)
+        theirs = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{live.pid}-"))
+        gone = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-"))
+        other_host = tmp_path / f".mt000000-{int(dead.stdout)}-0123abcd{TEMP_MARK}"
+        for p in (theirs, gone, other_host):
+            p.write_bytes(b"half")
+        assert clean_stale_temps(tmp_path) == [gone]
+        assert theirs.exists() and other_host.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_plain_and_shard_runs_exclude_each_other(tmp_path: Path, tiny_bundle: Path, profile: Path) -> None:
+    from mtcolor_batch.jobs.lock import RunLock
+
+    scans = tmp_path / "scans"
+    for i in range(3):
+        gray(scans / f"s{i}.png", 50 + 40 * i)
+    out = tmp_path / "out"
+    (out / ".mtcolor").mkdir(parents=True)
+    with RunLock(out, None):  # a plain run holds the folder
+        result = run(scans, tiny_bundle, profile, "--out", out, "--shard", "1/2")
+        assert result.exit_code == 2 and "plain run" in result.output
+    with RunLock(out, (2, 2)):  # shard 2 runs: shard 1 may run beside it, a plain run may not
+        assert run(scans, tiny_bundle, profile, "--out", out, "--shard", "1/2").exit_code == 0
+        result = run(scans, tiny_bundle, profile, "--out", out)
+        assert result.exit_code == 2 and "--shard runs are using" in result.output
+        result = run(scans, tiny_bundle, profile, "--out", out, "--shard", "2/2")
+        assert result.exit_code == 2 and "shard 2/2 is already running" in result.output
+
+
+def test_an_output_the_journal_records_for_another_file_is_never_replaced(
+    tmp_path: Path, tiny_bundle: Path, profile: Path
+) -> None:
+    scans = tmp_path / "scans"
+    gray(scans / "x.PNG", 40)
+    assert run(scans, tiny_bundle, profile).exit_code == 0
+    out = tmp_path / "scans-colorized"
+    first = (out / "x.color.png").read_bytes()
+    (scans / "x.PNG").unlink()
+    gray(scans / "x.png", 200)  # a different scan that would write the same output name
+    result = run(scans, tiny_bundle, profile)
+    assert result.exit_code == 0, result.output
+    assert (out / "x.color.png").read_bytes() == first
+    rec = json.loads((out / "x~2.color.json").read_text())
+    assert rec["input"]["relpath"] == "x.png" and any("x.PNG" in w for w in rec["warnings"])
+
+
+CRASHER = """
+import os, sys
+from pathlib import Path
+from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.jobs.runner import RunRequest, run_batch
+from mtcolor_batch.stages.pipeline import Pipeline
+
+class Crashing:
+    def __init__(self, inner):
+        self.inner, self.device = inner, inner.device
+    def process(self, item, stage):
+        if item.relpath == "b_poison.png":
+            os._exit(137)  # as the OOM killer would
+        return self.inner.process(item, stage)
+
+req = RunRequest(scans=Path(sys.argv[1]), profile=load_profile(sys.argv[2]), model=sys.argv[3])
+sys.exit(run_batch(req, pipeline_factory=lambda *a: Crashing(Pipeline.load(*a))))
+"""
+
+
+def test_a_file_that_kills_the_process_every_time_is_capped(
+    tmp_path: Path, tiny_bundle: Path, profile: Path
+) -> None:
+    import subprocess
+    import sys
+
+    scans = tmp_path / "scans"
+    for name in ("a.png", "b_poison.png", "c.png", "d.png"):
+        gray(scans / name, 30 + len(name) * 9)
+    cmd = [sys.executable, "-c", CRASHER, str(scans), str(profile), str(tiny_bundle)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    codes = [subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300) for _ in range(3)]
+    assert [c.returncode for c in codes] == [137, 137, 1], [c.stderr[-2000:] for c in codes]
+    db = sqlite3.connect(tmp_path / "scans-colorized" / ".mtcolor" / "journal.sqlite")
+    rows = {r[0]: r[1:] for r in db.execute("SELECT relpath, state, error, completions FROM files")}
+    assert {k: v[0] for k, v in rows.items()} == {
+        "a.png": "done",
+        "b_poison.png": "failed",
+        "c.png": "done",
+        "d.png": "done",
+    }
+    assert "crashed the process 2 times" in rows["b_poison.png"][1]
+    assert all(v[2] == 1 for k, v in rows.items() if k != "b_poison.png")  # each good file done once
+    assert "crashed the process 2 times" in codes[2].stderr
+
+
+def test_sidecar_instance_cap(tmp_path: Path, tiny_bundle: Path, profile: Path) -> None:
+    gray(tmp_path / "scans" / "a.png")
+    gray(tmp_path / "scans" / "b.png", 150)
+    boxes = "".join(f"  - box: [0, 0, {1 + i % 30}, 10]\n    color: red\n" for i in range(300))
+    (tmp_path / "scans" / "a.png.yaml").write_text("instances:\n" + boxes)
+    result = run(tmp_path / "scans", tiny_bundle, profile)
+    assert result.exit_code == 1 and "300 instances, over the limit of 256" in " ".join(result.output.split())
+    check = invoke("hints", "check", tmp_path / "scans")
+    assert check.exit_code == 1 and "over the limit of 256" in check.output
+
+
+DOUBLE_CTRL_C_PROFILE = PROFILE.replace("steps: 2", "steps: 6")
+
+
+@pytest.mark.slow
+def test_double_ctrl_c_always_exits_130_cleanly(tmp_path: Path, tiny_bundle: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scans = tmp_path / "scans"
+    for i in range(12):
+        gray(scans / f"f{i:02d}.png", 20 * i)
+    prof = tmp_path / "p.yaml"
+    prof.write_text(DOUBLE_CTRL_C_PROFILE)
+    cmd = [sys.executable, "-m", "mtcolor_batch", "run", str(scans), "--model", str(tiny_bundle)]
+    cmd += ["--profile", str(prof), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    journal = tmp_path / "scans-colorized" / ".mtcolor" / "journal.sqlite"
+    for gap in (0.0, 0.01, 0.2):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 120
+        while time.monotonic() < end and proc.poll() is None:  # wait for the loop to be running
+            try:
+                db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+                running = db.execute("SELECT COUNT(*) FROM files WHERE state = 'running'").fetchone()[0]
+                db.close()
+            except sqlite3.Error:
+                running = 0
+            if running:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # a third one during shutdown changes nothing
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (gap, proc.returncode, err[-2000:])
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+        assert not list((tmp_path / "scans-colorized").rglob("*mtcolor-tmp*"))

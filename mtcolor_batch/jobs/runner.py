@@ -132,6 +132,15 @@ def plan_files(
     return planned
 
 
+def _checked_journal(
+    jpath: Path, files: list[ScanFile], out_dir: Path, suffix: str, req: RunRequest
+) -> Journal:
+    """Open the run's journal once the folder is locked, refusing a lost, empty or damaged one
+    while outputs exist (:func:`mtcolor_batch.jobs.preflight.check_journal`)."""
+    check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
+    return Journal(jpath)
+
+
 def _cap_crashes(planned: list[PlannedFile], journal: Journal, cap: int) -> None:
     """Count one more crash for each file found ``running``; at ``cap`` crashes it fails for good.
 
@@ -282,9 +291,9 @@ def run_batch(
     profile_fp = req.profile.fingerprint()
     jpath = journal_path(out_dir, req.shard)
     suffix = req.profile.output.suffix
-    check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
 
     if req.dry_run:
+        check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
         try:
             bundle_dir = resolve_model(req.model)
             model_fp: str | None = model_hash(bundle_dir)
@@ -321,7 +330,7 @@ def run_batch(
     make_out_folder(out_dir)
     with (
         RunLock(out_dir, req.shard),
-        Journal(jpath) as journal,
+        _checked_journal(jpath, files, out_dir, suffix, req) as journal,
         StopController(console) as stop,
     ):
         removed = clean_stale_temps(out_dir)
