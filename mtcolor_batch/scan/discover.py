@@ -186,21 +186,21 @@ def discover_report(
     by_key: dict[str, Path] = {}
     for path, rel in sorted(candidates, key=lambda c: os.fsencode(c[1])):
         sidecar = masks.get(_real(path))
-        key = path_text(rel)
+        name_key = path_text(rel)
         if sidecar is not None:
             if _mask_only(path):
                 continue
             by = path_text(sidecar.relative_to(root).as_posix())
             warnings.append(
-                f"{key}: named as a mask by {by} and colorized as a scan too (rename it <name>_mask.png "
+                f"{name_key}: named as a mask by {by} and colorized as a scan too (rename it <name>_mask.png "
                 "or move it into a masks/ folder to make it a mask only)"
             )
-        if key in by_key:  # only a non-UTF-8 name can escape to another file's name
-            other = path_text(by_key[key])
+        if name_key in by_key:  # only a non-UTF-8 name can escape to another file's name
+            other = path_text(by_key[name_key])
             warnings.append(f"{path_text(path)}: skipped: its name reads the same as {other}")
             continue
-        by_key[key] = path
-        files.append(ScanFile(path, key))
+        by_key[name_key] = path
+        files.append(ScanFile(path, name_key))
     files.sort(key=lambda f: f.relpath)
     files = _disambiguate(files)
     taken = {(Path(f.relpath).parent.as_posix(), f.stem.lower()) for f in files}
