@@ -21,6 +21,7 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import path_text
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Plan, Scan
+from mtcolor_batch.output.mask_rle import encode_mask
 from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
@@ -91,7 +92,10 @@ def embedded_meta(
 
 
 def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, Any]:
-    """One instance as provenance lists it (box/area at scan resolution)."""
+    """One instance as provenance lists it (box/area at scan resolution, mask as COCO RLE).
+
+    The mask lets eval crop the instance exactly (the paper's CLIP score) long after the run.
+    """
     rec: dict[str, Any] = {
         "id": inst.id,
         "label": inst.label,
@@ -100,6 +104,7 @@ def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, A
         "box": list(inst.box),
         "area": inst.area,
         "score": round(float(inst.score), 4),
+        "mask_rle": encode_mask(inst.mask),
         "hint_color": None,
     }
     if inst.color is not None:
