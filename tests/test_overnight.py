@@ -247,15 +247,20 @@ def test_a_scan_named_as_a_mask_stays_a_scan_with_a_warning(tmp_path: Path) -> N
     gray(tmp_path / "a.png")
     gray(tmp_path / "b.png")
     gray(tmp_path / "masks" / "m.png")
+    gray(tmp_path / "a_masks" / "n.png")
     Image.new("1", (40, 32), 1).save(tmp_path / "bilevel.png")
+    two = np.zeros((32, 40), np.uint8)
+    two[5:20, 5:20] = 255
+    Image.fromarray(two, "L").save(tmp_path / "painted.png")
     (tmp_path / "a.png.yaml").write_text(
-        "instances:\n  - mask: b.png\n    color: red\n  - mask: masks/m.png\n    color: red\n"
-        "  - mask: bilevel.png\n    color: red\n"
+        "instances:\n"
+        + "".join(f"  - mask: {m}\n    color: red\n" for m in ("b.png", "masks/m.png", "a_masks/n.png"))
+        + "".join(f"  - mask: {m}\n    color: red\n" for m in ("bilevel.png", "painted.png"))
     )
     from mtcolor_batch.scan.discover import discover_report
 
     found = discover_report(tmp_path)
-    assert [f.relpath for f in found.files] == ["a.png", "b.png"]  # masks/m.png and 1-bit: masks only
+    assert [f.relpath for f in found.files] == ["a.png", "b.png"]  # the others are masks by the rule
     assert any(w.startswith("b.png: named as a mask by a.png.yaml") for w in found.warnings)
 
 

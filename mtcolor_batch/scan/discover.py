@@ -88,7 +88,7 @@ def _is_mask_name(name: str) -> bool:
 
 OUTPUT_FOLDER_MARK = ".mtcolor"
 """A folder holding this is an mtcolor-batch output folder: never scanned as originals."""
-MASK_FOLDER_NAMES = frozenset({"mask", "masks"})
+MASK_FOLDER_SUFFIXES = ("mask", "masks")
 DEFAULT_MAX_SIDECAR_BYTES = 256 * 1024
 
 
@@ -212,20 +212,25 @@ def discover_report(
 def _mask_only(path: Path) -> bool:
     """The mask-naming rule for a file some sidecar names under ``mask:``.
 
-    It is a mask and not a scan when it sits in a folder called ``masks`` (or ``mask``) or is a
-    1-bit image (no archive scan is bilevel and worth colorizing). Otherwise it stays a scan (the
-    caller warns). Names ending ``_mask``/``.mask`` never reach here: they are never scans.
+    It is a mask and not a scan when its folder's name ends in ``mask``/``masks`` (``masks/``,
+    ``photo_masks/``) or when it holds at most two tones (a painted black-and-white mask; no scan
+    worth colorizing is bilevel). Otherwise it stays a scan and the caller warns. Names ending
+    ``_mask``/``.mask`` never reach here: they are never scans.
     """
-    if path.parent.name.lower() in MASK_FOLDER_NAMES:
+    if path.parent.name.lower().endswith(MASK_FOLDER_SUFFIXES):
         return True
+    import warnings as _warnings
+
     from PIL import Image
 
     from mtcolor_batch.core.regular import open_regular
 
     try:
-        with open_regular(path) as fh, Image.open(fh) as img:
-            return img.mode == "1"
-    except Exception:  # unreadable or not an image: loading reports it if it stays a scan
+        with open_regular(path) as fh, _warnings.catch_warnings():
+            _warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fh) as img:
+                return img.mode == "1" or img.getcolors(maxcolors=2) is not None
+    except Exception:  # unreadable, too large or not an image: loading reports it as a scan
         return False
 
 
