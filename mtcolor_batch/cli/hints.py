@@ -402,3 +402,8 @@ def show_command(
         color = inst.color.name if inst.color is not None else "-"
         typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {_fmt_box(inst.box)} colour {color}")
     typer.echo(f"wrote {target} ({len(instances)} instance(s))")
+
+
+from mtcolor_batch.cli.hints_edit import edit_command  # noqa: E402
+
+hints_app.command("edit")(edit_command)

@@ -36,6 +36,7 @@ __all__ = [
     "InstanceHint",
     "Sidecar",
     "check_sidecar",
+    "parse_sidecar_text",
     "find_sidecar",
     "load_sidecar",
     "read_yaml",
@@ -823,6 +824,32 @@ def check_instance_count(sidecar: Sidecar, path: Path, cap: int) -> None:
             path=path,
             hint="split the hints over fewer, larger regions, or raise hints.max_sidecar_instances",
         )
+
+
+def parse_sidecar_text(
+    text: str,
+    path: Path,
+    *,
+    scan_size: tuple[int, int] | None = None,
+    scan_root: Path | None = None,
+) -> tuple[Sidecar | None, list[HintError]]:
+    """(sidecar or None, problems) for text not yet on disk, reported as if it were the file ``path``.
+
+    The browser editor validates what it is about to write with exactly the rules of
+    :func:`check_sidecar`, so a save can never put a sidecar on disk that ``run`` would refuse.
+    """
+    path = Path(path)
+    try:
+        data, located = _parse(path, text)
+    except HintError as exc:
+        return None, [exc]
+    root = None if scan_root is None else Path(scan_root)
+    sidecar, problems = _validate(path, data, located, scan_size, root)
+    if sidecar is not None:
+        sidecar._path = path
+        sidecar._sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    problems.sort(key=lambda e: (e.line or 0, e.column or 0))
+    return sidecar, problems
 
 
 def load_sidecar(path: Path, *, max_bytes: int, scan_size: tuple[int, int] | None = None) -> Sidecar:
