@@ -105,7 +105,9 @@ def check_command(
 
     try:
         settings = load_profile(profile)
-        problems, warnings, checked = check_sidecars(scans, settings.hints.max_sidecar_bytes)
+        problems, warnings, checked = check_sidecars(
+            scans, settings.hints.max_sidecar_bytes, settings.hints.max_sidecar_instances
+        )
     except UserError as exc:
         raise fail(exc) from None
     for line in [*warnings, *problems]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from mtcolor_batch.core.errors import HintError, UserError
 from mtcolor_batch.hints.mask_files import resolve_mask_path
 from mtcolor_batch.hints.schema import (
+    check_instance_count,
     check_sidecar,
     find_sidecar,
     load_sidecar,
@@ -81,7 +82,9 @@ def _mask_problems(sidecar_path: Path, scan_root: Path, max_bytes: int) -> list[
     return out
 
 
-def check_sidecars(scans: Path, max_bytes: int) -> tuple[list[str], list[str], int]:
+def check_sidecars(
+    scans: Path, max_bytes: int, max_instances: int | None = None
+) -> tuple[list[str], list[str], int]:
     """(problem lines, warning lines, sidecars checked) for everything under ``scans``."""
     pairs, orphans = _sidecars_to_check(scans)
     scan_root = scans if scans.is_dir() else scans.parent
@@ -97,7 +100,14 @@ def check_sidecars(scans: Path, max_bytes: int) -> tuple[list[str], list[str], i
             shadow = shadowed_sidecar(image)
             if shadow is not None:
                 warnings.append(f"{shadow}: warning: ignored because {sidecar.name} exists for the same scan")
-        found = [err.one_line() for err in check_sidecar(sidecar, max_bytes=max_bytes, scan_size=size)]
+        # scan_root turns on run's own mask checks (inside the tree, regular file, decodable, scan-sized)
+        checked_errors = check_sidecar(sidecar, max_bytes=max_bytes, scan_size=size, scan_root=scan_root)
+        found = [err.one_line() for err in checked_errors]
+        if not found and max_instances is not None:
+            try:  # the run's own per-sidecar cap
+                check_instance_count(load_sidecar(sidecar, max_bytes=max_bytes), sidecar, max_instances)
+            except HintError as exc:
+                found = [exc.one_line()]
         if not found:
             found = _mask_problems(sidecar, scan_root, max_bytes)
         problems.extend(found)

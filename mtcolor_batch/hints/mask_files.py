@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.regular import open_regular
 
 
 def resolve_mask_path(raw: str, sidecar_path: Path, scan_root: Path) -> Path:
@@ -56,12 +57,16 @@ def resolve_mask_path(raw: str, sidecar_path: Path, scan_root: Path) -> Path:
 
 
 def check_mask_file(raw: str, sidecar_path: Path, scan_root: Path, size: tuple[int, int] | None) -> Path:
-    """Everything about a mask file that can be checked without decoding it (for `hints check`).
+    """The mask checks ``run`` makes, for `hints check`, so the two never disagree.
 
-    Path rules of :func:`resolve_mask_path`, then the image header: readable, and (with ``size``,
-    the scan's (h, w)) the same size as the scan in either orientation.
+    Path rules of :func:`resolve_mask_path`; with ``size`` (the scan's (h, w)) the very decode
+    ``run`` does (:func:`load_mask_file`: size, readability, decompression-bomb limit); without
+    it (the scan itself is unreadable) the header alone.
     """
     real = resolve_mask_path(raw, sidecar_path, scan_root)
+    if size is not None:
+        load_mask_file(real, size, sidecar_path, raw)
+        return real
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -97,7 +102,7 @@ def load_mask_file(path: Path, size: tuple[int, int], sidecar_path: Path, raw: s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open_regular(path) as fh, Image.open(fh) as image:
                 if image.size not in {(w, h), (h, w)}:  # (h, w): EXIF-rotated masks are turned below
                     raise HintError(
                         f"mask '{raw}' is {image.size[0]}x{image.size[1]} px but the scan is {w}x{h}",

@@ -162,6 +162,12 @@ def read_manifest(root: Path) -> Bundle:
         )
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(
+            f"bundle manifest is not UTF-8 text (byte {exc.start})",
+            path=mpath,
+            hint="re-pull the bundle or restore mtcolor.json",
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read bundle manifest: {exc}", path=mpath) from exc
     try:
@@ -200,7 +206,12 @@ def verify_problems(bundle: Bundle) -> list[str]:
     on_disk = set(_bundle_files(root))
     for rel in sorted(bundle.files):
         path = root / rel
-        if rel not in on_disk:
+        if rel.lower().endswith(UNSAFE_WEIGHT_SUFFIXES):  # listed or not: the loading rule
+            problems.append(
+                f"{path}: pickle/unsupported weight format refused (safetensors only), even though "
+                f"{MANIFEST_FILE} lists it (re-pull the bundle)"
+            )
+        elif rel not in on_disk:
             problems.append(
                 f"{path}: file listed in {MANIFEST_FILE} is missing (restore it or re-pull the bundle)"
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.hints.resolve import resolve_hints
-from mtcolor_batch.hints.schema import Sidecar, find_sidecar, load_sidecar
+from mtcolor_batch.hints.schema import Sidecar, check_instance_count, find_sidecar, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
 from mtcolor_batch.perception.models import Perception
@@ -50,6 +50,7 @@ def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
     if path is None:
         return NO_SIDECAR
     hints = load_sidecar(path, max_bytes=settings.max_sidecar_bytes, scan_size=scan.size)
+    check_instance_count(hints, path, settings.max_sidecar_instances)
     return SidecarInput(path=path, hints=hints, sha256=hints.sha256)
 
 

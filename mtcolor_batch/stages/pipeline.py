@@ -117,7 +117,7 @@ class Pipeline:
         lap("hints")
         stage("perceive")
         found = find_instances(scan, sidecar, self.perception, prof, self.scan_root)
-        instances, warnings = found.instances, found.warnings
+        instances, warnings = found.instances, found.warnings + ([item.name_note] if item.name_note else [])
         lap("perceive")
         stage("plan")
         # The sidecar speaks for this one file, so its seed beats the run-wide profile/--seed.
