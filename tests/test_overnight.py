@@ -305,6 +305,7 @@ def test_lost_or_damaged_journal_stops_the_run_and_rebuild_restores_it(
     db = sqlite3.connect(journal)
     assert dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()) == {"done": 2}
     assert dict(db.execute("SELECT relpath, completions FROM files").fetchall()) == {"s0.png": 1, "s1.png": 1}
+    assert all(r[0] is not None for r in db.execute("SELECT input_size FROM files"))  # fast path restored
     assert {p: p.read_bytes() for p in out.glob("*.color.*")} == outputs
 
 
