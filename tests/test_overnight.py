@@ -305,6 +305,7 @@ def test_lost_or_damaged_journal_stops_the_run_and_rebuild_restores_it(
     db = sqlite3.connect(journal)
     assert dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()) == {"done": 2}
     assert dict(db.execute("SELECT relpath, completions FROM files").fetchall()) == {"s0.png": 1, "s1.png": 1}
+    assert all(r[0] is not None for r in db.execute("SELECT input_size FROM files"))  # fast path restored
     assert {p: p.read_bytes() for p in out.glob("*.color.*")} == outputs
 
 
@@ -432,7 +433,7 @@ def test_unreadable_folder_is_a_counted_warning(tmp_path: Path, monkeypatch) -> 
 # -- the checks must agree -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mask", ["wrong-size", "not-an-image", "truncated"])
+@pytest.mark.parametrize("mask", ["wrong-size", "not-an-image", "truncated", "bomb"])
 def test_hints_check_runs_the_mask_checks_run_runs(tmp_path: Path, mask: str) -> None:
     gray(tmp_path / "a.png", size=(40, 32))
     path = tmp_path / "a_coat.png"
@@ -440,6 +441,8 @@ def test_hints_check_runs_the_mask_checks_run_runs(tmp_path: Path, mask: str) ->
         Image.new("L", (20, 20), 255).save(path)
     elif mask == "not-an-image":
         path.write_bytes(b"not a png at all")
+    elif mask == "bomb":
+        Image.new("1", (20000, 20000)).save(path)  # 400 MP declared in a few kB
     else:
         Image.new("L", (40, 32), 255).save(path)
         path.write_bytes(path.read_bytes()[:-30])

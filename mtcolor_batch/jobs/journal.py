@@ -250,6 +250,13 @@ class Journal:
             (error, json.dumps(timings or {}, sort_keys=True), time.time(), relpath),
         )
 
+    def set_input_stat(self, relpath: str, size: int | None, mtime: int | None, sha256: str | None) -> None:
+        """Remember the size and mtime a done file's hash was checked at (the planning fast path)."""
+        self.db.execute(
+            "UPDATE files SET input_size = ?, input_mtime = ?, input_sha256 = ? WHERE relpath = ?",
+            (size, mtime, sha256, relpath),
+        )
+
     def mark_pending(self, relpath: str) -> None:
         """Roll a file back after an interrupt: it was not finished, so it is simply to do again."""
         self.db.execute(

@@ -352,6 +352,10 @@ def run_batch(
         for note in renamed:
             console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
         for p in planned:
+            if p.action == "done" and p.sha256 and p.size is not None:
+                row = journal.get(p.item.relpath)  # e.g. rebuilt from records: size/mtime were unknown
+                if row is not None and (row.input_size, row.input_mtime) != (p.size, p.mtime):
+                    journal.set_input_stat(p.item.relpath, p.size, p.mtime, p.sha256)
             if p.todo:  # new, changed, crashed (`running`), retried or forced: (re)queued as pending
                 journal.upsert_pending(
                     p.item.relpath,
