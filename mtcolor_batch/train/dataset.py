@@ -57,11 +57,6 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
-    atomic_write_bytes(path, data)
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     import io
 
@@ -99,7 +94,7 @@ def read_manifest(folder: Path, *, repair: bool = False) -> list[dict[str, Any]]
                 raise UserError(f"corrupt manifest line: {exc.msg}", path=path, line=number) from exc
             if repair:
                 keep = b"".join(x + b"\n" for x in lines[: number - 1] if x.strip())
-                write_bytes_atomic(path, keep)
+                atomic_write_bytes(path, keep)
             break
         if not isinstance(entry, dict) or "id" not in entry:
             raise UserError("manifest line is not an entry object", path=path, line=number)
@@ -254,7 +249,7 @@ def build_entry(
         lab_mean = naming.mean_lab(lab, mask)
         colour = naming.color_name(lab_mean)
         mask_rel = f"masks/{ident}_{k}.png"
-        write_bytes_atomic(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
+        atomic_write_bytes(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
         ys, xs = np.nonzero(mask)
         instances.append(
             {
@@ -270,10 +265,10 @@ def build_entry(
     caption = captioner(rgb) if captioner is not None else None
     tone = naming.describe_tone(lab)
     image_rel, gray_rel = f"images/{ident}.png", f"gray/{ident}.png"
-    write_bytes_atomic(
+    atomic_write_bytes(
         out / image_rel, _png_bytes(Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB"))
     )
-    write_bytes_atomic(
+    atomic_write_bytes(
         out / gray_rel, _png_bytes(Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L"))
     )
     return {
@@ -285,7 +280,7 @@ def build_entry(
         "size": [int(rgb.shape[0]), int(rgb.shape[1])],
         "tone": tone,
         "caption": caption,
-        "text": naming.global_text(tone, [i["text"] for i in instances], caption),
+        "text": naming.global_text(tone, [str(i["text"]) for i in instances], caption),
         "instances": instances,
     }
 
@@ -335,7 +330,7 @@ def build_dataset(
         "captioner": captioner.name if captioner else None,
         "max_side": max_side,
     }
-    write_bytes_atomic(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     for number, item in enumerate(files, start=1):
         try:
             sha = hashlib.sha256(item.path.read_bytes()).hexdigest()
