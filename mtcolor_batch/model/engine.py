@@ -15,6 +15,7 @@ of the ControlNet and of the UNet's plain layers.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ class PrecisionVAE(torch.nn.Module):
 
     def __init__(self, vae: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        self.vae = vae.to(dtype)
+        self.vae: Any = vae.to(dtype)  # a diffusers AutoencoderKL
         self.half_dtype = dtype
         self.fallbacks = 0
 

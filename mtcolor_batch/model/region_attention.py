@@ -229,8 +229,8 @@ def _flex_fn(device: torch.device) -> Callable[..., torch.Tensor]:
 
     key = device.type
     if key not in _FLEX:
-        fn: Callable[..., torch.Tensor] = flex_attention  # type: ignore[assignment]
-        _FLEX[key] = torch.compile(fn, dynamic=False) if key == "cuda" else fn  # type: ignore[assignment]
+        fn: Callable[..., torch.Tensor] = flex_attention
+        _FLEX[key] = torch.compile(fn, dynamic=False) if key == "cuda" else fn
     return _FLEX[key]
 
 
