@@ -42,7 +42,10 @@ def _photo() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _chain(vlm: Path | None, blip2: Path | None, **filters: object):
     config = load_dataset_config(
         None,
-        {"captioner": {"vlm": str(vlm) if vlm else None, "blip2": str(blip2) if blip2 else None}, "filters": filters},
+        {
+            "captioner": {"vlm": str(vlm) if vlm else None, "blip2": str(blip2) if blip2 else None},
+            "filters": filters,
+        },
     )
     return build_chain(config, "cpu")
 
@@ -59,7 +62,10 @@ def test_chain_falls_through_in_the_papers_order(captioners: dict[str, Path]) ->
     chain = _chain(captioners["vlm_refuses"], captioners["blip2_colourless"])
     answer = chain.instance_text(rgb, lab, mask, "square")
     assert (answer.text, answer.source) == ("a red square", "namer")
-    assert [(r["by"], r["reason"]) for r in answer.rejected] == [("vlm", "refusal"), ("blip2", "no_colour_word")]
+    assert [(r["by"], r["reason"]) for r in answer.rejected] == [
+        ("vlm", "refusal"),
+        ("blip2", "no_colour_word"),
+    ]
     # An acceptable primary answer is kept and BLIP-2 is never asked.
     chain = _chain(captioners["vlm_blue"], captioners["blip2_red"])
     answer = chain.instance_text(rgb, lab, mask, "square")
@@ -85,7 +91,9 @@ def test_random_vlm_junk_is_judged_by_the_filters(captioners: dict[str, Path]) -
     if expected is None:
         assert (answer.text, answer.source) == (raw, "vlm")
     else:
-        assert answer.source == "namer" and answer.rejected == [{"by": "vlm", "reason": expected, "text": raw[:200]}]
+        assert answer.source == "namer" and answer.rejected == [
+            {"by": "vlm", "reason": expected, "text": raw[:200]}
+        ]
 
 
 def _view(chain, rgb, lab, mask):

@@ -104,9 +104,9 @@ def write_tiny_blip2(folder: Path, answer: str | None = None, seed: int = 0) -> 
         model.generation_config.sequence_bias = forced_answer(answer)
     model.save_pretrained(folder)
     image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
-    Blip2Processor(image_processor=image_processor, tokenizer=_tokenizer(False), num_query_tokens=4).save_pretrained(
-        folder
-    )
+    Blip2Processor(
+        image_processor=image_processor, tokenizer=_tokenizer(False), num_query_tokens=4
+    ).save_pretrained(folder)
     return folder
 
 
@@ -147,7 +147,9 @@ def write_tiny_vlm(folder: Path, answer: str | None = None, seed: int = 0) -> Pa
         model.generation_config.sequence_bias = forced_answer(answer)
     model.save_pretrained(folder)
     LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
         tokenizer=_tokenizer(True),
         patch_size=8,
         vision_feature_select_strategy="default",
