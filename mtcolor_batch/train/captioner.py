@@ -107,7 +107,7 @@ class HFCaptioner:
         from mtcolor_batch.device import resolve_device, resolve_dtype
 
         self.kind, self.source, self.prompts, self.max_new_tokens = kind, source, prompts, max_new_tokens
-        self.name = kind
+        self.name: str = kind
         self.device = resolve_device(device)
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         try:

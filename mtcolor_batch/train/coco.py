@@ -48,7 +48,7 @@ class CocoImage:
 
 def _decode(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Polygon list, uncompressed RLE or compressed RLE -> bool HxW (pycocotools' annToMask logic)."""
-    from pycocotools import mask as coco_mask
+    from pycocotools import mask as coco_mask  # type: ignore[import-untyped]
 
     if isinstance(segmentation, list):
         if not segmentation or not all(isinstance(p, list) and len(p) >= 6 for p in segmentation):

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -71,7 +71,11 @@ class BuildReport:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
-    atomic_write(path, lambda fh: fh.write(data))
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    atomic_write(path, write)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -243,7 +247,7 @@ def build_entry(
     masks = [np.asarray(inst.mask, dtype=bool) for inst in found]
     twins = text_filters.duplicate_of(masks, [inst.label for inst in found], duplicate_iou)
     rejected: list[dict[str, str]] = []
-    instances = []
+    instances: list[dict[str, Any]] = []
     for inst, mask, twin in zip(found, masks, twins, strict=True):
         if twin is not None:
             rejected.append(

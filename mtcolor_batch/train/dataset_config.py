@@ -50,8 +50,8 @@ class SplitConfig(_Section):
 
 class DatasetConfig(_Section):
     captioner: CaptionerConfig
-    filters: FilterConfig = FilterConfig()
-    split: SplitConfig = SplitConfig()
+    filters: FilterConfig  # every section is in the shipped profile, so none needs a default here
+    split: SplitConfig
     max_side: int = Field(1024, ge=64)
     gray_tolerance: float = Field(0.03, ge=0)
 

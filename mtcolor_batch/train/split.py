@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mtcolor_batch.errors import UserError
 from mtcolor_batch.output.writer import atomic_write
@@ -38,7 +38,11 @@ def write_split(folder: Path, ids: Iterable[str], test_fraction: float, seed: in
     parts = assign(ids, test_fraction, seed)
     doc = {"seed": seed, "test_fraction": test_fraction, **parts}
     data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
-    atomic_write(Path(folder) / SPLIT, lambda fh: fh.write(data))
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    atomic_write(Path(folder) / SPLIT, write)
     return doc
 
 
