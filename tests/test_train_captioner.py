@@ -28,6 +28,7 @@ def captioners(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "vlm_random": write_tiny_vlm(root / "vlm-random"),
         "blip2_red": write_tiny_blip2(root / "blip2-red", "a red square"),
         "blip2_colourless": write_tiny_blip2(root / "blip2-colourless", "a big square"),
+        "blip2_short": write_tiny_blip2(root / "blip2-short", "a red square", max_positions=6),
     }
 
 
@@ -65,6 +66,14 @@ def test_chain_falls_through_in_the_papers_order(captioners: dict[str, Path]) ->
     assert [(r["by"], r["reason"]) for r in answer.rejected] == [
         ("vlm", "refusal"),
         ("blip2", "no_colour_word"),
+    ]
+    # A link that fails to run (here BLIP-2's context is too short for the prompt) also falls through.
+    chain = _chain(captioners["vlm_refuses"], captioners["blip2_short"])
+    answer = chain.instance_text(rgb, lab, mask, "square")
+    assert (answer.text, answer.source) == ("a red square", "namer")
+    assert [(r["by"], r["reason"]) for r in answer.rejected] == [
+        ("vlm", "refusal"),
+        ("blip2", "captioner_error"),
     ]
     # An acceptable primary answer is kept and BLIP-2 is never asked.
     chain = _chain(captioners["vlm_blue"], captioners["blip2_red"])

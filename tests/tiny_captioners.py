@@ -56,8 +56,14 @@ def forced_answer(text: str) -> list[list[object]]:
     return bias
 
 
-def write_tiny_blip2(folder: Path, answer: str | None = None, seed: int = 0) -> Path:
-    """Random BLIP-2 (ViT + Q-Former + OPT, one layer each, 32 px) with Blip2Processor -> ``folder``."""
+def write_tiny_blip2(
+    folder: Path, answer: str | None = None, seed: int = 0, max_positions: int = 128
+) -> Path:
+    """Random BLIP-2 (ViT + Q-Former + OPT, one layer each, 32 px) with Blip2Processor -> ``folder``.
+
+    A small ``max_positions`` gives a checkpoint that really fails on longer prompts (OPT's learned
+    position table runs out), as a model with too short a context does.
+    """
     from transformers import (
         Blip2Config,
         Blip2ForConditionalGeneration,
@@ -90,7 +96,7 @@ def write_tiny_blip2(folder: Path, answer: str | None = None, seed: int = 0) -> 
             "ffn_dim": 32,
             "num_attention_heads": 2,
             "word_embed_proj_dim": 16,
-            "max_position_embeddings": 128,
+            "max_position_embeddings": max_positions,
             "pad_token_id": VOCAB["<pad>"],
             "bos_token_id": VOCAB["<s>"],
             "eos_token_id": VOCAB["</s>"],
