@@ -199,3 +199,13 @@ def test_masked_crop_is_the_box_with_a_neutral_background() -> None:
     assert np.array_equal(crop[1:, :], rgb[6:9, 10:20])
     with pytest.raises(ValueError):
         masked_crop(rgb, np.zeros((20, 30), bool))
+
+
+def test_dataset_config_checks_prompts(tmp_path: Path) -> None:
+    bad = tmp_path / "dataset.yaml"
+    bad.write_text("captioner:\n  vlm_instance_prompt: 'what colour is the {object}?'\n")
+    with pytest.raises(UserError) as info:
+        load_dataset_config(bad)
+    assert "dataset.yaml" in info.value.one_line() and "vlm_instance_prompt" in info.value.one_line()
+    config = load_dataset_config(None, {"filters": {"max_words": 5}})
+    assert config.filters.max_words == 5 and config.split.test_fraction == 0.2

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mtcolor_batch.errors import UserError
 from mtcolor_batch.train.config import _read_yaml
@@ -35,6 +35,16 @@ class CaptionerConfig(_Section):
     vlm_image_prompt: str = Field(..., min_length=1)
     blip2_instance_prompt: str = Field(..., min_length=1)
     blip2_image_prompt: str = ""
+
+    @field_validator("vlm_instance_prompt", "blip2_instance_prompt", "vlm_image_prompt", "blip2_image_prompt")
+    @classmethod
+    def _one_placeholder(cls, prompt: str) -> str:
+        """Only ``{label}`` may appear in braces; checked here so a typo fails before any model loads."""
+        try:
+            prompt.format(label="car")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt may only use {{label}}, not {exc}") from exc
+        return prompt
 
 
 class FilterConfig(_Section):
