@@ -168,7 +168,10 @@ def _coco_photos(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
             {"id": 11, "image_id": 1, "category_id": 2, "iscrowd": 0, "segmentation": sky_rle},
             {"id": 12, "image_id": 1, "category_id": 3, "iscrowd": 1, "segmentation": uncompressed},
             {"id": 13, "image_id": 1, "category_id": 183, "iscrowd": 0, "segmentation": uncompressed},
-            {"id": 14, "image_id": 2, "category_id": 3, "iscrowd": 0, "segmentation": uncompressed},
+            {"id": 14, "image_id": 2, "category_id": 3, "iscrowd": 0, "segmentation": uncompressed,
+             "text": "I'm unable to describe this person"},  # an annotation's text, refused -> namer
+            {"id": 15, "image_id": 2, "category_id": 1, "iscrowd": 0, "segmentation": polygon,
+             "text": "a shiny dark red car."},  # an annotation's own text, kept
         ],
     }  # fmt: skip
     ann = tmp_path / "instances.json"
@@ -194,8 +197,12 @@ def test_coco_annotations_give_the_instances(tmp_path: Path) -> None:
     assert (got & masks["square"]).sum() / (got | masks["square"]).sum() > 0.85
     assert np.array_equal(np.asarray(Image.open(out / sky["mask"])) > 127, masks["sky"])  # compressed RLE
     assert car["text"] == "a red car" and sky["text"] == "a green sky"
-    (person,) = by_source["b.png"]["instances"]
+    person, car_b = by_source["b.png"]["instances"]
     assert person["label"] == "person" and person["box"] == [0, 0, 120, 80]  # uncompressed RLE
+    assert (person["text"], person["text_by"]) == ("a green person", "namer")
+    assert by_source["b.png"]["rejected"][0]["by"] == "given"
+    assert by_source["b.png"]["rejected"][0]["reason"] == "refusal"
+    assert (car_b["text"], car_b["text_by"]) == ("a shiny dark red car", "given")
     assert json.loads((out / "dataset.json").read_text())["instances"] == "annotations"
     # Downscaled photos get their masks resized with them (nearest), at the stored image's size.
     config = load_dataset_config(None, {"max_side": 64})
@@ -225,7 +232,7 @@ def test_cli_build_prints_the_summary(models: dict[str, Path], tmp_path: Path) -
     result = runner.invoke(app, [*args, "--vlm", str(models["vlm"]), "--blip2", str(models["blip2"])])
     assert result.exit_code == 1, result.output  # two photos failed, the others were built
     assert "2 added, 0 skipped, 2 failed" in result.output
-    assert "texts by blip2 3" in result.output and "refusal 5" in result.output
+    assert "texts by blip2 3, given 1" in result.output and "refusal 6" in result.output
     assert "split 2 train / 0 test" in result.output
     config = tmp_path / "dataset.yaml"
     config.write_text("filters:\n  max_wordz: 3\n")

@@ -1,6 +1,6 @@
 """Training really learns: a tiny bundle learns to colour shapes the colour their instance texts say.
 
-The synthetic task (train/synthetic.py): shapes on gray, each red or (royal) blue, and the two colours
+The synthetic task (train/synthetic.py): shapes on gray, each red or royal blue, and the two colours
 have the same luminance, so the gray input cannot tell them apart. Every training layout is written
 twice, once with its colours exchanged, so even memorising the training photos does not give the
 colours away: only the instance texts can. The bundle is the tiny one with a UNet that attends at the
@@ -13,7 +13,7 @@ paper's stage 1 trains the instance guidance alone, with everything else frozen.
 Held-out measure: new layouts (another seed) with a square and a circle, coloured through
 ``MTColorEngine.colorize`` (alpha 0, so the instance texts act only through the trained guidance;
 classifier-free guidance GUIDANCE_SCALE against the null instance condition), once with the square
-told "red" and the circle "blue", once with the texts swapped. Each region's colour is its mean
+told "red" and the circle "royal blue", once with the texts swapped. Each region's colour is its mean
 CIELAB (a*, b*) projected on the axis from royal blue to red (0 = royal blue, ~150 = red). The
 effect of one image is (told-red region minus told-blue region), computed in both orientations.
 """
@@ -82,7 +82,10 @@ def trained(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     bundle = write_learning_bundle(tiny_bundle, root / "bundle")
     truth = write_shapes_folder(root / "photos", PHOTOS, size=SIZE, seed=0, single=True, paired=True)
     all_train = load_dataset_config(None, {"split": {"test_fraction": 0.0}})  # keep every colour pair
-    build_dataset(root / "photos", root / "data", finder=TruthFinder(truth), config=all_train)
+    # Ground-truth texts in the words the held-out measure uses (the builder's namer would say "blue",
+    # which the character-level tiny tokenizer tells from "red" less well than "royal blue").
+    finder = TruthFinder(truth, colour_words=("red", "royal blue"))
+    build_dataset(root / "photos", root / "data", finder=finder, config=all_train)
     vae_mse = fit_tiny_vae(bundle, [t.rgb for t in truth.values()], steps=VAE_STEPS)
     backbone = train(
         stage=0,
@@ -131,7 +134,7 @@ def _red_blue_scores(bundle: Path) -> np.ndarray:
         image = shapes_image(rng, SIZE)
         luma = rgb_to_gray(image.rgb.astype(np.float32) / 255)
         scores: list[float] = []
-        for square, circle in (("red", "blue"), ("blue", "red")):  # the dataset's basic colour terms
+        for square, circle in (("red", "royal blue"), ("royal blue", "red")):
             instances = [
                 Instance(1, "square", f"a {square} square", image.square, (0, 0, SIZE, SIZE)),
                 Instance(2, "circle", f"a {circle} circle", image.circle, (0, 0, SIZE, SIZE)),
@@ -163,7 +166,7 @@ def _red_blue_scores(bundle: Path) -> np.ndarray:
 
 
 def test_trained_model_colours_regions_as_told_and_swaps(trained: dict) -> None:
-    """Told "red", a held-out region comes out redder than the one told "blue", and the swap follows.
+    """Told "red", a held-out region comes out redder than the one told "royal blue", and the swap follows.
 
     Asserted on HELD_OUT new layouts: in BOTH orientations the mean effect (told-red minus told-blue
     score, on the ~150-unit blue-to-red axis) exceeds MIN_MEAN_EFFECT, so the square-minus-circle

@@ -203,9 +203,19 @@ class CaptionChain:
             return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return (text_filters.clean_text(raw) if raw is not None else None), None
 
-    def instance_text(self, rgb: np.ndarray, lab: np.ndarray, mask: np.ndarray, label: str) -> Answer:
+    def instance_text(
+        self, rgb: np.ndarray, lab: np.ndarray, mask: np.ndarray, label: str, given: str = ""
+    ) -> Answer:
+        """The first acceptable text: ``given`` (an annotation's own text), then each captioner."""
         view = InstanceView(to_pil(masked_crop(rgb, mask)), label, naming.mean_lab(lab, mask))
         answer = Answer(None, None)
+        if given:
+            text = text_filters.clean_text(given)
+            reason = text_filters.rejection(text, self.rules)
+            if reason is None:
+                answer.text, answer.source = text, "given"
+                return answer
+            answer.rejected.append({"by": "given", "reason": reason, "text": text[:200]})
         for captioner in self.captioners:
             text, error = self._ask(captioner, lambda c=captioner: c.describe(view))
             reason = text_filters.ERROR if error else text_filters.rejection(text or "", self.rules)

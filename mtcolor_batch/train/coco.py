@@ -4,8 +4,9 @@ Why: GPT-Color was built on COCO-Stuff's labelled masks, not on detector output,
 from the same annotations needs no detector and gets the paper's instances. Segmentations may be
 polygons, uncompressed RLE or compressed RLE; pycocotools (the reference implementation) decodes all
 three. Crowd regions are skipped (one mask over many objects cannot get one object's text), and so is
-COCO-Stuff's catch-all "other" class. Category names lose COCO-Stuff's "-other"/"-merged" suffixes
-("sky-other-merged" -> "sky") so they read as words in a text.
+COCO-Stuff's catch-all "other" class. An annotation may carry its own ``"text"`` ("a red car"):
+it is tried before any captioner, through the same filters. Category names lose COCO-Stuff's
+"-other"/"-merged" suffixes ("sky-other-merged" -> "sky") so they read as words in a text.
 
 A photo missing from the file, or whose size differs from the annotated one, is a per-photo error
 (``UserError`` naming the photo): the build goes on with the others.
@@ -150,7 +151,13 @@ class CocoAnnotations:
             box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             found.append(
                 Instance(
-                    len(found) + 1, label, "", mask, box, source="sidecar", score=float(ann.get("score", 1.0))
+                    len(found) + 1,
+                    label,
+                    str(ann.get("text") or ""),  # an annotation's own text goes first in the chain
+                    mask,
+                    box,
+                    source="sidecar",
+                    score=float(ann.get("score", 1.0)),
                 )
             )
         return found

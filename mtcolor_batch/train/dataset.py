@@ -260,7 +260,7 @@ def build_entry(
             )
             continue
         k = len(instances) + 1
-        answer = chain.instance_text(rgb, lab, mask, inst.label)
+        answer = chain.instance_text(rgb, lab, mask, inst.label, given=inst.text)
         rejected.extend({"what": f"instance {k} ({inst.label})", **r} for r in answer.rejected)
         lab_mean = naming.mean_lab(lab, mask)
         mask_rel = f"masks/{ident}_{k}.png"
