@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcolor_batch.config import load_profile
+from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.types import Instance
 from mtcolor_batch.model.bundle import Bundle
 from mtcolor_batch.model.engine import MTColorEngine, _load_scheduler
 from mtcolor_batch.model.sampler import fusion_steps
-from mtcolor_batch.model.tiny import sd15_scheduler, write_tiny_bundle, write_tiny_tokenizer
-from mtcolor_batch.plan import make_plan
-from mtcolor_batch.types import Instance
+from mtcolor_batch.stages.plan import make_plan
+from mtcolor_batch.testing.tiny_sd15 import sd15_scheduler, write_tiny_bundle, write_tiny_tokenizer
 
 PAPER_S, PAPER_GB = 68.6, 18.0
 
@@ -38,7 +38,7 @@ def full_size_engine(device: str, dtype: str, workdir: Path) -> MTColorEngine:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from mtcolor_batch.device import resolve_device, resolve_dtype
+    from mtcolor_batch.core.device import resolve_device, resolve_dtype
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.engine import _use_sdpa
 

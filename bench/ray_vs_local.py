@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from mtcolor_batch.config import load_profile
+from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.jobs.journal import journal_path
 from mtcolor_batch.jobs.runner import RunRequest, run_batch
 
@@ -72,12 +72,12 @@ def main() -> None:
     import ray
     import torch
 
-    from mtcolor_batch.jobs.ray_executor import RayExecutor
+    from mtcolor_batch.jobs.executors.ray import RayExecutor
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mtcolor-ray-bench-"))
     bundle = args.model
     if bundle is None:
-        from mtcolor_batch.model.tiny import write_tiny_bundle
+        from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
         bundle = write_tiny_bundle(work / "tiny-bundle")
     scans = work / "scans"

@@ -36,10 +36,10 @@ import tifffile
 from PIL import Image
 from rich.console import Console
 
-from mtcolor_batch.config import Profile, load_profile
+from mtcolor_batch.core.config import Profile, load_profile
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.jobs.runner import RunRequest, run_batch
-from mtcolor_batch.pipeline import Pipeline
+from mtcolor_batch.stages.pipeline import Pipeline
 
 RUNNER_STAGES = ("load", "hints", "plan", "write")  # the batch runner's own per-file work
 ENGINE_STAGES = ("colorize", "adherence", "perceive")  # sampling, hint adherence, perception
@@ -94,7 +94,7 @@ def warm_imports() -> float:
         "mtcolor_batch.hints.adherence",
         "mtcolor_batch.perception",
         "mtcolor_batch.perception.instances",
-        "mtcolor_batch.plan",
+        "mtcolor_batch.stages.plan",
         "mtcolor_batch.render.chroma",
     ):
         importlib.import_module(name)
@@ -157,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mtcolor-bench-") as tmp:
         base = Path(tmp)
         if args.model is None:
-            from mtcolor_batch.model.tiny import write_tiny_bundle
+            from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
             args.model = write_tiny_bundle(base / "tiny")
         paths = make_scans(base / "scans", args.files, w, h)

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from mtcolor_batch.config import SamplingSettings
-from mtcolor_batch.plan import make_plan
+from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.render.chroma import compose, lightness_error, resize_luma
+from mtcolor_batch.stages.plan import make_plan
 
 
 def synthetic_scan(megapixels: float, seed: int = 0) -> np.ndarray:
@@ -74,7 +74,7 @@ def run(sizes: list[float], steps: int, engine_on: bool, check: bool) -> list[di
     engine = None
     if engine_on:
         from mtcolor_batch.model.engine import MTColorEngine
-        from mtcolor_batch.model.tiny import write_tiny_bundle
+        from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
         tmp = Path(tempfile.mkdtemp(prefix="mtcolor-bench-"))
         engine = MTColorEngine.load(write_tiny_bundle(tmp / "tiny", perception=False), device="cpu")

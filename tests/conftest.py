@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_perception_dir(tmp_path_factory: pytest.TempPathFactory):
     """A folder with only the tiny random sam/ and detector/ components (seconds to build)."""
-    from mtcolor_batch.perception.tiny import write_tiny_perception
+    from mtcolor_batch.testing.tiny_perception import write_tiny_perception
 
     folder = tmp_path_factory.mktemp("tiny-perception")
     write_tiny_perception(folder)
@@ -47,7 +47,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
 
     Treat it as read-only: tests that tamper with files must copy it first.
     """
-    from mtcolor_batch.model.tiny import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
     return write_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
 
@@ -56,7 +56,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def eval_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A folder holding only a tiny random clip/ component: what eval needs for CLIP scores."""
-    from mtcolor_batch.evaluate.clip_score import write_tiny_clip
+    from mtcolor_batch.testing.tiny_clip import write_tiny_clip
 
     bundle = tmp_path_factory.mktemp("eval-bundle")
     write_tiny_clip(bundle / "clip")

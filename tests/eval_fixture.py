@@ -14,14 +14,15 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from mtcolor_batch.config import Profile
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.fs import atomic_write
+from mtcolor_batch.core.types import ColorHint, Instance
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, write_record
-from mtcolor_batch.output.writer import atomic_write, encode_image, format_for, output_path
-from mtcolor_batch.plan import make_plan
+from mtcolor_batch.output.writer import encode_image, format_for, output_path
 from mtcolor_batch.render.chroma import compose
 from mtcolor_batch.scan.imageio import load_scan
-from mtcolor_batch.types import ColorHint, Instance
+from mtcolor_batch.stages.plan import make_plan
 
 ODD_NAME = "odd #1 <b>&'.png"
 XSS = "<img src=x onerror=alert(1)>"

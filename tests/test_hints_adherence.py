@@ -16,11 +16,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.color import rgb2lab
 
-from mtcolor_batch.config import HintSettings
+from mtcolor_batch.core.color import srgb_encode
+from mtcolor_batch.core.config import HintSettings
+from mtcolor_batch.core.types import Instance
 from mtcolor_batch.hints.adherence import chroma_delta_e, enforce, feather_weights, measure_rgb
 from mtcolor_batch.hints.colors import parse_color
-from mtcolor_batch.render.chroma import compose, resize_luma, srgb_encode
-from mtcolor_batch.types import Instance
+from mtcolor_batch.render.chroma import compose, resize_luma
 
 h, w = 96, 128
 HINTS = ["navy", "brick red", "khaki", "field grey", "bottle green", "sepia", "#8b0000", "lab(60, 10, 40)"]
@@ -225,10 +226,10 @@ def test_strict_with_the_tiny_bundle(tiny_bundle) -> None:
     The thin diagonal (3 px at full resolution) is left out: at half resolution it is barely a
     working pixel wide, below what a chroma map at that resolution can hold.
     """
-    from mtcolor_batch.config import SamplingSettings
+    from mtcolor_batch.core.config import SamplingSettings
     from mtcolor_batch.model.engine import MTColorEngine
     from mtcolor_batch.perception.instances import resize_instances
-    from mtcolor_batch.plan import make_plan
+    from mtcolor_batch.stages.plan import make_plan
 
     _, luma, instances = scene(13)
     instances = instances[:-1]

@@ -190,7 +190,7 @@ def test_show_bad_sidecar_is_one_line_error(tmp_path: Path) -> None:
     scan = write_scan(tmp_path / "b.png")
     scan.with_name("b.png.yaml").write_text(SCHEMA, encoding="utf-8")
     result = invoke("hints", "show", scan, "-o", tmp_path / "x.png")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a user error, as for `hints init` and `hints check`
     assert "b.png.yaml:4:5: unknown key 'colour'" in result.output
     assert not (tmp_path / "x.png").exists()
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import ImageColor
 from skimage.color import rgb2lab
 
-from mtcolor_batch.errors import HintError
+from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.hints.colors import (
     closest_names,
     color_table,

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
-from mtcolor_batch.errors import HintError, UserError
+from mtcolor_batch.core.errors import HintError, UserError
+from mtcolor_batch.core.types import Box, Instance, Scan
 from mtcolor_batch.hints.colors import parse_color
 from mtcolor_batch.hints.resolve import PromptSegmenter, ResolvedHints, resolve_hints, resolve_mask_path
 from mtcolor_batch.hints.schema import load_sidecar
-from mtcolor_batch.types import Box, Instance, Scan
 
 H, W = 60, 80
 MAX = 64 * 1024
@@ -415,7 +415,7 @@ def test_bad_sidecars_fail_alone(tmp_path: Path) -> None:
 def tiny_segmenter(tmp_path_factory: pytest.TempPathFactory) -> object:
     torch = pytest.importorskip("torch")
     from mtcolor_batch.perception.models import load_sam
-    from mtcolor_batch.perception.tiny import write_tiny_sam
+    from mtcolor_batch.testing.tiny_perception import write_tiny_sam
 
     folder = write_tiny_sam(tmp_path_factory.mktemp("sam") / "sam")
     return load_sam(folder, torch.device("cpu"), long_side=64)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mtcolor_batch.errors import HintError
+from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.hints.schema import (
     MAX_DEPTH,
     Sidecar,

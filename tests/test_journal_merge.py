@@ -94,9 +94,9 @@ def test_merge_errors_are_one_line(tmp_path: Path) -> None:
 def test_two_real_shard_runs_merge_into_a_journal_a_plain_run_resumes(tmp_path: Path, tiny_bundle: Path):
     """Shards 1/2 and 2/2 (as two array tasks would), merged; a plain run then finds all done."""
 
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
     from mtcolor_batch.jobs.runner import RunRequest, run_batch
-    from mtcolor_batch.pipeline import Pipeline
+    from mtcolor_batch.stages.pipeline import Pipeline
 
     scans, out = tmp_path / "scans", tmp_path / "out"
     rels = make_tree(scans, 6)

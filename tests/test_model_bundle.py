@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.model import bundle as bundle_mod
 from mtcolor_batch.model.bundle import load_bundle, read_manifest, save_bundle, verify_problems
 from mtcolor_batch.model.registry import COMPONENTS, MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
@@ -32,7 +32,7 @@ def test_tiny_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     for folder in REQUIRED_FOLDERS:
         assert (tiny_bundle / folder).is_dir()
     assert (tiny_bundle / MODULES_FILE).is_file()
-    assert b.has_perception  # perception.tiny exists in this checkout
+    assert b.has_perception  # testing.tiny_perception writes it
     on_disk = sorted(p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file())
     assert sorted(b.files) == [r for r in on_disk if r != MANIFEST_FILE]
     weights = [r for r in b.files if r.endswith(".safetensors")]
@@ -195,7 +195,7 @@ def test_engine_info_marks_tiny(tiny_bundle: Path) -> None:
 
 
 def test_device_and_dtype_choice() -> None:
-    from mtcolor_batch.device import resolve_device, resolve_dtype
+    from mtcolor_batch.core.device import resolve_device, resolve_dtype
 
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == torch.float32

@@ -14,7 +14,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file, save_file
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules, RegionBatch
 from mtcolor_batch.model.instance_guidance import (
     GuidanceContext,

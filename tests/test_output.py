@@ -13,12 +13,10 @@ import pytest
 import tifffile
 from PIL import Image
 
+from mtcolor_batch.core.fs import OutputBatch, atomic_write, clean_stale_temps
 from mtcolor_batch.output.provenance import DIGITAL_SOURCE_TYPE, build_xmp
 from mtcolor_batch.output.writer import (
     EmbeddedMeta,
-    OutputBatch,
-    atomic_write,
-    clean_stale_temps,
     encode_image,
     encode_to_bytes,
     output_path,

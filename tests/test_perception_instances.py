@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtcolor_batch.config import PerceptionSettings
+from mtcolor_batch.core.config import PerceptionSettings
+from mtcolor_batch.core.types import ColorHint, Instance
 from mtcolor_batch.perception.instances import (
     box_from_mask,
     finalize,
@@ -13,7 +14,6 @@ from mtcolor_batch.perception.instances import (
     mask_iou,
     resize_instances,
 )
-from mtcolor_batch.types import ColorHint, Instance
 
 H, W = 60, 80
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtcolor_batch.config import PerceptionSettings
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import PerceptionSettings
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.types import Scan
 from mtcolor_batch.perception import detections_to_scan_boxes, perceive
 from mtcolor_batch.perception.models import load_perception
 from mtcolor_batch.perception.segmenter import clip_to_box, luma_to_rgb_image
 from mtcolor_batch.perception.tagger import Detection, detect, load_vocabulary, nms
-from mtcolor_batch.types import Scan
 
 H, W = 96, 128
 
@@ -166,7 +166,7 @@ def test_load_perception_components(tmp_path: Path, tiny_perception_dir: Path) -
 
 
 def test_tiny_perception_is_reproducible_safetensors(tmp_path: Path, tiny_perception_dir: Path) -> None:
-    from mtcolor_batch.perception.tiny import write_tiny_perception
+    from mtcolor_batch.testing.tiny_perception import write_tiny_perception
 
     write_tiny_perception(tmp_path)
     for comp in ("sam", "detector"):

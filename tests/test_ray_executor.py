@@ -21,9 +21,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.config import Profile, load_profile
+from mtcolor_batch.core.config import Profile, load_profile
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.jobs.runner import RunRequest, console_for_run, run_batch
+from mtcolor_batch.testing.faults import CrashOnce
 
 N_FILES = 30
 FAST = {
@@ -110,7 +111,7 @@ def reference(tree, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def ray_run(root: Path, out: Path, bundle: Path, **kwargs) -> int:
-    from mtcolor_batch.jobs.ray_executor import RayExecutor
+    from mtcolor_batch.jobs.executors.ray import RayExecutor
 
     executor = RayExecutor(workers=2, gpus_per_worker=0, **kwargs)
     request = RunRequest(scans=root, profile=fast_profile(), out=out, model=str(bundle))
@@ -134,7 +135,7 @@ def test_worker_killed_mid_run_matches_local_runner(ray_local, tree, reference, 
     """A Ray run in which one worker dies (os._exit) mid-file: same bytes as local, nothing lost."""
     root, rels = tree
     flag = tmp_path / "worker-died"
-    code = ray_run(root, tmp_path / "out", tiny_bundle, crash_once=(str(flag), 4))
+    code = ray_run(root, tmp_path / "out", tiny_bundle, fault=CrashOnce(str(flag), 4))
     assert code == 0
     assert flag.exists(), "the fault hook never fired: no worker was killed"
     journal = assert_complete(tmp_path / "out", reference, rels)
@@ -222,7 +223,7 @@ def test_worker_count_and_gpus_follow_the_cluster(monkeypatch, resources, worker
     """The GPU defaults, checked without GPUs: the sizing reads only ``ray.cluster_resources()``."""
     from types import SimpleNamespace
 
-    from mtcolor_batch.jobs import ray_executor
+    from mtcolor_batch.jobs.executors import ray as ray_executor
 
     fake = SimpleNamespace(cluster_resources=lambda: resources)
     monkeypatch.setattr(ray_executor, "require_ray", lambda: fake)
@@ -233,8 +234,8 @@ def test_worker_count_and_gpus_follow_the_cluster(monkeypatch, resources, worker
 def test_more_gpus_per_worker_than_the_cluster_has_is_a_user_error(monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from mtcolor_batch.errors import UserError
-    from mtcolor_batch.jobs import ray_executor
+    from mtcolor_batch.core.errors import UserError
+    from mtcolor_batch.jobs.executors import ray as ray_executor
 
     fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 4.0, "GPU": 1.0})
     monkeypatch.setattr(ray_executor, "require_ray", lambda: fake)

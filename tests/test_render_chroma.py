@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtcolor_batch.core import color
+from mtcolor_batch.core.color import srgb_decode
 from mtcolor_batch.render import chroma
 from mtcolor_batch.render.chroma import (
     area_resize,
@@ -12,7 +14,6 @@ from mtcolor_batch.render.chroma import (
     compose_quantized,
     lightness_error,
     resize_luma,
-    srgb_decode,
     to_output_array,
 )
 
@@ -28,9 +29,9 @@ def _scan(rng: np.random.Generator, shape: tuple[int, int], bit_depth: int) -> n
 def _a_star(rgb: np.ndarray) -> np.ndarray:
     """CIELAB a* of sRGB pixels (same primaries and white as the lock)."""
     lin = srgb_decode(rgb.astype(np.float64))
-    x = lin @ chroma._RGB_TO_XYZ[0] / chroma._WHITE[0]
-    y = lin @ chroma._RGB_TO_XYZ[1]
-    return 500.0 * (chroma._f(x) - chroma._f(y))
+    x = lin @ color.RGB_TO_XYZ[0] / color.WHITE[0]
+    y = lin @ color.RGB_TO_XYZ[1]
+    return 500.0 * (color.lab_f(x) - color.lab_f(y))
 
 
 @pytest.mark.parametrize("bit_depth", [8, 16])

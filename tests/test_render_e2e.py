@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtcolor_batch.config import SamplingSettings
-from mtcolor_batch.plan import make_plan
+from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.render.chroma import compose_quantized, lightness_error, resize_luma
+from mtcolor_batch.stages.plan import make_plan
 
 SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_overlap=32, alpha=0.0)
 

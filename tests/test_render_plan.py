@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mtcolor_batch.config import SamplingSettings
-from mtcolor_batch.errors import UserError
-from mtcolor_batch.plan import make_plan, plan_summary, working_size
+from mtcolor_batch.core.config import SamplingSettings
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.stages.plan import make_plan, plan_summary, working_size
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,7 @@ def test_second_ctrl_c_stops_mid_write_with_nothing_half_written(
     """Two SIGINTs arrive while file 2's image is being encoded: no output, no temp, row pending."""
     from typer.testing import CliRunner
 
-    import mtcolor_batch.pipeline as pipeline_mod
+    import mtcolor_batch.stages.pipeline as pipeline_mod
     from mtcolor_batch.cli import app
 
     scans = tmp_path / "scans"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_scan_loading import make_input_zoo
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.scan.discover import discover, parse_shard, shard_of
 
 

@@ -14,8 +14,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms
 
-from mtcolor_batch.config import ScanSettings
-from mtcolor_batch.errors import ScanError
+from mtcolor_batch.core.config import ScanSettings
+from mtcolor_batch.core.errors import ScanError
 from mtcolor_batch.scan.imageio import describe_tone, load_scan, rgb_to_gray
 
 BOMB_LIMIT_MP = 0.5  # the zoo's bomb is 1 MP; every good file is far below

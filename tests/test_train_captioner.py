@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_captioners import write_tiny_blip2, write_tiny_vlm
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.hints.colors import color_table, srgb_to_lab
+from mtcolor_batch.testing.tiny_captioners import write_tiny_blip2, write_tiny_vlm
 from mtcolor_batch.train import naming, text_filters
 from mtcolor_batch.train.captioner import NEUTRAL_FILL, build_chain, masked_crop
 from mtcolor_batch.train.dataset_config import load_dataset_config

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
 from mtcolor_batch.scan.imageio import rgb_to_gray
+from mtcolor_batch.testing.synthetic import BLUE, RED, TruthFinder, write_shapes_folder
 from mtcolor_batch.train import naming
 from mtcolor_batch.train.data import ManifestDataset, OrderedBatches, collate, epoch_order
 from mtcolor_batch.train.dataset import MANIFEST, build_dataset, read_manifest
-from mtcolor_batch.train.synthetic import BLUE, RED, TruthFinder, write_shapes_folder
 
 
 @pytest.fixture()

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_captioners import write_tiny_blip2, write_tiny_vlm
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.testing.synthetic import TruthFinder, write_shapes_folder
+from mtcolor_batch.testing.tiny_captioners import write_tiny_blip2, write_tiny_vlm
 from mtcolor_batch.train.coco import clean_label
 from mtcolor_batch.train.data import ManifestDataset
 from mtcolor_batch.train.dataset import MANIFEST, SUMMARY, build_dataset, read_manifest
 from mtcolor_batch.train.dataset_config import load_dataset_config
 from mtcolor_batch.train.split import SPLIT, assign
-from mtcolor_batch.train.synthetic import TruthFinder, write_shapes_folder
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Training really learns: a tiny bundle learns to colour shapes the colour their instance texts say.
 
-The synthetic task (train/synthetic.py): shapes on gray, each red or royal blue, and the two colours
+The synthetic task (testing/synthetic.py): shapes on gray, each red or royal blue, and the two colours
 have the same luminance, so the gray input cannot tell them apart. Every training layout is written
 twice, once with its colours exchanged, so even memorising the training photos does not give the
 colours away: only the instance texts can. The bundle is the tiny one with a UNet that attends at the
@@ -26,11 +26,9 @@ import numpy as np
 import pytest
 from skimage.color import rgb2lab
 
+from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.scan.imageio import rgb_to_gray
-from mtcolor_batch.train.config import load_train_config
-from mtcolor_batch.train.dataset import build_dataset
-from mtcolor_batch.train.dataset_config import load_dataset_config
-from mtcolor_batch.train.synthetic import (
+from mtcolor_batch.testing.synthetic import (
     BLUE,
     RED,
     TruthFinder,
@@ -39,8 +37,10 @@ from mtcolor_batch.train.synthetic import (
     write_learning_bundle,
     write_shapes_folder,
 )
+from mtcolor_batch.train.config import load_train_config
+from mtcolor_batch.train.dataset import build_dataset
+from mtcolor_batch.train.dataset_config import load_dataset_config
 from mtcolor_batch.train.trainer import train
-from mtcolor_batch.types import Instance, Plan
 
 SIZE = 64
 PHOTOS = 64  # 32 layouts x 2 colourings

@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.model.bundle import load_bundle, read_manifest, save_bundle
 from mtcolor_batch.model.registry import MODULES_FILE
+from mtcolor_batch.testing.synthetic import TruthFinder, write_shapes_folder
 from mtcolor_batch.train.checkpoint import list_checkpoints
 from mtcolor_batch.train.config import TrainConfig, load_train_config
 from mtcolor_batch.train.dataset import build_dataset
-from mtcolor_batch.train.synthetic import TruthFinder, write_shapes_folder
 from mtcolor_batch.train.trainer import LOSS_LOG, train
 
 

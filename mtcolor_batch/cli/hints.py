@@ -2,9 +2,9 @@
 
 The loop a user follows: ``hints init`` writes a template next to each scan listing what the
 detector found (so they only fill colours in), ``hints check`` says file:line:col what is wrong,
-``hints show`` draws the instances the run will use. All three go through the same code as
-``run`` (perception, hints.schema, hints.resolve, instances.finalize), so what they show is what
-the run does.
+``hints show`` draws the instances the run will use. ``init`` and ``show`` find instances with
+``stages.instances``, the chain ``run`` uses, and ``check`` validates with ``hints.schema``, so
+what they show is what the run does.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail, print_error
+from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
-    from mtcolor_batch.config import Profile
+    from mtcolor_batch.core.config import Profile
+    from mtcolor_batch.core.types import Instance
     from mtcolor_batch.perception.models import Perception
-    from mtcolor_batch.types import Instance, Scan
 
 hints_app = typer.Typer(
     name="hints",
@@ -63,7 +64,7 @@ def _bundle_folder(model: str | None) -> Path | None:
 
 def _load_context(model: str | None, profile_name: str | None, device: str | None) -> _Context:
     """Profile + perception models; no bundle (or one without sam/detector) means no auto instances."""
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
     from mtcolor_batch.perception.models import load_perception
 
     profile = load_profile(profile_name)
@@ -174,14 +175,6 @@ def write_new_file(target: Path, text: str) -> bool:
     return True
 
 
-def _auto_instances(ctx: _Context, scan: Scan, exclude: list[str]) -> list[Instance]:
-    from mtcolor_batch.perception import perceive
-    from mtcolor_batch.perception.instances import finalize
-
-    autos = perceive(scan, ctx.perception, ctx.profile.perception, exclude)
-    return finalize(autos, scan.size, ctx.profile.perception)
-
-
 @hints_app.command("init")
 def init_command(
     scans: Path = typer.Argument(..., help="A scan or a folder of scans."),
@@ -192,13 +185,13 @@ def init_command(
     """Write a template sidecar next to every scan that has none (existing sidecars are left alone)."""
     from mtcolor_batch.hints.schema import find_sidecar, sidecar_candidates
     from mtcolor_batch.scan.imageio import load_scan
+    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
 
     try:
         files = _scan_files(scans)
         ctx = _load_context(model, profile, device)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     note = None
     if ctx.perception is None or not ctx.perception.can_auto_segment:
         note = "no detector/SAM in the model bundle: nothing detected; add regions by hand"
@@ -213,9 +206,13 @@ def init_command(
             continue
         try:
             scan = load_scan(path, root, ctx.profile.scan)
-            instances = _auto_instances(ctx, scan, []) if note is None else []
+            instances = (
+                find_instances(scan, NO_SIDECAR, ctx.perception, ctx.profile, root).instances
+                if note is None
+                else []
+            )
         except UserError as exc:
-            typer.echo(f"error: {exc.one_line()}", err=True)
+            print_error(exc)
             failed += 1
             continue
         target = sidecar_candidates(path)[0]
@@ -233,7 +230,7 @@ def init_command(
             skipped += 1
     typer.echo(f"{written} written, {skipped} kept, {failed} failed")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -286,7 +283,7 @@ def _sidecars_to_check(scans: Path) -> tuple[list[tuple[Path, Path | None]], lis
 
 def _mask_problems(sidecar_path: Path, scan_root: Path, max_bytes: int) -> list[str]:
     """Mask files that are missing or leave the scan folder, with the line of their hint."""
-    from mtcolor_batch.errors import HintError
+    from mtcolor_batch.core.errors import HintError
     from mtcolor_batch.hints.resolve import resolve_mask_path
     from mtcolor_batch.hints.schema import load_sidecar
 
@@ -340,19 +337,18 @@ def check_command(
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
     """Validate every sidecar; print file:line:col: problem for each; exit 1 if there is any."""
-    from mtcolor_batch.config import load_profile
+    from mtcolor_batch.core.config import load_profile
 
     try:
         settings = load_profile(profile)
         problems, warnings, checked = check_sidecars(scans, settings.hints.max_sidecar_bytes)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     for line in [*warnings, *problems]:
         typer.echo(line)
     typer.echo(f"{checked} sidecar(s) checked, {len(problems)} problem(s)")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- show ---------------------------------------------------------------------------------------
@@ -374,20 +370,26 @@ def show_command(
     ),
 ) -> None:
     """Draw each instance of a scan (auto + sidecar): outlined, numbered, labelled, filled with its colour."""
-    from mtcolor_batch.perception.overlay import render_overlay, resolve_for_show, write_png
+    from mtcolor_batch.perception.overlay import render_overlay, write_png
+    from mtcolor_batch.stages.instances import scan_instances
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
     try:
         ctx = _load_context(model, profile, device)
-        scan, instances, warnings = resolve_for_show(photo, ctx.profile, ctx.perception, root)
+        scan, found = scan_instances(photo, root or photo.parent, ctx.profile, ctx.perception)
+        instances, warnings = found.instances, found.warnings
         image = render_overlay(scan.luma, instances)
         write_png(target, image)
     except UserError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     for inst in instances:
         color = inst.color.name if inst.color is not None else "-"
         typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {_fmt_box(inst.box)} colour {color}")
     typer.echo(f"wrote {target} ({len(instances)} instance(s))")
+
+
+from mtcolor_batch.cli.hints_edit import edit_command  # noqa: E402
+
+hints_app.command("edit")(edit_command)

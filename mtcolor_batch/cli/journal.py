@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
 from mtcolor_batch.jobs.merge import MergeReport, merge_journals, shard_journals
-from mtcolor_batch.jobs.runner import EXIT_USAGE
 
 journal_app = typer.Typer(help="Inspect and combine job journals.", no_args_is_help=True)
 
@@ -64,8 +64,7 @@ def merge_command(
         else:
             report = merge_journals(journals, into)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()))
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail(exc) from None
     print_report(console, report)
 
 

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import typer
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 
 app = typer.Typer(
     help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
 )
-
-
-def _fail(exc: UserError) -> typer.Exit:
-    typer.echo(f"error: {exc.one_line()}", err=True)
-    return typer.Exit(1)
 
 
 def _parse_revisions(values: list[str]) -> dict[str, str]:
@@ -44,24 +40,76 @@ def pull(
     ),
     variant: str = typer.Option("fp16", "--variant", help="Weight variant of the base model: fp16 or none."),
     no_perception: bool = typer.Option(False, "--no-perception", help="Skip SAM and the detector."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="List what would be downloaded (repo, revision, files, sizes), check the configs; no weights.",
+    ),
 ) -> None:
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
     from huggingface_hub.utils import enable_progress_bars
 
     from mtcolor_batch.model.bundle import pull_bundle
 
+    revisions = _parse_revisions(revision)
+    chosen_variant = None if variant.lower() in ("", "none", "fp32") else variant
+    if dry_run:
+        _dry_run(revisions, chosen_variant, not no_perception)
+        return
     enable_progress_bars()  # main() hides loading bars; a multi-GB download should show its progress
     try:
         bundle = pull_bundle(
             dest,
-            revisions=_parse_revisions(revision),
-            variant=None if variant.lower() in ("", "none", "fp32") else variant,
+            revisions=revisions,
+            variant=chosen_variant,
             perception=not no_perception,
             log=lambda msg: typer.echo(msg, err=True),
         )
     except UserError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, EXIT_FAILED) from None
     typer.echo(f"{bundle.path}  {bundle.name}  {bundle.revision}  weights {bundle.weights_sha256[:16]}")
+
+
+def _dry_run(revisions: dict[str, str], variant: str | None, perception: bool) -> None:
+    """Print the pull plan; exit 1 when the configs do not fit together (nothing is written)."""
+    from mtcolor_batch.model.pull_plan import human_size, plan_pull
+    from mtcolor_batch.model.registry import COMPONENTS
+
+    unknown = set(revisions) - {c.key for c in COMPONENTS}
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown component {', '.join(sorted(unknown))}; "
+            f"use one of {', '.join(c.key for c in COMPONENTS)}",
+            param_hint="--revision",
+        )
+    try:
+        plan = plan_pull(revisions, variant=variant, perception=perception)
+    except UserError as exc:
+        raise fail(exc, EXIT_FAILED) from None
+    typer.echo("dry run: hub metadata and small json configs only; no weights downloaded")
+    for comp in plan.components:
+        commit = f" -> {comp.commit}" if comp.commit and comp.commit != comp.revision else ""
+        typer.echo(f"{comp.key}: {comp.repo_id} @ {comp.revision}{commit}")
+        for f in comp.files:
+            typer.echo(f"  {f.path:<52} {human_size(f.size):>10}")
+        known = human_size(comp.size) if comp.unknown_sizes < len(comp.files) else "size not reported"
+        more = f" + {comp.unknown_sizes} unreported" if 0 < comp.unknown_sizes < len(comp.files) else ""
+        typer.echo(f"  {len(comp.files)} files, {known}{more}")
+    files = sum(len(c.files) for c in plan.components)
+    unknown_note = (
+        f" (+{plan.unknown_sizes} files whose size the hub did not report)" if plan.unknown_sizes else ""
+    )
+    typer.echo(f"total download: {human_size(plan.download_size)} in {files} files{unknown_note}")
+    if plan.modules_size is not None:
+        typer.echo(f"written locally: MT-Color modules (zero-initialised) {human_size(plan.modules_size)}")
+    for problem in plan.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if plan.problems:
+        typer.echo(
+            f"configs: {len(plan.problems)} problem(s) in {plan.configs_checked} fetched configs", err=True
+        )
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"configs: ok ({plan.configs_checked} fetched and checked)")
 
 
 @app.command("list")
@@ -99,7 +147,7 @@ def list_bundles(
         tiny = "yes" if bundle.tiny else "no"
         typer.echo(f"{folder.name:<24} {bundle.name:<18} {tiny:<5} {verified:<9} {bundle.revision}")
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("verify")
@@ -116,13 +164,13 @@ def verify(
     try:
         bundle = read_manifest(folder)
     except UserError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, EXIT_FAILED) from None
     t0 = time.perf_counter()
     problems = verify_problems(bundle)
     for line in problems:
         typer.echo(f"error: {line}", err=True)
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
     typer.echo(
         f"ok: {bundle.path} ({bundle.name} {bundle.revision}{', tiny' if bundle.tiny else ''}): "
         f"{len(bundle.files)} files verified in {time.perf_counter() - t0:.1f} s, "
@@ -136,13 +184,13 @@ def tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
-    from mtcolor_batch.model.tiny import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
     t0 = time.perf_counter()
     try:
         path = write_tiny_bundle(directory, seed=seed)
     except UserError as exc:
-        raise _fail(exc) from None
+        raise fail(exc, EXIT_FAILED) from None
     typer.echo(
         f"wrote tiny random bundle {path} in {time.perf_counter() - t0:.1f} s (colours are meaningless)"
     )

@@ -1,7 +1,7 @@
 """``mtcolor-batch run SCANS``: the overnight batch job (thin: parse, build the profile, call the runner).
 
 Every option that changes output maps to one profile key and is applied through
-``config.load_profile`` overrides, so the effective profile (and thus fingerprints and provenance)
+``core.config.load_profile`` overrides, so the effective profile (and thus fingerprints and provenance)
 is the single source of truth. Options left unset keep the profile's value.
 """
 
@@ -12,14 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from mtcolor_batch.config import load_profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_OK, UserError
 from mtcolor_batch.jobs.runner import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
     RunRequest,
     console_for_run,
     default_out_dir,
@@ -127,8 +124,7 @@ def run_command(
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
             console.print(f"report: {build_report(out_dir)}", highlight=False)
     except UserError as exc:
-        console.print("[red]error:[/red] " + escape(exc.one_line()), highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail(exc) from None
     raise typer.Exit(code)
 
 
@@ -137,7 +133,7 @@ def _executor(
 ) -> Callable[..., bool] | None:
     """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
     if kind == "ray":
-        from mtcolor_batch.jobs.ray_executor import RayExecutor
+        from mtcolor_batch.jobs.executors.ray import RayExecutor
 
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
     if kind != "local":

@@ -11,15 +11,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 
 dataset_app = typer.Typer(help="Build training datasets from colour photos.", no_args_is_help=True)
 _err = Console(stderr=True)
-
-
-def _fail(exc: UserError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {exc.one_line()}", highlight=False, markup=True, soft_wrap=True)
-    return typer.Exit(2)
 
 
 @dataset_app.command("build")
@@ -86,7 +82,7 @@ def dataset_build(
                 progress=progress,
             )
     except UserError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from None
     for warning in report.warnings:
         _err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     for relpath, message in report.failed:
@@ -94,7 +90,7 @@ def dataset_build(
     typer.echo(f"{report.added} added, {report.skipped} skipped, {len(report.failed)} failed -> {out}")
     typer.echo(f"dataset: {summary_line(report.summary)} (summary.json)")
     if report.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def train_command(
@@ -126,5 +122,5 @@ def train_command(
             log=lambda line: _err.print(line, highlight=False, soft_wrap=True),
         )
     except UserError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from None
     typer.echo(f"stage {stage}: {result.steps} steps, final loss {result.final_loss:.5f} -> {result.bundle}")

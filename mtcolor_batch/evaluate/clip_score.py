@@ -6,7 +6,13 @@ CLIP *text* encoder, so scoring needs a full CLIP (text + vision) as an optional
 component of the bundle (transformers ``CLIPModel`` + tokenizer + image processor in one folder,
 safetensors). Without it, eval says so and leaves the column empty rather than guessing.
 
-Score = 100 * max(cos(image, text), 0), the torchmetrics / Hessel et al. convention.
+Two scores, named apart because they differ by two orders of magnitude:
+
+- ``clip_mask_cos``: the paper's. The instance cropped by its *mask* (outside the mask filled with
+  neutral gray, so a neighbour's colour does not count) against its text, raw cosine (about 0.2-0.3
+  for a matching pair with a real CLIP).
+- ``clip_box_x100``: 100 * max(cos, 0) of the *box* crop, the torchmetrics / Hessel et al.
+  convention this tool reported first; kept for comparing with earlier runs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 
 CLIP_COMPONENT = "clip"
 
@@ -38,7 +44,7 @@ def find_clip_dir(path: Path) -> Path | None:
     return None
 
 
-def _image_processor_class() -> type:
+def image_processor_class() -> type:
     """transformers 5 routes ``CLIPImageProcessor`` to a torchvision backend we cannot load; use PIL."""
     try:
         from transformers import CLIPImageProcessorPil
@@ -72,7 +78,7 @@ class ClipScorer:
         try:
             self.model = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(device).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-            self.processor = _image_processor_class().from_pretrained(clip_dir)
+            self.processor = image_processor_class().from_pretrained(clip_dir)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load CLIP: {exc}", path=clip_dir) from exc
         self.device = device
@@ -80,7 +86,11 @@ class ClipScorer:
         self._torch = torch
 
     def score(self, crops: Sequence[Image.Image | np.ndarray], texts: Sequence[str]) -> list[float]:
-        """CLIP score of ``crops[i]`` against ``texts[i]``."""
+        """100 * max(cos, 0) of ``crops[i]`` against ``texts[i]`` (the torchmetrics convention)."""
+        return [100.0 * max(c, 0.0) for c in self.cosine(crops, texts)]
+
+    def cosine(self, crops: Sequence[Image.Image | np.ndarray], texts: Sequence[str]) -> list[float]:
+        """Raw cosine similarity of ``crops[i]`` and ``texts[i]`` in CLIP's joint space (the paper's)."""
         if len(crops) != len(texts):
             raise ValueError("one text per crop")
         if not crops:
@@ -98,7 +108,7 @@ class ClipScorer:
             img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
             cos = (img * txt).sum(dim=-1)
-        return [float(v) for v in (100.0 * cos.clamp(min=0)).cpu()]
+        return [float(v) for v in cos.cpu()]
 
 
 def _to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -114,59 +124,19 @@ def crop_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | No
     return rgb[y0:y1, x0:x1]
 
 
-def _tiny_vocab() -> tuple[dict[str, int], list[str]]:
-    """A byte-level BPE vocabulary with no merges: every text tokenises, offline, in 514 ids."""
-    try:  # transformers 5 keeps it here; 4.x in the GPT-2 tokenizer
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
-    except ImportError:
-        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, ["#version: 0.2"]
+NEUTRAL_FILL = 0.5
+"""Outside-the-mask pixels of a mask crop: mid gray, which carries no colour for CLIP to match."""
 
 
-def write_tiny_clip(path: Path) -> Path:
-    """Write a tiny random CLIP (text + vision) for tests and the offline demo; returns ``path``.
+def crop_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The mask's bounding box from ``rgb`` with every pixel outside the mask set to neutral gray.
 
-    Random weights give meaningless scores; it exists so the scoring path runs end to end without
-    the network. A bundle gets it as ``<bundle>/clip``.
+    ``mask`` is bool at ``rgb``'s resolution; None when it is empty.
     """
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _tiny_vocab()
-    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (path / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    # positional paths: the keyword names differ between transformers 4 (vocab_file) and 5 (vocab)
-    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(path)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": vocab["<|endoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"],
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(path, safe_serialization=True)
-    _image_processor_class()(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(path)
-    return path
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = np.array(rgb[y0:y1, x0:x1], dtype=np.float32, copy=True)
+    crop[~mask[y0:y1, x0:x1]] = NEUTRAL_FILL
+    return crop

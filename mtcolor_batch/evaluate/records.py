@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import Journal, Row
 
 SKIP_DIRS = frozenset({".mtcolor", "report_files"})  # the journal, the report's folder
@@ -34,6 +34,7 @@ class InstanceRecord:
     delta_e: float | None = None  # CIEDE2000 hint vs result (hints/adherence.py), as the run recorded it
     delta_e_before: float | None = None  # the same before strict enforcement
     result_lab: tuple[float, float, float] | None = None  # mean CIELAB of the instance in the output
+    mask_rle: dict[str, Any] | None = None  # COCO RLE (output.mask_rle); records before masks: None
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _instance(data: dict[str, Any]) -> InstanceRecord:
         delta_e=_number(stats, "delta_e"),
         delta_e_before=_number(stats, "delta_e_before"),
         result_lab=_lab(stats.get("mean_lab")),
+        mask_rle=data["mask_rle"] if isinstance(data.get("mask_rle"), dict) else None,
     )
 
 

@@ -10,8 +10,6 @@ from a file, a record or the journal is HTML-escaped.
 from __future__ import annotations
 
 import html
-import os
-import shutil
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +22,9 @@ from PIL import Image
 from skimage.color import lab2rgb
 
 from mtcolor_batch import __version__
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.color import image_lightness
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import atomic_write_text, staged_dir
 from mtcolor_batch.evaluate import metrics
 from mtcolor_batch.evaluate.evaluation import (
     FileMetrics,
@@ -34,7 +34,6 @@ from mtcolor_batch.evaluate.evaluation import (
     score_arrays,
 )
 from mtcolor_batch.evaluate.records import FailedRow, FileRecord, read_failures
-from mtcolor_batch.output.writer import atomic_write
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report_files"
@@ -46,11 +45,6 @@ _PALETTE = ("#ff4d4d", "#4dd2ff", "#ffd24d", "#7dff4d", "#ff4dd2", "#b84dff", "#
 def e(value: object) -> str:
     """HTML-escape anything shown (quotes too: it also goes into attributes)."""
     return html.escape(str(value), quote=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """A reader never sees half a report or CSV (the outputs' own temp + fsync + rename)."""
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 @dataclass
@@ -85,7 +79,7 @@ def _thumb(rgb: np.ndarray) -> Image.Image:
 def _gray_from_thumb(thumb: Image.Image) -> Image.Image:
     """The scan's look recovered from the output's L* (equal by the luminance lock)."""
     lab = np.zeros((thumb.height, thumb.width, 3), dtype=np.float64)
-    lab[..., 0] = metrics.lightness(np.asarray(thumb, dtype=np.float32) / 255.0)
+    lab[..., 0] = image_lightness(np.asarray(thumb, dtype=np.float32) / 255.0)
     return Image.fromarray((np.clip(lab2rgb(lab), 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
@@ -143,7 +137,7 @@ def _model_text(rec: FileRecord) -> str:
 def _instances_table(rec: FileRecord, row: FileMetrics | None) -> str:
     if not rec.instances:
         return '<p class="note">no instances (global colorization only)</p>'
-    clip = {i["id"]: i.get("clip_score") for i in (row.instances if row else [])}
+    clip = {i["id"]: i.get("clip_mask_cos") for i in (row.instances if row else [])}
     out = [
         '<table class="instances"><thead><tr><th>#</th><th>label</th><th>text</th><th>source</th>'
         "<th>hint</th><th>result</th><th>ΔE00 before → after</th></tr></thead><tbody>"
@@ -164,7 +158,7 @@ def _instances_table(rec: FileRecord, row: FileMetrics | None) -> str:
         )
         de = f"{_fmt(inst.delta_e_before)} → {_fmt(inst.delta_e)}" if inst.hint_lab is not None else "–"
         score = clip.get(inst.id)
-        extra = f' <span class="note">CLIP {_fmt(score)}</span>' if score is not None else ""
+        extra = f' <span class="note">CLIP cos {_fmt(score)}</span>' if score is not None else ""
         out.append(
             f"<tr><td>{e(inst.id)}</td><td>{e(inst.label)}</td><td>{e(inst.text)}{extra}</td>"
             f'<td>{e(inst.source)}</td><td>{hint}</td><td>{result}</td><td class="num">{e(de)}</td></tr>'
@@ -177,7 +171,7 @@ def _metrics_table(row: FileMetrics | None) -> str:
     if row is None:
         return ""
     cells = [
-        ("colourfulness", _fmt(row.colorfulness, 1)),
+        ("colourfulness (H&S)", _fmt(row.colorfulness_hs, 1)),
         ("max ΔL* vs scan", _fmt(row.luminance_max_dl)),
         ("hint ΔE00 mean/max", f"{_fmt(row.hint_de_mean)} / {_fmt(row.hint_de_max)}" if row.hinted else "–"),
     ]
@@ -260,7 +254,7 @@ def _summary(entries: list[_Entry]) -> str:
     if not rows:
         return ""
     return (
-        f"<span>mean colourfulness <b>{mean('colorfulness')}</b></span>"
+        f"<span>mean colourfulness (H&amp;S) <b>{mean('colorfulness_hs')}</b></span>"
         f"<span>worst max ΔL* <b>{_fmt(max(values('luminance_max_dl'), default=None))}</b></span>"
         f"<span>mean hint ΔE00 <b>{mean('hint_de_mean')}</b></span>"
     )
@@ -338,11 +332,9 @@ def build_report(out_dir: Path, scans_dir: Path | None = None, with_metrics: boo
         raise UserError("scans folder not found", path=scans_dir)
     preds = find_predictions(out_dir, records_only=True)
     failures = read_failures(out_dir)
-    staging = out_dir / f".{REPORT_DIR}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    thumbs = staging / "thumbs"
-    thumbs.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir / REPORT_DIR) as staging:
+        thumbs = staging / "thumbs"
+        thumbs.mkdir()
         for name in ASSETS:
             data = (resources.files("mtcolor_batch.evaluate") / "assets" / name).read_bytes()
             (staging / name).write_bytes(data)
@@ -356,14 +348,6 @@ def build_report(out_dir: Path, scans_dir: Path | None = None, with_metrics: boo
                     entry.error = str(exc)
             entries.append(entry)
         page = _page(out_dir, entries, failures)
-        final = out_dir / REPORT_DIR
-        old = out_dir / f".{REPORT_DIR}.{os.getpid()}.old"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     html_path = out_dir / REPORT_HTML
     atomic_write_text(html_path, page)
     return html_path

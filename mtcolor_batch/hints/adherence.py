@@ -32,9 +32,10 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from mtcolor_batch.config import HintSettings
-from mtcolor_batch.render.chroma import compose, guided_coefficients, lab_to_srgb_locked, luma_to_lightness
-from mtcolor_batch.types import Instance
+from mtcolor_batch.core.color import luma_to_lightness
+from mtcolor_batch.core.config import HintSettings
+from mtcolor_batch.core.types import Instance
+from mtcolor_batch.render.chroma import compose, guided_coefficients, lab_to_srgb_locked
 
 __all__ = ["chroma_delta_e", "enforce", "feather_weights", "measure_rgb"]
 

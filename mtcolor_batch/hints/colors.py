@@ -18,21 +18,20 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
-from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
+from skimage.color import deltaE_ciede2000
 
-from mtcolor_batch.errors import HintError
-from mtcolor_batch.types import ColorHint
+from mtcolor_batch.core.color import srgb_to_lab
+from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.types import ColorHint
 
 __all__ = [
     "NamedColor",
     "color_table",
     "describe",
     "closest_names",
-    "lab_to_srgb",
     "nearest_color_name",
     "normalize_name",
     "parse_color",
-    "srgb_to_lab",
 ]
 
 _NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
@@ -58,20 +57,6 @@ class NamedColor:
 def normalize_name(text: str) -> str:
     """Key used for matching: lower case without spaces, hyphens, underscores or apostrophes."""
     return re.sub(r"[\s\-_'’]+", "", text.strip().lower())
-
-
-def srgb_to_lab(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
-    """sRGB in [0, 1] -> CIELAB D65 (2 degree observer), via skimage so everyone uses one formula."""
-    arr = np.asarray(rgb, dtype=np.float64).reshape(1, 1, 3)
-    lab = rgb2lab(arr, illuminant="D65", observer="2")[0, 0]
-    return float(lab[0]), float(lab[1]), float(lab[2])
-
-
-def lab_to_srgb(lab: tuple[float, float, float]) -> tuple[float, float, float]:
-    """CIELAB D65 -> sRGB in [0, 1] (clipped to the gamut)."""
-    arr = np.asarray(lab, dtype=np.float64).reshape(1, 1, 3)
-    rgb = np.clip(lab2rgb(arr, illuminant="D65", observer="2")[0, 0], 0.0, 1.0)
-    return float(rgb[0]), float(rgb[1]), float(rgb[2])
 
 
 def _hex_to_rgb(text: str) -> tuple[float, float, float]:

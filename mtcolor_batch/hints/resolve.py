@@ -1,7 +1,7 @@
 """Turn a validated sidecar into instances: regions at scan resolution with colour and text.
 
 Why every form ends as a plain bool mask: the sampler, the adherence step and provenance only ever
-see :class:`~mtcolor_batch.types.Instance`, so a label hint, a SAM box prompt, a polygon and a
+see :class:`~mtcolor_batch.core.types.Instance`, so a label hint, a SAM box prompt, a polygon and a
 hand-painted mask file are treated identically downstream. Why warnings instead of silent drops: an
 archivist must be able to see, in the run summary and the provenance record, that a hint did not
 apply (no tram was detected, no segmenter for clicks) rather than find an uncoloured tram later.
@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from skimage.draw import polygon as draw_polygon
 
-from mtcolor_batch.config import HintSettings
-from mtcolor_batch.errors import HintError
+from mtcolor_batch.core.config import HintSettings
+from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.types import Box, Instance, Scan
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
-from mtcolor_batch.types import Box, Instance, Scan
 
 __all__ = [
     "PromptSegmenter",

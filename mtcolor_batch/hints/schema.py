@@ -25,15 +25,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from yaml.error import Mark
 
-from mtcolor_batch.errors import HintError
+from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.types import ColorHint
 from mtcolor_batch.hints.colors import parse_color
-from mtcolor_batch.types import ColorHint
 
 __all__ = [
     "MAX_DEPTH",
     "InstanceHint",
     "Sidecar",
     "check_sidecar",
+    "parse_sidecar_text",
     "find_sidecar",
     "load_sidecar",
     "shadowed_sidecar",
@@ -776,6 +777,32 @@ def check_sidecar(
     out) and, with ``scan_size``, has the scan's size.
     """
     return _load(Path(path), max_bytes, scan_size, None if scan_root is None else Path(scan_root))[1]
+
+
+def parse_sidecar_text(
+    text: str,
+    path: Path,
+    *,
+    scan_size: tuple[int, int] | None = None,
+    scan_root: Path | None = None,
+) -> tuple[Sidecar | None, list[HintError]]:
+    """(sidecar or None, problems) for text not yet on disk, reported as if it were the file ``path``.
+
+    The browser editor validates what it is about to write with exactly the rules of
+    :func:`check_sidecar`, so a save can never put a sidecar on disk that ``run`` would refuse.
+    """
+    path = Path(path)
+    try:
+        data, located = _parse(path, text)
+    except HintError as exc:
+        return None, [exc]
+    root = None if scan_root is None else Path(scan_root)
+    sidecar, problems = _validate(path, data, located, scan_size, root)
+    if sidecar is not None:
+        sidecar._path = path
+        sidecar._sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    problems.sort(key=lambda e: (e.line or 0, e.column or 0))
+    return sidecar, problems
 
 
 def load_sidecar(path: Path, *, max_bytes: int, scan_size: tuple[int, int] | None = None) -> Sidecar:

@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 
 class LockedError(UserError):

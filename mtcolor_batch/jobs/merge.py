@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, Journal
 
 FINISHED = ("done", "failed", "skipped")

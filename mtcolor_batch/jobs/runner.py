@@ -10,43 +10,22 @@ the model loaded and the loop started. Each state change is committed before the
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.core.fs import clean_stale_temps, sha256_file
+from mtcolor_batch.jobs.batch import ExecContext, Executor, Outcome, PlannedFile, StopController
+from mtcolor_batch.jobs.executors.local import LocalExecutor, PipelineFactory
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock
-from mtcolor_batch.output.writer import clean_stale_temps, remove_live_temps
 from mtcolor_batch.scan.discover import ScanFile, discover
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class Processor(Protocol):
-    """What the loop needs from a loaded pipeline (see :class:`mtcolor_batch.pipeline.Pipeline`)."""
-
-    device: str
-
-    def process(self, item: ScanFile, stage: Callable[[str], None]) -> Any: ...
 
 
 @dataclass
@@ -62,85 +41,6 @@ class RunRequest:
     retry_failed: bool = False
     force: bool = False
     argv: list[str] = field(default_factory=list)  # for the "resume with" line
-
-
-@dataclass
-class PlannedFile:
-    """One discovered file and what this run will do with it."""
-
-    item: ScanFile
-    fingerprint: str
-    action: str  # new | changed | retry-crashed | retry-failed | forced | pending | done | failed-before
-    sidecar: Path | None
-    sha256: str | None
-    size: int | None
-    mtime: int | None
-    previous_error: str | None = None
-
-    @property
-    def todo(self) -> bool:
-        return self.action not in ("done", "failed-before")
-
-
-@dataclass
-class Outcome:
-    relpath: str
-    state: str  # done | skipped | failed | pending (not reached / rolled back)
-    reason: str = ""
-    seconds: float = 0.0
-    engine_seconds: float = 0.0
-
-
-@dataclass
-class ExecContext:
-    """What another executor (``jobs.ray_executor``) gets in place of the local loop: it owns no journal
-    logic of its own beyond recording results through ``journal`` (the driver alone writes it)."""
-
-    journal: Journal
-    stop: StopController
-    console: Console
-    outcomes: list[Outcome]
-    profile: Profile
-    bundle_dir: Path
-    scan_root: Path
-    out_dir: Path
-
-
-class Interrupted(Exception):
-    """Raised at a stage boundary after the first Ctrl-C: the current file is rolled back."""
-
-
-class StopController:
-    """First Ctrl-C (or SIGTERM): stop at the next safe point. Second Ctrl-C: stop at once."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third Ctrl-C must not break the cleanup
-            raise KeyboardInterrupt
-        self.requested = True
-        self.console.print(
-            "[yellow]Stopping after the current file's write (or rolling it back); "
-            "press Ctrl-C again to stop at once.[/yellow]"
-        )
-
-    def checkpoint(self, stage: str) -> None:
-        """Abandon the file at any stage before ``write``; once writing, finish it."""
-        if self.requested and stage != "write":
-            raise Interrupted
-
-    def __enter__(self) -> StopController:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def default_out_dir(scans: Path) -> Path:
@@ -169,7 +69,8 @@ def plan_files(
     retry_failed: bool = False,
 ) -> list[PlannedFile]:
     """Decide, per file, whether this run does it; hashes are reused when size and mtime match."""
-    from mtcolor_batch.pipeline import file_sha256, find_sidecar_safe, fingerprint
+    from mtcolor_batch.hints.schema import find_sidecar
+    from mtcolor_batch.stages.pipeline import fingerprint
 
     planned: list[PlannedFile] = []
     for item in files:
@@ -185,12 +86,12 @@ def plan_files(
             sha = row.input_sha256
         else:
             try:
-                sha = file_sha256(item.path)
+                sha = sha256_file(item.path)
             except OSError:
                 sha = None  # unreadable: loading reports why, as a failed row
         try:
-            sidecar = find_sidecar_safe(item.path)
-            sidecar_sha = file_sha256(sidecar) if sidecar else None
+            sidecar = find_sidecar(item.path)
+            sidecar_sha = sha256_file(sidecar) if sidecar else None
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
         fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?")
@@ -260,12 +161,16 @@ def _summary(console: Console, outcomes: list[Outcome], out_dir: Path) -> None:
 def run_batch(
     req: RunRequest,
     console: Console | None = None,
-    pipeline_factory: Callable[[Profile, Path, Path, Path], Processor] | None = None,
-    executor: Callable[[list[PlannedFile], ExecContext], bool] | None = None,
+    pipeline_factory: PipelineFactory | None = None,
+    executor: Executor | None = None,
 ) -> int:
-    """Run (or dry-run) a batch; return the exit code. UserErrors propagate to the CLI (exit 2)."""
+    """Run (or dry-run) a batch: lock, plan, hand the work to an executor, summarise; return the exit code.
+
+    ``executor`` defaults to :class:`~mtcolor_batch.jobs.executors.local.LocalExecutor` (this process,
+    loading the pipeline with ``pipeline_factory``). UserErrors propagate to the CLI (exit 2).
+    """
     from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.pipeline import Pipeline, model_hash, resolve_model
+    from mtcolor_batch.stages.pipeline import model_hash, resolve_model
 
     console = console or Console(stderr=True)
     scans = Path(req.scans)
@@ -347,22 +252,9 @@ def run_batch(
                 outcomes.append(Outcome(p.item.relpath, "failed", f"{p.previous_error} (use --retry-failed)"))
         todo = [p for p in planned if p.todo]
         interrupted = False
-        if todo and executor is not None:  # e.g. Ray: same planning and journal, work done elsewhere
+        if todo:  # same planning and journal whoever does the work (this process or Ray)
             ctx = ExecContext(journal, stop, console, outcomes, req.profile, bundle_dir, root, out_dir)
-            interrupted = executor(todo, ctx)
-        elif todo:
-            console.print(f"Loading model {bundle_dir} ...")
-            factory = pipeline_factory or Pipeline.load
-            try:
-                pipeline = factory(req.profile, bundle_dir, root, out_dir)
-            except KeyboardInterrupt:  # second Ctrl-C while loading: nothing was started
-                pipeline = None
-                stop.requested = True
-            if pipeline is None:
-                outcomes.extend(Outcome(p.item.relpath, "pending", "not started (interrupted)") for p in todo)
-                interrupted = True
-            else:
-                interrupted = _loop(todo, pipeline, journal, stop, console, outcomes)
+            interrupted = (executor or LocalExecutor(pipeline_factory))(todo, ctx)
         journal_problems = journal.check()
     _summary(console, outcomes, out_dir)
     if journal_problems:
@@ -376,89 +268,6 @@ def run_batch(
         )
         return EXIT_INTERRUPTED
     return EXIT_FAILED if any(o.state == "failed" for o in outcomes) else EXIT_OK
-
-
-def _loop(
-    todo: list[PlannedFile],
-    pipeline: Processor,
-    journal: Journal,
-    stop: StopController,
-    console: Console,
-    outcomes: list[Outcome],
-) -> bool:
-    """Process files in order; return True when stopped by an interrupt."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    current: str | None = None
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("starting", total=len(todo))
-        try:
-            for p in todo:
-                rel = p.item.relpath
-                if stop.requested:
-                    outcomes.append(Outcome(rel, "pending", "not started (interrupted)"))
-                    continue
-                current = rel
-                journal.mark_running(rel)
-                outcome = _process_one(p, pipeline, journal, stop, progress, task)
-                outcomes.append(outcome)
-                current = None
-                if outcome.state != "pending":  # a rolled-back file is not progress
-                    progress.advance(task)
-        except KeyboardInterrupt:  # second Ctrl-C: stop at once, leave nothing half-written
-            remove_live_temps()
-            stop.requested = True
-            if current is not None:
-                row = journal.get(current)
-                if row is not None and row.state == "running":
-                    journal.mark_pending(current)
-                outcomes.append(Outcome(current, "pending", "stopped at once (second Ctrl-C)"))
-            seen = {o.relpath for o in outcomes}
-            outcomes.extend(
-                Outcome(p.item.relpath, "pending", "not started (interrupted)")
-                for p in todo
-                if p.item.relpath not in seen
-            )
-        progress.update(task, description="finished" if not stop.requested else "interrupted")
-    return stop.requested
-
-
-def _process_one(
-    p: PlannedFile, pipeline: Processor, journal: Journal, stop: StopController, progress: Progress, task: Any
-) -> Outcome:
-    """One file through the pipeline; its journal row ends done, failed, or pending (rolled back)."""
-    rel = p.item.relpath
-    started = time.perf_counter()
-
-    def on_stage(name: str) -> None:
-        progress.update(task, description=f"{escape(rel)} [dim]{name}[/dim]")
-        stop.checkpoint(name)
-
-    try:
-        result = pipeline.process(p.item, on_stage)
-    except Interrupted:
-        journal.mark_pending(rel)
-        return Outcome(rel, "pending", "rolled back (interrupted)")
-    except UserError as exc:
-        reason = exc.one_line()
-    except Exception as exc:  # an engine/library bug must not end an overnight run
-        reason = f"{rel}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
-    else:
-        seconds = time.perf_counter() - started
-        timings = dict(result.timings)
-        timings["total"] = seconds
-        journal.mark_done(rel, result.outputs, timings)
-        return Outcome(rel, "done", "", seconds, float(getattr(result, "engine_seconds", 0.0)))
-    seconds = time.perf_counter() - started
-    journal.mark_failed(rel, reason, {"total": seconds})
-    progress.console.print("[red]failed[/red] " + escape(reason))
-    return Outcome(rel, "failed", reason, seconds)
 
 
 def console_for_run() -> Console:

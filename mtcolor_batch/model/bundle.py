@@ -13,22 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import snapshot_download
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.fs import atomic_write_text, sha256_file, staged_dir
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
-from mtcolor_batch.output.writer import atomic_write
 
 FORMAT_VERSION = 1
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx")
 """Weight formats a bundle refuses: pickles can execute code; the others are not what we load."""
 
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -54,14 +52,6 @@ class Bundle:
 
     def file(self, rel: str) -> Path:
         return self.path / rel
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_digest(files: dict[str, str]) -> str:
@@ -100,10 +90,6 @@ def _components_of(root: Path) -> dict[str, str]:
     return comps
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def save_bundle(
     root: Path,
     *,
@@ -140,7 +126,7 @@ def save_bundle(
         "weights_sha256": bundle.weights_sha256,
         "files": files,
     }
-    _atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return bundle
 
 
@@ -254,21 +240,10 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
 
 
 # ------------------------------------------------------------------------------------------ pull
-_CONFIG_PATTERNS = ("*.json", "*.txt")
-_VARIANT_NOISE = ["*.non_ema.*", "*.ema.*", "*.bin", "*.ckpt", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx"]
-"""Never downloaded: unused weight copies (SD 1.5 ships a non-EMA UNet) and non-safetensors formats."""
-_WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "controlnet", "sam", "detector")
-
-
 def _commit_of(snapshot: Path, revision: str) -> str:
     """The commit a hub snapshot resolved to (its folder name), else the requested revision."""
     name = Path(snapshot).name
     return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else revision
-
-
-def _patterns(sub: str, weights: str) -> list[str]:
-    prefix = f"{sub}/" if sub else ""
-    return [prefix + p for p in (*_CONFIG_PATTERNS, weights)]
 
 
 def _copy_component(snapshot: Path, sub: str, target: Path, variant: str | None) -> None:
@@ -317,8 +292,15 @@ def pull_bundle(
     plain file is fetched only where no variant exists. The bundle is built in a temp folder next to
     ``dest`` and moved into place at the end, so a failed pull never leaves a half bundle behind.
     """
-    import shutil
 
+    from mtcolor_batch.model.pull_plan import (
+        WEIGHT_FOLDERS,
+        component_variant,
+        config_problems,
+        download_patterns,
+        fallback_patterns,
+        selected_components,
+    )
     from mtcolor_batch.model.registry import COMPONENTS, default_bundle_dir, hub_cache_dir
 
     say = log or (lambda _msg: None)
@@ -330,30 +312,25 @@ def pull_bundle(
             f"unknown component in --revision: {', '.join(sorted(unknown))}",
             hint=f"use one of {', '.join(c.key for c in COMPONENTS)}",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.pulling-"))
     sources: dict[str, Any] = {}
-    try:
-        for comp in COMPONENTS:
-            if not perception and comp.key in ("sam", "detector"):
-                continue
+    with staged_dir(dest, "pulling") as staging:
+        for comp in selected_components(perception):
             rev = revisions.get(comp.key, comp.revision)
             say(f"pulling {comp.key}: {comp.repo_id}@{rev}")
-            use_variant = variant if comp.key == "base" else None
-            weights = f"*.{use_variant}.safetensors" if use_variant else "*.safetensors"
-            patterns = [p for sub in comp.subfolders for p in _patterns(sub, weights)]
-            snapshot = Path(_download(comp.repo_id, rev, patterns, hub_cache_dir()))
+            use_variant = component_variant(comp, variant)
+            allow, ignore = download_patterns(comp, variant)
+            snapshot = Path(_download(comp.repo_id, rev, allow, ignore, hub_cache_dir()))
             missing = [
                 sub
                 for sub, folder in comp.subfolders.items()
-                if folder in _WEIGHT_FOLDERS and not any((snapshot / sub).glob("*.safetensors"))
+                if folder in WEIGHT_FOLDERS and not any((snapshot / sub).glob("*.safetensors"))
             ]
             if missing and use_variant:
-                fallback = [p for sub in missing for p in _patterns(sub, "*.safetensors")]
-                snapshot = Path(_download(comp.repo_id, rev, fallback, hub_cache_dir()))
+                fallback = fallback_patterns(missing)
+                snapshot = Path(_download(comp.repo_id, rev, fallback, ignore, hub_cache_dir()))
             for sub, folder in comp.subfolders.items():
                 _copy_component(snapshot, sub, staging / folder, use_variant)
-                if folder in _WEIGHT_FOLDERS and not any((staging / folder).glob("*.safetensors")):
+                if folder in WEIGHT_FOLDERS and not any((staging / folder).glob("*.safetensors")):
                     raise ModelError(
                         f"{comp.repo_id}@{rev} has no safetensors weights for '{folder}'",
                         hint="pick a revision that ships .safetensors (pickle weights are refused)",
@@ -363,30 +340,27 @@ def pull_bundle(
                 "revision": rev,
                 "commit": _commit_of(snapshot, rev),
             }
+        problems = config_problems(staging, perception=perception)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ModelError(
+                f"the pulled parts do not fit together: {problems[0]}{more}",
+                hint="check the --revision pins; `mtcolor-batch models pull --dry-run` lists every problem",
+            )
         say("writing zero-initialised MT-Color modules")
         _write_fresh_modules(staging)
         revision = "+".join(f"{k}@{v['commit'][:12]}" for k, v in sources.items())
         save_bundle(staging, name=dest.name, revision=revision, tiny=False, sources=sources)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return read_manifest(dest)
 
 
-def _download(repo_id: str, revision: str, patterns: list[str], cache: Path) -> str:
+def _download(repo_id: str, revision: str, allow: list[str], ignore: list[str], cache: Path) -> str:
     try:
         return snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=patterns,
-            ignore_patterns=_VARIANT_NOISE,
+            allow_patterns=allow,
+            ignore_patterns=ignore,
             cache_dir=str(cache),
         )
     except Exception as exc:  # hub errors are many unrelated types (HTTP, offline mode, auth, 404)

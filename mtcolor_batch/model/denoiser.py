@@ -13,8 +13,6 @@ plain diffusers UNet again between calls.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -25,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.fs import staged_file
 from mtcolor_batch.model.instance_guidance import (
     GuidanceContext,
     GuidanceState,
@@ -213,19 +212,13 @@ class MTColorModules(nn.Module):
             )
 
     def save(self, path: str | Path) -> Path:
-        """Write the weights and config as one safetensors file, atomically (temp file + rename)."""
+        """Write the weights and config as one safetensors file, atomically."""
         from safetensors.torch import save_file
 
         path = Path(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(self.config, sort_keys=True)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with staged_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.config, sort_keys=True)})
         return path
 
     @classmethod

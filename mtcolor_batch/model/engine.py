@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtcolor_batch.device import describe_device, resolve_device, resolve_dtype
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.device import describe_device, resolve_device, resolve_dtype
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.bundle import Bundle, load_bundle
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler
-from mtcolor_batch.types import Instance, Plan
 
 _STEPPABLE = ("DDIMScheduler",)
 """Schedulers run as shipped; any other is rebuilt as DDIM from its config (see sampler.py)."""

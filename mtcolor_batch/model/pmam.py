@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 
 
 def labels_at(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

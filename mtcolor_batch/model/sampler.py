@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtcolor_batch.core.types import Box, Instance, Plan
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
-from mtcolor_batch.types import Box, Instance, Plan
 
 LATENT_SCALE = 8
 TILE_SEED_STRENGTH = 0.6

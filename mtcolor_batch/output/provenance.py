@@ -17,9 +17,11 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from mtcolor_batch import __version__
-from mtcolor_batch.config import Profile
-from mtcolor_batch.output.writer import EmbeddedMeta, atomic_write
-from mtcolor_batch.types import Instance, Plan, Scan
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.fs import atomic_write_bytes
+from mtcolor_batch.core.types import Instance, Plan, Scan
+from mtcolor_batch.output.mask_rle import encode_mask
+from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 TOOL = f"mtcolor-batch {__version__}"
@@ -89,7 +91,10 @@ def embedded_meta(
 
 
 def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, Any]:
-    """One instance as provenance lists it (box/area at scan resolution)."""
+    """One instance as provenance lists it (box/area at scan resolution, mask as COCO RLE).
+
+    The mask lets eval crop the instance exactly (the paper's CLIP score) long after the run.
+    """
     rec: dict[str, Any] = {
         "id": inst.id,
         "label": inst.label,
@@ -98,6 +103,7 @@ def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, A
         "box": list(inst.box),
         "area": inst.area,
         "score": round(float(inst.score), 4),
+        "mask_rle": encode_mask(inst.mask),
         "hint_color": None,
     }
     if inst.color is not None:
@@ -190,4 +196,4 @@ def record_bytes(record: dict[str, Any]) -> bytes:
 def write_record(path: Path, record: dict[str, Any]) -> str:
     """Write the record atomically; return its sha256."""
     data = record_bytes(record)
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write_bytes(path, data)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from mtcolor_batch.config import PerceptionSettings
+from mtcolor_batch.core.config import PerceptionSettings
+from mtcolor_batch.core.types import Box, Instance, Scan
 from mtcolor_batch.perception.models import Perception, load_perception
 from mtcolor_batch.perception.segmenter import Segmenter, luma_to_rgb_image
 from mtcolor_batch.perception.tagger import (
@@ -23,7 +24,6 @@ from mtcolor_batch.perception.tagger import (
     ram_available,
     require_ram,
 )
-from mtcolor_batch.types import Box, Instance, Scan
 
 __all__ = ["Perception", "Segmenter", "load_perception", "perceive", "detections_to_scan_boxes"]
 
@@ -64,7 +64,7 @@ def perceive(
 
     ``exclude`` (the sidecar's ``exclude:`` list) removes labels before detection, so an excluded
     thing costs nothing. Ids here are provisional: ``instances.finalize`` renumbers.
-    A tagger of ``ram`` that cannot load raises :class:`~mtcolor_batch.errors.UserError`.
+    A tagger of ``ram`` that cannot load raises :class:`~mtcolor_batch.core.errors.UserError`.
     """
     if settings.auto_instances and settings.tagger == "ram":
         require_ram()  # asked for by name: its absence is an error even when nothing else would run

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mtcolor_batch.config import PerceptionSettings
-from mtcolor_batch.types import Box, Instance
+from mtcolor_batch.core.config import PerceptionSettings
+from mtcolor_batch.core.types import Box, Instance
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

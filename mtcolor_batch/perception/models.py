@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.perception.segmenter import Segmenter
 
 SAM_DIR = "sam"
@@ -62,14 +62,32 @@ def _has_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def sam_processor(folder: Path) -> object:
+    """SAM's processor from ``sam/`` (PIL backend), as the hub ships it or as transformers saves it."""
+    from transformers import SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    return SamProcessor(image_processor=SamImageProcessorPil.from_pretrained(folder))
+
+
+def detector_processor(folder: Path) -> object:
+    """OWLv2's processor from ``detector/``: PIL image processor + the folder's CLIP tokenizer."""
+    from transformers import CLIPTokenizer, Owlv2Processor
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    return Owlv2Processor(
+        image_processor=Owlv2ImageProcessorPil.from_pretrained(folder),
+        tokenizer=CLIPTokenizer.from_pretrained(folder),
+    )
+
+
 def load_sam(folder: Path, device: torch.device, *, long_side: int = 1024) -> Segmenter:
     """``sam/`` -> :class:`Segmenter` (weights through safetensors only)."""
-    from transformers import SamModel, SamProcessor
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+    from transformers import SamModel
 
     try:
         model = SamModel.from_pretrained(folder, use_safetensors=True)
-        processor = SamProcessor(image_processor=SamImageProcessorPil.from_pretrained(folder))
+        processor = sam_processor(folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load SAM: {exc}", path=folder) from exc
     return Segmenter(model, processor, device, long_side=long_side)
@@ -77,15 +95,11 @@ def load_sam(folder: Path, device: torch.device, *, long_side: int = 1024) -> Se
 
 def load_detector(folder: Path, device: torch.device) -> Detector:
     """``detector/`` -> :class:`Detector` (OWLv2, safetensors, CLIP tokenizer from the folder)."""
-    from transformers import CLIPTokenizer, Owlv2ForObjectDetection, Owlv2Processor
-    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+    from transformers import Owlv2ForObjectDetection
 
     try:
         model = Owlv2ForObjectDetection.from_pretrained(folder, use_safetensors=True)
-        processor = Owlv2Processor(
-            image_processor=Owlv2ImageProcessorPil.from_pretrained(folder),
-            tokenizer=CLIPTokenizer.from_pretrained(folder),
-        )
+        processor = detector_processor(folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the detector: {exc}", path=folder) from exc
     return Detector(model=model.to(device).eval(), processor=processor, device=device)

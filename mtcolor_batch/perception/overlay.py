@@ -15,9 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.perception.instances import finalize
-from mtcolor_batch.types import Instance, Scan
+from mtcolor_batch.core.types import Instance
 
 FILL_ALPHA = 0.45
 # Instances without a colour hint get a distinct, colour-blind-friendly marker colour (Okabe-Ito).
@@ -36,7 +34,7 @@ def instance_rgb(inst: Instance, k: int) -> tuple[int, int, int]:
     """The hint colour in sRGB 0-255, or a palette colour when the instance has no hint."""
     if inst.color is None:
         return PALETTE[k % len(PALETTE)]
-    from mtcolor_batch.hints.colors import lab_to_srgb
+    from mtcolor_batch.core.color import lab_to_srgb
 
     r, g, b = lab_to_srgb(inst.color.lab)
     return round(r * 255), round(g * 255), round(b * 255)
@@ -94,36 +92,8 @@ def render_overlay(luma: np.ndarray, instances: Sequence[Instance]) -> Image.Ima
 
 def write_png(target: Path, image: Image.Image) -> None:
     """PNG written atomically (temp file, fsync, rename): a crash never leaves half a picture."""
-    from mtcolor_batch.output.writer import atomic_write
+    from mtcolor_batch.core.fs import atomic_write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write(Path(target), lambda fh: fh.write(buffer.getvalue()))
-
-
-def resolve_for_show(
-    photo: Path, profile: Profile, perception: object | None, scan_root: Path | None = None
-) -> tuple[Scan, list[Instance], list[str]]:
-    """The instances ``run`` would use for ``photo``: perceive + sidecar hints + finalize.
-
-    ``scan_root`` is the folder mask files must stay inside (``run``'s SCANS); default: the photo's.
-    """
-    from mtcolor_batch.hints.resolve import resolve_hints
-    from mtcolor_batch.hints.schema import find_sidecar, load_sidecar
-    from mtcolor_batch.perception import perceive
-    from mtcolor_batch.scan.imageio import load_scan
-
-    photo = Path(photo)
-    root = Path(scan_root) if scan_root is not None else photo.parent
-    scan = load_scan(photo, root, profile.scan)
-    sidecar_path = find_sidecar(photo)
-    sidecar = None
-    if sidecar_path is not None:
-        sidecar = load_sidecar(sidecar_path, max_bytes=profile.hints.max_sidecar_bytes, scan_size=scan.size)
-    exclude = list(sidecar.exclude) if sidecar is not None else []
-    autos = perceive(scan, perception, profile.perception, exclude)  # type: ignore[arg-type]
-    segmenter = getattr(perception, "segmenter", None)
-    resolved = resolve_hints(sidecar, sidecar_path, scan, autos, segmenter, root, profile.hints)
-    warnings = list(resolved.warnings)
-    instances = finalize(resolved.instances, scan.size, profile.perception, warnings)
-    return scan, instances, warnings
+    atomic_write_bytes(Path(target), buffer.getvalue())

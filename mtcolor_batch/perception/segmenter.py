@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mtcolor_batch.types import Box
+from mtcolor_batch.core.types import Box
 
 BOX_CHUNK = 16
 """Boxes decoded per mask-decoder call: bounds memory on scans with many detections."""

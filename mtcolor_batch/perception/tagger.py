@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mtcolor_batch.errors import ModelError, UserError
+from mtcolor_batch.core.errors import ModelError, UserError
 from mtcolor_batch.perception.models import RAM_DIR, Detector
 
 RAM_INSTALL = "pip install git+https://github.com/xinyu1205/recognize-anything"

@@ -39,52 +39,25 @@ import numpy as np
 from scipy import sparse
 from scipy.ndimage import uniform_filter
 
+from mtcolor_batch.core.color import (
+    LUMA_WEIGHTS,
+    WHITE,
+    XYZ_TO_RGB,
+    lab_f,
+    lab_finv,
+    lightness,
+    luma_to_lightness,
+    srgb_decode,
+    srgb_encode,
+)
+
 STRIP_PIXELS = 1 << 18
 """Pixels per horizontal strip of full-resolution work (rows = max(1, STRIP_PIXELS // width))."""
 
 MAX_WORKERS = 4
 """Threads composing strips in parallel (capped by the CPU count); each holds one strip's temporaries."""
 
-# sRGB (IEC 61966-2-1) linear RGB -> XYZ, 4-digit matrix; Y row = Rec.709 luma weights.
-_RGB_TO_XYZ = np.array(
-    [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], dtype=np.float64
-)
-_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
-_WHITE = _RGB_TO_XYZ.sum(axis=1)  # (Xn, Yn, Zn) = (0.9505, 1.0, 1.0890): gray maps to gray exactly
-LUMA_WEIGHTS = _RGB_TO_XYZ[1]
-
-_DELTA = 6.0 / 29.0
 _GAMUT_STEPS = 12  # bisection steps for the chroma factor: 2**-12 ~ 2.4e-4 of the chroma (< 0.05 dE)
-
-
-def srgb_decode(v: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light."""
-    v = np.asarray(v, dtype=np.float64)
-    return np.where(v <= 0.04045, v / 12.92, ((np.maximum(v, 0.04045) + 0.055) / 1.055) ** 2.4)
-
-
-def srgb_encode(v: np.ndarray) -> np.ndarray:
-    """Linear light in [0, 1] -> sRGB-encoded values."""
-    v = np.asarray(v, dtype=np.float64)
-    return np.where(v <= 0.0031308, v * 12.92, 1.055 * np.maximum(v, 0.0031308) ** (1.0 / 2.4) - 0.055)
-
-
-def _f(t: np.ndarray) -> np.ndarray:
-    return np.where(t > _DELTA**3, np.cbrt(t), t / (3 * _DELTA**2) + 4.0 / 29.0)
-
-
-def _finv(t: np.ndarray) -> np.ndarray:
-    return np.where(t > _DELTA, t**3, 3 * _DELTA**2 * (t - 4.0 / 29.0))
-
-
-def lightness(y: np.ndarray) -> np.ndarray:
-    """CIELAB L* (0..100) of relative luminance Y (Yn = 1)."""
-    return 116.0 * _f(np.asarray(y, dtype=np.float64)) - 16.0
-
-
-def luma_to_lightness(luma: np.ndarray) -> np.ndarray:
-    """L* of scan luma (sRGB-encoded gray) - the lightness the luminance lock preserves."""
-    return lightness(srgb_decode(luma))
 
 
 # --------------------------------------------------------------------------- resampling
@@ -188,9 +161,9 @@ def guided_coefficients(guide: np.ndarray, ab: np.ndarray, radius: int, eps: flo
 
 
 def _lab_to_linear(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x = _WHITE[0] * _finv(fy + a / 500.0)
-    z = _WHITE[2] * _finv(fy - b / 200.0)
-    m = _XYZ_TO_RGB
+    x = WHITE[0] * lab_finv(fy + a / 500.0)
+    z = WHITE[2] * lab_finv(fy - b / 200.0)
+    m = XYZ_TO_RGB
     return np.stack([m[i, 0] * x + m[i, 1] * y + m[i, 2] * z for i in range(3)], axis=-1)
 
 
@@ -200,9 +173,9 @@ def _in_gamut(rgb: np.ndarray) -> np.ndarray:
 
 def _fits(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether L*a*b* (given as f(Y), Y, a*, b*) lies inside the sRGB cube; no (n, 3) temporaries."""
-    x = _WHITE[0] * _finv(fy + a / 500.0)
-    z = _WHITE[2] * _finv(fy - b / 200.0)
-    m = _XYZ_TO_RGB
+    x = WHITE[0] * lab_finv(fy + a / 500.0)
+    z = WHITE[2] * lab_finv(fy - b / 200.0)
+    m = XYZ_TO_RGB
     ok = np.ones(fy.shape, dtype=bool)
     for i in range(3):
         ch = m[i, 0] * x + m[i, 1] * y + m[i, 2] * z
@@ -217,7 +190,7 @@ def lab_to_srgb_locked(luma: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nda
     keeps its hue and is desaturated by the largest factor that fits.
     """
     y = srgb_decode(np.clip(luma, 0.0, 1.0))
-    fy = _f(y)
+    fy = lab_f(y)
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     rgb = _lab_to_linear(fy, y, a, b)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from mtcolor_batch.types import Box
+from mtcolor_batch.core.types import Box
 
 __all__ = [
     "Box",

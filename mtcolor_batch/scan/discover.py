@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 SIDECAR_EXTENSIONS = (".yaml", ".yml")

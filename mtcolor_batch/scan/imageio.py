@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from mtcolor_batch.config import ScanSettings
-from mtcolor_batch.errors import ScanError
-from mtcolor_batch.types import Scan
+from mtcolor_batch.core.color import srgb_decode, srgb_encode
+from mtcolor_batch.core.config import ScanSettings
+from mtcolor_batch.core.errors import ScanError
+from mtcolor_batch.core.types import Scan
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -31,23 +32,15 @@ def srgb_icc_bytes() -> bytes:
     return _SRGB_PROFILE.tobytes()
 
 
-def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
-    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
-    return np.where(v <= 0.0031308, v * 12.92, 1.055 * np.power(np.clip(v, 0, None), 1 / 2.4) - 0.055)
-
-
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     """The gray value with the same CIE luminance as each sRGB pixel.
 
     Why not Pillow's ``convert("L")``: its Rec.601 weights on gamma-encoded values change the
     lightness of toned prints; the luminance lock later keeps exactly this lightness.
     """
-    lin = _srgb_to_linear(rgb.astype(np.float64))
+    lin = srgb_decode(rgb.astype(np.float64))
     y = lin[..., 0] * 0.2126 + lin[..., 1] * 0.7152 + lin[..., 2] * 0.0722
-    return np.clip(_linear_to_srgb(y), 0.0, 1.0).astype(np.float32)
+    return np.clip(srgb_encode(y), 0.0, 1.0).astype(np.float32)
 
 
 def describe_tone(rgb: np.ndarray, tolerance: float) -> str:

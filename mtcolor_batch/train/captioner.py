@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.train import naming, text_filters
 from mtcolor_batch.train.dataset_config import DatasetConfig
 from mtcolor_batch.train.text_filters import TextRules
@@ -104,7 +104,7 @@ class HFCaptioner:
     ) -> None:
         import torch
 
-        from mtcolor_batch.device import resolve_device, resolve_dtype
+        from mtcolor_batch.core.device import resolve_device, resolve_dtype
 
         self.kind, self.source, self.prompts, self.max_new_tokens = kind, source, prompts, max_new_tokens
         self.name: str = kind

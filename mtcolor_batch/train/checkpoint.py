@@ -16,7 +16,6 @@ renamed into place, so a crash leaves either the old or the new checkpoint, neve
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import atomic_write_text, staged_dir
 
 _NAME = re.compile(r"^step-(\d{7,})$")
 
@@ -119,9 +119,33 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically under ``folder`` and keep only the newest ``keep``."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with staged_dir(final) as tmp:
+        _write_checkpoint(
+            tmp,
+            step,
+            trainable=trainable,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            scaler=scaler,
+            generator=generator,
+            state=state,
+        )
+    for _, old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(
+    tmp: Path,
+    step: int,
+    *,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    generator: torch.Generator,
+    state: dict[str, Any],
+) -> None:
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors")
     )
@@ -137,16 +161,7 @@ def save_checkpoint(
         "grad_scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_scalars,
     }
-    with open(tmp / "state.json", "w", encoding="utf-8") as handle:
-        json.dump(record, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    atomic_write_text(tmp / "state.json", json.dumps(record, sort_keys=True))
 
 
 def load_checkpoint(

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.errors import UserError
-from mtcolor_batch.types import Instance, Scan
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.types import Instance, Scan
 
 MAX_ANNOTATION_BYTES = 4 << 30
 """Refuse larger annotation files before reading them (COCO-Stuff train2017 is about 1.2 GB)."""

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 
 TRAIN_PROFILE = "train.yaml"
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.train.dataset import read_manifest
 from mtcolor_batch.train.split import read_split
 

@@ -31,14 +31,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from mtcolor_batch.config import PerceptionSettings
-from mtcolor_batch.errors import UserError
-from mtcolor_batch.output.writer import atomic_write
+from mtcolor_batch.core.config import PerceptionSettings
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import atomic_write_bytes
+from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import describe_tone as describe_scan_tone
 from mtcolor_batch.scan.imageio import rgb_to_gray
@@ -47,7 +48,6 @@ from mtcolor_batch.train.captioner import CaptionChain, build_chain
 from mtcolor_batch.train.coco import CocoAnnotations, CocoFinder
 from mtcolor_batch.train.dataset_config import DatasetConfig, load_dataset_config
 from mtcolor_batch.train.split import write_split
-from mtcolor_batch.types import Instance, Scan
 
 MANIFEST = "manifest.jsonl"
 META = "dataset.json"
@@ -71,11 +71,7 @@ class BuildReport:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
-
-    def write(handle: BinaryIO) -> None:
-        handle.write(data)
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, data)
 
 
 def _png_bytes(image: Image.Image) -> bytes:

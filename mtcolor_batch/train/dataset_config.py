@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.train.config import _read_yaml
 
 DATASET_PROFILE = "dataset.yaml"

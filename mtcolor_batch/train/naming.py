@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from mtcolor_batch.hints.colors import srgb_to_lab
+from mtcolor_batch.core.color import srgb_to_lab
 
 BASIC_COLOURS: dict[str, tuple[int, int, int]] = {
     # Berlin & Kay's 11 basic terms (focal sRGB values) ...

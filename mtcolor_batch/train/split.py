@@ -12,10 +12,10 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from mtcolor_batch.errors import UserError
-from mtcolor_batch.output.writer import atomic_write
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.fs import atomic_write_bytes
 
 SPLIT = "split.json"
 
@@ -38,11 +38,7 @@ def write_split(folder: Path, ids: Iterable[str], test_fraction: float, seed: in
     parts = assign(ids, test_fraction, seed)
     doc = {"seed": seed, "test_fraction": test_fraction, **parts}
     data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-    def write(handle: BinaryIO) -> None:
-        handle.write(data)
-
-    atomic_write(Path(folder) / SPLIT, write)
+    atomic_write_bytes(Path(folder) / SPLIT, data)
     return doc
 
 

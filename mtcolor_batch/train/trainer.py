@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -34,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcolor_batch.device import resolve_device
-from mtcolor_batch.errors import ModelError, UserError
+from mtcolor_batch.core.device import resolve_device
+from mtcolor_batch.core.errors import ModelError, UserError
+from mtcolor_batch.core.fs import atomic_write_text, staged_dir
 from mtcolor_batch.model.bundle import load_bundle, save_bundle
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
 from mtcolor_batch.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -103,7 +103,7 @@ def load_components(bundle_dir: Path, device: torch.device) -> Components:
 
 def trainable_parameters(parts: Components, stage: int) -> dict[str, nn.Parameter]:
     """Name -> parameter of what a stage trains (stage 1: guidance; stage 2: ControlNet + PMAM)."""
-    if stage == 0:  # backbone pretraining of toy bundles (train/synthetic.py); not a paper stage
+    if stage == 0:  # backbone pretraining of toy bundles (testing/synthetic.py); not a paper stage
         groups = {"unet": parts.unet, "controlnet": parts.controlnet}
     elif stage == 1:
         groups = {"guidance": parts.modules.guidance}
@@ -261,10 +261,7 @@ def _read_losses(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -283,10 +280,8 @@ def write_trained_bundle(
 ) -> Path:
     """Copy ``source`` to ``dest`` with the trained weights, a new revision and recomputed hashes."""
     original = load_bundle(source, verify=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.building-"))
-    try:
-        shutil.rmtree(staging)
+    with staged_dir(dest) as staging:
+        staging.rmdir()  # copytree creates it
         shutil.copytree(
             source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(MANIFEST_FILE, ".*")
         )
@@ -315,14 +310,6 @@ def write_trained_bundle(
             tiny=original.tiny,
             sources={**original.sources, "training": training},
         )
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            shutil.rmtree(old)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dest
 
 

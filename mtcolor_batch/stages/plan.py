@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtcolor_batch.config import SamplingSettings
-from mtcolor_batch.errors import UserError
+from mtcolor_batch.core.config import SamplingSettings
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.types import Plan
 from mtcolor_batch.render.tiling import axis_starts, tile_boxes
-from mtcolor_batch.types import Plan
 
 LATENT_FACTOR = 8
 """Pixels per latent cell of the Stable Diffusion VAE."""

@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import ModelError, UserError
+from mtcolor_batch.core.fs import OutputBatch
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.model.registry import DEFAULT_BUNDLE_NAME, bundles_dir, default_bundle_dir
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
-from mtcolor_batch.output.writer import OutputBatch, encode_image, format_for, output_path
+from mtcolor_batch.output.writer import encode_image, format_for, output_path
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
@@ -61,14 +62,6 @@ def model_hash(bundle_dir: Path) -> str:
     return read_manifest(bundle_dir).weights_sha256
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def derive_seed(input_sha256: str) -> int:
     """Seed from the file's content: reruns (and moved files) get the same seed without a record."""
     return int(input_sha256[:8], 16) & 0x7FFFFFFF
@@ -80,11 +73,8 @@ def fingerprint(input_sha256: str, sidecar_sha256: str | None, profile_fp: str, 
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def find_sidecar_safe(path: Path) -> Path | None:
-    """The scan's sidecar, if any (hints stage rules: ``photo.jpg.yaml`` first, then ``photo.yaml``)."""
-    from mtcolor_batch.hints.schema import find_sidecar
-
-    return find_sidecar(path)
+class Interrupted(Exception):
+    """Raised by a stage callback to abandon the current file before ``write`` (after a first Ctrl-C)."""
 
 
 @dataclass
@@ -134,12 +124,10 @@ class Pipeline:
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
         """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
         from mtcolor_batch.hints.adherence import enforce
-        from mtcolor_batch.hints.resolve import resolve_hints
-        from mtcolor_batch.hints.schema import load_sidecar
-        from mtcolor_batch.perception import perceive
-        from mtcolor_batch.perception.instances import finalize, resize_instances
-        from mtcolor_batch.plan import make_plan
+        from mtcolor_batch.perception.instances import resize_instances
         from mtcolor_batch.render.chroma import compose_quantized, resize_luma
+        from mtcolor_batch.stages.instances import find_instances, read_sidecar
+        from mtcolor_batch.stages.plan import make_plan
 
         prof = self.profile
         timings: dict[str, float] = {}
@@ -155,30 +143,21 @@ class Pipeline:
         scan = load_scan(item.path, self.scan_root, prof.scan)
         lap("load")
         stage("hints")
-        sidecar_path = find_sidecar_safe(item.path)
-        sidecar = None
-        if sidecar_path is not None:
-            limit = prof.hints.max_sidecar_bytes
-            sidecar = load_sidecar(sidecar_path, max_bytes=limit, scan_size=scan.size)
-        sidecar_sha = file_sha256(sidecar_path) if sidecar_path else None
+        sidecar = read_sidecar(scan, prof.hints)
         lap("hints")
         stage("perceive")
-        exclude = list(getattr(sidecar, "exclude", None) or [])
-        autos = perceive(scan, self.perception, prof.perception, exclude)  # [] when auto instances are off
-        segmenter = getattr(self.perception, "segmenter", None)
-        resolved = resolve_hints(sidecar, sidecar_path, scan, autos, segmenter, self.scan_root, prof.hints)
-        warnings = list(resolved.warnings)
-        instances = finalize(resolved.instances, scan.size, prof.perception, warnings)
+        found = find_instances(scan, sidecar, self.perception, prof, self.scan_root)
+        instances, warnings = found.instances, found.warnings
         lap("perceive")
         stage("plan")
         # The sidecar speaks for this one file, so its seed beats the run-wide profile/--seed.
-        if resolved.seed is not None:
-            seed, seed_source = int(resolved.seed), "sidecar"
+        if found.seed is not None:
+            seed, seed_source = found.seed, "sidecar"
         elif prof.seed is not None:
             seed, seed_source = prof.seed, "profile"
         else:
             seed, seed_source = derive_seed(scan.sha256), "input sha256"
-        prompt = resolved.prompt or prof.sampling.prompt
+        prompt = found.prompt or prof.sampling.prompt
         plan = make_plan(scan.size, prof.sampling, seed, prompt)
         luma_w = resize_luma(scan.luma, plan.working_size)
         insts_w = resize_instances(instances, plan.working_size)
@@ -226,8 +205,8 @@ class Pipeline:
                     model_dir=self.bundle_dir,
                     model_hash=self.model_fp,
                     instances=[instance_record(i, stats_by_id.get(i.id)) for i in instances],
-                    sidecar_path=sidecar_path,
-                    sidecar_sha256=sidecar_sha,
+                    sidecar_path=sidecar.path,
+                    sidecar_sha256=sidecar.sha256,
                     output_path=img_path,
                     output_sha256=out_sha,
                     output_format=fmt,
@@ -258,3 +237,55 @@ def _stats_by_id(stats: Any) -> dict[int, dict[str, Any]]:
         if isinstance(entry, dict) and "id" in entry:
             out[int(entry["id"])] = entry
     return out
+
+
+class FileProcessor(Protocol):
+    """What an executor needs from a loaded pipeline (:class:`Pipeline`, or a test double)."""
+
+    device: str
+
+    def process(self, item: ScanFile, stage: StageCallback) -> FileResult: ...
+
+
+@dataclass
+class WorkResult:
+    """One file's result as every executor records it (plain fields: it crosses process boundaries)."""
+
+    relpath: str
+    state: str  # done | failed
+    error: str = ""
+    outputs: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    engine_seconds: float = 0.0
+
+
+def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -> WorkResult:
+    """The unit of work every executor runs unchanged: one file, classified done or failed.
+
+    A :class:`UserError` fails the file with its own one-line reason; any other exception is an
+    engine or library bug, which fails this file (never the whole overnight run) with a one-line
+    ``internal error``. :class:`Interrupted` raised by ``stage`` propagates: the executor rolls the
+    file back.
+    """
+    started = time.perf_counter()
+    try:
+        result = pipeline.process(item, stage)
+    except Interrupted:
+        raise
+    except UserError as exc:
+        reason = exc.one_line()
+    except Exception as exc:  # an engine/library bug must not end an overnight run
+        reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+    else:
+        seconds = time.perf_counter() - started
+        return WorkResult(
+            relpath=item.relpath,
+            state="done",
+            outputs=list(result.outputs),
+            timings={**{k: float(v) for k, v in result.timings.items()}, "total": seconds},
+            seconds=seconds,
+            engine_seconds=float(result.engine_seconds),
+        )
+    seconds = time.perf_counter() - started
+    return WorkResult(item.relpath, "failed", reason, timings={"total": seconds}, seconds=seconds)

@@ -1,4 +1,4 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the process exit codes they end in.
 
 Every failure a user can fix is raised as a :class:`UserError` so that the CLI and the batch
 runner can print it as one line naming the file (and line/column for YAML) without a traceback.
@@ -7,6 +7,15 @@ runner can print it as one line naming the file (and line/column for YAML) witho
 from __future__ import annotations
 
 from pathlib import Path
+
+EXIT_OK = 0
+"""Everything asked for was done."""
+EXIT_FAILED = 1
+"""Some files failed (each is listed with its reason), or what a check command checked is bad."""
+EXIT_USAGE = 2
+"""A usage or setup error (bad option, missing model, locked output folder): nothing was processed."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C or SIGTERM; the same command resumes."""
 
 
 class UserError(Exception):

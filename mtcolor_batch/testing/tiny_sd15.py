@@ -10,33 +10,19 @@ manifest says ``tiny: true`` and every output made with it says so in its proven
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.core.fs import staged_dir
 from mtcolor_batch.model.bundle import save_bundle
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+from mtcolor_batch.testing.tiny_clip import write_tiny_clip_tokenizer
+from mtcolor_batch.testing.tiny_perception import write_tiny_perception
 
 TINY_TEXT_DIM = 32
 TINY_NAME = "tiny-random"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable-unicode table, so every byte string is tokenizable offline."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 # A few merges so common words become single tokens (the tokenizer exercises real BPE, not bytes only).
@@ -45,26 +31,9 @@ _MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("r", "e"),
 
 def write_tiny_tokenizer(folder: Path) -> int:
     """Write a CLIP BPE tokenizer (vocab.json + merges.txt, model_max_length 77); return vocab size."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    for a, b in _MERGES:
-        vocab.setdefault(a + b, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES), encoding="utf-8"
-    )
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok = write_tiny_clip_tokenizer(folder, merges=_MERGES)
     tok.save_pretrained(folder)
-    return len(vocab)
+    return len(tok.get_vocab())
 
 
 def sd15_scheduler():
@@ -147,18 +116,6 @@ def _tiny_components(folder: Path, seed: int) -> None:
     MTColorModules.from_unet(unet, controlnet, text_dim=TINY_TEXT_DIM).save(folder / MODULES_FILE)
 
 
-def _write_perception(folder: Path, seed: int) -> bool:
-    """Add the tiny perception components when the perception package provides them."""
-    try:
-        from mtcolor_batch.perception.tiny import write_tiny_perception
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("mtcolor_batch.perception"):
-            return False
-        raise
-    write_tiny_perception(folder, seed=seed)
-    return True
-
-
 def write_tiny_bundle(path: Path, *, seed: int = 0, perception: bool = True) -> Path:
     """Write a complete tiny random bundle at ``path`` (created; must be empty or absent).
 
@@ -170,23 +127,16 @@ def write_tiny_bundle(path: Path, *, seed: int = 0, perception: bool = True) -> 
         if (path / MANIFEST_FILE).is_file():
             raise ModelError("a bundle already exists here", path=path, hint="choose an empty folder")
         raise ModelError("target folder is not empty", path=path, hint="choose an empty or new folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
-    try:
+    with staged_dir(path) as staging:
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
             _tiny_components(staging, seed)
-        has_perception = perception and _write_perception(staging, seed)
+        if perception:
+            write_tiny_perception(staging, seed=seed)
         save_bundle(
             staging,
             name=TINY_NAME,
             revision=f"seed-{seed}",
             tiny=True,
-            sources={"generator": "mtcolor_batch.model.tiny", "seed": seed, "perception": has_perception},
+            sources={"generator": "mtcolor_batch.testing.tiny_sd15", "seed": seed, "perception": perception},
         )
-        if path.exists():
-            path.rmdir()
-        staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path

@@ -1,15 +1,16 @@
-"""Run a batch on a Ray cluster: the same per-file work as the local loop, on many GPU actors.
+"""Run a batch on a Ray cluster: the same unit of work as the local executor, on many GPU actors.
 
 Why this shape:
 
 - The driver plans exactly as the local runner does (``jobs.runner.run_batch`` with this module as
   its ``executor``): same discovery, lock, fingerprints and journal. Only the loop differs.
 - Workers are Ray Data actors (``map_batches`` with a callable class and an ``ActorPoolStrategy``):
-  each loads the model once (``pipeline.Pipeline.load``) and runs ``Pipeline.process`` on one file at
-  a time, reading the file itself from the shared scan tree. ``read_images`` is not used: it drops
-  per-file metadata and 16-bit depth, which the pipeline must keep.
-- Workers write outputs atomically into the shared output tree (``output.writer.atomic_write``, as
-  locally) and return only small results (state, error, outputs, timings). The driver alone writes
+  each loads the model once (``stages.pipeline.Pipeline.load``) and runs
+  ``stages.pipeline.process_one`` (as the local executor does) on one file at a time, reading the
+  file itself from the shared scan tree. ``read_images`` is not used: it drops per-file metadata
+  and 16-bit depth, which the pipeline must keep.
+- Workers write outputs atomically into the shared output tree (``core.fs``, as locally) and
+  return only small results (state, error, outputs, timings). The driver alone writes
   the SQLite journal, as results stream back through ``iter_batches``: SQLite WAL must never be
   written from many hosts over a network filesystem.
 - Fault tolerance: every dispatched file is marked ``running`` before dispatch. A worker that dies
@@ -21,10 +22,10 @@ Why this shape:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +41,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mtcolor_batch.config import Profile
-from mtcolor_batch.errors import UserError
-from mtcolor_batch.jobs.runner import ExecContext, Outcome, PlannedFile
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, record_result
 from mtcolor_batch.scan.discover import ScanFile
+from mtcolor_batch.stages.pipeline import WorkResult, process_one
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -53,6 +55,8 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
 RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+FaultHook = Callable[[str, int, str], None]
+"""``fault(stage, files_started, worker)``: a test hook (see ``mtcolor_batch.testing.faults``)."""
 
 
 class RayMissingError(UserError):
@@ -69,42 +73,11 @@ def require_ray() -> Any:
     return ray
 
 
-def process_one(pipeline: Any, item: ScanFile, stage: Callable[[str], None]) -> dict[str, Any]:
-    """One file through ``Pipeline.process``, classified as the local loop does (same error text)."""
-    started = time.perf_counter()
-    try:
-        result = pipeline.process(item, stage)
-    except UserError as exc:
-        return _result(item.relpath, "failed", exc.one_line(), started)
-    except Exception as exc:  # an engine/library bug fails this file, never the whole run
-        reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
-        return _result(item.relpath, "failed", reason, started)
-    out = _result(item.relpath, "done", "", started)
-    out["outputs"] = list(result.outputs)
-    out["timings"] = {**{k: float(v) for k, v in result.timings.items()}, "total": out["seconds"]}
-    out["engine_seconds"] = float(getattr(result, "engine_seconds", 0.0))
-    return out
-
-
-def _result(relpath: str, state: str, error: str, started: float) -> dict[str, Any]:
-    seconds = time.perf_counter() - started
-    return {
-        "relpath": relpath,
-        "state": state,
-        "error": error,
-        "outputs": [],
-        "timings": {"total": seconds},
-        "seconds": seconds,
-        "engine_seconds": 0.0,
-    }
-
-
 class FileWorker:
     """A Ray Data actor: loads the model once, then colorizes files named by relative path.
 
-    ``crash_once`` = (flag file, n) is a fault-injection hook for the tests: the first actor to
-    reach its n-th file while the flag file does not yet exist creates it and dies with
-    ``os._exit`` in the middle of that file (during ``colorize``), exactly as a lost node would.
+    ``fault`` is a fault-injection hook for the tests (``mtcolor_batch.testing.faults``), called
+    at every stage as ``fault(stage, files_started, worker)``.
     """
 
     def __init__(
@@ -113,27 +86,20 @@ class FileWorker:
         bundle_dir: str,
         scan_root: str,
         out_dir: str,
-        crash_once: tuple[str, int] | None = None,
+        fault: FaultHook | None = None,
     ) -> None:
-        from mtcolor_batch.pipeline import Pipeline
+        from mtcolor_batch.stages.pipeline import Pipeline
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)
         self.pipeline = Pipeline.load(profile, Path(bundle_dir), self.scan_root, Path(out_dir))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.crash_once = crash_once
+        self.fault = fault
         self.count = 0
 
-    def _maybe_crash(self, stage: str) -> None:
-        if self.crash_once is None or stage != "colorize" or self.count < self.crash_once[1]:
-            return
-        try:
-            fd = os.open(self.crash_once[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, self.worker.encode())
-        os.close(fd)
-        os._exit(1)
+    def _on_stage(self, stage: str) -> None:
+        if self.fault is not None:
+            self.fault(stage, self.count, self.worker)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         import json
@@ -142,7 +108,8 @@ class FileWorker:
         for rel, stem in zip(batch["relpath"], batch["stem"], strict=True):
             rel, stem = str(rel), str(stem)
             self.count += 1
-            res = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._maybe_crash)
+            work = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._on_stage)
+            res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
             res["worker"] = self.worker
@@ -195,7 +162,7 @@ class RayExecutor:
         address: str | None = None,
         workers: int | None = None,
         gpus_per_worker: float | None = None,
-        crash_once: tuple[str, int] | None = None,
+        fault: FaultHook | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise UserError(f"bad --workers {workers}", hint="need at least 1")
@@ -209,7 +176,7 @@ class RayExecutor:
         self.address = address
         self.workers = workers
         self.gpus_per_worker = gpus_per_worker
-        self.crash_once = crash_once
+        self.fault = fault
 
     def resources(self) -> tuple[int, float]:
         """(actors, GPUs per actor): a GPU each when the cluster has GPUs, else CPU actors."""
@@ -272,7 +239,7 @@ class RayExecutor:
                         if res["relpath"] not in pending:
                             continue  # a retried task reporting twice: the first report stands
                         pending.discard(res["relpath"])
-                        self._record(res, ctx)
+                        record_result(_work_result(res), ctx)
                         progress.update(task, description=f"{res['relpath']} [dim]{res['worker']}[/dim]")
                         progress.advance(task)
                     if ctx.stop.requested:
@@ -302,7 +269,7 @@ class RayExecutor:
                 "bundle_dir": str(ctx.bundle_dir),
                 "scan_root": str(ctx.scan_root),
                 "out_dir": str(ctx.out_dir),
-                "crash_once": self.crash_once,
+                "fault": self.fault,
             },
             batch_size=1,
             batch_format="numpy",
@@ -312,18 +279,6 @@ class RayExecutor:
             max_restarts=-1,
             max_task_retries=MAX_TASK_RETRIES,
         )
-
-    @staticmethod
-    def _record(res: dict[str, Any], ctx: ExecContext) -> None:
-        """Write one worker result into the journal, exactly as the local loop would."""
-        rel = res["relpath"]
-        if res["state"] == "done":
-            ctx.journal.mark_done(rel, res["outputs"], res["timings"])
-            ctx.outcomes.append(Outcome(rel, "done", "", res["seconds"], res["engine_seconds"]))
-        else:
-            ctx.journal.mark_failed(rel, res["error"], res["timings"])
-            ctx.outcomes.append(Outcome(rel, "failed", res["error"], res["seconds"]))
-            ctx.console.print("[red]failed[/red] " + escape(res["error"]))
 
     @staticmethod
     def _record_lost(lost: list[str], ctx: ExecContext) -> None:
@@ -371,3 +326,8 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _work_result(row: dict[str, Any]) -> WorkResult:
+    """A decoded result row (the worker's name dropped) -> the result every executor records."""
+    return WorkResult(**{k: v for k, v in row.items() if k != "worker"})

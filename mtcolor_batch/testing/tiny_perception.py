@@ -8,53 +8,17 @@ mean anything. Weights come from a fixed seed, so two bundles written alike are 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
 from mtcolor_batch.perception.models import DETECTOR_DIR, SAM_DIR
+from mtcolor_batch.testing.tiny_clip import write_tiny_clip_tokenizer
 
 SAM_IMAGE_SIZE = 64
 DETECTOR_IMAGE_SIZE = 32
 TEXT_MAX_LENGTH = 16  # OWLv2's own text length
-
-
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses as its alphabet."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
-
-
-def _tiny_clip_tokenizer(folder: Path) -> object:
-    """A character-level CLIP tokenizer from a small vocab.json + merges.txt (no download).
-
-    ``<|endoftext|>`` gets the highest id because CLIP-style text towers pool at ``argmax(ids)``.
-    """
-    from transformers import CLIPTokenizer
-
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return CLIPTokenizer(
-        vocab=str(folder / "vocab.json"),
-        merges=str(folder / "merges.txt"),
-        pad_token="!",
-        model_max_length=TEXT_MAX_LENGTH,
-    )
 
 
 def write_tiny_sam(folder: Path) -> Path:
@@ -111,7 +75,7 @@ def write_tiny_detector(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tiny_clip_tokenizer(Path(tmp))
+        tokenizer = write_tiny_clip_tokenizer(Path(tmp), model_max_length=TEXT_MAX_LENGTH, pad_token="!")
         vocab_size = len(tokenizer.get_vocab())
         config = Owlv2Config(
             text_config={

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.types import Instance
+from mtcolor_batch.core.types import Instance
 
 RED = (220, 0, 0)
 BLUE = (34, 92, 255)  # same CIE luminance as RED (gray 0.4264); CSS-nearest name "royal blue"
@@ -264,6 +264,6 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
         name=original.name,
         revision=f"{original.revision}+latent-attention",
         tiny=True,
-        sources={"generator": "mtcolor_batch.train.synthetic.write_learning_bundle", "seed": seed},
+        sources={"generator": "mtcolor_batch.testing.synthetic.write_learning_bundle", "seed": seed},
     )
     return dest

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mtcolor_batch.errors import ModelError
+from mtcolor_batch.core.errors import ModelError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -1,0 +1,116 @@
+"""The batch's shared vocabulary: planned files, outcomes, the stop controller, an executor's context.
+
+The runner plans; an executor (``jobs.executors.local`` or ``jobs.executors.ray``) processes the
+planned files with :func:`mtcolor_batch.stages.pipeline.process_one` and records each result through
+:func:`record_result`, so the journal rows and the summary are the same whoever did the work.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from mtcolor_batch.core.config import Profile
+from mtcolor_batch.jobs.journal import Journal
+from mtcolor_batch.scan.discover import ScanFile
+from mtcolor_batch.stages.pipeline import Interrupted, WorkResult
+
+
+@dataclass
+class PlannedFile:
+    """One discovered file and what this run will do with it."""
+
+    item: ScanFile
+    fingerprint: str
+    action: str  # new | changed | retry-crashed | retry-failed | forced | pending | done | failed-before
+    sidecar: Path | None
+    sha256: str | None
+    size: int | None
+    mtime: int | None
+    previous_error: str | None = None
+
+    @property
+    def todo(self) -> bool:
+        return self.action not in ("done", "failed-before")
+
+
+@dataclass
+class Outcome:
+    relpath: str
+    state: str  # done | skipped | failed | pending (not reached / rolled back)
+    reason: str = ""
+    seconds: float = 0.0
+    engine_seconds: float = 0.0
+
+
+@dataclass
+class ExecContext:
+    """What an executor (``jobs.executors.local`` or ``.ray``) gets: it owns no journal logic of its
+    own beyond recording results through ``journal`` (the driver alone writes it)."""
+
+    journal: Journal
+    stop: StopController
+    console: Console
+    outcomes: list[Outcome]
+    profile: Profile
+    bundle_dir: Path
+    scan_root: Path
+    out_dir: Path
+
+
+class StopController:
+    """First Ctrl-C (or SIGTERM): stop at the next safe point. Second Ctrl-C: stop at once."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third Ctrl-C must not break the cleanup
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.print(
+            "[yellow]Stopping after the current file's write (or rolling it back); "
+            "press Ctrl-C again to stop at once.[/yellow]"
+        )
+
+    def checkpoint(self, stage: str) -> None:
+        """Abandon the file at any stage before ``write``; once writing, finish it."""
+        if self.requested and stage != "write":
+            raise Interrupted
+
+    def __enter__(self) -> StopController:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+Executor = Callable[[list[PlannedFile], ExecContext], bool]
+"""Processes the planned files, records each through :func:`record_result`; True when interrupted."""
+
+
+def record_result(res: WorkResult, ctx: ExecContext) -> Outcome:
+    """Write one file's result into the journal and the outcomes; print a failure's reason."""
+    rel = res.relpath
+    if res.state == "done":
+        ctx.journal.mark_done(rel, res.outputs, res.timings)
+        outcome = Outcome(rel, "done", "", res.seconds, res.engine_seconds)
+    else:
+        ctx.journal.mark_failed(rel, res.error, res.timings)
+        outcome = Outcome(rel, "failed", res.error, res.seconds)
+        ctx.console.print("[red]failed[/red] " + escape(res.error))
+    ctx.outcomes.append(outcome)
+    return outcome

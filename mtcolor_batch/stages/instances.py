@@ -1,0 +1,77 @@
+"""Scan + sidecar -> the instances a file is colorized with: the one chain ``run`` and ``hints`` share.
+
+``run`` (through :mod:`mtcolor_batch.stages.pipeline`), ``hints init`` and ``hints show`` all call
+these functions, so what ``hints show`` draws is exactly what ``run`` uses: auto instances from
+perception (minus the sidecar's ``exclude``), the sidecar's hints bound or drawn
+(:func:`mtcolor_batch.hints.resolve.resolve_hints`), then merged, capped, made exclusive and
+numbered (:func:`mtcolor_batch.perception.instances.finalize`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtcolor_batch.core.config import HintSettings, Profile
+from mtcolor_batch.core.fs import sha256_file
+from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.hints.resolve import resolve_hints
+from mtcolor_batch.hints.schema import Sidecar, find_sidecar, load_sidecar
+from mtcolor_batch.perception import perceive
+from mtcolor_batch.perception.instances import finalize
+from mtcolor_batch.perception.models import Perception
+from mtcolor_batch.scan.imageio import load_scan
+
+
+@dataclass(frozen=True)
+class SidecarInput:
+    """A scan's sidecar as read for one run: where it is, what it says, and its hash (fingerprints)."""
+
+    path: Path | None = None
+    hints: Sidecar | None = None
+    sha256: str | None = None
+
+
+NO_SIDECAR = SidecarInput()
+
+
+@dataclass
+class ScanInstances:
+    """The instances of one scan and what the sidecar says beyond them (seed, prompt)."""
+
+    instances: list[Instance]
+    warnings: list[str] = field(default_factory=list)
+    seed: int | None = None
+    prompt: str | None = None
+
+
+def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
+    """Find and validate the sidecar of ``scan`` (``photo.jpg.yaml`` first, then ``photo.yaml``)."""
+    path = find_sidecar(Path(scan.source))
+    if path is None:
+        return NO_SIDECAR
+    hints = load_sidecar(path, max_bytes=settings.max_sidecar_bytes, scan_size=scan.size)
+    return SidecarInput(path=path, hints=hints, sha256=sha256_file(path))
+
+
+def find_instances(
+    scan: Scan, sidecar: SidecarInput, perception: Perception | None, profile: Profile, scan_root: Path
+) -> ScanInstances:
+    """Perceive, apply the sidecar and finalize; ``scan_root`` is the folder mask files stay inside."""
+    exclude = list(sidecar.hints.exclude) if sidecar.hints is not None else []
+    autos = perceive(scan, perception, profile.perception, exclude)  # [] when auto instances are off
+    segmenter = perception.segmenter if perception is not None else None
+    resolved = resolve_hints(sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints)
+    warnings = list(resolved.warnings)
+    instances = finalize(resolved.instances, scan.size, profile.perception, warnings)
+    seed = int(resolved.seed) if resolved.seed is not None else None
+    return ScanInstances(instances, warnings, seed, resolved.prompt)
+
+
+def scan_instances(
+    photo: Path, scan_root: Path, profile: Profile, perception: Perception | None
+) -> tuple[Scan, ScanInstances]:
+    """Load ``photo`` and find its instances exactly as ``run`` does (``hints show``)."""
+    scan = load_scan(Path(photo), Path(scan_root), profile.scan)
+    sidecar = read_sidecar(scan, profile.hints)
+    return scan, find_instances(scan, sidecar, perception, profile, Path(scan_root))
