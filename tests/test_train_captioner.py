@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.evaluate.clip_score import NEUTRAL_FILL, crop_mask
 from mtcolor_batch.hints.colors import color_table, srgb_to_lab
 from mtcolor_batch.testing.tiny_captioners import write_tiny_blip2, write_tiny_vlm
 from mtcolor_batch.train import naming, text_filters
-from mtcolor_batch.train.captioner import NEUTRAL_FILL, build_chain, masked_crop
+from mtcolor_batch.train.captioner import build_chain
 from mtcolor_batch.train.dataset_config import load_dataset_config
 from mtcolor_batch.train.text_filters import TextRules, rejection
 
@@ -108,7 +109,7 @@ def test_random_vlm_junk_is_judged_by_the_filters(captioners: dict[str, Path]) -
 def _view(chain, rgb, lab, mask):
     from mtcolor_batch.train.captioner import InstanceView, to_pil
 
-    return InstanceView(to_pil(masked_crop(rgb, mask)), "square", naming.mean_lab(lab, mask))
+    return InstanceView(to_pil(crop_mask(rgb, mask)), "square", naming.mean_lab(lab, mask))
 
 
 def test_unloadable_captioner_is_one_clear_error(tmp_path: Path) -> None:
@@ -188,17 +189,25 @@ def test_namer_uses_basic_terms_with_modifiers() -> None:
     assert "fawn" not in vocabulary and "olive drab" not in vocabulary and "white smoke" not in vocabulary
 
 
-def test_masked_crop_is_the_box_with_a_neutral_background() -> None:
-    rgb = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
-    mask = np.zeros((20, 30), bool)
-    mask[5:9, 10:20] = True
-    mask[5, 10] = False
-    crop = masked_crop(rgb, mask)
-    assert crop.shape == (4, 10, 3)
-    assert np.all(crop[0, 0] == NEUTRAL_FILL)
-    assert np.array_equal(crop[1:, :], rgb[6:9, 10:20])
-    with pytest.raises(ValueError):
-        masked_crop(rgb, np.zeros((20, 30), bool))
+def test_captioners_see_the_mask_crop_with_a_neutral_background(captioners: dict[str, Path]) -> None:
+    """The chain shows each captioner the eval's mask crop (box, gray outside the mask), not a box crop."""
+    rgb, lab, mask = _photo()
+    mask[4, 6] = False
+    seen = []
+    chain = _chain(None, None)
+    namer = chain.captioners[0]
+    original = namer.describe
+
+    def spy(view):
+        seen.append(np.asarray(view.crop))
+        return original(view)
+
+    namer.describe = spy  # type: ignore[method-assign]
+    chain.instance_text(rgb, lab, mask, "square")
+    (crop,) = seen
+    assert crop.shape == (10, 14, 3)
+    assert np.all(crop[0, 0] == round(NEUTRAL_FILL * 255))
+    assert np.array_equal(crop[1:], np.round(rgb[5:14, 6:20] * 255).astype(np.uint8))
 
 
 def test_dataset_config_checks_prompts(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_coco_annotations_give_the_instances(tmp_path: Path) -> None:
 
 def test_coco_file_errors(tmp_path: Path) -> None:
     photos, ann, _ = _coco_photos(tmp_path)
-    with pytest.raises(UserError, match="cannot read annotation file"):
+    with pytest.raises(UserError, match="annotation file not found"):
         build_dataset(photos, tmp_path / "d1", annotations=tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"annotations": []}')

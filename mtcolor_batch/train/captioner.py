@@ -23,26 +23,10 @@ import numpy as np
 from PIL import Image
 
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.evaluate.clip_score import crop_mask
 from mtcolor_batch.train import naming, text_filters
 from mtcolor_batch.train.dataset_config import DatasetConfig
 from mtcolor_batch.train.text_filters import TextRules
-
-NEUTRAL_FILL = 0.5
-"""Background of a mask crop (sRGB mid-gray): carries no colour a captioner could report."""
-
-
-def masked_crop(rgb: np.ndarray, mask: np.ndarray, fill: float = NEUTRAL_FILL) -> np.ndarray:
-    """The instance alone: ``rgb`` cropped to the mask's box, pixels outside the mask set to ``fill``.
-
-    Why not a box crop: a box also holds the neighbours, and a captioner then names their colour.
-    """
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise ValueError("empty mask has no crop")
-    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    crop = np.array(rgb[top:bottom, left:right], dtype=np.float32, copy=True)
-    crop[~mask[top:bottom, left:right]] = fill
-    return crop
 
 
 def to_pil(rgb: np.ndarray) -> Image.Image:
@@ -53,7 +37,7 @@ def to_pil(rgb: np.ndarray) -> Image.Image:
 class InstanceView:
     """What a captioner may look at for one instance."""
 
-    crop: Image.Image  # masked_crop of the photo, neutral background
+    crop: Image.Image  # the mask's box, neutral gray outside the mask (as the paper's CLIP score crops)
     label: str  # the finder's or annotation's category name
     lab_mean: tuple[float, float, float]  # mean CIELAB under the mask (the namer's input)
 
@@ -207,15 +191,18 @@ class CaptionChain:
         self, rgb: np.ndarray, lab: np.ndarray, mask: np.ndarray, label: str, given: str = ""
     ) -> Answer:
         """The first acceptable text: ``given`` (an annotation's own text), then each captioner."""
-        view = InstanceView(to_pil(masked_crop(rgb, mask)), label, naming.mean_lab(lab, mask))
+        crop = crop_mask(rgb, mask)
+        if crop is None:
+            raise ValueError("empty mask has no crop")
+        view = InstanceView(to_pil(crop), label, naming.mean_lab(lab, mask))
         answer = Answer(None, None)
         if given:
-            text = text_filters.clean_text(given)
-            reason = text_filters.rejection(text, self.rules)
-            if reason is None:
-                answer.text, answer.source = text, "given"
+            cleaned = text_filters.clean_text(given)
+            verdict = text_filters.rejection(cleaned, self.rules)
+            if verdict is None:
+                answer.text, answer.source = cleaned, "given"
                 return answer
-            answer.rejected.append({"by": "given", "reason": reason, "text": text[:200]})
+            answer.rejected.append({"by": "given", "reason": verdict, "text": cleaned[:200]})
         for captioner in self.captioners:
             text, error = self._ask(captioner, lambda c=captioner: c.describe(view))
             reason = text_filters.ERROR if error else text_filters.rejection(text or "", self.rules)
