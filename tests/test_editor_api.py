@@ -15,11 +15,12 @@ import yaml
 from PIL import Image
 from starlette.testclient import TestClient
 
-from mtcolor_batch.cli.hints import check_sidecars, template_text
 from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.types import Instance
 from mtcolor_batch.editor.app import allowed_hosts, create_app
 from mtcolor_batch.editor.session import EditorSession
+from mtcolor_batch.hints.check import check_sidecars
+from mtcolor_batch.hints.template import template_text
 from mtcolor_batch.scan.discover import discover
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "scans"

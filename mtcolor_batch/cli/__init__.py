@@ -7,10 +7,13 @@ prints; exit codes: 0 all good, 1 some files failed or checks found problems, 2 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 import typer
 
 from mtcolor_batch import __version__
+from mtcolor_batch.core.errors import EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="mtcolor-batch",
@@ -68,4 +71,14 @@ def _quiet_libraries() -> None:
 
 def main() -> None:
     _quiet_libraries()
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:
+            # Interrupted: the journal is settled. Further Ctrl-Cs while the interpreter shuts down
+            # (library atexit hooks) must not turn exit 130 into a traceback or a death by SIGINT.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
+    except KeyboardInterrupt:  # outside any command's own handling (imports, option parsing)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(EXIT_INTERRUPTED)

@@ -26,7 +26,7 @@ def edit_command(
     no_browser: bool = typer.Option(False, "--no-browser", help="Print the address; do not open a browser."),
 ) -> None:
     """Edit sidecar hints in your browser: draw regions, pick colours, save (127.0.0.1 only)."""
-    from mtcolor_batch.cli.hints import _load_context, _scan_files
+    from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
     from mtcolor_batch.core.config import load_profile
     from mtcolor_batch.editor.server import serve
     from mtcolor_batch.editor.session import EditorSession
@@ -34,10 +34,10 @@ def edit_command(
     try:
         if not scans.exists():
             raise UserError("no such file or folder", path=scans)
-        files = _scan_files(scans)
+        files = scan_files(scans)
         if not files:
             raise UserError("no scans found", path=scans, hint="give a folder with .jpg/.png/.tif scans")
-        ctx = _load_context(model, profile, device)
+        ctx = load_hints_context(model, profile, device)
         settings = load_profile(profile, {"device": device})  # the preview runs where --device says
         root = scans if scans.is_dir() else scans.parent
         session = EditorSession(

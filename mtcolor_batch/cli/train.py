@@ -44,9 +44,9 @@ def dataset_build(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Turn colour photos into a training set: gray inputs, instance masks, instance and global texts."""
+    from mtcolor_batch.core.device import resolve_device
     from mtcolor_batch.train.dataset import build_dataset, summary_line
     from mtcolor_batch.train.dataset_config import load_dataset_config
-    from mtcolor_batch.train.trainer import resolve_device
 
     try:
         settings = load_dataset_config(

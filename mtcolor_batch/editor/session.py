@@ -205,7 +205,7 @@ class EditorSession:
         return [_problem_dict(p, lines) for p in problems]
 
     def _size(self, rel: str) -> tuple[int, int]:
-        from mtcolor_batch.cli.hints import upright_size
+        from mtcolor_batch.scan.imageio import upright_size
 
         return upright_size(self.scan_path(rel))
 

@@ -44,7 +44,7 @@ def find_clip_dir(path: Path) -> Path | None:
     return None
 
 
-def image_processor_class() -> type:
+def image_processor_class() -> Any:
     """transformers 5 routes ``CLIPImageProcessor`` to a torchvision backend we cannot load; use PIL."""
     try:
         from transformers import CLIPImageProcessorPil

@@ -96,8 +96,8 @@ def _lab(value: Any) -> tuple[float, float, float] | None:
 
 
 def _instance(data: dict[str, Any]) -> InstanceRecord:
-    hint = data.get("hint_color") if isinstance(data.get("hint_color"), dict) else {}
-    stats = data.get("adherence") if isinstance(data.get("adherence"), dict) else {}
+    hint: dict[str, Any] = data["hint_color"] if isinstance(data.get("hint_color"), dict) else {}
+    stats: dict[str, Any] = data["adherence"] if isinstance(data.get("adherence"), dict) else {}
     return InstanceRecord(
         id=int(data.get("id", 0)),
         label=str(data.get("label", "")),
@@ -139,7 +139,7 @@ def read_record(json_path: Path, out_dir: Path) -> FileRecord:
     inp = data["input"]
     relpath = str(inp.get("relpath") or json_path.name)
     source_path = Path(inp["path"]) if inp.get("path") else None
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
     prompts = data.get("prompts") or {}
     profile = data.get("profile") or {}
     return FileRecord(

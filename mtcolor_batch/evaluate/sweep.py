@@ -37,7 +37,8 @@ from mtcolor_batch.evaluate.protocol import (
 )
 from mtcolor_batch.jobs.journal import Journal
 from mtcolor_batch.jobs.lock import OutputLock
-from mtcolor_batch.stages.pipeline import model_hash, resolve_model
+from mtcolor_batch.model.registry import find_bundle
+from mtcolor_batch.stages.pipeline import model_hash
 
 SWEEP_JOURNAL = Path(".mtcolor") / "sweep.sqlite"
 SUMMARY = "summary.json"
@@ -104,7 +105,7 @@ def run_sweep(
     base = load_profile(name, settings.overrides)
     if settings.profile is not None:
         profile_note = f"profile {base.name}"
-    bundle_dir = resolve_model(settings.model)  # before anything is created
+    bundle_dir = find_bundle(settings.model)  # before anything is created
     refs = prepare_inputs(refs_dir, out_dir, settings.annotations, base.scan.gray_tolerance)
     for ref in refs:
         if ref.error:

@@ -4,7 +4,7 @@ A bundle is the unit of provenance: an output names the bundle and the digest of
 ``verify`` proves the files on disk are the ones that digest describes. Only safetensors weights are
 accepted, because pickle-based formats (.bin/.pt/.ckpt) can run code when loaded.
 
-Layout (DESIGN.md): ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
+Layout (docs/design.md): ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
 + ``mtcolor_modules.safetensors`` (+ optional perception folders ``sam/`` and ``detector/``).
 """
 
@@ -162,6 +162,12 @@ def read_manifest(root: Path) -> Bundle:
         )
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(
+            f"bundle manifest is not UTF-8 text (byte {exc.start})",
+            path=mpath,
+            hint="re-pull the bundle or restore mtcolor.json",
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read bundle manifest: {exc}", path=mpath) from exc
     try:
@@ -200,7 +206,12 @@ def verify_problems(bundle: Bundle) -> list[str]:
     on_disk = set(_bundle_files(root))
     for rel in sorted(bundle.files):
         path = root / rel
-        if rel not in on_disk:
+        if rel.lower().endswith(UNSAFE_WEIGHT_SUFFIXES):  # listed or not: the loading rule
+            problems.append(
+                f"{path}: pickle/unsupported weight format refused (safetensors only), even though "
+                f"{MANIFEST_FILE} lists it (re-pull the bundle)"
+            )
+        elif rel not in on_disk:
             problems.append(
                 f"{path}: file listed in {MANIFEST_FILE} is missing (restore it or re-pull the bundle)"
             )

@@ -12,7 +12,6 @@ resolution, which would turn a whole canvas black for a saving of a few hundred 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +46,7 @@ def _load_component(kind: str, folder: Path, dtype: torch.dtype) -> Any:
         raise ModelError(f"cannot load the {kind} component: {exc}", path=folder) from exc
 
 
-def _load_scheduler(folder: Path) -> tuple[type, dict[str, Any], str]:
+def _load_scheduler(folder: Path) -> tuple[Any, dict[str, Any], str]:
     import diffusers
 
     try:
@@ -67,7 +66,7 @@ class MTColorEngine:
         self,
         bundle: Bundle,
         components: dict[str, Any],
-        scheduler: tuple[type, dict[str, Any], str],
+        scheduler: tuple[Any, dict[str, Any], str],
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
@@ -193,7 +192,7 @@ class MTColorEngine:
         return np.ascontiguousarray(ab)
 
 
-def _use_sdpa(model: torch.nn.Module) -> None:
+def _use_sdpa(model: Any) -> None:
     """PyTorch scaled-dot-product attention on every layer not already customised.
 
     The MT-Color processors wrap whatever processor a layer has, so this runs before the denoiser is
@@ -203,32 +202,3 @@ def _use_sdpa(model: torch.nn.Module) -> None:
 
     if hasattr(model, "set_attn_processor") and getattr(model, "attn_processors", None):
         model.set_attn_processor(AttnProcessor2_0())
-
-
-_DEFAULT_ENGINE: dict[str, MTColorEngine] = {}
-
-
-def colorize(
-    luma: np.ndarray,
-    instances: Sequence[Instance],
-    prompt: str | None,
-    plan: Plan,
-    *,
-    engine: MTColorEngine | None = None,
-    bundle_dir: Path | str | None = None,
-) -> np.ndarray:
-    """The batch runner's entry point: chroma (2, H, W) for one working-resolution luma.
-
-    ``prompt`` (the sidecar's global text) overrides ``plan.prompt`` when given. Without ``engine``
-    the bundle at ``bundle_dir`` (default: the cached default bundle) is loaded once and reused.
-    """
-    if engine is None:
-        from mtcolor_batch.model.registry import default_bundle_dir
-
-        key = str(Path(bundle_dir) if bundle_dir else default_bundle_dir())
-        if key not in _DEFAULT_ENGINE:
-            _DEFAULT_ENGINE[key] = MTColorEngine.load(key)
-        engine = _DEFAULT_ENGINE[key]
-    if prompt:
-        plan = dataclasses.replace(plan, prompt=prompt)
-    return engine.colorize(luma, instances, plan)

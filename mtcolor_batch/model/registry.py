@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtcolor_batch.core.errors import ModelError
+
 
 @dataclass(frozen=True)
 class Component:
@@ -117,3 +119,32 @@ def hub_cache_dir() -> Path:
 def default_bundle_dir() -> Path:
     """The bundle ``run`` uses when no ``--model`` is given."""
     return bundles_dir() / DEFAULT_BUNDLE_NAME
+
+
+NO_MODEL_HINT = (
+    "get one with `mtcolor-batch models pull` on a connected machine, point at a bundle with "
+    "`--model DIR`, or write a tiny random bundle for a pipeline check with `mtcolor-batch models tiny DIR` "
+    "(its outputs are not real colorizations)"
+)
+
+
+def find_bundle(spec: str | None) -> Path:
+    """``--model DIR|ID`` (or the cached default) -> a bundle folder with a manifest, else ModelError.
+
+    Called before anything in the output folder is created, so a missing model never leaves a
+    half-started run behind.
+    """
+    if spec:
+        candidate = Path(spec).expanduser()
+        if not candidate.exists() and "/" not in spec and (bundles_dir() / spec).exists():
+            candidate = bundles_dir() / spec
+    else:
+        candidate = default_bundle_dir()
+    if not (candidate / MANIFEST_FILE).is_file():
+        what = (
+            f"model '{spec}' not found"
+            if spec
+            else f"no model configured and no cached '{DEFAULT_BUNDLE_NAME}'"
+        )
+        raise ModelError(f"{what} ({candidate})", hint=NO_MODEL_HINT)
+    return candidate.resolve()

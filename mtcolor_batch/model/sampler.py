@@ -10,7 +10,7 @@ One call colours one working-resolution image. What happens, in order:
 3. For the first ``K = round(alpha*T)`` steps the global branch and one branch per instance are
    denoised from that same noise, each with its own text; all branches, both halves of classifier-
    free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
-   per call. After step K the branches are fused (CONTRACT.md)::
+   per call. After step K the branches are fused (docs/mtcolor.md, Eq. 10 of the paper)::
 
        z = (beta*m_g*z_g + sum_i m_i*z_i) / (beta*m_g + sum_i m_i),   m_g = 1, m_i exclusive
 
@@ -39,11 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtcolor_batch.core.types import Box, Instance, Plan
+from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
 
-LATENT_SCALE = 8
 TILE_SEED_STRENGTH = 0.6
 """Fraction of the steps re-run on the tiles after the low-resolution pass seeds them: enough to
 add tile-level detail, little enough that the global colours survive (SDEdit-style strength)."""
@@ -57,7 +56,7 @@ def fusion_steps(alpha: float, steps: int) -> int:
 def fuse_latents(
     z_global: torch.Tensor, z_inst: torch.Tensor, masks: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """The multi-instance fusion of CONTRACT.md.
+    """The multi-instance fusion (Eq. 10 of the paper; docs/mtcolor.md).
 
     ``z_global`` (1, C, h, w), ``z_inst`` (N, C, h, w), ``masks`` (N, h, w) exclusive {0,1} at latent
     resolution. Pixels no instance covers keep ``z_global`` exactly (also when beta = 0, where the
@@ -110,7 +109,7 @@ DenoiseFn = Callable[..., torch.Tensor]
 
 
 def _ceil8(v: int) -> int:
-    return max(LATENT_SCALE, -(-v // LATENT_SCALE) * LATENT_SCALE)
+    return max(LATENT_FACTOR, -(-v // LATENT_FACTOR) * LATENT_FACTOR)
 
 
 def resize_plane(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,10 +132,10 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     and overlap (e.g. when padding to a multiple of 8 grew the canvas).
     """
     if height <= plan.tile_size and width <= plan.tile_size:
-        return [(0, 0, width // LATENT_SCALE, height // LATENT_SCALE)]
+        return [(0, 0, width // LATENT_FACTOR, height // LATENT_FACTOR)]
     tiles = [tuple(int(v) for v in b) for b in plan.tiles]
     ok = len(tiles) > 1 and all(
-        all(v % LATENT_SCALE == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
+        all(v % LATENT_FACTOR == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
         for b in tiles
     )
     if ok:
@@ -145,9 +144,9 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
             cover[y0:y1, x0:x1] = True
         ok = bool(cover.all())
     if not ok:
-        overlap = min(plan.tile_overlap, plan.tile_size - LATENT_SCALE)
-        tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_SCALE)
-    return scale_boxes(tiles, LATENT_SCALE)  # type: ignore[arg-type]
+        overlap = min(plan.tile_overlap, plan.tile_size - LATENT_FACTOR)
+        tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_FACTOR)
+    return scale_boxes(tiles, LATENT_FACTOR)  # type: ignore[arg-type]
 
 
 def build_canvas(
@@ -170,12 +169,12 @@ def build_canvas(
     msk[:, :h, :w] = masks
     control = torch.from_numpy(lum)[None, None].expand(1, 3, hp, wp).contiguous()
     inst = torch.from_numpy(msk)[None]
-    cov = F.avg_pool2d(inst, LATENT_SCALE)[0] if n else torch.zeros(0, hp // 8, wp // 8)
+    cov = F.avg_pool2d(inst, LATENT_FACTOR)[0] if n else torch.zeros(0, hp // 8, wp // 8)
     background = (1.0 - cov.sum(0, keepdim=True)).clamp_min(0.0)
     labels = torch.cat([background, cov], 0).argmax(0)[None]  # (1, h, w)
     fusion = torch.stack([(labels[0] == k + 1).float() for k in range(n)]) if n else cov
     boxes = boxes_fn(hp, wp)
-    lh, lw = hp // LATENT_SCALE, wp // LATENT_SCALE
+    lh, lw = hp // LATENT_FACTOR, wp // LATENT_FACTOR
     blender = TileBlender(lh, lw, boxes)
     present = [crop_masks(fusion[None], box)[1] for box in boxes] if n else [[] for _ in boxes]
     return Canvas(
@@ -242,7 +241,7 @@ class MTColorSampler:
         x0, y0, x1, y1 = canvas.boxes[tile]
         n = canvas.n_instances
         label = canvas.label_map[:, y0:y1, x0:x1]
-        s = LATENT_SCALE
+        s = LATENT_FACTOR
         masks = canvas.inst_masks[:, :, y0 * s : y1 * s, x0 * s : x1 * s]
         valid = torch.zeros(1, n, dtype=torch.bool, device=self.device)
         if canvas.present[tile]:
@@ -284,7 +283,7 @@ class MTColorSampler:
         for e in entries:
             x0, y0, x1, y1 = canvas.boxes[e.tile]
             by_shape.setdefault((y1 - y0, x1 - x0), []).append(e)
-        s = LATENT_SCALE
+        s = LATENT_FACTOR
         for group in by_shape.values():
             for start in range(0, len(group), max(1, plan.max_batch)):
                 chunk = group[start : start + max(1, plan.max_batch)]
@@ -456,7 +455,7 @@ class MTColorSampler:
             return canvas_tiles(plan, hp, wp)
 
         def one_box(hp: int, wp: int) -> list[Box]:
-            return [(0, 0, wp // LATENT_SCALE, hp // LATENT_SCALE)]
+            return [(0, 0, wp // LATENT_FACTOR, hp // LATENT_FACTOR)]
 
         full = build_canvas(luma, masks, tiled_boxes, self.device, self.dtype)
         if len(full.boxes) == 1:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from mtcolor_batch.core.device import resolve_device
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.perception.segmenter import Segmenter
 
@@ -20,24 +22,12 @@ DETECTOR_DIR = "detector"
 RAM_DIR = "ram"
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ModelError(f"unknown device '{device}'", hint="use auto, cpu, cuda or cuda:N") from exc
-
-
 @dataclass
 class Detector:
     """An open-vocabulary detector (OWLv2) and its processor, on one device."""
 
     model: torch.nn.Module
-    processor: object
+    processor: Any
     device: torch.device
 
 

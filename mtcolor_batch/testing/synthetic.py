@@ -102,7 +102,7 @@ def write_shapes_folder(
         raise ValueError(f"paired shapes photos need an even count, got {count}")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, ShapesImage] = {}
     while len(out) < count:
         image = shapes_image(rng, size)
         if single:
@@ -209,12 +209,12 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
     import shutil
 
     import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     from mtcolor_batch.model.bundle import load_bundle, save_bundle
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+    from mtcolor_batch.testing.tiny_sd15 import tiny_controlnet, tiny_text_encoder, tiny_unet
 
     original = load_bundle(source)
     shutil.copytree(
@@ -227,33 +227,9 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
     vocab_size = len(CLIPTokenizer.from_pretrained(dest / "tokenizer"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=text_dim,
-                intermediate_size=2 * text_dim,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1,
-                pad_token_id=vocab_size - 1,
-                projection_dim=text_dim,
-            )
-        )
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=text_dim,
-            attention_head_dim=4,
-            norm_num_groups=4,
-        )
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+        text_encoder = tiny_text_encoder(vocab_size, text_dim, layers=2, intermediate=2 * text_dim)
+        unet = tiny_unet(text_dim, channels=(16, 32), attend_at_latent=True, head_dim=4)
+        controlnet = tiny_controlnet(unet, live_zero_convs=False)
         modules = MTColorModules.from_unet(unet, controlnet, text_dim=text_dim)
     text_encoder.save_pretrained(dest / "text_encoder", safe_serialization=True)
     unet.save_pretrained(dest / "unet", safe_serialization=True)

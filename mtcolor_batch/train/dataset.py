@@ -69,11 +69,6 @@ class BuildReport:
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json of the whole dataset
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
-    atomic_write_bytes(path, data)
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     import io
 
@@ -111,7 +106,7 @@ def read_manifest(folder: Path, *, repair: bool = False) -> list[dict[str, Any]]
                 raise UserError(f"corrupt manifest line: {exc.msg}", path=path, line=number) from exc
             if repair:
                 keep = b"".join(x + b"\n" for x in lines[: number - 1] if x.strip())
-                write_bytes_atomic(path, keep)
+                atomic_write_bytes(path, keep)
             break
         if not isinstance(entry, dict) or "id" not in entry:
             raise UserError("manifest line is not an entry object", path=path, line=number)
@@ -260,7 +255,7 @@ def build_entry(
         rejected.extend({"what": f"instance {k} ({inst.label})", **r} for r in answer.rejected)
         lab_mean = naming.mean_lab(lab, mask)
         mask_rel = f"masks/{ident}_{k}.png"
-        write_bytes_atomic(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
+        atomic_write_bytes(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
         ys, xs = np.nonzero(mask)
         instances.append(
             {
@@ -279,10 +274,10 @@ def build_entry(
         rejected.extend({"what": "caption", **r} for r in caption.rejected)
     tone = naming.describe_tone(lab)
     image_rel, gray_rel = f"images/{ident}.png", f"gray/{ident}.png"
-    write_bytes_atomic(
+    atomic_write_bytes(
         out / image_rel, _png_bytes(Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB"))
     )
-    write_bytes_atomic(
+    atomic_write_bytes(
         out / gray_rel, _png_bytes(Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L"))
     )
     caption_text = caption.text if caption is not None else None
@@ -350,7 +345,7 @@ def _finalize(out: Path, config: DatasetConfig) -> dict[str, Any]:
     entries = latest_entries(out)
     split = write_split(out, [e["id"] for e in entries], config.split.test_fraction, config.split.seed)
     summary = summarize(entries, split)
-    write_bytes_atomic(out / SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary
 
 
@@ -418,7 +413,7 @@ def build_dataset(
         "split": config.split.model_dump(mode="json"),
         "max_side": config.max_side,
     }
-    write_bytes_atomic(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     for number, item in enumerate(files, start=1):
         try:
             sha = hashlib.sha256(item.path.read_bytes()).hexdigest()
