@@ -12,8 +12,20 @@ import sys
 
 import typer
 
-from mtcolor_batch import __version__
-from mtcolor_batch.core.errors import EXIT_INTERRUPTED
+
+def _quiet_libraries() -> None:
+    """Hide the per-component weight-loading bars and library chatter: our own progress and one-line
+    errors are what a user reads. huggingface_hub reads these variables once, when it is first
+    imported, and the command modules below import it, so this runs before any of them."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+_quiet_libraries()
+
+from mtcolor_batch import __version__  # noqa: E402
+from mtcolor_batch.core.errors import EXIT_INTERRUPTED  # noqa: E402
 
 app = typer.Typer(
     name="mtcolor-batch",
@@ -61,16 +73,7 @@ app.add_typer(dataset_app, name="dataset")
 app.command("train")(train_command)
 
 
-def _quiet_libraries() -> None:
-    """Hide the per-component weight-loading bars and library chatter: our own progress and one-line
-    errors are what a user reads. Must run before transformers/diffusers are imported."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-
-
 def main() -> None:
-    _quiet_libraries()
     try:
         app()
     except SystemExit as exc:

@@ -28,6 +28,7 @@ class AnnotatedInstance:
     label: str
     text: str
     segmentation: Any  # polygons or RLE, decoded at the image's size by :meth:`mask`
+    crowd: bool = False  # COCO ``iscrowd``: one region over many objects (the dataset builder skips it)
 
     def mask(self, size: tuple[int, int]) -> np.ndarray:
         """Bool (h, w) mask; ValueError on a malformed segmentation."""
@@ -78,6 +79,8 @@ def load_annotations(path: Path) -> dict[str, AnnotatedImage]:
         label = names.get(ann.get("category_id")) or str(ann.get("label") or "object")
         text = ann.get("text") or ann.get("caption")
         by_id[ann["image_id"]].instances.append(
-            AnnotatedInstance(label, str(text) if text else f"a {label}", ann["segmentation"])
+            AnnotatedInstance(
+                label, str(text) if text else f"a {label}", ann["segmentation"], bool(ann.get("iscrowd"))
+            )
         )
     return {img.file_name: img for img in by_id.values()}

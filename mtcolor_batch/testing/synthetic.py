@@ -118,22 +118,26 @@ class TruthFinder:
     """Instance finder that returns the ground-truth square and circle of a synthetic photo.
 
     Used in place of perception for this task only: tiny random perception models find nothing
-    meaningful, and the point here is to test training, not detection. Texts are still made by the
-    dataset builder from the real pixels under each mask.
+    meaningful, and the point here is to test training, not detection. Texts are made by the
+    dataset builder from the real pixels under each mask, unless ``colour_words`` (red word, blue
+    word) gives the ground-truth texts, as an annotation file with texts would.
     """
 
-    def __init__(self, truth: dict[str, ShapesImage]) -> None:
+    def __init__(self, truth: dict[str, ShapesImage], colour_words: tuple[str, str] | None = None) -> None:
         self.truth = truth
+        self.colour_words = colour_words
 
     def __call__(self, scan: object) -> list[Instance]:
         image = self.truth[scan.relpath]  # type: ignore[attr-defined]
         found = []
-        for k, (label, mask) in enumerate((("square", image.square), ("circle", image.circle)), start=1):
+        shapes = (("square", image.square, image.square_red), ("circle", image.circle, image.circle_red))
+        for k, (label, mask, red) in enumerate(shapes, start=1):
             if not mask.any():
                 continue
             ys, xs = np.nonzero(mask)
             box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            found.append(Instance(id=k, label=label, text="", mask=mask, box=box))
+            text = f"a {self.colour_words[0 if red else 1]} {label}" if self.colour_words else ""
+            found.append(Instance(id=k, label=label, text=text, mask=mask, box=box))
         return found
 
 
