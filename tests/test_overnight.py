@@ -557,6 +557,7 @@ sys.exit(run_batch(req, pipeline_factory=lambda *a: Crashing(Pipeline.load(*a)))
 """
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_the_process_every_time_is_capped(
     tmp_path: Path, tiny_bundle: Path, profile: Path
 ) -> None:
