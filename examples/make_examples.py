@@ -2,7 +2,7 @@
 
 Why generated instead of downloaded: the project ships no third-party photos, and the examples must
 exercise the awkward inputs real archives hold: an RGB JPEG that is really a sepia print, an 8-bit
-gray PNG, a 16-bit gray TIFF with a mask hint, each with a sidecar in the DESIGN.md format. The
+gray PNG, a 16-bit gray TIFF with a mask hint, each with a sidecar. The
 scenes are drawn procedurally (sky, buildings, a tram, a figure, a boat, film grain) with a fixed
 seed, so the files are byte-identical on every run of this script.
 

@@ -38,10 +38,12 @@ def test_eval_writes_table_csv_and_json(eval_out, tmp_path) -> None:
     assert sorted(files) == sorted(DONE)
     # lossless PNG output vs its identical reference
     assert files["a.png"]["psnr"] == "inf" and files["a.png"]["ssim"] == pytest.approx(1.0)
+    assert files["a.png"]["psnr_512"] == "inf" and files["a.png"]["ssim_512"] == pytest.approx(1.0)
     assert files[ODD_NAME]["psnr"] == "inf"
     assert "no reference" in files["sub/b.jpg"]["notes"]
     for f in files.values():
-        assert f["colorfulness"] > 1.0  # the fixture outputs carry colour
+        assert f["colorfulness_hs"] > 1.0  # the fixture outputs carry colour
+        assert f["colorfulness_ddcolor"] > 1.0
         assert f["hinted"] == 1 and f["hint_de_max"] == pytest.approx(f["hint_de_mean"])
     # luminance lock: within 8-bit quantisation for PNG, JPEG a little more, 16-bit TIFF far less
     assert files["a.png"]["luminance_max_dl"] < 0.6
@@ -51,7 +53,7 @@ def test_eval_writes_table_csv_and_json(eval_out, tmp_path) -> None:
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["relpath"] for r in rows] == [f["relpath"] for f in data["files"]]
     assert rows[0]["psnr"] == "inf"
-    assert data["summary"]["colorfulness"] > 1.0
+    assert data["summary"]["colorfulness_hs"] > 1.0
 
 
 def test_eval_clip_scores_from_the_bundle_in_provenance(eval_out) -> None:
@@ -59,10 +61,12 @@ def test_eval_clip_scores_from_the_bundle_in_provenance(eval_out) -> None:
     result = evaluate_dir(eval_out["out"])
     assert not any("CLIP" in m for m in result.messages)
     for row in result.rows:
-        scored = [i for i in row.instances if "clip_score" in i]
-        assert len(scored) == 2
-        assert all(0.0 <= i["clip_score"] <= 100.0 for i in scored)
-        assert row.clip_mean is not None
+        boxed = [i for i in row.instances if "clip_box_x100" in i]
+        masked = [i for i in row.instances if "clip_mask_cos" in i]
+        assert len(boxed) == 2 and len(masked) == 2  # the records carry each instance's mask
+        assert all(0.0 <= i["clip_box_x100"] <= 100.0 for i in boxed)
+        assert all(-1.0 <= i["clip_mask_cos"] <= 1.0 for i in masked)  # raw cosine, not x100
+        assert row.clip_box_x100 is not None and row.clip_mask_cos is not None
 
 
 def test_eval_says_why_clip_and_iqa_are_missing(eval_out, tmp_path, monkeypatch) -> None:
@@ -87,7 +91,7 @@ def test_eval_plain_image_folder_and_errors(tmp_path) -> None:
     result = evaluate_dir(tmp_path / "empty")
     rows = {r.relpath: r for r in result.rows}
     # pure (200, 30, 30): rg = 170, yb = 0.5 * 230 - 30 = 85, no spread -> M = 0.3 * hypot(170, 85)
-    assert rows["x.png"].colorfulness == pytest.approx(0.3 * ((170**2 + 85**2) ** 0.5), rel=1e-6)
+    assert rows["x.png"].colorfulness_hs == pytest.approx(0.3 * ((170**2 + 85**2) ** 0.5), rel=1e-6)
     assert rows["y.png"].error and "cannot read image" in rows["y.png"].error
 
 

@@ -88,3 +88,49 @@ def test_load_rgb_keeps_16_bit(tmp_path) -> None:
     assert g.shape == (3, 3, 3) and g[0, 1, 0] == pytest.approx(1 / 65535)
     c = metrics.load_rgb(tmp_path / "c.tif")
     assert c.shape == (3, 3, 3) and c[0, 0, 0] == pytest.approx(1 / 65535) and c[0, 0, 1] == 0
+
+
+def _ddcolor_reference(rgb: np.ndarray) -> float:
+    """DDColor's formula written the way its metric code does it, on 0-255 values."""
+    x = rgb.astype(np.float64) * 255.0
+    rg = np.absolute(x[..., 0] - x[..., 1])
+    yb = np.absolute(0.5 * (x[..., 0] + x[..., 1]) - x[..., 2])
+    return float(np.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
+
+
+def test_ddcolor_colourfulness_matches_its_formula_and_differs_from_hasler(rgb: np.ndarray) -> None:
+    assert metrics.colorfulness_ddcolor(rgb) == pytest.approx(_ddcolor_reference(rgb), rel=1e-9)
+    gray = np.repeat(rgb[..., :1], 3, axis=2)
+    assert metrics.colorfulness_ddcolor(gray) == pytest.approx(0.0, abs=1e-9)
+    # half red, half green: the signed opponents cancel in the mean, the absolute ones do not
+    x = np.zeros((8, 8, 3), dtype=np.float32)
+    x[:, :4] = (0.8, 0.1, 0.1)
+    x[:, 4:] = (0.1, 0.8, 0.1)
+    hs, dd = metrics.colorfulness(x), metrics.colorfulness_ddcolor(x)
+    assert dd == pytest.approx(_ddcolor_reference(x), rel=1e-9)
+    assert dd != pytest.approx(hs, rel=0.05)
+
+
+def test_psnr_ssim_at_512_resizes_both_and_refuses_other_sizes(rgb: np.ndarray) -> None:
+    assert metrics.at_paper_size(rgb).shape == (512, 512, 3)
+    p, s = metrics.psnr_ssim_512(rgb, rgb.copy())
+    assert p == math.inf and s == pytest.approx(1.0)
+    noisy = np.clip(rgb + 0.05, 0, 1)
+    p, s = metrics.psnr_ssim_512(noisy, rgb)
+    assert 15 < p < 40 and s < 1.0
+    with pytest.raises(ValueError, match="size mismatch"):
+        metrics.psnr_ssim_512(rgb[:40], rgb)
+
+
+def test_mask_crop_fills_outside_neutral() -> None:
+    from mtcolor_batch.evaluate.clip_score import NEUTRAL_FILL, crop_mask
+
+    img = np.zeros((20, 30, 3), dtype=np.float32)
+    img[..., 0] = 1.0
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[5:10, 8:20] = True
+    mask[5, 8] = False  # a corner outside the mask inside the box
+    crop = crop_mask(img, mask)
+    assert crop is not None and crop.shape == (5, 12, 3)
+    assert np.all(crop[0, 0] == NEUTRAL_FILL) and np.all(crop[1, 1] == (1.0, 0.0, 0.0))
+    assert crop_mask(img, np.zeros_like(mask)) is None

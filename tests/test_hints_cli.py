@@ -229,7 +229,7 @@ def test_check_flags_missing_masks_and_orphan_sidecars(tmp_path: Path) -> None:
     (scans / "coat.jpeg.yaml").write_text("version: 1\n", encoding="utf-8")  # typo: no such scan
     result = invoke("hints", "check", scans)
     assert result.exit_code == 1
-    assert f"{sidecar}:5:5: instance 2: mask file 'masks/coat.png' not found" in result.output
+    assert f"{sidecar}:5:11: instance 2: mask file 'masks/coat.png' not found" in result.output
     assert "coat.jpeg.yaml: warning: no scan uses this sidecar" in result.output
     (scans / "masks").mkdir()
     Image.new("L", (96, 72), 255).save(scans / "masks" / "coat.png")

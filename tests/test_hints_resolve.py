@@ -14,7 +14,8 @@ from skimage.draw import polygon as draw_polygon
 from mtcolor_batch.core.errors import HintError, UserError
 from mtcolor_batch.core.types import Box, Instance, Scan
 from mtcolor_batch.hints.colors import parse_color
-from mtcolor_batch.hints.resolve import PromptSegmenter, ResolvedHints, resolve_hints, resolve_mask_path
+from mtcolor_batch.hints.mask_files import resolve_mask_path
+from mtcolor_batch.hints.resolve import PromptSegmenter, ResolvedHints, resolve_hints
 from mtcolor_batch.hints.schema import load_sidecar
 
 H, W = 60, 80

@@ -356,7 +356,7 @@ def test_deep_nesting_rejected(tmp_path: Path) -> None:
 def test_not_a_regular_file(tmp_path: Path) -> None:
     (tmp_path / "dir.yaml").mkdir()
     found = check_sidecar(tmp_path / "dir.yaml", max_bytes=MAX)
-    assert found[0].message == "sidecar is not a regular file"
+    assert found[0].message.startswith("sidecar is a directory, not a regular file")
 
 
 # -- discovery ------------------------------------------------------------

@@ -62,7 +62,13 @@ def test_atomic_write_leaves_old_file_or_new_never_partial(tmp_path: Path) -> No
 
 
 def test_stale_temps_are_cleaned(tmp_path: Path) -> None:
-    stale = tmp_path / "sub" / ".a.color.jpg.123.mtcolor-tmp"
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / "sub" / f".a.color.jpg.{int(dead.stdout)}.mtcolor-tmp"  # a dead writer's temp
     stale.parent.mkdir()
     stale.write_bytes(b"half")
     assert clean_stale_temps(tmp_path) == [stale] and not stale.exists()

@@ -131,6 +131,7 @@ def assert_complete(out: Path, reference: Path, rels: list[str]) -> dict[str, di
     return journal
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_matches_local_runner(ray_local, tree, reference, tiny_bundle, tmp_path):
     """A Ray run in which one worker dies (os._exit) mid-file: same bytes as local, nothing lost."""
     root, rels = tree
@@ -143,6 +144,7 @@ def test_worker_killed_mid_run_matches_local_runner(ray_local, tree, reference, 
     assert len(rels) == N_FILES
 
 
+@pytest.mark.slow
 def test_driver_killed_then_restarted_resumes_from_journal(ray_local, tree, reference, tiny_bundle, tmp_path):
     """SIGKILL the driver (a CLI process on the same Ray cluster) mid-run, then run again."""
     root, rels = tree

@@ -107,6 +107,7 @@ def test_report_command_and_rebuild(eval_out, tmp_path) -> None:
     assert res.exit_code == 2 and "output folder not found" in res.output
 
 
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     url = report.resolve().as_uri()
     dom = _run_chromium(["--dump-dom", url], tmp_path / "p1")
@@ -131,6 +132,7 @@ def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None
         assert len(set(im.convert("L").resize((64, 64)).getdata())) > 20  # drawn, not a blank page
 
 
+@pytest.mark.slow
 def test_error_trap_catches_a_broken_page(report: Path, tmp_path: Path) -> None:
     """The zero above means something: a missing thumbnail is reported by the same check."""
     broken = tmp_path / "broken"

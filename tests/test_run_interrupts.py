@@ -126,6 +126,7 @@ def _start(job: dict) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_crash_interrupts_and_resume(job: dict) -> None:
     journal, out = job["journal"], job["out"]
 

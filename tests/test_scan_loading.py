@@ -187,16 +187,22 @@ def test_bomb_limit_is_a_profile_setting(zoo: tuple[Path, dict[str, str], dict[s
 
 def test_originals_opened_read_only(zoo: tuple[Path, dict[str, str], dict[str, str]], monkeypatch) -> None:
     import builtins
+    import os
 
     root, good, _ = zoo
-    real_open = builtins.open
+    real_open, real_os_open = builtins.open, os.open
     modes: list[str] = []
 
     def spy(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
         modes.append(mode)
         return real_open(file, mode, *args, **kwargs)
 
+    def os_spy(file, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        modes.append("rb" if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_CREAT else str(flags))
+        return real_os_open(file, flags, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(os, "open", os_spy)
     for rel in good:
         load_scan(root / rel, root, SETTINGS)
     assert modes and set(modes) == {"rb"}

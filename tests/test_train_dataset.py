@@ -11,7 +11,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-from mtcolor_batch.hints.colors import nearest_color_name
 from mtcolor_batch.scan.imageio import rgb_to_gray
 from mtcolor_batch.testing.synthetic import BLUE, RED, TruthFinder, write_shapes_folder
 from mtcolor_batch.train import naming
@@ -49,14 +48,14 @@ def test_entries_name_colours_from_the_pixels(shapes, tmp_path: Path) -> None:
         ):
             inst = by_label[label]
             assert np.array_equal(np.asarray(Image.open(out / inst["mask"])) > 127, mask)
-            assert inst["color"] == ("red" if red else "royal blue")
-            assert inst["text"] == f"a {inst['color']} {label}"
+            assert inst["color"] == ("red" if red else "blue")  # basic terms, not CSS "royal blue"
+            assert inst["text"] == f"a {inst['color']} {label}" and inst["text_by"] == "namer"
             assert inst["text"] in entry["text"]
     # The shapes have the same gray value, so only the texts can tell the colours apart.
     assert np.ptp(rgb_to_gray(np.array([[RED, BLUE]], np.float32) / 255)) < 1e-3
 
 
-def test_colour_naming_is_mean_cielab_nearest_name() -> None:
+def test_colour_naming_is_mean_cielab_nearest_basic_term() -> None:
     rgb = np.zeros((4, 4, 3))
     rgb[:2] = (1.0, 0.0, 0.0)
     rgb[2:] = (0.0, 0.0, 1.0)
@@ -65,7 +64,7 @@ def test_colour_naming_is_mean_cielab_nearest_name() -> None:
     top[:2] = True
     assert naming.color_name(naming.mean_lab(lab, top)) == "red"
     assert naming.color_name(naming.mean_lab(lab, ~top)) == "blue"
-    assert naming.color_name(naming.mean_lab(lab, top)) == nearest_color_name(lab[top].mean(0))
+    assert naming.color_name(naming.mean_lab(lab, top)) == naming.color_name(lab[top].mean(0))
     assert naming.instance_text("orange", "car") == "an orange car"
     with pytest.raises(ValueError):
         naming.mean_lab(lab, np.zeros((4, 4), bool))

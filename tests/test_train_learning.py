@@ -44,6 +44,7 @@ from mtcolor_batch.testing.synthetic import (
 )
 from mtcolor_batch.train.config import load_train_config
 from mtcolor_batch.train.dataset import build_dataset
+from mtcolor_batch.train.dataset_config import load_dataset_config
 from mtcolor_batch.train.trainer import train
 
 SIZE = 64
@@ -89,7 +90,11 @@ def trained(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     root = tmp_path_factory.mktemp("train-learning")
     bundle = write_learning_bundle(tiny_bundle, root / "bundle")
     truth = write_shapes_folder(root / "photos", PHOTOS, size=SIZE, seed=0, single=True, paired=True)
-    build_dataset(root / "photos", root / "data", finder=TruthFinder(truth))
+    all_train = load_dataset_config(None, {"split": {"test_fraction": 0.0}})  # keep every colour pair
+    # Ground-truth texts in the words the held-out measure uses (the builder's namer would say "blue",
+    # which the character-level tiny tokenizer tells from "red" less well than "royal blue").
+    finder = TruthFinder(truth, colour_words=("red", "royal blue"))
+    build_dataset(root / "photos", root / "data", finder=finder, config=all_train)
     vae_mse = fit_tiny_vae(bundle, [t.rgb for t in truth.values()], steps=VAE_STEPS)
     backbone = train(
         stage=0,

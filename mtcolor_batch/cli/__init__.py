@@ -7,10 +7,25 @@ prints; exit codes: 0 all good, 1 some files failed or checks found problems, 2 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 import typer
 
-from mtcolor_batch import __version__
+
+def _quiet_libraries() -> None:
+    """Hide the per-component weight-loading bars and library chatter: our own progress and one-line
+    errors are what a user reads. huggingface_hub reads these variables once, when it is first
+    imported, and the command modules below import it, so this runs before any of them."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+_quiet_libraries()
+
+from mtcolor_batch import __version__  # noqa: E402
+from mtcolor_batch.core.errors import EXIT_INTERRUPTED  # noqa: E402
 
 app = typer.Typer(
     name="mtcolor-batch",
@@ -58,14 +73,15 @@ app.add_typer(dataset_app, name="dataset")
 app.command("train")(train_command)
 
 
-def _quiet_libraries() -> None:
-    """Hide the per-component weight-loading bars and library chatter: our own progress and one-line
-    errors are what a user reads. Must run before transformers/diffusers are imported."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-
-
 def main() -> None:
-    _quiet_libraries()
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:
+            # Interrupted: the journal is settled. Further Ctrl-Cs while the interpreter shuts down
+            # (library atexit hooks) must not turn exit 130 into a traceback or a death by SIGINT.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
+    except KeyboardInterrupt:  # outside any command's own handling (imports, option parsing)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,36 +1,51 @@
-"""``eval`` and ``report``: look at what a run produced.
+"""``eval`` (``eval OUT``, ``eval protocol``, ``eval sweep``) and ``report``: look at what a run produced.
 
-Thin: options are parsed here, the work is in :mod:`mtcolor_batch.evaluate`.
+Thin: options are parsed here, the work is in :mod:`mtcolor_batch.evaluate`. ``eval`` is a group
+whose default command scores an output folder, so ``mtcolor-batch eval OUT`` keeps working beside
+the protocol and sweep subcommands.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.errors import EXIT_FAILED, UserError
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 from mtcolor_batch.core.fs import atomic_write_text
-from mtcolor_batch.evaluate.evaluation import NUMERIC_COLUMNS, EvalResult, evaluate_dir, finite_or_text
+from mtcolor_batch.evaluate.evaluation import (
+    NUMERIC_COLUMNS,
+    EvalResult,
+    evaluate_dir,
+    finite_or_text,
+    rows_csv,
+)
 from mtcolor_batch.evaluate.iqa import DEFAULT_IQA
+from mtcolor_batch.evaluate.protocol import ProtocolSettings, run_protocol
 from mtcolor_batch.evaluate.report import build_report
+from mtcolor_batch.evaluate.sweep import parse_grid, run_sweep
 
 _HEADERS = {
-    "colorfulness": "Colorful.",
+    "colorfulness_hs": "Colorful. H&S",
+    "colorfulness_ddcolor": "Colorful. DDColor",
     "psnr": "PSNR dB",
     "ssim": "SSIM",
+    "psnr_512": "PSNR@512",
+    "ssim_512": "SSIM@512",
     "luminance_max_dl": "max ΔL*",
     "hint_de_mean": "hint ΔE00 mean",
     "hint_de_max": "hint ΔE00 max",
-    "clip_mean": "CLIP",
+    "clip_mask_cos": "CLIP mask cos",
+    "clip_box_x100": "CLIP box×100",
 }
 
 
@@ -69,19 +84,6 @@ def _table(result: EvalResult) -> Table:
     return table
 
 
-def _csv_text(result: EvalResult) -> str:
-    rows = [r.flat() for r in result.rows]
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: finite_or_text(v) if isinstance(v, float) else v for k, v in row.items()})
-    return buf.getvalue()
-
-
 def _json_text(result: EvalResult) -> str:
     def clean(obj: object) -> object:
         if isinstance(obj, float):
@@ -102,6 +104,24 @@ def _json_text(result: EvalResult) -> str:
     return json.dumps(clean(data), indent=2, ensure_ascii=False) + "\n"
 
 
+class _EvalGroup(TyperGroup):
+    """Arguments that do not start with a subcommand name go to ``eval outputs`` (``eval OUT``)."""
+
+    default = "outputs"
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click Context
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(
+    cls=_EvalGroup,
+    no_args_is_help=True,
+    help="Score outputs (eval OUT), or run the paper's evaluation protocol / α-β sweep.",
+)
+
+
 def eval_cmd(
     pred_dir: Path = typer.Argument(..., help="A run's output folder (or any folder of colour images)."),
     ref: Path | None = typer.Option(
@@ -119,7 +139,7 @@ def eval_cmd(
     json_path: Path | None = typer.Option(None, "--json", help="Write rows, per-instance scores and means."),
     device: str = typer.Option("cpu", "--device", help="Device for CLIP and IQA models."),
 ) -> None:
-    """Score outputs: colourfulness, PSNR/SSIM, luminance fidelity, hint ΔE00, CLIP, optional IQA."""
+    """Score a run's outputs (also `eval OUT`): colourfulness, PSNR/SSIM, ΔL*, hint ΔE00, CLIP, IQA."""
     console = Console(stderr=True)
     try:
         with console.status("scoring…") as status:
@@ -133,7 +153,7 @@ def eval_cmd(
     for message in result.messages:
         console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
     if csv_path is not None:
-        atomic_write_text(csv_path, _csv_text(result))
+        atomic_write_text(csv_path, rows_csv(result.rows))
         console.print(f"wrote {csv_path}", highlight=False)
     if json_path is not None:
         atomic_write_text(json_path, _json_text(result))
@@ -157,7 +177,134 @@ def report_cmd(
     typer.echo(f"wrote {path}")
 
 
+def _settings(
+    model: str | None, profile: str | None, annotations: Path | None, clip: Path | None,
+    fid_weights: Path | None, iqa: bool, iqa_metric: list[str], device: str, steps: int | None,
+    seed: int | None,
+) -> ProtocolSettings:
+    from mtcolor_batch.core.device import resolve_device
+
+    overrides = {"device": device, "sampling.steps": steps, "seed": seed}
+    return ProtocolSettings(
+        model=model,
+        profile=profile,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        annotations=annotations,
+        clip=clip,
+        fid_weights=fid_weights,
+        iqa_metrics=tuple(iqa_metric) if iqa else (),
+        device=str(resolve_device(device)),
+    )
+
+
+_REFS = typer.Argument(..., help="Folder of colour reference images (searched recursively).")
+_OUT = typer.Option(..., "--out", "-o", help="Output folder: inputs, colorized run(s), tables.")
+_MODEL = typer.Option(None, "--model", "-m", help="Bundle folder or cached bundle id.")
+_PROFILE = typer.Option(
+    None, "--profile", "-p", help="Profile (default: paper when shipped, else default; the table says which)."
+)
+_ANN = typer.Option(
+    None, "--annotations", help="COCO-style JSON: instances (masks), texts, captions for the references."
+)
+_CLIP = typer.Option(None, "--clip", help="Bundle with clip/ or a CLIP folder (default: the model bundle).")
+_FID = typer.Option(
+    None, "--fid-weights", help="Inception weights for FID (.pth or .safetensors) [default: torch hub cache]."
+)
+_IQA = typer.Option(True, "--iqa/--no-iqa", help="NR-IQA columns through pyiqa (pip extra: iqa).")
+_IQA_METRIC = typer.Option(list(DEFAULT_IQA), "--iqa-metric", help="pyiqa metric names.")
+_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps (sampling and scoring).")
+_STEPS = typer.Option(None, "--steps", help="Sampling steps (default: the profile's sampling.steps).")
+_SEED = typer.Option(None, "--seed", help="Fixed seed (default: from each input's sha256).")
+
+
+def _finish(console: Console, out: Path, code: int) -> None:
+    if code == EXIT_INTERRUPTED:
+        raise typer.Exit(code)
+    for name in ("table.md", "table.csv", "per_image.csv"):
+        if (out / name).is_file():
+            console.print(f"wrote {escape(str(out / name))}", highlight=False)
+    if (out / "table.md").is_file():
+        typer.echo((out / "table.md").read_text(encoding="utf-8"))
+    raise typer.Exit(code)
+
+
+def protocol_cmd(
+    refs: Path = _REFS,
+    out: Path = _OUT,
+    model: str | None = _MODEL,
+    profile: str | None = _PROFILE,
+    annotations: Path | None = _ANN,
+    clip: Path | None = _CLIP,
+    fid_weights: Path | None = _FID,
+    iqa: bool = _IQA,
+    iqa_metric: list[str] = _IQA_METRIC,
+    device: str = _DEVICE,
+    steps: int | None = _STEPS,
+    seed: int | None = _SEED,
+) -> None:
+    """The paper's Table 1 on colour references: gray inputs, colorize, score; table.md/csv, per_image.csv.
+
+    Resumable: run the same command again after an interruption. Exit codes: 0 all references
+    scored, 1 some failed (each named), 2 usage/setup error, 130 interrupted.
+    """
+    console = Console(stderr=True)
+    try:
+        settings = _settings(
+            model, profile, annotations, clip, fid_weights, iqa, iqa_metric, device, steps, seed
+        )
+        result = run_protocol(refs, out, settings, console)
+    except UserError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    for message in result.messages:
+        console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
+    _finish(console, out, result.exit_code)
+
+
+def sweep_cmd(
+    refs: Path = _REFS,
+    out: Path = _OUT,
+    alpha: str = typer.Option("0,0.1,0.2,0.3", "--alpha", help="α values (fraction of steps per instance)."),
+    beta: str = typer.Option("0,0.2,0.5,1", "--beta", help="β values (weight of the global branch)."),
+    model: str | None = _MODEL,
+    profile: str | None = _PROFILE,
+    annotations: Path | None = _ANN,
+    clip: Path | None = _CLIP,
+    fid_weights: Path | None = _FID,
+    iqa: bool = _IQA,
+    iqa_metric: list[str] = _IQA_METRIC,
+    device: str = _DEVICE,
+    steps: int | None = _STEPS,
+    seed: int | None = _SEED,
+) -> None:
+    """The α/β grid: every setting colorized and scored like `eval protocol`, one table row each.
+
+    One sweep journal (OUT/.mtcolor/sweep.sqlite): a re-run skips settings already scored.
+    Exit codes as `eval protocol`.
+    """
+    console = Console(stderr=True)
+    try:
+        alphas, betas = parse_grid(alpha, "alpha"), parse_grid(beta, "beta")
+        settings = _settings(
+            model, profile, annotations, clip, fid_weights, iqa, iqa_metric, device, steps, seed
+        )
+        result = run_sweep(refs, out, settings, alphas, betas, console)
+    except UserError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _finish(console, out, result.exit_code)
+
+
+eval_app.command("outputs")(eval_cmd)
+eval_app.command("protocol")(protocol_cmd)
+eval_app.command("sweep")(sweep_cmd)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``eval`` and ``report`` to the top-level app."""
-    app.command("eval")(eval_cmd)
+    """Add ``eval`` (group; ``eval OUT`` still scores a folder) and ``report`` to the top-level app."""
+    app.add_typer(eval_app, name="eval")
     app.command("report")(report_cmd)

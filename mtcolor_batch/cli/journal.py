@@ -16,8 +16,9 @@ from rich.table import Table
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, journal_path, lock_path
-from mtcolor_batch.jobs.lock import OutputLock
+from mtcolor_batch.jobs.lock import OutputLock, RunLock
 from mtcolor_batch.jobs.merge import MergeReport, merge_journals, shard_journals
+from mtcolor_batch.jobs.rebuild import rebuild_journal
 
 journal_app = typer.Typer(help="Inspect and combine job journals.", no_args_is_help=True)
 
@@ -66,6 +67,33 @@ def merge_command(
     except UserError as exc:
         raise fail(exc) from None
     print_report(console, report)
+
+
+@journal_app.command("rebuild")
+def rebuild_command(
+    out: Path = typer.Argument(..., help="The output folder whose journal is lost, empty or damaged."),
+    shard: str | None = typer.Option(None, "--shard", help="K/N: rebuild that shard's journal instead."),
+) -> None:
+    """Rebuild the journal from the outputs' .color.json records (the old journal is kept aside)."""
+    from mtcolor_batch.scan.discover import parse_shard
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        spec = parse_shard(shard)
+        if not out.is_dir():
+            raise UserError("output folder not found", path=out)
+        with RunLock(out, spec):
+            report = rebuild_journal(out, spec)
+    except UserError as exc:
+        raise fail(exc) from None
+    for line in report.skipped:
+        console.print("[yellow]not trusted:[/yellow] " + escape(line))
+    if report.kept_aside is not None:
+        console.print(f"old journal kept as {escape(str(report.kept_aside))}")
+    console.print(
+        f"journal rebuilt: {escape(str(report.target))}: {report.rows} file(s) done, "
+        f"{len(report.skipped)} record(s) not trusted (those files are redone by the next run)."
+    )
 
 
 def print_report(console: Console, report: MergeReport) -> None:

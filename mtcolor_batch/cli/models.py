@@ -40,24 +40,76 @@ def pull(
     ),
     variant: str = typer.Option("fp16", "--variant", help="Weight variant of the base model: fp16 or none."),
     no_perception: bool = typer.Option(False, "--no-perception", help="Skip SAM and the detector."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="List what would be downloaded (repo, revision, files, sizes), check the configs; no weights.",
+    ),
 ) -> None:
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
     from huggingface_hub.utils import enable_progress_bars
 
     from mtcolor_batch.model.bundle import pull_bundle
 
+    revisions = _parse_revisions(revision)
+    chosen_variant = None if variant.lower() in ("", "none", "fp32") else variant
+    if dry_run:
+        _dry_run(revisions, chosen_variant, not no_perception)
+        return
     enable_progress_bars()  # main() hides loading bars; a multi-GB download should show its progress
     try:
         bundle = pull_bundle(
             dest,
-            revisions=_parse_revisions(revision),
-            variant=None if variant.lower() in ("", "none", "fp32") else variant,
+            revisions=revisions,
+            variant=chosen_variant,
             perception=not no_perception,
             log=lambda msg: typer.echo(msg, err=True),
         )
     except UserError as exc:
         raise fail(exc, EXIT_FAILED) from None
     typer.echo(f"{bundle.path}  {bundle.name}  {bundle.revision}  weights {bundle.weights_sha256[:16]}")
+
+
+def _dry_run(revisions: dict[str, str], variant: str | None, perception: bool) -> None:
+    """Print the pull plan; exit 1 when the configs do not fit together (nothing is written)."""
+    from mtcolor_batch.model.pull_plan import human_size, plan_pull
+    from mtcolor_batch.model.registry import COMPONENTS
+
+    unknown = set(revisions) - {c.key for c in COMPONENTS}
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown component {', '.join(sorted(unknown))}; "
+            f"use one of {', '.join(c.key for c in COMPONENTS)}",
+            param_hint="--revision",
+        )
+    try:
+        plan = plan_pull(revisions, variant=variant, perception=perception)
+    except UserError as exc:
+        raise fail(exc, EXIT_FAILED) from None
+    typer.echo("dry run: hub metadata and small json configs only; no weights downloaded")
+    for comp in plan.components:
+        commit = f" -> {comp.commit}" if comp.commit and comp.commit != comp.revision else ""
+        typer.echo(f"{comp.key}: {comp.repo_id} @ {comp.revision}{commit}")
+        for f in comp.files:
+            typer.echo(f"  {f.path:<52} {human_size(f.size):>10}")
+        known = human_size(comp.size) if comp.unknown_sizes < len(comp.files) else "size not reported"
+        more = f" + {comp.unknown_sizes} unreported" if 0 < comp.unknown_sizes < len(comp.files) else ""
+        typer.echo(f"  {len(comp.files)} files, {known}{more}")
+    files = sum(len(c.files) for c in plan.components)
+    unknown_note = (
+        f" (+{plan.unknown_sizes} files whose size the hub did not report)" if plan.unknown_sizes else ""
+    )
+    typer.echo(f"total download: {human_size(plan.download_size)} in {files} files{unknown_note}")
+    if plan.modules_size is not None:
+        typer.echo(f"written locally: MT-Color modules (zero-initialised) {human_size(plan.modules_size)}")
+    for problem in plan.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if plan.problems:
+        typer.echo(
+            f"configs: {len(plan.problems)} problem(s) in {plan.configs_checked} fetched configs", err=True
+        )
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"configs: ok ({plan.configs_checked} fetched and checked)")
 
 
 @app.command("list")
@@ -111,8 +163,8 @@ def verify(
     folder = directory or default_bundle_dir()
     try:
         bundle = read_manifest(folder)
-    except UserError as exc:
-        raise fail(exc, EXIT_FAILED) from None
+    except UserError as exc:  # no readable manifest: nothing to verify against (setup error)
+        raise fail(exc) from None
     t0 = time.perf_counter()
     problems = verify_problems(bundle)
     for line in problems:

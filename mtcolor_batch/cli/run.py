@@ -15,7 +15,8 @@ import typer
 
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.config import load_profile
-from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_OK, UserError
+from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
     RunRequest,
     console_for_run,
@@ -40,6 +41,11 @@ def run_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (files, sidecars, done) and exit."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also redo files that failed before."),
     force: bool = typer.Option(False, "--force", help="Redo every file, even done ones."),
+    verify_inputs: bool = typer.Option(
+        False,
+        "--verify-inputs",
+        help="Rehash every input (default: trust an unchanged size + mtime, see README).",
+    ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
     seed: int | None = typer.Option(None, "--seed", help="Fixed seed [default: from each file's sha256]."),
@@ -53,6 +59,15 @@ def run_command(
         None, "--tile-size", help="Tile size (px) above which tiling starts."
     ),
     dtype: str | None = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16."),
+    vae_dtype: str | None = typer.Option(
+        None, "--vae-dtype", help="auto (half on CUDA, float32 on overflow) | float32 | float16 | bfloat16."
+    ),
+    channels_last: bool | None = typer.Option(
+        None, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
+    ),
+    compile_models: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile ControlNet and UNet (warm-up per tile shape)."
+    ),
     max_instances: int | None = typer.Option(None, "--max-instances", help="Cap on instances per scan."),
     auto_instances: bool | None = typer.Option(
         None, "--auto-instances/--no-auto-instances", help="Detect instances automatically."
@@ -86,6 +101,7 @@ def run_command(
     try:
         if device is not None and device.split(":")[0] not in _DEVICES:
             raise UserError(f"unknown --device '{device}'", hint="auto, cpu, cuda, cuda:N or mps")
+        check_seed(seed)
         overrides = {
             "device": device,
             "seed": seed,
@@ -98,6 +114,9 @@ def run_command(
             "sampling.working_long_side": working_size,
             "sampling.tile_size": tile_size,
             "sampling.dtype": dtype,
+            "sampling.vae_dtype": vae_dtype,
+            "sampling.channels_last": channels_last,
+            "sampling.compile": compile_models,
             "perception.max_instances": max_instances,
             "perception.auto_instances": auto_instances,
             "hints.strict": strict_hints,
@@ -115,6 +134,7 @@ def run_command(
             dry_run=dry_run,
             retry_failed=retry_failed,
             force=force,
+            verify_inputs=verify_inputs,
             argv=sys.argv[1:],
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
@@ -125,6 +145,11 @@ def run_command(
             console.print(f"report: {build_report(out_dir)}", highlight=False)
     except UserError as exc:
         raise fail(exc) from None
+    except KeyboardInterrupt:  # a second Ctrl-C outside the file loop (planning, summary): still 130
+        console.print(
+            "[yellow]Interrupted at once; the journal is consistent. Resume with the same command.[/yellow]"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 

@@ -26,17 +26,37 @@ def dataset_build(
     model: Path | None = typer.Option(
         None, "--model", help="Bundle whose sam/ + detector/ find the instances (none: no instances)."
     ),
-    captioner: Path | None = typer.Option(
-        None, "--captioner", help="Local BLIP-2-class model folder for richer global texts (optional)."
+    annotations: Path | None = typer.Option(
+        None, "--annotations", help="COCO-style annotation file (COCO, COCO-Stuff): its masks, no detector."
     ),
-    max_side: int = typer.Option(1024, "--max-side", min=64, help="Long side of the stored images."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Dataset YAML (keys of profiles/dataset.yaml): caption chain, filters, split."
+    ),
+    vlm: str | None = typer.Option(
+        None, "--vlm", help="Primary captioner: image-text-to-text model folder or hub id (cached)."
+    ),
+    blip2: str | None = typer.Option(None, "--blip2", help="BLIP-2 fallback captioner: folder or hub id."),
+    test_fraction: float | None = typer.Option(
+        None, "--test-fraction", min=0.0, max=0.99, help="Share of photos in the test split (default 0.2)."
+    ),
+    split_seed: int | None = typer.Option(None, "--split-seed", help="Seed of the train/test split."),
+    max_side: int | None = typer.Option(None, "--max-side", min=64, help="Long side of the stored images."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Turn colour photos into a training set: gray inputs, instance masks, instance and global texts."""
-    from mtcolor_batch.train.dataset import build_dataset
-    from mtcolor_batch.train.trainer import resolve_device
+    from mtcolor_batch.core.device import resolve_device
+    from mtcolor_batch.train.dataset import build_dataset, summary_line
+    from mtcolor_batch.train.dataset_config import load_dataset_config
 
     try:
+        settings = load_dataset_config(
+            config,
+            {
+                "captioner": {"vlm": vlm, "blip2": blip2},
+                "split": {"test_fraction": test_fraction, "seed": split_seed},
+                "max_side": max_side,
+            },
+        )
         with Progress(
             TextColumn("[bold]dataset[/bold]"),
             BarColumn(),
@@ -57,8 +77,8 @@ def dataset_build(
                 bundle=model,
                 limit=limit,
                 device=str(resolve_device(device)),
-                captioner_dir=captioner,
-                max_side=max_side,
+                config=settings,
+                annotations=annotations,
                 progress=progress,
             )
     except UserError as exc:
@@ -68,6 +88,7 @@ def dataset_build(
     for relpath, message in report.failed:
         _err.print(f"[red]failed:[/red] {relpath}: {message}", highlight=False, soft_wrap=True)
     typer.echo(f"{report.added} added, {report.skipped} skipped, {len(report.failed)} failed -> {out}")
+    typer.echo(f"dataset: {summary_line(report.summary)} (summary.json)")
     if report.failed:
         raise typer.Exit(EXIT_FAILED)
 

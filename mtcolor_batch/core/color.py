@@ -79,4 +79,5 @@ def image_lightness(rgb_or_gray: np.ndarray) -> np.ndarray:
     x = np.asarray(rgb_or_gray, dtype=np.float32)
     if x.ndim == 2:
         x = np.repeat(x[..., None], 3, axis=2)
-    return rgb2lab(np.clip(x, 0.0, 1.0))[..., 0].astype(np.float64)
+    lab: np.ndarray = rgb2lab(np.clip(x, 0.0, 1.0))
+    return lab[..., 0].astype(np.float64)

@@ -63,6 +63,11 @@ class SamplingSettings(_Section):
     tile_overlap: int = Field(128, ge=0)
     max_batch: int = Field(8, ge=1, description="Most latents per UNet call; more are chunked.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="VAE precision; auto = dtype on CUDA (float32 redo on overflow), float32 on CPU."
+    )
+    channels_last: bool = Field(True, description="Channels-last memory format on CUDA (ignored on CPU).")
+    compile: bool = Field(False, description="torch.compile ControlNet and the UNet's plain layers.")
     prompt: str = Field("a colour photograph", description="Global text when a sidecar gives none.")
     negative_prompt: str = "black and white, grayscale, desaturated, sepia, monochrome"
 
@@ -71,6 +76,17 @@ class HintSettings(_Section):
     strict: bool = Field(False, description="Shift hinted instances to their hint colour (archival).")
     feather_px: int = Field(6, ge=0)
     max_sidecar_bytes: int = Field(256 * 1024, ge=1)
+    max_sidecar_instances: int = Field(
+        256, ge=1, description="Most hints one sidecar may hold; more fail that file with a clear error."
+    )
+
+
+class JobSettings(_Section):
+    """How the batch is run; never changes a file's output bytes, so it is not in the fingerprint."""
+
+    crash_retries: int = Field(
+        2, ge=1, description="A file that crashed the whole process this many times is failed, not retried."
+    )
 
 
 class OutputSettings(_Section):
@@ -89,12 +105,15 @@ class Profile(_Section):
 
     name: str = "default"
     device: str = "auto"
-    seed: int | None = Field(None, description="Fixed seed; else derived from each file's hash.")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Fixed seed (0 to 2**63-1); else derived from each file's hash."
+    )
     scan: ScanSettings = Field(default_factory=ScanSettings)
     perception: PerceptionSettings = Field(default_factory=PerceptionSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     hints: HintSettings = Field(default_factory=HintSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     def follows(self, builtin: str) -> bool:
         """Whether every value the built-in profile ``builtin`` sets holds here (e.g. the paper setting).
@@ -112,8 +131,18 @@ class Profile(_Section):
         return holds({k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "name"}, mine)
 
     def fingerprint(self) -> str:
-        """Hash of every value that changes output bytes (device excluded: it is recorded apart)."""
-        data = self.model_dump(mode="json", exclude={"name", "device"})
+        """Hash of every value that changes output bytes (device excluded: it is recorded apart).
+
+        Limits that only decide whether a file is tried at all (``jobs``, the sidecar instance cap)
+        are left out, so changing them never redoes finished files.
+        """
+        exclude: dict[str, Any] = {
+            "name": True,
+            "device": True,
+            "jobs": True,
+            "hints": {"max_sidecar_instances"},
+        }
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -124,11 +153,21 @@ def builtin_profiles() -> list[str]:
     return sorted(n[:-5] for n in names if n.endswith(".yaml") and n != "train.yaml")
 
 
+MAX_PROFILE_BYTES = 64 * 1024
+"""A profile is a few dozen lines; the cap is checked before the file is read."""
+
+
 def _read_profile_file(path: Path) -> dict[str, Any]:
+    """A user's profile YAML through the sidecars' guarded loader (size cap, no aliases, no tags,
+    no deep nesting, regular files only): one line with file:line:col on any problem."""
+    from mtcolor_batch.hints.schema import read_yaml  # hints imports this module
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read profile: {exc}", path=path) from exc
+        data = read_yaml(path, max_bytes=MAX_PROFILE_BYTES, what="profile") or {}
+    except UserError as exc:
+        raise UserError(
+            exc.message, path=exc.path, line=exc.line, column=exc.column, hint=exc.hint
+        ) from None
     if not isinstance(data, dict):
         raise UserError("a profile must be a YAML mapping", path=path)
     return data

@@ -13,15 +13,15 @@ from mtcolor_batch.core.errors import ModelError
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; an explicit device that is absent is an error.
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or nothing) -> CUDA when present, else CPU; an explicit device that is absent is an error.
 
     MPS is only used when asked for: several diffusers ops still fall back or differ there, and a
     silent switch would change outputs between runs of the same job.
     """
     if isinstance(device, torch.device):
         return device
-    name = str(device).strip().lower()
+    name = str(device or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -6,6 +6,7 @@ runner can print it as one line naming the file (and line/column for YAML) witho
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 EXIT_OK = 0
@@ -16,6 +17,21 @@ EXIT_USAGE = 2
 """A usage or setup error (bad option, missing model, locked output folder): nothing was processed."""
 EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C or SIGTERM; the same command resumes."""
+
+
+def path_text(path: str | Path) -> str:
+    """A path as valid UTF-8 text: bytes of an old archive's name that are not UTF-8 become ``\\xNN``.
+
+    Why: names from old Windows/Mac archives (Latin-1 ``caf\\xe9.png``) reach Python as lone
+    surrogates, which SQLite, JSON records and XMP refuse to encode. Valid names are unchanged, so
+    journal keys and output names of ordinary files are the same as before.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
 
 
 class UserError(Exception):
@@ -31,7 +47,7 @@ class UserError(Exception):
         hint: str | None = None,
     ) -> None:
         self.message = message
-        self.path = str(path) if path is not None else None
+        self.path = path_text(path) if path is not None else None
         self.line = line
         self.column = column
         self.hint = hint

@@ -15,11 +15,16 @@ import contextlib
 import hashlib
 import io
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from mtcolor_batch.core.regular import open_regular
 
 TEMP_MARK = ".mtcolor-tmp"
 _LIVE_TEMPS: set[Path] = set()
@@ -36,11 +41,59 @@ def remove_live_temps() -> None:
         _LIVE_TEMPS.discard(tmp)
 
 
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+_TEMP_NAME = re.compile(r"^\.mt(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}" + re.escape(TEMP_MARK) + "$")
+_OLD_TEMP_NAME = re.compile(r"^\..*\.(?P<pid>\d+)" + re.escape(TEMP_MARK) + "$")  # earlier versions' temps
+
+
+def temp_path(folder: Path) -> Path:
+    """A fresh temp name in ``folder``: short and fixed-length whatever the target's name.
+
+    ``.mt<host>-<pid>-<random>.mtcolor-tmp`` (about 40 bytes): a 250-byte target name can never
+    push its temp past the 255-byte name limit, and the host and pid in the name let a later run
+    tell a dead writer's leftover from a live writer's file (another shard, another process).
+    """
+    return Path(folder) / f".mt{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARK}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def temp_owner_dead(name: str) -> bool:
+    """True only for a temp written on this host by a process that no longer runs.
+
+    A temp from another host (a shared folder) or from a live process is never judged dead;
+    an unparseable name is left alone too.
+    """
+    m = _TEMP_NAME.match(name)
+    if m is not None:
+        if m["host"] != _HOST_TAG:
+            return False
+        pid = int(m["pid"])
+    else:
+        old = _OLD_TEMP_NAME.match(name)
+        if old is None:
+            return False
+        pid = int(old["pid"])
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
 def clean_stale_temps(out_dir: Path) -> list[Path]:
-    """Remove temp files a killed run left (call only while holding the output lock)."""
+    """Remove temp files whose writer is dead (a killed run); live writers' temps are left alone.
+
+    Why not "every temp": shards of one job array share the output folder, and one shard
+    starting must not delete the temp another shard is writing at that moment.
+    """
     removed = []
     for tmp in Path(out_dir).rglob(f".*{TEMP_MARK}"):
-        if tmp.is_file():
+        if tmp.is_file() and temp_owner_dead(tmp.name):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -145,12 +198,12 @@ class OutputBatch:
         """
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{os.getpid()}{TEMP_MARK}"
+        tmp = temp_path(target.parent)
         _LIVE_TEMPS.add(tmp)
         self._staged.append((tmp, target))
         with open(tmp, "w+b") as fh:
             stream = HashingFile(fh)
-            write(stream)
+            write(stream)  # type: ignore[arg-type]  # a BinaryIO in all an encoder uses
             fh.flush()
             os.fsync(fh.fileno())
             return stream.finish()
@@ -187,7 +240,10 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> str:
 
 def atomic_write_bytes(target: Path, data: bytes) -> str:
     """:func:`atomic_write` of bytes already in memory; return their sha256."""
-    return atomic_write(target, lambda fh: fh.write(data))
+    def put(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return atomic_write(target, put)
 
 
 def atomic_write_text(target: Path, text: str) -> str:
@@ -199,9 +255,12 @@ _HASH_CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, streamed (scans and weights can be gigabytes)."""
+    """Hex sha256 of a file's bytes, streamed (scans and weights can be gigabytes).
+
+    Regular files only: a FIFO or device raises :class:`NotRegularFileError` (an OSError) unopened.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -215,7 +274,7 @@ def staged_file(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}{TEMP_MARK}"
+    tmp = temp_path(target.parent)
     _LIVE_TEMPS.add(tmp)
     try:
         yield tmp
@@ -252,3 +311,34 @@ def staged_dir(dest: Path, label: str = "building") -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_new_file(target: Path, text: str) -> bool:
+    """Create ``target`` atomically, never replacing an existing file; False if it exists.
+
+    Written to a temp file, fsynced, then hard-linked into place: ``link`` fails if the name
+    exists, so a sidecar a user created meanwhile is never overwritten, and a crash never leaves
+    a half-written sidecar under the real name.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # filesystems without hard links: exclusive create is still no-overwrite
+            try:
+                with open(target, "x", encoding="utf-8") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except FileExistsError:
+                return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return True

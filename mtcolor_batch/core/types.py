@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -70,6 +70,10 @@ class Instance:
         return int(self.mask.sum())
 
 
+LATENT_FACTOR = 8
+"""Pixels per latent cell of the Stable Diffusion VAE: working sizes and tiles are multiples of it."""
+
+
 @dataclass
 class Plan:
     """Everything the sampler needs to know besides the pixels; recorded in provenance."""
@@ -97,6 +101,6 @@ class Result:
 
     rgb: np.ndarray  # float32 HxWx3 in [0, 1], sRGB, full resolution
     chroma: np.ndarray  # float32 2xhxw CIELAB a*, b* at working resolution
-    instance_stats: list[dict] = field(default_factory=list)
+    instance_stats: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

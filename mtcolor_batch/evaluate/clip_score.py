@@ -6,7 +6,13 @@ CLIP *text* encoder, so scoring needs a full CLIP (text + vision) as an optional
 component of the bundle (transformers ``CLIPModel`` + tokenizer + image processor in one folder,
 safetensors). Without it, eval says so and leaves the column empty rather than guessing.
 
-Score = 100 * max(cos(image, text), 0), the torchmetrics / Hessel et al. convention.
+Two scores, named apart because they differ by two orders of magnitude:
+
+- ``clip_mask_cos``: the paper's. The instance cropped by its *mask* (outside the mask filled with
+  neutral gray, so a neighbour's colour does not count) against its text, raw cosine (about 0.2-0.3
+  for a matching pair with a real CLIP).
+- ``clip_box_x100``: 100 * max(cos, 0) of the *box* crop, the torchmetrics / Hessel et al.
+  convention this tool reported first; kept for comparing with earlier runs.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ def find_clip_dir(path: Path) -> Path | None:
     return None
 
 
-def image_processor_class() -> type:
+def image_processor_class() -> Any:
     """transformers 5 routes ``CLIPImageProcessor`` to a torchvision backend we cannot load; use PIL."""
     try:
         from transformers import CLIPImageProcessorPil
@@ -80,7 +86,11 @@ class ClipScorer:
         self._torch = torch
 
     def score(self, crops: Sequence[Image.Image | np.ndarray], texts: Sequence[str]) -> list[float]:
-        """CLIP score of ``crops[i]`` against ``texts[i]``."""
+        """100 * max(cos, 0) of ``crops[i]`` against ``texts[i]`` (the torchmetrics convention)."""
+        return [100.0 * max(c, 0.0) for c in self.cosine(crops, texts)]
+
+    def cosine(self, crops: Sequence[Image.Image | np.ndarray], texts: Sequence[str]) -> list[float]:
+        """Raw cosine similarity of ``crops[i]`` and ``texts[i]`` in CLIP's joint space (the paper's)."""
         if len(crops) != len(texts):
             raise ValueError("one text per crop")
         if not crops:
@@ -98,7 +108,7 @@ class ClipScorer:
             img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
             cos = (img * txt).sum(dim=-1)
-        return [float(v) for v in (100.0 * cos.clamp(min=0)).cpu()]
+        return [float(v) for v in cos.cpu()]
 
 
 def _to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -112,3 +122,21 @@ def crop_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | No
     if x1 <= x0 or y1 <= y0:
         return None
     return rgb[y0:y1, x0:x1]
+
+
+NEUTRAL_FILL = 0.5
+"""Outside-the-mask pixels of a mask crop: mid gray, which carries no colour for CLIP to match."""
+
+
+def crop_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The mask's bounding box from ``rgb`` with every pixel outside the mask set to neutral gray.
+
+    ``mask`` is bool at ``rgb``'s resolution; None when it is empty.
+    """
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = np.array(rgb[y0:y1, x0:x1], dtype=np.float32, copy=True)
+    crop[~mask[y0:y1, x0:x1]] = NEUTRAL_FILL
+    return crop

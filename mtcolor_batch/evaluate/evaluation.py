@@ -8,7 +8,9 @@ row instead of stopping the batch, matching how the runner treats files.
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -20,18 +22,23 @@ import numpy as np
 
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.evaluate import metrics
-from mtcolor_batch.evaluate.clip_score import ClipScorer, crop_box, find_clip_dir
+from mtcolor_batch.evaluate.clip_score import ClipScorer, crop_box, crop_mask, find_clip_dir
 from mtcolor_batch.evaluate.iqa import IqaScorer
 from mtcolor_batch.evaluate.records import SKIP_DIRS, FileRecord, find_records, read_record
+from mtcolor_batch.output.mask_rle import decode_mask
 
 NUMERIC_COLUMNS = (
-    "colorfulness",
+    "colorfulness_hs",
+    "colorfulness_ddcolor",
     "psnr",
     "ssim",
+    "psnr_512",
+    "ssim_512",
     "luminance_max_dl",
     "hint_de_mean",
     "hint_de_max",
-    "clip_mean",
+    "clip_mask_cos",
+    "clip_box_x100",
 )
 
 
@@ -41,14 +48,18 @@ class FileMetrics:
 
     relpath: str
     output: str
-    colorfulness: float | None = None
-    psnr: float | None = None
+    colorfulness_hs: float | None = None  # Hasler & Suesstrunk (signed opponents)
+    colorfulness_ddcolor: float | None = None  # DDColor's code (absolute opponents)
+    psnr: float | None = None  # at the images' own size
     ssim: float | None = None
+    psnr_512: float | None = None  # both resized to 512x512, as the paper
+    ssim_512: float | None = None
     luminance_max_dl: float | None = None
     hinted: int = 0
     hint_de_mean: float | None = None
     hint_de_max: float | None = None
-    clip_mean: float | None = None
+    clip_mask_cos: float | None = None  # the paper's: mask crop, raw cosine (~0.2 scale)
+    clip_box_x100: float | None = None  # box crop, 100 * max(cos, 0)
     instances: list[dict[str, Any]] = field(default_factory=list)
     iqa: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -169,13 +180,15 @@ def score_arrays(
     iqa: IqaScorer | None = None,
 ) -> FileMetrics:
     """Fill ``row`` from already-loaded images (the report loads them once for thumbnails too)."""
-    row.colorfulness = metrics.colorfulness(rgb)
+    row.colorfulness_hs = metrics.colorfulness(rgb)
+    row.colorfulness_ddcolor = metrics.colorfulness_ddcolor(rgb)
     if ref is not None:
         if ref.shape != rgb.shape:
             row.notes.append(f"reference size {ref.shape[1]}x{ref.shape[0]} differs; PSNR/SSIM skipped")
         else:
             row.psnr = metrics.psnr(rgb, ref)
             row.ssim = metrics.ssim(rgb, ref)
+            row.psnr_512, row.ssim_512 = metrics.psnr_ssim_512(rgb, ref)
     if scan is None:
         row.notes.append("original scan not found (use --scans)")
     elif scan.shape[:2] != rgb.shape[:2]:
@@ -220,17 +233,41 @@ def score_file(
 
 
 def _clip_scores(row: FileMetrics, rgb: np.ndarray, rec: FileRecord, clip: ClipScorer) -> None:
-    crops, texts, slots = [], [], []
+    """Both CLIP scores per instance; the mask score only where the record carries the mask."""
+    box_crops, box_texts, box_slots = [], [], []
+    mask_crops, mask_texts, mask_slots = [], [], []
+    unreadable = 0
     for inst, out in zip(rec.instances, row.instances, strict=True):
+        if not inst.text:
+            continue
         crop = crop_box(rgb, inst.box) if inst.box is not None else None
-        if crop is not None and inst.text:
-            crops.append(crop)
-            texts.append(inst.text)
-            slots.append(out)
-    for out, value in zip(slots, clip.score(crops, texts), strict=True):
-        out["clip_score"] = value
-    if slots:
-        row.clip_mean = statistics.fmean(o["clip_score"] for o in slots)
+        if crop is not None:
+            box_crops.append(crop)
+            box_texts.append(inst.text)
+            box_slots.append(out)
+        if inst.mask_rle is not None:
+            try:
+                mask = decode_mask(inst.mask_rle, rgb.shape[:2])
+            except ValueError:
+                unreadable += 1
+                continue
+            mcrop = crop_mask(rgb, mask)
+            if mcrop is not None:
+                mask_crops.append(mcrop)
+                mask_texts.append(inst.text)
+                mask_slots.append(out)
+    for out, value in zip(box_slots, clip.score(box_crops, box_texts), strict=True):
+        out["clip_box_x100"] = value
+    for out, value in zip(mask_slots, clip.cosine(mask_crops, mask_texts), strict=True):
+        out["clip_mask_cos"] = value
+    if box_slots:
+        row.clip_box_x100 = statistics.fmean(o["clip_box_x100"] for o in box_slots)
+    if mask_slots:
+        row.clip_mask_cos = statistics.fmean(o["clip_mask_cos"] for o in mask_slots)
+    if unreadable:
+        row.notes.append(f"{unreadable} instance mask(s) in the record unreadable: no mask CLIP for them")
+    elif box_slots and not mask_slots:
+        row.notes.append("record has no instance masks (made before masks were recorded): no mask CLIP")
 
 
 def evaluate_dir(
@@ -252,7 +289,7 @@ def evaluate_dir(
             raise UserError(f"{label} folder not found", path=folder)
     preds = find_predictions(pred_dir)
     messages: list[str] = []
-    clip = _load_clip(clip_path, preds, messages, device)
+    clip = load_clip(clip_path, preds, messages, device)
     iqa = IqaScorer.create(iqa_metrics, device, messages) if iqa_metrics else None
     rows = []
     for pred in preds:
@@ -268,9 +305,10 @@ def evaluate_dir(
     return EvalResult(rows, messages)
 
 
-def _load_clip(
+def load_clip(
     clip_path: Path | None, preds: list[Prediction], messages: list[str], device: str
 ) -> ClipScorer | None:
+    """``--clip`` (a bundle with ``clip/`` or a CLIP folder), else the bundle provenance names."""
     candidates = [clip_path] if clip_path is not None else []
     if clip_path is None:
         named = {str(p.record.model.get("path") or "") for p in preds if p.record is not None}
@@ -285,6 +323,20 @@ def _load_clip(
         "(give --clip DIR: a bundle with a clip/ component, or a CLIP folder)"
     )
     return None
+
+
+def rows_csv(rows: Sequence[FileMetrics]) -> str:
+    """One CSV row per file (the union of every row's columns; ``inf`` written as text)."""
+    flat = [r.flat() for r in rows]
+    fields: list[str] = []
+    for row in flat:
+        fields.extend(k for k in row if k not in fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for row in flat:
+        writer.writerow({k: finite_or_text(v) if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue()
 
 
 def finite_or_text(value: float | None) -> float | str | None:

@@ -1,8 +1,10 @@
 """Image metrics for judging a colorized batch: colourfulness, PSNR, SSIM, luminance fidelity.
 
-PSNR, SSIM and the CIELAB conversion come from scikit-image (maintained, tested
-implementations) so our numbers compare with the literature; only Hasler & Suesstrunk's
-colourfulness, a three-line closed formula no maintained library ships, is written here.
+PSNR, SSIM, resizing and the CIELAB conversion come from scikit-image (maintained, tested
+implementations) so our numbers compare with the literature; only the colourfulness formulas, a
+few lines no maintained library ships, are written here: Hasler & Suesstrunk's, and the variant
+DDColor's evaluation code computes (absolute opponent differences), which the paper's baselines
+were measured with.
 All functions take float RGB in [0, 1] so 8- and 16-bit files compare on the same scale.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.transform import resize
 
 from mtcolor_batch.core.color import image_lightness
 from mtcolor_batch.core.errors import ScanError
@@ -76,6 +79,30 @@ def colorfulness(rgb: np.ndarray) -> float:
     return math.sqrt(var_rg + var_yb) + 0.3 * math.sqrt(mean_rg**2 + mean_yb**2)
 
 
+def colorfulness_ddcolor(rgb: np.ndarray) -> float:
+    """The colourfulness DDColor's metric code reports: opponent channels taken in absolute value.
+
+    ``|R - G|`` and ``|(R + G) / 2 - B|`` fold negative and positive chroma together, so the mean
+    term is larger and the spread smaller than Hasler & Suesstrunk's signed form; a gray image still
+    scores 0. Same 0-255 scale. Baselines in the paper's tables were measured this way, so a
+    comparison with them needs this column, not :func:`colorfulness`.
+    """
+    n = 0
+    sums = np.zeros(4, dtype=np.float64)  # sum |rg|, sum rg^2, sum |yb|, sum yb^2
+    for strip in _strips(rgb):
+        x = strip.astype(np.float64) * 255.0
+        rg = np.abs(x[..., 0] - x[..., 1])
+        yb = np.abs(0.5 * (x[..., 0] + x[..., 1]) - x[..., 2])
+        sums += (rg.sum(), np.square(rg).sum(), yb.sum(), np.square(yb).sum())
+        n += rg.size
+    if n == 0:
+        raise ValueError("empty image")
+    mean_rg, mean_yb = sums[0] / n, sums[2] / n
+    var_rg = max(sums[1] / n - mean_rg**2, 0.0)
+    var_yb = max(sums[3] / n - mean_yb**2, 0.0)
+    return math.sqrt(var_rg + var_yb) + 0.3 * math.sqrt(mean_rg**2 + mean_yb**2)
+
+
 def _strips(img: np.ndarray, rows: int = 512):
     """Row strips of an image, to bound float64 temporaries on large scans."""
     for y in range(0, img.shape[0], rows):
@@ -103,6 +130,28 @@ def ssim(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(
         structural_similarity(ref.astype(np.float64), pred.astype(np.float64), data_range=1.0, channel_axis=2)
     )
+
+
+PAPER_SIZE = 512
+"""The paper scores PSNR/SSIM at 512x512: both images are resized there first."""
+
+
+def at_paper_size(rgb: np.ndarray, size: int = PAPER_SIZE) -> np.ndarray:
+    """``rgb`` resized to ``size`` x ``size`` (anti-aliased, bicubic), float32 in [0, 1]."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    out = resize(rgb.astype(np.float32), (size, size), order=3, anti_aliasing=True, preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def psnr_ssim_512(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM after resizing both to 512x512, as the paper's Table 1.
+
+    Sizes must match first (a prediction of another aspect ratio is not comparable pixel for pixel).
+    """
+    _check_pair(pred, ref)
+    p, r = at_paper_size(pred), at_paper_size(ref)
+    return psnr(p, r), ssim(p, r)
 
 
 def luminance_fidelity(pred: np.ndarray, scan: np.ndarray) -> float:

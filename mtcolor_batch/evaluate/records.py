@@ -34,6 +34,7 @@ class InstanceRecord:
     delta_e: float | None = None  # CIEDE2000 hint vs result (hints/adherence.py), as the run recorded it
     delta_e_before: float | None = None  # the same before strict enforcement
     result_lab: tuple[float, float, float] | None = None  # mean CIELAB of the instance in the output
+    mask_rle: dict[str, Any] | None = None  # COCO RLE (output.mask_rle); records before masks: None
 
 
 @dataclass
@@ -95,8 +96,8 @@ def _lab(value: Any) -> tuple[float, float, float] | None:
 
 
 def _instance(data: dict[str, Any]) -> InstanceRecord:
-    hint = data.get("hint_color") if isinstance(data.get("hint_color"), dict) else {}
-    stats = data.get("adherence") if isinstance(data.get("adherence"), dict) else {}
+    hint: dict[str, Any] = data["hint_color"] if isinstance(data.get("hint_color"), dict) else {}
+    stats: dict[str, Any] = data["adherence"] if isinstance(data.get("adherence"), dict) else {}
     return InstanceRecord(
         id=int(data.get("id", 0)),
         label=str(data.get("label", "")),
@@ -109,6 +110,7 @@ def _instance(data: dict[str, Any]) -> InstanceRecord:
         delta_e=_number(stats, "delta_e"),
         delta_e_before=_number(stats, "delta_e_before"),
         result_lab=_lab(stats.get("mean_lab")),
+        mask_rle=data["mask_rle"] if isinstance(data.get("mask_rle"), dict) else None,
     )
 
 
@@ -137,7 +139,7 @@ def read_record(json_path: Path, out_dir: Path) -> FileRecord:
     inp = data["input"]
     relpath = str(inp.get("relpath") or json_path.name)
     source_path = Path(inp["path"]) if inp.get("path") else None
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
     prompts = data.get("prompts") or {}
     profile = data.get("profile") or {}
     return FileRecord(

@@ -137,7 +137,7 @@ def _model_text(rec: FileRecord) -> str:
 def _instances_table(rec: FileRecord, row: FileMetrics | None) -> str:
     if not rec.instances:
         return '<p class="note">no instances (global colorization only)</p>'
-    clip = {i["id"]: i.get("clip_score") for i in (row.instances if row else [])}
+    clip = {i["id"]: i.get("clip_mask_cos") for i in (row.instances if row else [])}
     out = [
         '<table class="instances"><thead><tr><th>#</th><th>label</th><th>text</th><th>source</th>'
         "<th>hint</th><th>result</th><th>ΔE00 before → after</th></tr></thead><tbody>"
@@ -158,7 +158,7 @@ def _instances_table(rec: FileRecord, row: FileMetrics | None) -> str:
         )
         de = f"{_fmt(inst.delta_e_before)} → {_fmt(inst.delta_e)}" if inst.hint_lab is not None else "–"
         score = clip.get(inst.id)
-        extra = f' <span class="note">CLIP {_fmt(score)}</span>' if score is not None else ""
+        extra = f' <span class="note">CLIP cos {_fmt(score)}</span>' if score is not None else ""
         out.append(
             f"<tr><td>{e(inst.id)}</td><td>{e(inst.label)}</td><td>{e(inst.text)}{extra}</td>"
             f'<td>{e(inst.source)}</td><td>{hint}</td><td>{result}</td><td class="num">{e(de)}</td></tr>'
@@ -171,7 +171,7 @@ def _metrics_table(row: FileMetrics | None) -> str:
     if row is None:
         return ""
     cells = [
-        ("colourfulness", _fmt(row.colorfulness, 1)),
+        ("colourfulness (H&S)", _fmt(row.colorfulness_hs, 1)),
         ("max ΔL* vs scan", _fmt(row.luminance_max_dl)),
         ("hint ΔE00 mean/max", f"{_fmt(row.hint_de_mean)} / {_fmt(row.hint_de_max)}" if row.hinted else "–"),
     ]
@@ -254,7 +254,7 @@ def _summary(entries: list[_Entry]) -> str:
     if not rows:
         return ""
     return (
-        f"<span>mean colourfulness <b>{mean('colorfulness')}</b></span>"
+        f"<span>mean colourfulness (H&amp;S) <b>{mean('colorfulness_hs')}</b></span>"
         f"<span>worst max ΔL* <b>{_fmt(max(values('luminance_max_dl'), default=None))}</b></span>"
         f"<span>mean hint ΔE00 <b>{mean('hint_de_mean')}</b></span>"
     )

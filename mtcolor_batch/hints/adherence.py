@@ -221,14 +221,16 @@ def enforce(
         if before[k] is None:
             stats.append(entry)
             continue
-        entry["mean_lab_before"] = [float(v) for v in before[k]]
-        entry["mean_lab"] = [float(v) for v in after[k]]
+        mean_before, mean_after = before[k], after[k]
+        assert mean_before is not None and mean_after is not None  # a mask with pixels has both
+        entry["mean_lab_before"] = [float(v) for v in mean_before]
+        entry["mean_lab"] = [float(v) for v in mean_after]
         if inst.color is not None:
             hint = inst.color.lab
-            entry["delta_e_before"] = _delta_e(hint, before[k])
-            entry["delta_e_chroma_before"] = chroma_delta_e(hint, before[k])
-            entry["delta_e"] = _delta_e(hint, after[k])
-            entry["delta_e_chroma"] = chroma_delta_e(hint, after[k])
+            entry["delta_e_before"] = _delta_e(hint, list(mean_before))
+            entry["delta_e_chroma_before"] = chroma_delta_e(hint, list(mean_before))
+            entry["delta_e"] = _delta_e(hint, list(mean_after))
+            entry["delta_e_chroma"] = chroma_delta_e(hint, list(mean_after))
             entry["strict"] = bool(settings.strict)
             moved = (out[:, masks[k]] - base[:, masks[k]]).mean(axis=1) if k in active else np.zeros(2)
             entry["shift_ab"] = [float(moved[0]), float(moved[1])]

@@ -4,7 +4,8 @@ Why CIELAB: hints are enforced and measured in the same space the engine predict
 and CIEDE2000 is defined on it. Why a packaged table instead of a library: the accepted names are a
 documented, fixed vocabulary (``data/colors.json``: the 148 CSS named colours, the four X11 values
 that differ from CSS, and a small archival vocabulary with sourced values), so a sidecar means the
-same thing on every machine and the training texts (``nearest_color_name``) use the same words.
+same thing on every machine. Training texts use a smaller vocabulary on purpose: basic colour terms
+with light/dark modifiers (``train/naming.py``).
 """
 
 from __future__ import annotations
@@ -219,8 +220,8 @@ def parse_color(text: str) -> ColorHint:
 def nearest_color_name(lab: tuple[float, float, float] | np.ndarray) -> str:
     """Display name of the named colour nearest to ``lab`` by CIEDE2000.
 
-    Used for default instance texts of hex/rgb/lab hints and by the training dataset builder, so the
-    words a model learns are the words a sidecar can use.
+    Used for default instance texts of hex/rgb/lab hints (the training dataset names colours with
+    basic terms instead; see ``train/naming.py``).
     """
     table = _table()
     target = np.broadcast_to(np.asarray(lab, dtype=np.float64).reshape(1, 3), table.canonical_lab.shape)

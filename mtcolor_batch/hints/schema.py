@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
@@ -28,14 +29,18 @@ from yaml.error import Mark
 from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import ColorHint
 from mtcolor_batch.hints.colors import parse_color
+from mtcolor_batch.hints.mask_files import check_mask_file
 
 __all__ = [
     "MAX_DEPTH",
+    "check_instance_count",
     "InstanceHint",
     "Sidecar",
     "check_sidecar",
+    "parse_sidecar_text",
     "find_sidecar",
     "load_sidecar",
+    "read_yaml",
     "shadowed_sidecar",
     "sidecar_candidates",
 ]
@@ -175,7 +180,9 @@ def find_sidecar(image_path: Path) -> Path | None:
     When both forms exist the first (``photo.jpg.yaml``) wins and a warning names the ignored one;
     resolve_hints repeats it into the file's warnings so it reaches the provenance record.
     """
-    found = [p for p in sidecar_candidates(image_path) if p.is_file()]
+    # lexists, not is_file: a FIFO or a link to a device named photo.jpg.yaml must fail the scan with
+    # its reason (the reader refuses it unopened), not vanish as "no sidecar".
+    found = [p for p in sidecar_candidates(image_path) if os.path.lexists(p)]
     if len(found) > 1:
         log.warning("%s", _shadow_message(found[0], found[1]))
     return found[0] if found else None
@@ -183,7 +190,7 @@ def find_sidecar(image_path: Path) -> Path | None:
 
 def shadowed_sidecar(image_path: Path) -> Path | None:
     """The second sidecar ignored because the first exists too, or None."""
-    found = [p for p in sidecar_candidates(image_path) if p.is_file()]
+    found = [p for p in sidecar_candidates(image_path) if os.path.lexists(p)]
     return found[1] if len(found) > 1 else None
 
 
@@ -203,16 +210,17 @@ class _Rejected(Exception):
 class _MarkedLoader(yaml.SafeLoader):
     """SafeLoader that refuses aliases and deep nesting; composition keeps every node's mark."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, what: str = "sidecar") -> None:
         super().__init__(stream)
         self._depth = 0
+        self._what = what
 
     def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML hook
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise _Rejected(
                 event.start_mark,
-                f"YAML alias '*{event.anchor}' is not allowed in sidecars",
+                f"YAML alias '*{event.anchor}' is not allowed in {self._what}s",
                 "write the value out in full; aliases are refused so a small file cannot expand "
                 "into a huge one",
             )
@@ -222,7 +230,9 @@ class _MarkedLoader(yaml.SafeLoader):
                 raise _Rejected(
                     self.peek_event().start_mark,
                     f"nesting deeper than {MAX_DEPTH} levels",
-                    "a sidecar needs at most 4 levels (instances > item > points > [x, y])",
+                    "a sidecar needs at most 4 levels (instances > item > points > [x, y])"
+                    if self._what == "sidecar"
+                    else f"a {self._what} needs at most 3 levels",
                 )
             return super().compose_node(parent, index)
         finally:
@@ -304,8 +314,9 @@ class _Located:
                         )
                     )
                     continue
-                self.key_marks[(*path, key)] = key_node.start_mark
-                out[key] = self.convert(value_node, (*path, key))
+                where = (*path, key)
+                self.key_marks[where] = key_node.start_mark
+                out[key] = self.convert(value_node, where)
             return out
         raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover - composer never makes it
 
@@ -351,41 +362,66 @@ def _syntax_hint(problem: str) -> str:
 # -- reading ----------------------------------------------------------------------------------------
 
 
-def _read_capped(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, refusing anything but a regular file of at most ``max_bytes``."""
+def _read_capped(path: Path, max_bytes: int, what: str = "sidecar") -> bytes:
+    """The file's bytes, refusing anything but a regular file of at most ``max_bytes``.
+
+    The size is checked before a byte is read, and a FIFO/socket/device is never opened.
+    """
+    from mtcolor_batch.core.regular import not_regular_reason, open_regular
+
     try:
-        if not path.is_file():
-            raise HintError("sidecar is not a regular file", path=path)
+        reason = not_regular_reason(path)
+        if reason is not None:
+            raise HintError(f"{what} {reason}", path=path)
         size = path.stat().st_size
         if size > max_bytes:
             raise HintError(
-                f"sidecar is {size} bytes, over the {max_bytes}-byte limit",
+                f"{what} is {size} bytes, over the {max_bytes}-byte limit",
                 path=path,
-                hint="sidecars are a few lines; raise hints.max_sidecar_bytes only if this one must be big",
+                hint="sidecars are a few lines; raise hints.max_sidecar_bytes only if this one must be big"
+                if what == "sidecar"
+                else f"a {what} is a few lines",
             )
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise HintError(f"cannot read sidecar: {exc.strerror or exc}", path=path) from exc
+        raise HintError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
     if len(data) > max_bytes:
-        raise HintError(f"sidecar grew past the {max_bytes}-byte limit while being read", path=path)
+        raise HintError(f"{what} grew past the {max_bytes}-byte limit while being read", path=path)
     return data
 
 
-def _decode(path: Path, data: bytes) -> str:
+def read_yaml(path: Path, *, max_bytes: int, what: str = "sidecar") -> Any:
+    """Plain data of a small YAML file read with the sidecar rules: size cap before reading, regular
+    files only, UTF-8, SafeLoader without aliases, tags or deep nesting.
+
+    The one guarded loader for every YAML a user hands the tool (sidecars in discovery, profiles):
+    raises :class:`HintError` with file:line:col for the first problem.
+    """
+    path = Path(path)
+    data_bytes = _read_capped(path, max_bytes, what)
+    text = _decode(path, data_bytes, what)
+    data, located = _parse(path, text, what)
+    if located.problems:
+        mark, message, hint = located.problems[0]
+        raise _error(path, mark, message, hint)
+    return data
+
+
+def _decode(path: Path, data: bytes, what: str = "sidecar") -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise HintError(
-            "sidecar is not UTF-8 text", path=path, line=line, column=column, hint="save the file as UTF-8"
+            f"{what} is not UTF-8 text", path=path, line=line, column=column, hint="save the file as UTF-8"
         ) from exc
 
 
-def _parse(path: Path, text: str) -> tuple[Any, _Located]:
+def _parse(path: Path, text: str, what: str = "sidecar") -> tuple[Any, _Located]:
     """YAML text -> (plain data, marks). Syntax problems and refused constructs raise HintError."""
-    loader = _MarkedLoader(text)
+    loader = _MarkedLoader(text, what)
     located = _Located(loader, text.splitlines())
     try:
         node = loader.get_single_node()
@@ -396,7 +432,7 @@ def _parse(path: Path, text: str) -> tuple[Any, _Located]:
         problem = _problem(exc)
         context = exc.context_mark
         moved = context is not None and exc.problem_mark is not None and context.line != exc.problem_mark.line
-        if exc.context and moved:
+        if exc.context and moved and context is not None:
             problem += (
                 f" {exc.context.strip()} that starts at line {context.line + 1}, column {context.column + 1}"
             )
@@ -733,8 +769,6 @@ def _check_mask_file(
     scan_size: tuple[int, int] | None,
 ) -> list[HintError]:
     """The resolve-time mask rules (inside the tree, readable, scan-sized), reported with the line."""
-    from mtcolor_batch.hints.resolve import check_mask_file  # resolve imports this module
-
     try:
         check_mask_file(hint.mask or "", path, scan_root, scan_size)
     except HintError as exc:
@@ -776,6 +810,46 @@ def check_sidecar(
     out) and, with ``scan_size``, has the scan's size.
     """
     return _load(Path(path), max_bytes, scan_size, None if scan_root is None else Path(scan_root))[1]
+
+
+def check_instance_count(sidecar: Sidecar, path: Path, cap: int) -> None:
+    """Refuse a sidecar with more hints than ``hints.max_sidecar_instances``, before any region is drawn.
+
+    Why: every drawn hint becomes a scan-sized mask; 8,000 boxes on one scan took gigabytes.
+    """
+    n = len(sidecar.instances)
+    if n > cap:
+        raise HintError(
+            f"{n} instances, over the limit of {cap} per sidecar",
+            path=path,
+            hint="split the hints over fewer, larger regions, or raise hints.max_sidecar_instances",
+        )
+
+
+def parse_sidecar_text(
+    text: str,
+    path: Path,
+    *,
+    scan_size: tuple[int, int] | None = None,
+    scan_root: Path | None = None,
+) -> tuple[Sidecar | None, list[HintError]]:
+    """(sidecar or None, problems) for text not yet on disk, reported as if it were the file ``path``.
+
+    The browser editor validates what it is about to write with exactly the rules of
+    :func:`check_sidecar`, so a save can never put a sidecar on disk that ``run`` would refuse.
+    """
+    path = Path(path)
+    try:
+        data, located = _parse(path, text)
+    except HintError as exc:
+        return None, [exc]
+    root = None if scan_root is None else Path(scan_root)
+    sidecar, problems = _validate(path, data, located, scan_size, root)
+    if sidecar is not None:
+        sidecar._path = path
+        sidecar._sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    problems.sort(key=lambda e: (e.line or 0, e.column or 0))
+    return sidecar, problems
 
 
 def load_sidecar(path: Path, *, max_bytes: int, scan_size: tuple[int, int] | None = None) -> Sidecar:

@@ -14,6 +14,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from mtcolor_batch.core.errors import UserError
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 
@@ -30,7 +33,8 @@ CREATE TABLE IF NOT EXISTS files (
     input_size   INTEGER,
     input_mtime  INTEGER,
     input_sha256 TEXT,
-    updated_at   REAL NOT NULL
+    updated_at   REAL NOT NULL,
+    crashes      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -64,26 +68,97 @@ def lock_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
     return Path(out_dir) / ".mtcolor" / name
 
 
+def rebuild_hint(out_dir: Path) -> str:
+    return (
+        f"rebuild it from the outputs' .color.json records with `mtcolor-batch journal rebuild {out_dir}` "
+        "(the damaged file is kept aside)"
+    )
+
+
+class JournalDamagedError(UserError):
+    """The journal exists but SQLite cannot read it (garbage, truncated, a bad page)."""
+
+
+def _damaged(path: Path, exc: BaseException | str) -> JournalDamagedError:
+    out_dir = Path(path).parent.parent
+    return JournalDamagedError(f"the job journal is damaged ({exc})", path=path, hint=rebuild_hint(out_dir))
+
+
 class Journal:
-    """Thin typed access to the journal; every method commits its own transaction."""
+    """Thin typed access to the journal; every method commits its own transaction.
+
+    Opening checks the file (``PRAGMA quick_check`` and the table layout): a damaged journal raises
+    :class:`JournalDamagedError` (one line, exit 2) instead of a traceback mid-run, and a journal
+    that cannot be created (read-only folder, disk full) raises a plain setup :class:`UserError`.
+    """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: always consistent; a power cut can only lose the last commits,
-            # which means a file is redone (outputs are replaced atomically), never a corrupt journal.
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        except OSError as exc:
+            raise UserError(f"cannot create the job journal: {exc.strerror or exc}", path=self.path) from exc
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot open the job journal: {exc}", path=self.path) from exc
+        try:
+            fresh = not readonly and self.path.stat().st_size == 0
+            if not fresh:
+                self._check_readable()
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: always consistent; a power cut can only lose the last commits,
+                # which means a file is redone (outputs are replaced atomically), never a corrupt journal.
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                columns = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+                if "crashes" not in columns:  # journals written before the crash-retry cap
+                    self.db.execute("ALTER TABLE files ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+        except JournalDamagedError:
+            self.db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_setup_problem(exc):
+                raise UserError(f"cannot write the job journal: {exc}", path=self.path) from exc
+            raise _damaged(self.path, exc) from exc
+        except OSError as exc:
+            self.db.close()
+            raise UserError(f"cannot read the job journal: {exc.strerror or exc}", path=self.path) from exc
+
+    def _check_readable(self) -> None:
+        """quick_check plus our own table: anything else is a damaged journal, said out loud."""
+        try:
+            result = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+            if result != ["ok"]:
+                raise _damaged(self.path, "; ".join(str(r) for r in result[:3]))
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "files" not in tables:
+                raise _damaged(self.path, "it has no files table")
+            self.db.execute("SELECT relpath, state, outputs FROM files LIMIT 1").fetchall()
+        except sqlite3.OperationalError as exc:
+            if _is_setup_problem(exc):
+                raise
+            raise _damaged(self.path, exc) from exc
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, exc) from exc
 
     @classmethod
     def open_existing(cls, path: Path) -> Journal | None:
-        """Read-only view for ``--dry-run``: never creates anything in the output folder."""
-        return cls(path, readonly=True) if Path(path).exists() else None
+        """Read-only view for ``--dry-run``: never creates anything in the output folder.
+
+        A zero-byte file is reported as no journal (None): its state is what matters to the caller.
+        """
+        path = Path(path)
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        return cls(path, readonly=True)
+
+    def is_empty(self) -> bool:
+        return self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
 
     def close(self) -> None:
         self.db.close()
@@ -117,18 +192,43 @@ class Journal:
         return out
 
     def upsert_pending(
-        self, relpath: str, fingerprint: str, *, size: int | None, mtime: int | None, sha256: str | None
+        self,
+        relpath: str,
+        fingerprint: str,
+        *,
+        size: int | None,
+        mtime: int | None,
+        sha256: str | None,
+        keep_crashes: bool = False,
     ) -> None:
-        """(Re)plan a file: new or changed rows become pending; attempts survive for the record."""
+        """(Re)plan a file: new or changed rows become pending; attempts survive for the record.
+
+        The crash count starts over unless ``keep_crashes`` (the file is retried after a crash).
+        """
         self.db.execute(
             "INSERT INTO files (relpath, fingerprint, state, input_size, input_mtime, input_sha256,"
             " updated_at)"
             " VALUES (?, ?, 'pending', ?, ?, ?, ?)"
             " ON CONFLICT(relpath) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'pending',"
             " error = NULL, input_size = excluded.input_size, input_mtime = excluded.input_mtime,"
-            " input_sha256 = excluded.input_sha256, updated_at = excluded.updated_at",
-            (relpath, fingerprint, size, mtime, sha256, time.time()),
+            " input_sha256 = excluded.input_sha256, updated_at = excluded.updated_at,"
+            " crashes = CASE WHEN ? THEN crashes ELSE 0 END",
+            (relpath, fingerprint, size, mtime, sha256, time.time(), keep_crashes),
         )
+
+    def note_crash(self, relpath: str) -> int:
+        """A row found ``running`` at planning: the process died on it. Return its crash count."""
+        self.db.execute("UPDATE files SET crashes = crashes + 1 WHERE relpath = ?", (relpath,))
+        rec = self.db.execute("SELECT crashes FROM files WHERE relpath = ?", (relpath,)).fetchone()
+        return int(rec[0]) if rec else 0
+
+    def recorded_outputs(self) -> dict[str, str]:
+        """Every output path the journal records (lowercased) -> the relpath that wrote it."""
+        out: dict[str, str] = {}
+        for relpath, outputs in self.db.execute("SELECT relpath, outputs FROM files"):
+            for o in json.loads(outputs):
+                out.setdefault(str(o).lower(), relpath)
+        return out
 
     def mark_running(self, relpath: str) -> None:
         self.db.execute(
@@ -148,6 +248,13 @@ class Journal:
         self.db.execute(
             "UPDATE files SET state = 'failed', error = ?, timings = ?, updated_at = ? WHERE relpath = ?",
             (error, json.dumps(timings or {}, sort_keys=True), time.time(), relpath),
+        )
+
+    def set_input_stat(self, relpath: str, size: int | None, mtime: int | None, sha256: str | None) -> None:
+        """Remember the size and mtime a done file's hash was checked at (the planning fast path)."""
+        self.db.execute(
+            "UPDATE files SET input_size = ?, input_mtime = ?, input_sha256 = ? WHERE relpath = ?",
+            (size, mtime, sha256, relpath),
         )
 
     def mark_pending(self, relpath: str) -> None:
@@ -174,7 +281,29 @@ class Journal:
         return problems
 
 
-def _row(rec: tuple) -> Row:
+def _is_setup_problem(exc: sqlite3.OperationalError) -> bool:
+    """Disk full, read-only or locked: the folder's fault, not the journal's content."""
+    text = str(exc).lower()
+    return any(
+        k in text for k in ("disk is full", "readonly", "read-only", "unable to open", "locked", "disk i/o")
+    )
+
+
+def journal_state(path: Path) -> str:
+    """``missing`` | ``empty`` (zero bytes, or no rows) | ``ok``; raises JournalDamagedError when damaged."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
+    journal = Journal(path, readonly=True)
+    try:
+        return "empty" if journal.is_empty() else "ok"
+    finally:
+        journal.close()
+
+
+def _row(rec: tuple[Any, ...]) -> Row:
     return Row(
         relpath=rec[0],
         fingerprint=rec[1],

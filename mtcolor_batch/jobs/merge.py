@@ -16,6 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.journal import STATES, Journal
@@ -64,11 +65,11 @@ def shard_journals(out_dir: Path) -> list[Path]:
     return sorted((Path(out_dir) / ".mtcolor").glob(SHARD_GLOB))
 
 
-def _rank(row: dict) -> tuple[bool, float]:
+def _rank(row: dict[str, Any]) -> tuple[bool, float]:
     return (row["state"] in FINISHED, float(row["updated_at"]))
 
 
-def read_rows(path: Path) -> tuple[list[dict], dict[str, str]]:
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Every row and meta entry of a journal, read-only (a shard still running is not disturbed)."""
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -95,8 +96,8 @@ def merge_journals(sources: list[Path], target: Path) -> MergeReport:
     if target.exists() and all(p.resolve() != resolved_target for p in paths):
         paths.append(target)
     report = MergeReport(target=target)
-    best: dict[str, dict] = {}
-    seen: dict[str, list[dict]] = {}
+    best: dict[str, dict[str, Any]] = {}
+    seen: dict[str, list[dict[str, Any]]] = {}
     meta_newest: tuple[float, dict[str, str]] = (-1.0, {})
     for path in paths:
         if not path.is_file():
@@ -126,7 +127,7 @@ def merge_journals(sources: list[Path], target: Path) -> MergeReport:
     return report
 
 
-def _write(target: Path, rows: dict[str, dict], meta: dict[str, str], sources: list[str]) -> None:
+def _write(target: Path, rows: dict[str, dict[str, Any]], meta: dict[str, str], sources: list[str]) -> None:
     """Upsert the winners into the target journal (created with the runner's own schema)."""
     with Journal(target) as journal:
         db = journal.db

@@ -23,9 +23,11 @@ from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Us
 from mtcolor_batch.core.fs import clean_stale_temps, sha256_file
 from mtcolor_batch.jobs.batch import ExecContext, Executor, Outcome, PlannedFile, StopController
 from mtcolor_batch.jobs.executors.local import LocalExecutor, PipelineFactory
-from mtcolor_batch.jobs.journal import Journal, Row, journal_path, lock_path
-from mtcolor_batch.jobs.lock import OutputLock
-from mtcolor_batch.scan.discover import ScanFile, discover
+from mtcolor_batch.jobs.journal import Journal, Row, journal_path
+from mtcolor_batch.jobs.lock import RunLock
+from mtcolor_batch.jobs.preflight import check_journal, check_out_folder, check_seed, make_out_folder
+from mtcolor_batch.output.writer import output_path
+from mtcolor_batch.scan.discover import ScanFile, discover_report
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RunRequest:
     dry_run: bool = False
     retry_failed: bool = False
     force: bool = False
+    verify_inputs: bool = False  # rehash every input instead of trusting size + mtime
     argv: list[str] = field(default_factory=list)  # for the "resume with" line
 
 
@@ -67,9 +70,18 @@ def plan_files(
     out_dir: Path,
     force: bool = False,
     retry_failed: bool = False,
+    verify_inputs: bool = False,
 ) -> list[PlannedFile]:
-    """Decide, per file, whether this run does it; hashes are reused when size and mtime match."""
+    """Decide, per file, whether this run does it.
+
+    Fast path: a journal row's input hash is reused when size and mtime (ns) match, so an unchanged
+    archive is re-planned without reading it; ``verify_inputs`` always rehashes (a same-size edit
+    with its mtime restored is then caught). FIFOs, devices and non-images are never hashed:
+    loading fails them with their reason.
+    """
+    from mtcolor_batch.core.regular import not_regular_reason
     from mtcolor_batch.hints.schema import find_sidecar
+    from mtcolor_batch.scan.imageio import looks_like_image
     from mtcolor_batch.stages.pipeline import fingerprint
 
     planned: list[PlannedFile] = []
@@ -78,12 +90,15 @@ def plan_files(
         size, mtime = _stat(item.path)
         sha: str | None
         if (
-            row
+            not verify_inputs
+            and row
             and row.input_sha256
             and size is not None
             and (row.input_size, row.input_mtime) == (size, mtime)
         ):
             sha = row.input_sha256
+        elif not looks_like_image(item.path):
+            sha = None  # not a regular file or not an image: loading says which, as a failed row
         else:
             try:
                 sha = sha256_file(item.path)
@@ -91,7 +106,10 @@ def plan_files(
                 sha = None  # unreadable: loading reports why, as a failed row
         try:
             sidecar = find_sidecar(item.path)
-            sidecar_sha = sha256_file(sidecar) if sidecar else None
+            if sidecar is not None and not_regular_reason(sidecar) is not None:
+                sidecar_sha: str | None = "unreadable"  # never opened; the hints stage says why
+            else:
+                sidecar_sha = sha256_file(sidecar) if sidecar else None
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
         fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?")
@@ -112,6 +130,82 @@ def plan_files(
             action = "pending"
         planned.append(PlannedFile(item, fp, action, sidecar, sha, size, mtime, row.error if row else None))
     return planned
+
+
+def _checked_journal(
+    jpath: Path, files: list[ScanFile], out_dir: Path, suffix: str, req: RunRequest
+) -> Journal:
+    """Open the run's journal once the folder is locked, refusing a lost, empty or damaged one
+    while outputs exist (:func:`mtcolor_batch.jobs.preflight.check_journal`)."""
+    check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
+    return Journal(jpath)
+
+
+def _cap_crashes(planned: list[PlannedFile], journal: Journal, cap: int) -> None:
+    """Count one more crash for each file found ``running``; at ``cap`` crashes it fails for good.
+
+    A file that kills the process (an OOM on one huge scan) would otherwise be retried on every
+    resume, forever. ``--retry-failed`` gives it another ``cap`` tries.
+    """
+    for p in planned:
+        if p.action != "retry-crashed":
+            continue
+        n = journal.note_crash(p.item.relpath)
+        if n >= cap:
+            reason = (
+                f"{p.item.relpath}: crashed the process {n} times (killed, or out of memory?); not retried "
+                "again (jobs.crash_retries in the profile)"
+            )
+            journal.mark_failed(p.item.relpath, reason)
+            p.action, p.previous_error = "failed-before", reason
+
+
+def _avoid_recorded_outputs(
+    planned: list[PlannedFile], journal: Journal, taken: set[tuple[str, str]], out_dir: Path, suffix: str
+) -> list[str]:
+    """Rename (``stem~N``) any file to do whose output the journal records for another file.
+
+    Discovery already makes names unique across the tree; this catches outputs of files that
+    have left the tree (or were named differently before), so no output ever replaces another
+    file's. Deterministic for a given tree and journal; the note goes into the file's provenance.
+    """
+    from dataclasses import replace
+
+    claimed = journal.recorded_outputs()
+    notes: list[str] = []
+
+    def names(rel: str, stem: str) -> list[str]:
+        return [
+            output_path(out_dir, rel, suffix, json_record=j, stem=stem)
+            .relative_to(out_dir)
+            .as_posix()
+            .lower()
+            for j in (False, True)
+        ]
+
+    for p in planned:
+        if not p.todo:
+            continue
+        rel, stem = p.item.relpath, p.item.stem
+        holders = {claimed[n] for n in names(rel, stem) if n in claimed} - {rel}
+        if not holders:
+            continue
+        folder = Path(rel).parent.as_posix()
+        n = 2
+        while (folder, f"{stem}~{n}".lower()) in taken or any(
+            x in claimed for x in names(rel, f"{stem}~{n}")
+        ):
+            n += 1
+        new = f"{stem}~{n}"
+        taken.add((folder, new.lower()))
+        note = (
+            f"output named '{new}' because the journal records '{stem}' as the output of {sorted(holders)[0]}"
+        )
+        if p.item.name_note:
+            note = f"{p.item.name_note}; {note}"
+        p.item = replace(p.item, out_stem=new, name_note=note)
+        notes.append(f"{rel}: {note}")
+    return notes
 
 
 def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, model_note: str) -> None:
@@ -138,7 +232,9 @@ def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, mode
     )
 
 
-def _summary(console: Console, outcomes: list[Outcome], out_dir: Path) -> None:
+def _summary(
+    console: Console, outcomes: list[Outcome], out_dir: Path, warnings: list[str] | None = None
+) -> None:
     counts = {s: sum(o.state == s for o in outcomes) for s in ("done", "skipped", "failed", "pending")}
     console.print(f"Output folder: {escape(str(out_dir))}", highlight=False)
     table = Table(title="Summary")
@@ -156,6 +252,8 @@ def _summary(console: Console, outcomes: list[Outcome], out_dir: Path) -> None:
         for o in failed:
             ft.add_row(escape(o.relpath), escape(o.reason))
         console.print(ft)
+    for warning in warnings or []:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def run_batch(
@@ -170,7 +268,8 @@ def run_batch(
     loading the pipeline with ``pipeline_factory``). UserErrors propagate to the CLI (exit 2).
     """
     from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.stages.pipeline import model_hash, resolve_model
+    from mtcolor_batch.model.registry import find_bundle
+    from mtcolor_batch.stages.pipeline import model_hash
 
     console = console or Console(stderr=True)
     scans = Path(req.scans)
@@ -182,13 +281,22 @@ def run_batch(
         raise UserError(
             "--out must not be the scan folder itself", path=out_dir, hint="use a sub- or sibling folder"
         )
-    files = discover(scans, exclude=[out_dir], shard=req.shard)
+    check_seed(req.profile.seed)
+    check_out_folder(out_dir)
+    found = discover_report(
+        scans, exclude=[out_dir], shard=req.shard, max_sidecar_bytes=req.profile.hints.max_sidecar_bytes
+    )
+    files = found.files
+    for warning in found.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     profile_fp = req.profile.fingerprint()
     jpath = journal_path(out_dir, req.shard)
+    suffix = req.profile.output.suffix
 
     if req.dry_run:
+        check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
         try:
-            bundle_dir = resolve_model(req.model)
+            bundle_dir = find_bundle(req.model)
             model_fp: str | None = model_hash(bundle_dir)
             note = f"Model: {bundle_dir}."
         except UserError as exc:
@@ -203,6 +311,7 @@ def run_batch(
                 out_dir=out_dir,
                 force=req.force,
                 retry_failed=req.retry_failed,
+                verify_inputs=req.verify_inputs,
             )
         finally:
             if journal:
@@ -210,7 +319,7 @@ def run_batch(
         print_plan(console, planned, out_dir, note)
         return EXIT_OK
 
-    bundle_dir = resolve_model(req.model)  # before anything is created
+    bundle_dir = find_bundle(req.model)  # before anything is created
     model_fp = model_hash(bundle_dir)
     if read_manifest(bundle_dir).tiny:
         console.print(
@@ -219,10 +328,10 @@ def run_batch(
     if not files:
         console.print(f"No scans found under {scans} (extensions: jpg jpeg png tif tiff webp bmp).")
         return EXIT_OK
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out_dir)
     with (
-        OutputLock(lock_path(out_dir, req.shard)),
-        Journal(jpath) as journal,
+        RunLock(out_dir, req.shard),
+        _checked_journal(jpath, files, out_dir, suffix, req) as journal,
         StopController(console) as stop,
     ):
         removed = clean_stale_temps(out_dir)
@@ -236,11 +345,25 @@ def run_batch(
             out_dir=out_dir,
             force=req.force,
             retry_failed=req.retry_failed,
+            verify_inputs=req.verify_inputs,
         )
+        _cap_crashes(planned, journal, req.profile.jobs.crash_retries)
+        renamed = _avoid_recorded_outputs(planned, journal, found.taken, out_dir, req.profile.output.suffix)
+        for note in renamed:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
         for p in planned:
+            if p.action == "done" and p.sha256 and p.size is not None:
+                row = journal.get(p.item.relpath)  # e.g. rebuilt from records: size/mtime were unknown
+                if row is not None and (row.input_size, row.input_mtime) != (p.size, p.mtime):
+                    journal.set_input_stat(p.item.relpath, p.size, p.mtime, p.sha256)
             if p.todo:  # new, changed, crashed (`running`), retried or forced: (re)queued as pending
                 journal.upsert_pending(
-                    p.item.relpath, p.fingerprint, size=p.size, mtime=p.mtime, sha256=p.sha256
+                    p.item.relpath,
+                    p.fingerprint,
+                    size=p.size,
+                    mtime=p.mtime,
+                    sha256=p.sha256,
+                    keep_crashes=p.action == "retry-crashed",
                 )
         journal.set_meta("profile", req.profile.model_dump_json())
         journal.set_meta("model", str(bundle_dir))
@@ -250,13 +373,16 @@ def run_batch(
                 outcomes.append(Outcome(p.item.relpath, "skipped", "done earlier with the same fingerprint"))
             elif p.action == "failed-before":
                 outcomes.append(Outcome(p.item.relpath, "failed", f"{p.previous_error} (use --retry-failed)"))
-        todo = [p for p in planned if p.todo]
+        # Files the process died on last time go last: a file that kills the process every time
+        # must not keep the rest of the archive from being reached.
+        todo = [p for p in planned if p.todo and p.action != "retry-crashed"]
+        todo += [p for p in planned if p.todo and p.action == "retry-crashed"]
         interrupted = False
         if todo:  # same planning and journal whoever does the work (this process or Ray)
             ctx = ExecContext(journal, stop, console, outcomes, req.profile, bundle_dir, root, out_dir)
             interrupted = (executor or LocalExecutor(pipeline_factory))(todo, ctx)
         journal_problems = journal.check()
-    _summary(console, outcomes, out_dir)
+    _summary(console, outcomes, out_dir, found.warnings)
     if journal_problems:
         console.print(f"[red]journal check: {'; '.join(journal_problems)}[/red]")
     if interrupted:

@@ -4,7 +4,7 @@ A bundle is the unit of provenance: an output names the bundle and the digest of
 ``verify`` proves the files on disk are the ones that digest describes. Only safetensors weights are
 accepted, because pickle-based formats (.bin/.pt/.ckpt) can run code when loaded.
 
-Layout: ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
+Layout (docs/design.md): ``mtcolor.json`` + ``unet/ vae/ text_encoder/ tokenizer/ controlnet/ scheduler/``
 + ``mtcolor_modules.safetensors`` (+ optional perception folders ``sam/`` and ``detector/``).
 """
 
@@ -161,6 +161,12 @@ def read_manifest(root: Path) -> Bundle:
         )
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(
+            f"bundle manifest is not UTF-8 text (byte {exc.start})",
+            path=mpath,
+            hint="re-pull the bundle or restore mtcolor.json",
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read bundle manifest: {exc}", path=mpath) from exc
     try:
@@ -199,7 +205,12 @@ def verify_problems(bundle: Bundle) -> list[str]:
     on_disk = set(_bundle_files(root))
     for rel in sorted(bundle.files):
         path = root / rel
-        if rel not in on_disk:
+        if rel.lower().endswith(UNSAFE_WEIGHT_SUFFIXES):  # listed or not: the loading rule
+            problems.append(
+                f"{path}: pickle/unsupported weight format refused (safetensors only), even though "
+                f"{MANIFEST_FILE} lists it (re-pull the bundle)"
+            )
+        elif rel not in on_disk:
             problems.append(
                 f"{path}: file listed in {MANIFEST_FILE} is missing (restore it or re-pull the bundle)"
             )
@@ -250,21 +261,10 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
 
 
 # ------------------------------------------------------------------------------------------ pull
-_CONFIG_PATTERNS = ("*.json", "*.txt")
-_VARIANT_NOISE = ["*.non_ema.*", "*.ema.*", "*.bin", "*.ckpt", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx"]
-"""Never downloaded: unused weight copies (SD 1.5 ships a non-EMA UNet) and non-safetensors formats."""
-_WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "controlnet", "sam", "detector")
-
-
 def _commit_of(snapshot: Path, revision: str) -> str:
     """The commit a hub snapshot resolved to (its folder name), else the requested revision."""
     name = Path(snapshot).name
     return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else revision
-
-
-def _patterns(sub: str, weights: str) -> list[str]:
-    prefix = f"{sub}/" if sub else ""
-    return [prefix + p for p in (*_CONFIG_PATTERNS, weights)]
 
 
 def _copy_component(snapshot: Path, sub: str, target: Path, variant: str | None) -> None:
@@ -314,6 +314,14 @@ def pull_bundle(
     ``dest`` and moved into place at the end, so a failed pull never leaves a half bundle behind.
     """
 
+    from mtcolor_batch.model.pull_plan import (
+        WEIGHT_FOLDERS,
+        component_variant,
+        config_problems,
+        download_patterns,
+        fallback_patterns,
+        selected_components,
+    )
     from mtcolor_batch.model.registry import COMPONENTS, default_bundle_dir, hub_cache_dir
 
     say = log or (lambda _msg: None)
@@ -327,26 +335,23 @@ def pull_bundle(
         )
     sources: dict[str, Any] = {}
     with staged_dir(dest, "pulling") as staging:
-        for comp in COMPONENTS:
-            if not perception and comp.key in ("sam", "detector"):
-                continue
+        for comp in selected_components(perception):
             rev = revisions.get(comp.key, comp.revision)
             say(f"pulling {comp.key}: {comp.repo_id}@{rev}")
-            use_variant = variant if comp.key == "base" else None
-            weights = f"*.{use_variant}.safetensors" if use_variant else "*.safetensors"
-            patterns = [p for sub in comp.subfolders for p in _patterns(sub, weights)]
-            snapshot = Path(_download(comp.repo_id, rev, patterns, hub_cache_dir()))
+            use_variant = component_variant(comp, variant)
+            allow, ignore = download_patterns(comp, variant)
+            snapshot = Path(_download(comp.repo_id, rev, allow, ignore, hub_cache_dir()))
             missing = [
                 sub
                 for sub, folder in comp.subfolders.items()
-                if folder in _WEIGHT_FOLDERS and not any((snapshot / sub).glob("*.safetensors"))
+                if folder in WEIGHT_FOLDERS and not any((snapshot / sub).glob("*.safetensors"))
             ]
             if missing and use_variant:
-                fallback = [p for sub in missing for p in _patterns(sub, "*.safetensors")]
-                snapshot = Path(_download(comp.repo_id, rev, fallback, hub_cache_dir()))
+                fallback = fallback_patterns(missing)
+                snapshot = Path(_download(comp.repo_id, rev, fallback, ignore, hub_cache_dir()))
             for sub, folder in comp.subfolders.items():
                 _copy_component(snapshot, sub, staging / folder, use_variant)
-                if folder in _WEIGHT_FOLDERS and not any((staging / folder).glob("*.safetensors")):
+                if folder in WEIGHT_FOLDERS and not any((staging / folder).glob("*.safetensors")):
                     raise ModelError(
                         f"{comp.repo_id}@{rev} has no safetensors weights for '{folder}'",
                         hint="pick a revision that ships .safetensors (pickle weights are refused)",
@@ -356,6 +361,13 @@ def pull_bundle(
                 "revision": rev,
                 "commit": _commit_of(snapshot, rev),
             }
+        problems = config_problems(staging, perception=perception)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ModelError(
+                f"the pulled parts do not fit together: {problems[0]}{more}",
+                hint="check the --revision pins; `mtcolor-batch models pull --dry-run` lists every problem",
+            )
         say("writing zero-initialised MT-Color modules")
         _write_fresh_modules(staging)
         revision = "+".join(f"{k}@{v['commit'][:12]}" for k, v in sources.items())
@@ -363,13 +375,13 @@ def pull_bundle(
     return read_manifest(dest)
 
 
-def _download(repo_id: str, revision: str, patterns: list[str], cache: Path) -> str:
+def _download(repo_id: str, revision: str, allow: list[str], ignore: list[str], cache: Path) -> str:
     try:
         return snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=patterns,
-            ignore_patterns=_VARIANT_NOISE,
+            allow_patterns=allow,
+            ignore_patterns=ignore,
             cache_dir=str(cache),
         )
     except Exception as exc:  # hub errors are many unrelated types (HTTP, offline mode, auth, 404)

@@ -7,8 +7,11 @@ at the working resolution: the luminance lock (``render/chroma.py``) later puts 
 full-resolution lightness under it, so only colour comes from the model. ``colorize_rgb`` hands
 back the decoded RGB itself, which the paper profile writes as is.
 
-The VAE always runs in float32: it is small, and SD's VAE in float16 can overflow at high
-resolution, which would turn a whole canvas black for a saving of a few hundred MB.
+Speed options (:class:`EngineOptions`, one profile key and one ``run`` option each, recorded in
+provenance): the VAE runs in the engine's half dtype on CUDA and is redone in float32 only for a
+decode that overflows (SD's VAE in float16 can, at high resolution, which would turn a canvas
+black); channels-last memory format for the convolutional nets on CUDA; optional ``torch.compile``
+of the ControlNet and of the UNet's plain layers.
 """
 
 from __future__ import annotations
@@ -29,6 +32,103 @@ from mtcolor_batch.model.bundle import Bundle, load_bundle
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler
 
+VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs (not what it computes): each is a profile key and a ``run`` option.
+
+    vae_dtype: ``auto`` = the engine's dtype on CUDA (float16/bfloat16), float32 elsewhere; a half
+        decode that overflows (non-finite output) is redone in float32 (see :class:`PrecisionVAE`).
+    channels_last: NHWC memory format for UNet, ControlNet and VAE on CUDA, where cuDNN's half
+        convolutions are faster in it; ignored on CPU (where it is not faster).
+    compile: ``torch.compile`` the ControlNet and the UNet's plain layers (resnets, feed-forwards);
+        the attention layers stay eager, as MT-Color's per-call data passes through them and would
+        make dynamo recompile every call. Costs a warm-up per new tile shape.
+    compile_backend: torch.compile backend (``inductor``; tests use ``eager``).
+    """
+
+    vae_dtype: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+    @classmethod
+    def from_sampling(cls, sampling: Any) -> EngineOptions:
+        """The options a profile's ``sampling`` section asks for."""
+        return cls(
+            vae_dtype=str(sampling.vae_dtype),
+            channels_last=bool(sampling.channels_last),
+            compile=bool(sampling.compile),
+        )
+
+
+class PrecisionVAE(torch.nn.Module):
+    """The VAE in a half dtype, redone in float32 only for a call whose output overflows.
+
+    It offers what the sampler uses (``config``, ``encode``, ``decode``, parameters for the dtype).
+    The float32 redo upcasts the VAE for that one call and casts it back, so it never holds two
+    copies; ``fallbacks`` counts the redos (reported in the engine's timings).
+    """
+
+    def __init__(self, vae: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.vae: Any = vae.to(dtype)  # a diffusers AutoencoderKL
+        self.half_dtype = dtype
+        self.fallbacks = 0
+
+    @property
+    def config(self) -> Any:
+        return self.vae.config
+
+    def _float32(self, fn: Any, x: torch.Tensor, **kwargs: Any) -> Any:
+        self.fallbacks += 1
+        self.vae.to(torch.float32)
+        try:
+            return fn(x.float(), **kwargs)
+        finally:
+            self.vae.to(self.half_dtype)
+
+    def decode(self, z: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.vae.decode(z.to(self.half_dtype), **kwargs)
+        if bool(torch.isfinite(out.sample).all()):
+            return out
+        return self._float32(self.vae.decode, z, **kwargs)
+
+    def encode(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.vae.encode(x.to(self.half_dtype), **kwargs)
+        if bool(torch.isfinite(out.latent_dist.mean).all()):
+            return out
+        return self._float32(self.vae.encode, x, **kwargs)
+
+
+def resolve_vae_dtype(name: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """``auto`` -> the engine dtype on CUDA, float32 elsewhere; float16 is refused on CPU."""
+    if name not in VAE_DTYPES:
+        raise ModelError(f"unknown VAE dtype '{name}'", hint="use auto, float32, float16 or bfloat16")
+    if name == "auto":
+        return dtype if device.type == "cuda" else torch.float32
+    return resolve_dtype(name, device)
+
+
+def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, backend: str) -> int:
+    """In-place torch.compile of the ControlNet and of the UNet layers MT-Color does not wrap.
+
+    In place (``Module.compile``) so the denoiser's references, hooks and processors stay valid.
+    Returns how many modules were compiled.
+    """
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.resnet import ResnetBlock2D
+
+    controlnet.compile(backend=backend, dynamic=False)
+    count = 1
+    for mod in unet.modules():
+        if isinstance(mod, ResnetBlock2D | FeedForward):
+            mod.compile(backend=backend, dynamic=False)
+            count += 1
+    return count
+
 _STEPPABLE = ("DDIMScheduler",)
 """Schedulers run as shipped; any other is rebuilt as DDIM from its config (see sampler.py)."""
 
@@ -48,7 +148,7 @@ def _load_component(kind: str, folder: Path, dtype: torch.dtype) -> Any:
         raise ModelError(f"cannot load the {kind} component: {exc}", path=folder) from exc
 
 
-def _load_scheduler(folder: Path) -> tuple[type, dict[str, Any], str]:
+def _load_scheduler(folder: Path) -> tuple[Any, dict[str, Any], str]:
     import diffusers
 
     try:
@@ -68,22 +168,35 @@ class MTColorEngine:
         self,
         bundle: Bundle,
         components: dict[str, Any],
-        scheduler: tuple[type, dict[str, Any], str],
+        scheduler: tuple[Any, dict[str, Any], str],
         device: torch.device,
         dtype: torch.dtype,
+        options: EngineOptions | None = None,
     ) -> None:
         from mtcolor_batch.model.denoiser import MTColorDenoiser
 
         self.bundle = bundle
         self.device = device
         self.dtype = dtype
+        self.options = options or EngineOptions()
         self.tokenizer = components["tokenizer"]
         self.text_encoder = components["text_encoder"]
         self.unet = components["unet"]
         self.controlnet = components["controlnet"]
-        self.vae = components["vae"]
+        self.vae_dtype = resolve_vae_dtype(self.options.vae_dtype, device, dtype)
+        vae = components["vae"]
+        self.vae = PrecisionVAE(vae, self.vae_dtype) if self.vae_dtype != torch.float32 else vae.float()
         self.modules = components["modules"]
+        self.channels_last = self.options.channels_last and device.type == "cuda"
+        if self.channels_last:
+            for model in (self.unet, self.controlnet, vae):
+                model.to(memory_format=torch.channels_last)
         self.denoiser = MTColorDenoiser(self.unet, self.controlnet, self.modules).eval()
+        self.compiled_modules = 0
+        if self.options.compile:
+            self.compiled_modules = _compile_plain_layers(
+                self.unet, self.controlnet, self.options.compile_backend
+            )
         sched_cls, sched_config, self.scheduler_name = scheduler
         self.sampler = MTColorSampler(
             denoiser=self.denoiser,
@@ -103,6 +216,7 @@ class MTColorEngine:
         dtype: str | torch.dtype = "auto",
         *,
         verify: bool = True,
+        options: EngineOptions | None = None,
     ) -> MTColorEngine:
         """Verify and load a bundle; raises :class:`ModelError` with the failing file on problems."""
         from mtcolor_batch.model.denoiser import MTColorModules
@@ -114,7 +228,7 @@ class MTColorEngine:
         comps: dict[str, Any] = {}
         for kind in ("tokenizer", "text_encoder", "unet", "controlnet"):
             comps[kind] = _load_component(kind, root / kind, dt)
-        comps["vae"] = _load_component("vae", root / "vae", torch.float32)
+        comps["vae"] = _load_component("vae", root / "vae", torch.float32)  # cast by the engine
         comps["modules"] = MTColorModules.load(root / MODULES_FILE)
         text_dim = int(comps["text_encoder"].config.hidden_size)
         if comps["modules"].guidance.text_dim != text_dim:
@@ -129,7 +243,7 @@ class MTColorEngine:
             comps[kind].to(dev).eval().requires_grad_(False)
         for kind in ("unet", "controlnet", "vae"):
             _use_sdpa(comps[kind])
-        return cls(bundle, comps, _load_scheduler(root / "scheduler"), dev, dt)
+        return cls(bundle, comps, _load_scheduler(root / "scheduler"), dev, dt, options)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -155,6 +269,10 @@ class MTColorEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "scheduler": self.scheduler_name,
             "sources": self.bundle.sources,
+            "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
+            "channels_last": self.channels_last,
+            "compile": self.options.compile,
+            **({"compile_backend": self.options.compile_backend} if self.options.compile else {}),
         }
 
     # ---------------------------------------------------------------------------------- text
@@ -180,11 +298,14 @@ class MTColorEngine:
         """
         t0 = time.perf_counter()
         calls0 = self.unet_calls
+        fallbacks0 = getattr(self.vae, "fallbacks", 0)
         rgb = self.sampler.sample(luma_w, instances_w, plan)
         self.last_timings = {
             "sample_s": time.perf_counter() - t0,
             "unet_calls": float(self.unet_calls - calls0),
         }
+        if isinstance(self.vae, PrecisionVAE):
+            self.last_timings["vae_float32_fallbacks"] = float(self.vae.fallbacks - fallbacks0)
         return rgb
 
     @torch.no_grad()
@@ -200,7 +321,7 @@ def rgb_to_ab(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))
 
 
-def _use_sdpa(model: torch.nn.Module) -> None:
+def _use_sdpa(model: Any) -> None:
     """PyTorch scaled-dot-product attention on every layer not already customised.
 
     The MT-Color processors wrap whatever processor a layer has, so this runs before the denoiser is
@@ -210,32 +331,3 @@ def _use_sdpa(model: torch.nn.Module) -> None:
 
     if hasattr(model, "set_attn_processor") and getattr(model, "attn_processors", None):
         model.set_attn_processor(AttnProcessor2_0())
-
-
-_DEFAULT_ENGINE: dict[str, MTColorEngine] = {}
-
-
-def colorize(
-    luma: np.ndarray,
-    instances: Sequence[Instance],
-    prompt: str | None,
-    plan: Plan,
-    *,
-    engine: MTColorEngine | None = None,
-    bundle_dir: Path | str | None = None,
-) -> np.ndarray:
-    """The batch runner's entry point: chroma (2, H, W) for one working-resolution luma.
-
-    ``prompt`` (the sidecar's global text) overrides ``plan.prompt`` when given. Without ``engine``
-    the bundle at ``bundle_dir`` (default: the cached default bundle) is loaded once and reused.
-    """
-    if engine is None:
-        from mtcolor_batch.model.registry import default_bundle_dir
-
-        key = str(Path(bundle_dir) if bundle_dir else default_bundle_dir())
-        if key not in _DEFAULT_ENGINE:
-            _DEFAULT_ENGINE[key] = MTColorEngine.load(key)
-        engine = _DEFAULT_ENGINE[key]
-    if prompt:
-        plan = dataclasses.replace(plan, prompt=prompt)
-    return engine.colorize(luma, instances, plan)

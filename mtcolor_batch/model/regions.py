@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LATENT_SCALE = 8
-"""Pixels per latent cell of the Stable Diffusion VAE."""
+from mtcolor_batch.core.types import LATENT_FACTOR
 
 
 def label_map(masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -118,7 +117,7 @@ class RegionBatch:
             raise ValueError(f"texts must be ({n}, D_text), got {tuple(texts.shape)}")
         if slots < n:
             raise ValueError(f"{n} instances do not fit in {slots} slots")
-        size = (LATENT_SCALE * h, LATENT_SCALE * w)
+        size = (LATENT_FACTOR * h, LATENT_FACTOR * w)
         device = texts.device
         inst_masks = torch.zeros(1, slots, *size, device=device)
         if n:
@@ -174,7 +173,7 @@ class RegionBatch:
     def crop(self, box: tuple[int, int, int, int], present: Sequence[int] | None = None) -> RegionBatch:
         """The part inside latent box (x0, y0, x1, y1); only slots in ``present`` (0-based) stay valid."""
         x0, y0, x1, y1 = box
-        s = LATENT_SCALE
+        s = LATENT_FACTOR
         valid = self.inst_valid
         if present is not None:
             keep = torch.zeros_like(valid)
@@ -202,7 +201,7 @@ class RegionBatch:
         h, w = latent_size
         want = {
             "label_map": (b, h, w),
-            "inst_masks": (b, n, LATENT_SCALE * h, LATENT_SCALE * w),
+            "inst_masks": (b, n, LATENT_FACTOR * h, LATENT_FACTOR * w),
             "inst_valid": (b, n),
         }
         for name, shape in want.items():

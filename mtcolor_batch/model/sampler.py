@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtcolor_batch.core.types import Box, Instance, Plan
-from mtcolor_batch.model.regions import LATENT_SCALE, RegionBatch, one_hot
+from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
+from mtcolor_batch.model.regions import RegionBatch, one_hot
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
 
@@ -120,7 +120,7 @@ DenoiseFn = Callable[..., torch.Tensor]
 
 
 def _ceil8(v: int) -> int:
-    return max(LATENT_SCALE, -(-v // LATENT_SCALE) * LATENT_SCALE)
+    return max(LATENT_FACTOR, -(-v // LATENT_FACTOR) * LATENT_FACTOR)
 
 
 def resize_plane(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -143,10 +143,10 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     and overlap (e.g. when padding to a multiple of 8 grew the canvas).
     """
     if height <= plan.tile_size and width <= plan.tile_size:
-        return [(0, 0, width // LATENT_SCALE, height // LATENT_SCALE)]
+        return [(0, 0, width // LATENT_FACTOR, height // LATENT_FACTOR)]
     tiles = [tuple(int(v) for v in b) for b in plan.tiles]
     ok = len(tiles) > 1 and all(
-        all(v % LATENT_SCALE == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
+        all(v % LATENT_FACTOR == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
         for b in tiles
     )
     if ok:
@@ -155,9 +155,9 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
             cover[y0:y1, x0:x1] = True
         ok = bool(cover.all())
     if not ok:
-        overlap = min(plan.tile_overlap, plan.tile_size - LATENT_SCALE)
-        tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_SCALE)
-    return scale_boxes(tiles, LATENT_SCALE)  # type: ignore[arg-type]
+        overlap = min(plan.tile_overlap, plan.tile_size - LATENT_FACTOR)
+        tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_FACTOR)
+    return scale_boxes(tiles, LATENT_FACTOR)  # type: ignore[arg-type]
 
 
 def build_canvas(
@@ -179,7 +179,7 @@ def build_canvas(
     msk = np.zeros((n, hp, wp), dtype=np.float32)
     msk[:, :h, :w] = masks
     control = torch.from_numpy(lum)[None, None].expand(1, 3, hp, wp).contiguous()
-    lh, lw = hp // LATENT_SCALE, wp // LATENT_SCALE
+    lh, lw = hp // LATENT_FACTOR, wp // LATENT_FACTOR
     regions = RegionBatch.from_masks(torch.from_numpy(msk), inst_text.float().cpu(), (lh, lw))
     fusion = one_hot(regions.label_map[0], n)
     boxes = boxes_fn(hp, wp)
@@ -282,7 +282,7 @@ class MTColorSampler:
         for e in entries:
             x0, y0, x1, y1 = canvas.boxes[e.tile]
             by_shape.setdefault((y1 - y0, x1 - x0), []).append(e)
-        s = LATENT_SCALE
+        s = LATENT_FACTOR
         for group in by_shape.values():
             for start in range(0, len(group), max(1, plan.max_batch)):
                 chunk = group[start : start + max(1, plan.max_batch)]
@@ -427,7 +427,7 @@ class MTColorSampler:
             return canvas_tiles(plan, hp, wp)
 
         def one_box(hp: int, wp: int) -> list[Box]:
-            return [(0, 0, wp // LATENT_SCALE, hp // LATENT_SCALE)]
+            return [(0, 0, wp // LATENT_FACTOR, hp // LATENT_FACTOR)]
 
         full = build_canvas(luma, masks, texts.inst_pooled, tiled_boxes, self.device, self.dtype)
         if len(full.boxes) == 1:

@@ -18,8 +18,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 from mtcolor_batch import __version__
 from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import path_text
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Plan, Scan
+from mtcolor_batch.output.mask_rle import encode_mask
 from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
@@ -90,7 +92,10 @@ def embedded_meta(
 
 
 def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, Any]:
-    """One instance as provenance lists it (box/area at scan resolution)."""
+    """One instance as provenance lists it (box/area at scan resolution, mask as COCO RLE).
+
+    The mask lets eval crop the instance exactly (the paper's CLIP score) long after the run.
+    """
     rec: dict[str, Any] = {
         "id": inst.id,
         "label": inst.label,
@@ -99,6 +104,7 @@ def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, A
         "box": list(inst.box),
         "area": inst.area,
         "score": round(float(inst.score), 4),
+        "mask_rle": encode_mask(inst.mask),
         "hint_color": None,
     }
     if inst.color is not None:
@@ -129,7 +135,7 @@ def build_record(
     warnings: list[str],
     out_dir: Path,
 ) -> dict[str, Any]:
-    """The JSON provenance record (every field DESIGN.md names)."""
+    """The JSON provenance record (every field docs/design.md names)."""
     plan_dict = asdict(plan)
     plan_dict["tiles"] = [list(t) for t in plan.tiles]
     return {
@@ -160,10 +166,10 @@ def build_record(
             "instances": [i["text"] for i in instances],
         },
         "instances": instances,
-        "sidecar": {"path": str(sidecar_path.name) if sidecar_path else None, "sha256": sidecar_sha256},
+        "sidecar": {"path": path_text(sidecar_path.name) if sidecar_path else None, "sha256": sidecar_sha256},
         "input": {
             "relpath": scan.relpath,
-            "path": str(scan.source),  # path: eval/report find the scan
+            "path": path_text(scan.source),  # path: eval/report find the scan
             "sha256": scan.sha256,
             "format": scan.format,
             "mode": scan.mode,

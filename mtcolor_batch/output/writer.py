@@ -118,7 +118,7 @@ def _write_png16(fh: BinaryIO, arr: np.ndarray, meta: EmbeddedMeta, exif: bytes)
     fh.write(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     fh.write(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp))
     fh.write(_png_chunk(b"tEXt", b"Software\x00" + _ascii(meta.software).encode()))
-    fh.write(_png_chunk(b"IDAT", zlib.compress(raw, 6)))
+    fh.write(_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
     fh.write(_png_chunk(b"IEND", b""))
 
 

@@ -70,8 +70,6 @@ def perceive(
         require_ram()  # asked for by name: its absence is an error even when nothing else would run
     if perception is None:
         return []
-    if perception.segmenter is not None:
-        perception.segmenter.long_side = settings.size  # shared with sidecar prompts: one embedding
     if not settings.auto_instances or settings.max_instances == 0 or not perception.can_auto_segment:
         return []
     assert perception.detector is not None and perception.segmenter is not None
@@ -86,7 +84,7 @@ def perceive(
         max_detections=max(16, 4 * settings.max_instances),
     )
     boxes = detections_to_scan_boxes(detections, image.size, scan.size)
-    masks = perception.segmenter.segment_boxes_scored(scan.luma, boxes)
+    masks = perception.segmenter.segment_boxes_scored(scan.luma, boxes, long_side=settings.size)
     instances: list[Instance] = []
     for det, box, (mask, _sam_score) in zip(detections, boxes, masks, strict=True):
         if mask.any():

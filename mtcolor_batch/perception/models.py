@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from mtcolor_batch.core.device import resolve_device
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.perception.segmenter import Segmenter
 
@@ -20,24 +22,12 @@ DETECTOR_DIR = "detector"
 RAM_DIR = "ram"
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ModelError(f"unknown device '{device}'", hint="use auto, cpu, cuda or cuda:N") from exc
-
-
 @dataclass
 class Detector:
     """An open-vocabulary detector (OWLv2) and its processor, on one device."""
 
     model: torch.nn.Module
-    processor: object
+    processor: Any
     device: torch.device
 
 
@@ -62,14 +52,32 @@ def _has_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def sam_processor(folder: Path) -> object:
+    """SAM's processor from ``sam/`` (PIL backend), as the hub ships it or as transformers saves it."""
+    from transformers import SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    return SamProcessor(image_processor=SamImageProcessorPil.from_pretrained(folder))
+
+
+def detector_processor(folder: Path) -> object:
+    """OWLv2's processor from ``detector/``: PIL image processor + the folder's CLIP tokenizer."""
+    from transformers import CLIPTokenizer, Owlv2Processor
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    return Owlv2Processor(
+        image_processor=Owlv2ImageProcessorPil.from_pretrained(folder),
+        tokenizer=CLIPTokenizer.from_pretrained(folder),
+    )
+
+
 def load_sam(folder: Path, device: torch.device, *, long_side: int = 1024) -> Segmenter:
     """``sam/`` -> :class:`Segmenter` (weights through safetensors only)."""
-    from transformers import SamModel, SamProcessor
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+    from transformers import SamModel
 
     try:
         model = SamModel.from_pretrained(folder, use_safetensors=True)
-        processor = SamProcessor(image_processor=SamImageProcessorPil.from_pretrained(folder))
+        processor = sam_processor(folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load SAM: {exc}", path=folder) from exc
     return Segmenter(model, processor, device, long_side=long_side)
@@ -77,15 +85,11 @@ def load_sam(folder: Path, device: torch.device, *, long_side: int = 1024) -> Se
 
 def load_detector(folder: Path, device: torch.device) -> Detector:
     """``detector/`` -> :class:`Detector` (OWLv2, safetensors, CLIP tokenizer from the folder)."""
-    from transformers import CLIPTokenizer, Owlv2ForObjectDetection, Owlv2Processor
-    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+    from transformers import Owlv2ForObjectDetection
 
     try:
         model = Owlv2ForObjectDetection.from_pretrained(folder, use_safetensors=True)
-        processor = Owlv2Processor(
-            image_processor=Owlv2ImageProcessorPil.from_pretrained(folder),
-            tokenizer=CLIPTokenizer.from_pretrained(folder),
-        )
+        processor = detector_processor(folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the detector: {exc}", path=folder) from exc
     return Detector(model=model.to(device).eval(), processor=processor, device=device)

@@ -17,6 +17,7 @@ import hashlib
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,15 @@ BOX_CHUNK = 16
 """Boxes decoded per mask-decoder call: bounds memory on scans with many detections."""
 
 
+def _hw(size: Any) -> tuple[int, int]:
+    h, w = (int(v) for v in size)
+    return h, w
+
+
 @dataclass
 class _Embedded:
     key: str
-    source: weakref.ref  # the luma array it came from: the same object skips re-hashing
+    source: weakref.ref[np.ndarray]  # the luma array it came from: the same object skips re-hashing
     long_side: int
     image_size: tuple[int, int]  # (w, h) of the RGB image given to the processor
     embeddings: torch.Tensor
@@ -84,13 +90,13 @@ class Segmenter:
     def __init__(
         self,
         model: torch.nn.Module,
-        processor: object,
+        processor: Any,
         device: torch.device,
         *,
         long_side: int = 1024,
         box_margin: float = 0.1,
     ) -> None:
-        self.model = model.to(device).eval()
+        self.model: Any = model.to(device).eval()
         self.processor = processor
         self.device = device
         self.long_side = long_side
@@ -99,12 +105,17 @@ class Segmenter:
         self._cached: _Embedded | None = None
 
     # -- embedding -------------------------------------------------------------------------
-    def _embed(self, luma: np.ndarray) -> tuple[_Embedded, tuple[int, int]]:
-        """Embedding for ``luma`` (cached) and the (w, h) of the image SAM was given."""
+    def _embed(self, luma: np.ndarray, long_side: int | None = None) -> tuple[_Embedded, tuple[int, int]]:
+        """Embedding for ``luma`` (cached) and the (w, h) of the image SAM was given.
+
+        ``long_side`` (default: the one loaded with) is per call, so callers sharing this model never
+        change each other's embedding size.
+        """
+        side = long_side or self.long_side
         cached = self._cached
-        if cached is not None and cached.source() is luma and cached.long_side == self.long_side:
+        if cached is not None and cached.source() is luma and cached.long_side == side:
             return cached, cached.image_size  # same array object: skip converting a huge scan again
-        image = luma_to_rgb_image(luma, self.long_side)
+        image = luma_to_rgb_image(luma, side)
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + f"{image.size}"
         if cached is not None and cached.key == key:
             cached.source = weakref.ref(luma)
@@ -117,11 +128,11 @@ class Segmenter:
         self._cached = _Embedded(
             key=key,
             source=weakref.ref(luma),
-            long_side=self.long_side,
+            long_side=side,
             image_size=image.size,
             embeddings=embeddings,
-            original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
-            reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
+            original_size=_hw(inputs["original_sizes"][0]),
+            reshaped_size=_hw(inputs["reshaped_input_sizes"][0]),
         )
         return self._cached, image.size
 
@@ -142,8 +153,12 @@ class Segmenter:
         return masks.numpy().astype(bool)
 
     # -- prompts ---------------------------------------------------------------------------
+    def at(self, long_side: int) -> SegmenterAt:
+        """This model's prompts at one embedding size (what ``perceive`` used), for the hints stage."""
+        return SegmenterAt(self, long_side)
+
     def segment_boxes_scored(
-        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True
+        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True, long_side: int | None = None
     ) -> list[tuple[np.ndarray, float]]:
         """One (mask, SAM IoU score) per box; masks are bool at ``luma``'s shape.
 
@@ -154,7 +169,7 @@ class Segmenter:
         if not boxes:
             return []
         full_h, full_w = luma.shape
-        emb, (iw, ih) = self._embed(luma)
+        emb, (iw, ih) = self._embed(luma, long_side)
         sx, sy = iw / full_w, ih / full_h
         results: list[tuple[np.ndarray, float]] = []
         for start in range(0, len(boxes), BOX_CHUNK):
@@ -176,15 +191,19 @@ class Segmenter:
                 results.append((mask, float(scores[i])))
         return results
 
-    def segment_boxes(self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True) -> list[np.ndarray]:
+    def segment_boxes(
+        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True, long_side: int | None = None
+    ) -> list[np.ndarray]:
         """Masks only; see :meth:`segment_boxes_scored`."""
-        return [mask for mask, _ in self.segment_boxes_scored(luma, boxes, clip=clip)]
+        return [mask for mask, _ in self.segment_boxes_scored(luma, boxes, clip=clip, long_side=long_side)]
 
     def segment_points(
         self,
         luma: np.ndarray,
         points: Sequence[tuple[float, float]],
         labels: Sequence[int] | None = None,
+        *,
+        long_side: int | None = None,
     ) -> tuple[np.ndarray, float]:
         """All clicks describe ONE thing -> (bool mask at ``luma``'s shape, SAM IoU score).
 
@@ -198,7 +217,7 @@ class Segmenter:
         if len(labels) != len(points):
             raise ValueError("one label per point")
         full_h, full_w = luma.shape
-        emb, (iw, ih) = self._embed(luma)
+        emb, (iw, ih) = self._embed(luma, long_side)
         sx, sy = iw / full_w, ih / full_h
         coords = torch.tensor([[[[x * sx, y * sy] for x, y in points]]], dtype=torch.float32)
         coords = self._scale_to_model(coords, emb)
@@ -224,3 +243,23 @@ class Segmenter:
     def _normalize_boxes(self, boxes: list[list[float]], emb: _Embedded) -> torch.Tensor:
         coords = torch.tensor(boxes, dtype=torch.float32).reshape(1, -1, 2, 2)
         return self._scale_to_model(coords, emb).reshape(1, -1, 4)
+
+
+@dataclass(frozen=True)
+class SegmenterAt:
+    """A :class:`Segmenter`'s prompts at one embedding size: per-call data, not a changed setting.
+
+    ``perceive`` embeds a scan at ``perception.size``; the hints stage prompts the same model
+    through this view so sidecar boxes and points reuse that one embedding.
+    """
+
+    segmenter: Segmenter
+    long_side: int
+
+    def segment_boxes(self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True) -> list[np.ndarray]:
+        return self.segmenter.segment_boxes(luma, boxes, clip=clip, long_side=self.long_side)
+
+    def segment_points(
+        self, luma: np.ndarray, points: Sequence[tuple[float, float]], labels: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, float]:
+        return self.segmenter.segment_points(luma, points, labels, long_side=self.long_side)

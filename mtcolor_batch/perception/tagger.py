@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ def detect(
         idx = np.flatnonzero(valid & (labels == label))
         for k in nms(boxes[idx], scores[idx], NMS_IOU):
             i = idx[k]
-            found.append(Detection(queries[int(label)], tuple(float(v) for v in boxes[i]), float(scores[i])))
+            x0, y0, x1, y1 = (float(v) for v in boxes[i])
+            found.append(Detection(queries[int(label)], (x0, y0, x1, y1), float(scores[i])))
     found.sort(key=lambda d: (-d.score, d.label, d.box))
     return found[:max_detections]
 
@@ -163,7 +165,7 @@ def ram_available() -> bool:
     return True
 
 
-def require_ram() -> object:
+def require_ram() -> Any:
     """Import ``ram`` or fail with the one line that says how to get it."""
     try:
         import ram  # type: ignore[import-not-found]

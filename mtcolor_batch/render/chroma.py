@@ -168,7 +168,7 @@ def _lab_to_linear(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) 
 
 
 def _in_gamut(rgb: np.ndarray) -> np.ndarray:
-    return ((rgb >= 0.0) & (rgb <= 1.0)).all(axis=-1)
+    return np.asarray(((rgb >= 0.0) & (rgb <= 1.0)).all(axis=-1))
 
 
 def _fits(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

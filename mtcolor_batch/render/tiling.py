@@ -250,7 +250,7 @@ class TileBlender:
         if len(self.boxes) == 1 and tuple(tiles[0].shape[-2:]) == (self.height, self.width):
             return tiles[0]
         first = tiles[0]
-        lead = tuple(first.shape[:-2])
+        lead: tuple[int, ...] = tuple(first.shape[:-2])
         if isinstance(first, torch.Tensor):
             acc_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
             out = torch.zeros(*lead, self.height, self.width, device=first.device, dtype=acc_dtype)

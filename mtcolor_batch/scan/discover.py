@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.errors import UserError, path_text
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 SIDECAR_EXTENSIONS = (".yaml", ".yml")
@@ -29,6 +27,7 @@ class ScanFile:
     path: Path
     relpath: str
     out_stem: str = ""  # output file stem; set by discover() so photo.jpg and photo.tif never collide
+    name_note: str = ""  # why the output stem differs from the scan's own (recorded in provenance)
 
     @property
     def stem(self) -> str:
@@ -55,15 +54,19 @@ def shard_of(relpath: str, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n + 1
 
 
-def _mask_refs(sidecar: Path) -> set[Path]:
-    """Mask files a sidecar points at, so the walk does not treat them as scans.
+def _mask_refs(sidecar: Path, max_bytes: int) -> set[Path]:
+    """Mask files a sidecar points at, so the walk can tell masks from scans.
 
-    Parsing errors are ignored here on purpose: the hints stage reports them with file:line for the
-    scan the sidecar belongs to; discovery must not fail the whole run over one bad sidecar.
+    Read with the sidecar parser's own guarded loader (size cap before reading, regular files only,
+    no aliases, bounded nesting), so a hostile sidecar costs discovery nothing. Its problems are
+    ignored here on purpose: the hints stage reports them with file:line for the scan the sidecar
+    belongs to; discovery must not fail the whole run over one bad sidecar.
     """
+    from mtcolor_batch.hints.schema import read_yaml
+
     try:
-        data = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = read_yaml(sidecar, max_bytes=max_bytes)
+    except UserError:
         return set()
     refs: set[Path] = set()
     if isinstance(data, dict) and isinstance(data.get("instances"), list):
@@ -83,35 +86,79 @@ def _is_mask_name(name: str) -> bool:
     return stem.endswith(MASK_SUFFIXES)
 
 
-def discover(
-    root: Path, *, exclude: list[Path] | None = None, shard: tuple[int, int] | None = None
-) -> list[ScanFile]:
-    """All scans under ``root`` (or ``root`` itself if it is a file), sorted by relative path.
+OUTPUT_FOLDER_MARK = ".mtcolor"
+"""A folder holding this is an mtcolor-batch output folder: never scanned as originals."""
+MASK_FOLDER_SUFFIXES = ("mask", "masks")
+DEFAULT_MAX_SIDECAR_BYTES = 256 * 1024
 
-    ``exclude`` holds folders never entered (the output folder). Directory symlinks are followed
-    once: a folder already seen by (device, inode) is skipped, which breaks loops and duplicates.
+
+@dataclass
+class Discovery:
+    """The scans found, plus what the walk could not see or chose to skip (for the run summary)."""
+
+    files: list[ScanFile]
+    warnings: list[str] = field(default_factory=list)
+    taken: set[tuple[str, str]] = field(default_factory=set)  # (folder, stem lowercased), whole tree
+
+
+def discover(
+    root: Path,
+    *,
+    exclude: list[Path] | None = None,
+    shard: tuple[int, int] | None = None,
+    max_sidecar_bytes: int = DEFAULT_MAX_SIDECAR_BYTES,
+) -> list[ScanFile]:
+    """All scans under ``root`` (or ``root`` itself if it is a file), sorted by relative path."""
+    return discover_report(root, exclude=exclude, shard=shard, max_sidecar_bytes=max_sidecar_bytes).files
+
+
+def discover_report(
+    root: Path,
+    *,
+    exclude: list[Path] | None = None,
+    shard: tuple[int, int] | None = None,
+    max_sidecar_bytes: int = DEFAULT_MAX_SIDECAR_BYTES,
+) -> Discovery:
+    """:func:`discover` plus warnings: unreadable folders, skipped output folders, masks kept as scans.
+
+    ``exclude`` holds folders never entered (the output folder); so is any folder holding
+    ``.mtcolor/`` (an earlier run's outputs). Directory symlinks are followed once: a folder
+    already seen by (device, inode) is skipped, which breaks loops and duplicates. Entries named
+    like images are kept whatever they are (FIFO, socket, link to a device): loading refuses them
+    unopened, so they end as failed rows with their reason instead of vanishing.
     """
     root = Path(root)
     if not root.exists():
         raise UserError("scan folder not found", path=root)
-    if root.is_file():
+    if root.is_file() or (root.suffix.lower() in IMAGE_EXTENSIONS and not root.is_dir()):
         if root.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UserError("not a supported image file", path=root, hint=", ".join(sorted(IMAGE_EXTENSIONS)))
-        return [ScanFile(root, root.name)]
+        return Discovery([ScanFile(root, path_text(root.name))])
     excluded = {_real(p) for p in (exclude or [])}
     seen_dirs: set[tuple[int, int]] = set()
     candidates: list[tuple[Path, str]] = []
-    masks: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    masks: dict[Path, Path] = {}  # mask file -> first sidecar naming it
+    unreadable: list[str] = []
+    output_folders: list[str] = []
+
+    def _unreadable(exc: OSError) -> None:
+        unreadable.append(path_text(exc.filename or "?"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_unreadable):
         here = Path(dirpath)
         try:
             st = here.stat()
         except OSError:
             dirnames[:] = []
+            unreadable.append(path_text(here))
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs or _real(here) in excluded:
             dirnames[:] = []
+            continue
+        if here != root and OUTPUT_FOLDER_MARK in dirnames:
+            dirnames[:] = []
+            output_folders.append(path_text(here.relative_to(root).as_posix()))
             continue
         seen_dirs.add(key)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -121,36 +168,108 @@ def discover(
             path = here / name
             suffix = path.suffix.lower()
             if suffix in SIDECAR_EXTENSIONS:
-                masks |= _mask_refs(path)
+                for ref in _mask_refs(path, max_sidecar_bytes):
+                    masks.setdefault(ref, path)
             elif suffix in IMAGE_EXTENSIONS and not _is_mask_name(name):
                 candidates.append((path, path.relative_to(root).as_posix()))
+    warnings: list[str] = []
+    if unreadable:
+        warnings.append(
+            f"{len(unreadable)} folder(s) could not be read and were skipped: {', '.join(sorted(unreadable))}"
+        )
+    if output_folders:
+        warnings.append(
+            f"{len(output_folders)} earlier output folder(s) inside the tree (they hold .mtcolor/) were not "
+            f"scanned: {', '.join(sorted(output_folders))}"
+        )
     files: list[ScanFile] = []
-    for path, rel in candidates:
-        if _real(path) in masks:  # a dangling or looping link is kept: loading reports it as failed
+    by_key: dict[str, Path] = {}
+    for path, rel in sorted(candidates, key=lambda c: os.fsencode(c[1])):
+        sidecar = masks.get(_real(path))
+        name_key = path_text(rel)
+        if sidecar is not None:
+            if _mask_only(path):
+                continue
+            by = path_text(sidecar.relative_to(root).as_posix())
+            warnings.append(
+                f"{name_key}: named as a mask by {by} and colorized as a scan too (rename it <name>_mask.png "
+                "or move it into a masks/ folder to make it a mask only)"
+            )
+        if name_key in by_key:  # only a non-UTF-8 name can escape to another file's name
+            other = path_text(by_key[name_key])
+            warnings.append(f"{path_text(path)}: skipped: its name reads the same as {other}")
             continue
-        files.append(ScanFile(path, rel))
+        by_key[name_key] = path
+        files.append(ScanFile(path, name_key))
     files.sort(key=lambda f: f.relpath)
     files = _disambiguate(files)
+    taken = {(Path(f.relpath).parent.as_posix(), f.stem.lower()) for f in files}
     if shard is not None:
         files = [f for f in files if shard_of(f.relpath, shard[1]) == shard[0]]
-    return files
+    return Discovery(files, warnings, taken)
+
+
+def _mask_only(path: Path) -> bool:
+    """The mask-naming rule for a file some sidecar names under ``mask:``.
+
+    It is a mask and not a scan when its folder's name ends in ``mask``/``masks`` (``masks/``,
+    ``photo_masks/``) or when it holds at most two tones (a painted black-and-white mask; no scan
+    worth colorizing is bilevel). Otherwise it stays a scan and the caller warns. Names ending
+    ``_mask``/``.mask`` never reach here: they are never scans.
+    """
+    if path.parent.name.lower().endswith(MASK_FOLDER_SUFFIXES):
+        return True
+    import warnings as _warnings
+
+    from PIL import Image
+
+    from mtcolor_batch.core.regular import open_regular
+
+    try:
+        with open_regular(path) as fh, _warnings.catch_warnings():
+            _warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fh) as img:
+                return img.mode == "1" or img.getcolors(maxcolors=2) is not None
+    except Exception:  # unreadable, too large or not an image: loading reports it as a scan
+        return False
 
 
 def _disambiguate(files: list[ScanFile]) -> list[ScanFile]:
-    """Give ``photo.jpg`` and ``photo.tif`` in one folder distinct output stems (``photo_jpg``...).
+    """Give every scan an output stem no other scan of the tree shares (case-insensitively).
 
-    Without this both would write ``photo.color.json``. Decided over the whole tree (not the shard),
-    so every shard of a job array names outputs the same way.
+    ``photo.jpg`` + ``photo.tif`` in one folder become ``photo_jpg`` / ``photo_tif``; anything still
+    clashing after that (``photo.JPG`` + ``photo.jpg``; ``a.png`` + ``a.jpg`` + ``a_png.png``) gets
+    ``~2``, ``~3`` in relative-path order, and the renamed file carries a note saying why (it goes
+    into its provenance record). Decided over the whole tree (not the shard), so every shard of a
+    job array names outputs the same way; case-insensitive because archives travel on such disks.
     """
     groups: dict[tuple[str, str], int] = {}
     for f in files:
         rel = Path(f.relpath)
         key = (rel.parent.as_posix(), rel.stem.lower())
         groups[key] = groups.get(key, 0) + 1
-    out = []
+    wanted: list[str] = []
     for f in files:
         rel = Path(f.relpath)
-        if groups[(rel.parent.as_posix(), rel.stem.lower())] > 1:
-            f = ScanFile(f.path, f.relpath, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}")
-        out.append(f)
+        clash = groups[(rel.parent.as_posix(), rel.stem.lower())] > 1
+        wanted.append(f"{rel.stem}_{rel.suffix.lstrip('.').lower()}" if clash else rel.stem)
+    taken: dict[tuple[str, str], str] = {}  # (folder, stem lowercased) -> relpath that holds it
+    for f, stem in zip(files, wanted, strict=True):
+        taken.setdefault((Path(f.relpath).parent.as_posix(), stem.lower()), f.relpath)
+    out = []
+    for f, stem in zip(files, wanted, strict=True):
+        folder = Path(f.relpath).parent.as_posix()
+        note = ""
+        if taken[(folder, stem.lower())] != f.relpath:
+            n = 2
+            while (folder, f"{stem}~{n}".lower()) in taken:
+                n += 1
+            holder = taken[(folder, stem.lower())]
+            note = (
+                f"output named '{stem}~{n}' because '{Path(holder).name}' already takes '{stem}' "
+                "in this folder"
+            )
+            stem = f"{stem}~{n}"
+            taken[(folder, stem.lower())] = f.relpath
+        out.append(ScanFile(f.path, f.relpath, stem if stem != Path(f.relpath).stem else "", note))
     return out

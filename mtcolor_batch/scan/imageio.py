@@ -4,7 +4,8 @@ Archives hold 8- and 16-bit gray scans, RGB files that are really gray or sepia,
 images, CMYK from print workflows, ICC-tagged files, rotated camera scans and multi-page TIFFs.
 Colorization only needs the luminance, so everything is reduced to a float32 luminance in [0, 1]
 that keeps 16-bit precision, plus the metadata the output must carry forward. The file is opened
-read-only ('rb') exactly once: its bytes are hashed and decoded from memory.
+read-only ('rb') exactly once, and only if it is a regular file whose header is an image within the
+size limit: then its bytes are hashed and decoded from memory.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import hashlib
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from mtcolor_batch.core.color import srgb_decode, srgb_encode
 from mtcolor_batch.core.config import ScanSettings
-from mtcolor_batch.core.errors import ScanError
+from mtcolor_batch.core.errors import ScanError, path_text
+from mtcolor_batch.core.regular import NotRegularFileError, open_regular
 from mtcolor_batch.core.types import Scan
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -113,24 +116,69 @@ def _exif_bytes(img: Image.Image) -> bytes | None:
     return exif.tobytes()
 
 
+def _sniff(fh: BinaryIO, path: Path, limit: int, max_megapixels: float) -> None:
+    """Refuse a non-image or an over-limit image from its header alone, before the file is read.
+
+    Why: a 2 GB file named ``.tif`` that is not an image, or a small file declaring a gigapixel
+    canvas, must fail in milliseconds, not after being read (and hashed) whole. Pillow's own format
+    detection reads only the header here; decoding waits until the bytes are in memory.
+    """
+    first = fh.read(1)
+    if not first:
+        raise ScanError("empty file (0 bytes)", path=path)
+    fh.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fh) as img:
+                w, h = img.size
+        except Image.DecompressionBombError as exc:
+            raise ScanError(
+                f"image too large (over the {max_megapixels:g} MP limit)",
+                path=path,
+                hint="raise scan.max_megapixels in the profile if the file is trusted",
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise ScanError("not an image (unrecognised format)", path=path) from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ScanError(f"corrupt or truncated image: {exc}", path=path) from exc
+    if w * h > limit:
+        raise ScanError(
+            f"image too large ({w}x{h} px, over the {max_megapixels:g} MP limit)",
+            path=path,
+            hint="raise scan.max_megapixels in the profile if the file is trusted",
+        )
+
+
+def looks_like_image(path: Path) -> bool:
+    """A regular file whose header Pillow recognises (nothing past the header is read)."""
+    try:
+        with open_regular(path) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh):
+                return True
+    except Exception:  # any failure means "not something to hash": loading gives the reason
+        return False
+
+
 def load_scan(path: Path, root: Path, settings: ScanSettings) -> Scan:
     """Load one scan as luminance; raise ScanError with a one-line reason for anything unreadable."""
     path = Path(path)
+    limit = int(settings.max_megapixels * 1_000_000)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
+            _sniff(fh, path, limit, settings.max_megapixels)
+            fh.seek(0)
             data = fh.read()
-    except IsADirectoryError as exc:
-        raise ScanError("is a directory, not an image", path=path) from exc
+    except NotRegularFileError as exc:
+        raise ScanError(exc.strerror or "not a regular file", path=path) from exc
     except OSError as exc:
         raise ScanError(f"cannot read: {exc.strerror or exc}", path=path) from exc
-    if not data:
-        raise ScanError("empty file (0 bytes)", path=path)
     try:
-        relpath = path.relative_to(root).as_posix()
+        relpath = path_text(path.relative_to(root).as_posix())
     except ValueError:
-        relpath = path.name
+        relpath = path_text(path.name)
     sha = hashlib.sha256(data).hexdigest()
-    limit = int(settings.max_megapixels * 1_000_000)
     notes: list[str] = []
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = limit
@@ -254,7 +302,9 @@ def _luma_8bit(
     if icc and mode in ("RGB", "CMYK", "L"):
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            img = ImageCms.profileToProfile(img, src, _SRGB_PROFILE, outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, src, _SRGB_PROFILE, outputMode="RGB")
+            assert converted is not None  # not in place: the converted copy
+            img = converted
             notes.append("ICC profile converted to sRGB")
             mode = "RGB"
         except (ImageCms.PyCMSError, OSError, ValueError) as exc:
@@ -276,3 +326,14 @@ def _luma_8bit(
         rgb = _flatten_alpha(rgb, alpha)
     notes.append(describe_tone(rgb, settings.gray_tolerance))
     return rgb_to_gray(rgb), 8
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the scan as the run sees it (EXIF orientation applied), from the header only."""
+    try:
+        with open_regular(path) as fh, Image.open(fh) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"cannot read image header: {exc}", path=path) from exc
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtcolor_batch.core.config import HintSettings, Profile
-from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.hints.resolve import resolve_hints
-from mtcolor_batch.hints.schema import Sidecar, find_sidecar, load_sidecar
+from mtcolor_batch.hints.schema import Sidecar, check_instance_count, find_sidecar, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
 from mtcolor_batch.perception.models import Perception
@@ -51,7 +50,8 @@ def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
     if path is None:
         return NO_SIDECAR
     hints = load_sidecar(path, max_bytes=settings.max_sidecar_bytes, scan_size=scan.size)
-    return SidecarInput(path=path, hints=hints, sha256=sha256_file(path))
+    check_instance_count(hints, path, settings.max_sidecar_instances)
+    return SidecarInput(path=path, hints=hints, sha256=hints.sha256)
 
 
 def find_instances(
@@ -60,7 +60,9 @@ def find_instances(
     """Perceive, apply the sidecar and finalize; ``scan_root`` is the folder mask files stay inside."""
     exclude = list(sidecar.hints.exclude) if sidecar.hints is not None else []
     autos = perceive(scan, perception, profile.perception, exclude)  # [] when auto instances are off
-    segmenter = perception.segmenter if perception is not None else None
+    # sidecar boxes and points reuse the embedding perceive made (same model, same size)
+    sam = perception.segmenter if perception is not None else None
+    segmenter = sam.at(profile.perception.size) if sam is not None else None
     resolved = resolve_hints(sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints)
     warnings = list(resolved.warnings)
     instances = finalize(resolved.instances, scan.size, profile.perception, warnings)

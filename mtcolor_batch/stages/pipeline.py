@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import ModelError, UserError
+from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import OutputBatch
 from mtcolor_batch.model.bundle import read_manifest
-from mtcolor_batch.model.registry import DEFAULT_BUNDLE_NAME, bundles_dir, default_bundle_dir
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
 from mtcolor_batch.output.writer import encode_image, format_for, output_path
 from mtcolor_batch.scan.discover import ScanFile
@@ -27,35 +26,6 @@ from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
 STAGES = ("load", "hints", "perceive", "plan", "colorize", "compose", "write")
 StageCallback = Callable[[str], None]
-
-NO_MODEL_HINT = (
-    "get one with `mtcolor-batch models pull` on a connected machine, point at a bundle with "
-    "`--model DIR`, or write a tiny random bundle for a pipeline check with `mtcolor-batch models tiny DIR` "
-    "(its outputs are not real colorizations)"
-)
-
-
-def resolve_model(spec: str | None) -> Path:
-    """``--model DIR|ID`` (or the cached default) -> a bundle folder with a manifest, else ModelError.
-
-    Called before anything in the output folder is created, so a missing model never leaves a
-    half-started run behind.
-    """
-    if spec:
-        candidate = Path(spec).expanduser()
-        if not candidate.exists() and "/" not in spec and (bundles_dir() / spec).exists():
-            candidate = bundles_dir() / spec
-    else:
-        candidate = default_bundle_dir()
-    if not (candidate / "mtcolor.json").is_file():
-        what = (
-            f"model '{spec}' not found"
-            if spec
-            else f"no model configured and no cached '{DEFAULT_BUNDLE_NAME}'"
-        )
-        raise ModelError(f"{what} ({candidate})", hint=NO_MODEL_HINT)
-    return candidate.resolve()
-
 
 def model_hash(bundle_dir: Path) -> str:
     """Digest of every weight file's sha256 (from the manifest: cheap, no weights read)."""
@@ -103,10 +73,15 @@ class Pipeline:
     @classmethod
     def load(cls, profile: Profile, bundle_dir: Path, scan_root: Path, out_dir: Path) -> Pipeline:
         """Load the engine and the perception models from the bundle on the profile's device."""
-        from mtcolor_batch.model.engine import MTColorEngine
+        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine
         from mtcolor_batch.perception.models import load_perception
 
-        engine = MTColorEngine.load(bundle_dir, device=profile.device, dtype=profile.sampling.dtype)
+        engine = MTColorEngine.load(
+            bundle_dir,
+            device=profile.device,
+            dtype=profile.sampling.dtype,
+            options=EngineOptions.from_sampling(profile.sampling),
+        )
         device = str(getattr(engine, "device", profile.device))
         # Loaded even with auto instances off: SAM also serves sidecar box/point hints.
         perception = load_perception(bundle_dir, device, long_side=profile.perception.size)
@@ -148,7 +123,7 @@ class Pipeline:
         lap("hints")
         stage("perceive")
         found = find_instances(scan, sidecar, self.perception, prof, self.scan_root)
-        instances, warnings = found.instances, found.warnings
+        instances, warnings = found.instances, found.warnings + ([item.name_note] if item.name_note else [])
         lap("perceive")
         stage("plan")
         # The sidecar speaks for this one file, so its seed beats the run-wide profile/--seed.
@@ -226,7 +201,7 @@ class Pipeline:
                     out_dir=self.out_dir,
                 )
                 data = record_bytes(record)
-                batch.add(rec_path, lambda fh: fh.write(data))
+                batch.add(rec_path, lambda fh: _put(fh, data))
                 outputs.append(rec_path.relative_to(self.out_dir).as_posix())
         lap("write")
         return FileResult(
@@ -235,6 +210,10 @@ class Pipeline:
             warnings=warnings + list(scan.notes),
             engine_seconds=timings.get("colorize", 0.0),
         )
+
+
+def _put(fh: BinaryIO, data: bytes) -> None:
+    fh.write(data)
 
 
 def _stats_by_id(stats: Any) -> dict[int, dict[str, Any]]:

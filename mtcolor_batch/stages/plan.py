@@ -19,15 +19,13 @@ Decisions recorded here (and in provenance via the Plan):
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.core.types import Plan
+from mtcolor_batch.core.types import LATENT_FACTOR, Plan
 from mtcolor_batch.render.tiling import axis_starts, tile_boxes
-
-LATENT_FACTOR = 8
-"""Pixels per latent cell of the Stable Diffusion VAE."""
 
 
 def _round8(value: float) -> int:
@@ -75,22 +73,20 @@ def make_plan(
     _check_tiles(settings)
     wh, ww = working_size(scan_size, settings.working_long_side, settings.working_square)
     tiles = tile_boxes(wh, ww, settings.tile_size, settings.tile_overlap, align=LATENT_FACTOR)
+    # Every Plan field named like a sampling setting takes the setting's value: a knob added to both
+    # reaches the sampler without a line here.
+    shared = {
+        f.name: getattr(settings, f.name)
+        for f in fields(Plan)
+        if f.name in SamplingSettings.model_fields and f.name != "prompt"  # the sidecar's text may win
+    }
     return Plan(
+        **shared,
         scan_size=(int(scan_size[0]), int(scan_size[1])),
         working_size=(wh, ww),
-        tile_size=settings.tile_size,
-        tile_overlap=settings.tile_overlap,
         tiles=tiles,
         seed=int(seed),
-        steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        controlnet_scale=settings.controlnet_scale,
-        alpha=settings.alpha,
-        beta=settings.beta,
         prompt=prompt or settings.prompt,
-        negative_prompt=settings.negative_prompt,
-        max_batch=settings.max_batch,
-        fusion=settings.fusion,
     )
 
 

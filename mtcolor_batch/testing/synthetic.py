@@ -102,7 +102,7 @@ def write_shapes_folder(
         raise ValueError(f"paired shapes photos need an even count, got {count}")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, ShapesImage] = {}
     while len(out) < count:
         image = shapes_image(rng, size)
         if single:
@@ -118,22 +118,26 @@ class TruthFinder:
     """Instance finder that returns the ground-truth square and circle of a synthetic photo.
 
     Used in place of perception for this task only: tiny random perception models find nothing
-    meaningful, and the point here is to test training, not detection. Texts are still made by the
-    dataset builder from the real pixels under each mask.
+    meaningful, and the point here is to test training, not detection. Texts are made by the
+    dataset builder from the real pixels under each mask, unless ``colour_words`` (red word, blue
+    word) gives the ground-truth texts, as an annotation file with texts would.
     """
 
-    def __init__(self, truth: dict[str, ShapesImage]) -> None:
+    def __init__(self, truth: dict[str, ShapesImage], colour_words: tuple[str, str] | None = None) -> None:
         self.truth = truth
+        self.colour_words = colour_words
 
     def __call__(self, scan: object) -> list[Instance]:
         image = self.truth[scan.relpath]  # type: ignore[attr-defined]
         found = []
-        for k, (label, mask) in enumerate((("square", image.square), ("circle", image.circle)), start=1):
+        shapes = (("square", image.square, image.square_red), ("circle", image.circle, image.circle_red))
+        for k, (label, mask, red) in enumerate(shapes, start=1):
             if not mask.any():
                 continue
             ys, xs = np.nonzero(mask)
             box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            found.append(Instance(id=k, label=label, text="", mask=mask, box=box))
+            text = f"a {self.colour_words[0 if red else 1]} {label}" if self.colour_words else ""
+            found.append(Instance(id=k, label=label, text=text, mask=mask, box=box))
         return found
 
 
@@ -205,12 +209,12 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
     import shutil
 
     import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     from mtcolor_batch.model.bundle import load_bundle, save_bundle
     from mtcolor_batch.model.denoiser import MTColorModules
     from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+    from mtcolor_batch.testing.tiny_sd15 import tiny_controlnet, tiny_text_encoder, tiny_unet
 
     original = load_bundle(source)
     shutil.copytree(
@@ -223,33 +227,9 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
     vocab_size = len(CLIPTokenizer.from_pretrained(dest / "tokenizer"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=text_dim,
-                intermediate_size=2 * text_dim,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1,
-                pad_token_id=vocab_size - 1,
-                projection_dim=text_dim,
-            )
-        )
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=text_dim,
-            attention_head_dim=4,
-            norm_num_groups=4,
-        )
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+        text_encoder = tiny_text_encoder(vocab_size, text_dim, layers=2, intermediate=2 * text_dim)
+        unet = tiny_unet(text_dim, channels=(16, 32), attend_at_latent=True, head_dim=4)
+        controlnet = tiny_controlnet(unet, live_zero_convs=False)
         modules = MTColorModules.from_unet(unet, controlnet, text_dim=text_dim)
     text_encoder.save_pretrained(dest / "text_encoder", safe_serialization=True)
     unet.save_pretrained(dest / "unet", safe_serialization=True)

@@ -11,6 +11,7 @@ manifest says ``tiny: true`` and every output made with it says so in its proven
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,38 +52,60 @@ def sd15_scheduler():
     )
 
 
-def _tiny_components(folder: Path, seed: int) -> None:
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_unet(
+    text_dim: int,
+    *,
+    channels: tuple[int, int] = (8, 16),
+    attend_at_latent: bool = False,
+    head_dim: int = 2,
+) -> Any:
+    """A two-level SD-style UNet from the current torch RNG.
 
-    vocab_size = write_tiny_tokenizer(folder / "tokenizer")
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    By default it attends only at the coarser level (as diffusers' own tiny test UNets): at the
+    latent's full resolution a 64x64 latent means 4096x4096 attention maps, seconds per call on a
+    CPU. ``attend_at_latent`` adds attention at the latent resolution (the learning test's 8x8).
+    """
+    from diffusers import UNet2DConditionModel
+
+    first_down = "CrossAttnDownBlock2D" if attend_at_latent else "DownBlock2D"
+    last_up = "CrossAttnUpBlock2D" if attend_at_latent else "UpBlock2D"
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(8, 16),
+        block_out_channels=channels,
         layers_per_block=1,
-        # Attention only at the coarser level (as diffusers' own tiny test UNets): at the latent's full
-        # resolution a 64x64 latent means 4096x4096 attention maps, seconds per call on a CPU.
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TINY_TEXT_DIM,
-        attention_head_dim=2,
+        down_block_types=(first_down, "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", last_up),
+        cross_attention_dim=text_dim,
+        attention_head_dim=head_dim,
         norm_num_groups=4,
     )
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    torch.manual_seed(seed + 1)
+
+
+def tiny_controlnet(unet: Any, *, live_zero_convs: bool = True) -> Any:
+    """A ControlNet derived from ``unet`` (SD's 8x conditioning encoder, tiny widths).
+
+    ``from_unet`` copies the UNet's encoder and zeroes the output convs; ``live_zero_convs``
+    re-randomises them so the ControlNet really reaches the UNet in tests (a zero ControlNet would
+    hide wiring bugs). Training starts from the zeros instead.
+    """
+    from diffusers import ControlNetModel
+
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
-    # from_unet copies the UNet's encoder; re-randomise the copied weights' zero-convs so the
-    # ControlNet really reaches the UNet in tests (a zero ControlNet would hide wiring bugs).
-    with torch.no_grad():
-        for mod in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            torch.nn.init.normal_(mod.weight, std=0.05)
-        torch.nn.init.normal_(controlnet.controlnet_cond_embedding.conv_out.weight, std=0.05)
-    controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
+    if live_zero_convs:
+        with torch.no_grad():
+            for mod in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+                torch.nn.init.normal_(mod.weight, std=0.05)
+            torch.nn.init.normal_(controlnet.controlnet_cond_embedding.conv_out.weight, std=0.05)
+    return controlnet
+
+
+def tiny_vae() -> Any:
+    """A 4-level VAE (downsamples by 8 like SD's) without the mid-block attention (no 4096 tokens)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -92,26 +115,46 @@ def _tiny_components(folder: Path, seed: int) -> None:
         latent_channels=4,
         norm_num_groups=4,
         sample_size=64,
-        mid_block_add_attention=False,  # same reason: no 4096-token attention in the tiny VAE
+        mid_block_add_attention=False,
     )
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
-    torch.manual_seed(seed + 3)
-    text_config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=TINY_TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-        projection_dim=TINY_TEXT_DIM,
+
+
+def tiny_text_encoder(vocab_size: int, text_dim: int, *, layers: int = 5, intermediate: int = 37) -> Any:
+    """A CLIP text tower ``text_dim`` wide over the tiny tokenizer's vocabulary (special ids last)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=text_dim,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            projection_dim=text_dim,
+        )
     )
-    CLIPTextModel(text_config).save_pretrained(folder / "text_encoder", safe_serialization=True)
-    sd15_scheduler().save_pretrained(folder / "scheduler")
+
+
+def _tiny_components(folder: Path, seed: int) -> None:
     from mtcolor_batch.model.denoiser import MTColorModules
 
+    vocab_size = write_tiny_tokenizer(folder / "tokenizer")
+    torch.manual_seed(seed)
+    unet = tiny_unet(TINY_TEXT_DIM)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    torch.manual_seed(seed + 1)
+    controlnet = tiny_controlnet(unet)
+    controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
+    torch.manual_seed(seed + 2)
+    tiny_vae().save_pretrained(folder / "vae", safe_serialization=True)
+    torch.manual_seed(seed + 3)
+    text_encoder = tiny_text_encoder(vocab_size, TINY_TEXT_DIM)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    sd15_scheduler().save_pretrained(folder / "scheduler")
     torch.manual_seed(seed + 4)
     MTColorModules.from_unet(unet, controlnet, text_dim=TINY_TEXT_DIM).save(folder / MODULES_FILE)
 

@@ -79,15 +79,15 @@ class TrainConfig(BaseModel):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _read_yaml(text: str, where: str) -> dict[str, Any]:
+def _read_yaml(text: str, where: str, what: str = "training config") -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise UserError(f"cannot parse training config: {exc}", path=where, line=line) from exc
+        raise UserError(f"cannot parse {what}: {exc}", path=where, line=line) from exc
     if not isinstance(data, dict):
-        raise UserError("a training config must be a YAML mapping", path=where)
+        raise UserError(f"a {what} must be a YAML mapping", path=where)
     return data
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.train.dataset import read_manifest
+from mtcolor_batch.train.split import read_split
 
 MIN_MASK_PIXELS = 4
 """Instances with fewer pixels left after the crop are dropped (they cannot steer anything)."""
@@ -54,16 +55,18 @@ def _load(
 
 
 class ManifestDataset(torch.utils.data.Dataset):
-    """Samples of a dataset folder at a square ``resolution`` with up to ``max_instances`` slots."""
+    """Samples of one split (``train`` by default) of a dataset folder at a square ``resolution``."""
 
-    def __init__(self, folder: Path, resolution: int, max_instances: int) -> None:
+    def __init__(self, folder: Path, resolution: int, max_instances: int, split: str = "train") -> None:
         self.folder = Path(folder)
         if resolution % 8:
             raise UserError(f"training resolution {resolution} is not a multiple of 8")
         by_id: dict[str, dict[str, Any]] = {}
         for entry in read_manifest(self.folder):
             by_id[entry["id"]] = entry  # a photo rebuilt after it changed: its last line wins
-        self.entries = [by_id[k] for k in sorted(by_id)]
+        parts = read_split(self.folder)  # None: a dataset from before splits, all of it trains
+        keep = set(parts[split]) if parts is not None else set(by_id)
+        self.entries = [by_id[k] for k in sorted(by_id) if k in keep]
         if not self.entries:
             raise UserError(
                 "dataset has no entries",

@@ -2,8 +2,10 @@
 
 Layout of a dataset folder::
 
-    manifest.jsonl        one JSON object per photo (see ``Entry``), appended as photos finish
-    dataset.json          how it was built (bundle, perception on/off, captioner)
+    manifest.jsonl        one JSON object per photo (see ``build_entry``), appended as photos finish
+    dataset.json          how it was built (bundle, instance source, caption chain, filters, split)
+    summary.json          counts over the whole manifest: texts per captioner, rejections per reason
+    split.json            the seeded train/test split of the entry ids (``split.py``)
     images/<id>.png       the colour target (sRGB, 8 bit), long side capped at ``max_side``
     gray/<id>.png         its luminance, computed exactly as a gray scan is read at run time
     masks/<id>_<k>.png    instance k's mask (0/255)
@@ -11,9 +13,12 @@ Layout of a dataset folder::
 Why this shape: a line per photo makes the build resumable exactly like ``run`` (a photo whose
 relative path and sha256 are already in the manifest is skipped; a torn last line from a crash is
 dropped), every file is written atomically before its manifest line, and the loader needs nothing
-but the manifest. Instance colours are named from the real pixels under each mask (see
-``naming.py``). Without perception components in the bundle there are no instances, with a
-warning: instances are never invented.
+but the manifest and the split. ``summary.json`` and ``split.json`` are recomputed from the whole
+manifest at the end of every build, so an interrupted and resumed build ends with the same files as
+an uninterrupted one. Instances come from a COCO-style annotation file (``coco.py``), the bundle's
+detector + SAM, or a given finder; their texts from the caption chain (``captioner.py``), whose last
+link names the colour from the real pixels. Without instances there are none, with a warning:
+instances are never invented.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +43,16 @@ from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import describe_tone as describe_scan_tone
 from mtcolor_batch.scan.imageio import rgb_to_gray
-from mtcolor_batch.train import naming
+from mtcolor_batch.train import naming, text_filters
+from mtcolor_batch.train.captioner import CaptionChain, build_chain
+from mtcolor_batch.train.coco import CocoAnnotations, CocoFinder
+from mtcolor_batch.train.dataset_config import DatasetConfig, load_dataset_config
+from mtcolor_batch.train.split import write_split
 
 MANIFEST = "manifest.jsonl"
 META = "dataset.json"
-FORMAT_VERSION = 1
+SUMMARY = "summary.json"
+FORMAT_VERSION = 2
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, relpath) called after each photo."""
@@ -55,11 +66,7 @@ class BuildReport:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """A crash never leaves half an image or manifest (the outputs' own temp + fsync + rename)."""
-    atomic_write_bytes(path, data)
+    summary: dict[str, Any] = field(default_factory=dict)  # summary.json of the whole dataset
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -99,7 +106,7 @@ def read_manifest(folder: Path, *, repair: bool = False) -> list[dict[str, Any]]
                 raise UserError(f"corrupt manifest line: {exc.msg}", path=path, line=number) from exc
             if repair:
                 keep = b"".join(x + b"\n" for x in lines[: number - 1] if x.strip())
-                write_bytes_atomic(path, keep)
+                atomic_write_bytes(path, keep)
             break
         if not isinstance(entry, dict) or "id" not in entry:
             raise UserError("manifest line is not an entry object", path=path, line=number)
@@ -133,35 +140,6 @@ def load_color_photo(path: Path, max_side: int) -> np.ndarray:
             return np.asarray(img, dtype=np.float32) / 255.0
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read colour photo: {exc}", path=path) from exc
-
-
-class Captioner:
-    """Optional BLIP-2-class captioner (``transformers``), loaded only from a local folder.
-
-    Why optional and local-only: the global text is useful without it (tone + instances), and a
-    dataset build must never download weights behind the user's back.
-    """
-
-    def __init__(self, folder: Path, device: str) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        if not (folder / "config.json").is_file():
-            raise UserError("captioner folder has no config.json", path=folder)
-        self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        self.model = (
-            AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).to(device).eval()
-        )
-        self.device = device
-        self.name = folder.name
-
-    def __call__(self, rgb: np.ndarray) -> str:
-        import torch
-
-        image = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
-        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=30, do_sample=False)
-        return self.processor.batch_decode(out, skip_special_tokens=True)[0].strip()
 
 
 class InstanceFinder:
@@ -232,11 +210,17 @@ def build_entry(
     out: Path,
     *,
     finder: Callable[[Scan], list[Instance]],
-    captioner: Callable[[np.ndarray], str] | None,
+    chain: CaptionChain,
     max_side: int,
     gray_tolerance: float,
+    duplicate_iou: float = 0.9,
 ) -> dict[str, Any] | str:
-    """Write one photo's files and return its manifest entry, or a reason string when skipped."""
+    """Write one photo's files and return its manifest entry, or a reason string when skipped.
+
+    Duplicated instances (same label, mask IoU >= ``duplicate_iou``) are dropped before any
+    captioner runs; every rejected text and instance is listed under ``rejected`` so the summary
+    can count them and a reader can see what the captioners said.
+    """
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     rgb = load_color_photo(path, max_side)
@@ -246,36 +230,57 @@ def build_entry(
     gray = rgb_to_gray(rgb)
     lab = naming.rgb_to_lab(rgb)
     ident = entry_id(relpath)
-    instances = []
-    for k, inst in enumerate(finder(_scan_for(path, relpath, gray, sha)), start=1):
-        mask = np.asarray(inst.mask, dtype=bool)
-        if mask.shape != gray.shape or not mask.any():
+    found = [
+        inst
+        for inst in finder(_scan_for(path, relpath, gray, sha))
+        if np.asarray(inst.mask).shape == gray.shape and np.asarray(inst.mask).any()
+    ]
+    masks = [np.asarray(inst.mask, dtype=bool) for inst in found]
+    twins = text_filters.duplicate_of(masks, [inst.label for inst in found], duplicate_iou)
+    rejected: list[dict[str, str]] = []
+    instances: list[dict[str, Any]] = []
+    for inst, mask, twin in zip(found, masks, twins, strict=True):
+        if twin is not None:
+            rejected.append(
+                {
+                    "what": f"instance ({inst.label})",
+                    "by": "dedup",
+                    "reason": text_filters.DUPLICATE,
+                    "text": f"same {inst.label} as instance {twins[:twin].count(None) + 1}",
+                }
+            )
             continue
+        k = len(instances) + 1
+        answer = chain.instance_text(rgb, lab, mask, inst.label, given=inst.text)
+        rejected.extend({"what": f"instance {k} ({inst.label})", **r} for r in answer.rejected)
         lab_mean = naming.mean_lab(lab, mask)
-        colour = naming.color_name(lab_mean)
         mask_rel = f"masks/{ident}_{k}.png"
-        write_bytes_atomic(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
+        atomic_write_bytes(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
         ys, xs = np.nonzero(mask)
         instances.append(
             {
                 "label": inst.label,
-                "color": colour,
+                "color": naming.color_name(lab_mean),
                 "lab": [round(v, 3) for v in lab_mean],
-                "text": naming.instance_text(colour, inst.label),
+                "text": answer.text,
+                "text_by": answer.source,
                 "mask": mask_rel,
                 "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                 "score": round(float(inst.score), 4),
             }
         )
-    caption = captioner(rgb) if captioner is not None else None
+    caption = chain.image_caption(rgb) if chain.has_model else None
+    if caption is not None:
+        rejected.extend({"what": "caption", **r} for r in caption.rejected)
     tone = naming.describe_tone(lab)
     image_rel, gray_rel = f"images/{ident}.png", f"gray/{ident}.png"
-    write_bytes_atomic(
+    atomic_write_bytes(
         out / image_rel, _png_bytes(Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB"))
     )
-    write_bytes_atomic(
+    atomic_write_bytes(
         out / gray_rel, _png_bytes(Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L"))
     )
+    caption_text = caption.text if caption is not None else None
     return {
         "id": ident,
         "source": relpath,
@@ -284,9 +289,71 @@ def build_entry(
         "gray": gray_rel,
         "size": [int(rgb.shape[0]), int(rgb.shape[1])],
         "tone": tone,
-        "caption": caption,
-        "text": naming.global_text(tone, [i["text"] for i in instances], caption),
+        "caption": caption_text,
+        "caption_by": caption.source if caption is not None else None,
+        "text": naming.global_text(tone, [str(i["text"]) for i in instances], caption_text),
         "instances": instances,
+        "rejected": rejected,
+    }
+
+
+def latest_entries(folder: Path) -> list[dict[str, Any]]:
+    """One entry per id (a photo rebuilt after it changed: its last line wins), sorted by id."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for entry in read_manifest(folder):
+        by_id[entry["id"]] = entry
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def summarize(entries: list[dict[str, Any]], split: dict[str, Any]) -> dict[str, Any]:
+    """Counts over the whole dataset: who wrote the texts, and every rejection by reason and captioner."""
+    texts_by: Counter[str] = Counter()
+    captions_by: Counter[str] = Counter()
+    reasons: list[str] = []
+    by_captioner: dict[str, list[str]] = {}
+    for entry in entries:
+        for inst in entry.get("instances", []):
+            texts_by[str(inst.get("text_by") or "unknown")] += 1
+        captions_by[str(entry.get("caption_by") or "none")] += 1
+        for item in entry.get("rejected", []):
+            reasons.append(item["reason"])
+            by_captioner.setdefault(item["by"], []).append(item["reason"])
+    return {
+        "photos": len(entries),
+        "instances": sum(len(e.get("instances", [])) for e in entries),
+        "split": {"train": len(split["train"]), "test": len(split["test"]), "seed": split["seed"]},
+        "texts_by": dict(sorted(texts_by.items())),
+        "captions_by": dict(sorted(captions_by.items())),
+        "rejected": text_filters.count(reasons),
+        "rejected_by": {name: text_filters.count(r) for name, r in sorted(by_captioner.items())},
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The summary in one line for the CLI."""
+    texts = ", ".join(f"{k} {v}" for k, v in summary["texts_by"].items()) or "none"
+    rejected = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items())
+    split = summary["split"]
+    return (
+        f"{summary['photos']} photos, {summary['instances']} instances; texts by {texts}; "
+        f"rejected: {rejected}; split {split['train']} train / {split['test']} test"
+    )
+
+
+def _finalize(out: Path, config: DatasetConfig) -> dict[str, Any]:
+    """Recompute split.json and summary.json from the whole manifest (same result after a resume)."""
+    entries = latest_entries(out)
+    split = write_split(out, [e["id"] for e in entries], config.split.test_fraction, config.split.seed)
+    summary = summarize(entries, split)
+    atomic_write_bytes(out / SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return summary
+
+
+def _texts_settings(config: DatasetConfig, chain: CaptionChain) -> dict[str, Any]:
+    return {
+        "chain": chain.names,
+        "captioner": config.captioner.model_dump(mode="json"),
+        "filters": config.filters.model_dump(mode="json"),
     }
 
 
@@ -298,9 +365,8 @@ def build_dataset(
     limit: int | None = None,
     device: str = "cpu",
     perception: PerceptionSettings | None = None,
-    captioner_dir: Path | None = None,
-    max_side: int = 1024,
-    gray_tolerance: float = 0.03,
+    config: DatasetConfig | None = None,
+    annotations: Path | None = None,
     progress: Progress | None = None,
     finder: Callable[[Scan], list[Instance]] | None = None,
 ) -> BuildReport:
@@ -308,34 +374,46 @@ def build_dataset(
 
     ``limit`` keeps only the first N photos in sorted relative-path order, so re-running with the
     same limit resumes the same set. A photo already in the manifest with the same sha256 is
-    skipped; unreadable photos are reported and the build goes on. ``finder`` replaces perception
-    (the synthetic shapes task passes its ground truth; see ``synthetic.py``).
+    skipped; unreadable photos are reported and the build goes on. Instances come from
+    ``annotations`` (a COCO-style file; no detector runs), else ``finder`` (the synthetic shapes
+    task passes its ground truth; see ``synthetic.py``), else the bundle's perception.
     """
     images, out = Path(images), Path(out)
+    config = config or load_dataset_config()
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     files = discover(images, exclude=[out])
     if limit is not None:
         files = files[:limit]
-    out.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
-    done = {(e.get("source"), e.get("sha256")) for e in read_manifest(out, repair=True)}
+    if annotations is not None:
+        finder = CocoFinder(CocoAnnotations(Path(annotations)))
     auto = InstanceFinder(bundle, device, perception or PerceptionSettings()) if finder is None else None
     if auto is not None and auto.warning:
         report.warnings.append(auto.warning)
     find = finder if finder is not None else auto
     assert find is not None
-    if captioner_dir is None and bundle is not None and (bundle / "captioner" / "config.json").is_file():
-        captioner_dir = bundle / "captioner"
-    captioner = Captioner(Path(captioner_dir), device) if captioner_dir is not None else None
+    chain = build_chain(config, device)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(e.get("source"), e.get("sha256")) for e in read_manifest(out, repair=True)}
+    texts = _texts_settings(config, chain)
+    previous = _read_meta(out)
+    if done and previous is not None and previous.get("texts") != texts:
+        report.warnings.append(
+            "this dataset was started with other caption/filter settings: new photos use the new ones "
+            "(see dataset.json); build into a new folder for uniform texts"
+        )
+    instances_from = "annotations" if annotations is not None else "given" if auto is None else "auto"
     meta = {
         "format": FORMAT_VERSION,
         "bundle": str(bundle) if bundle else None,
-        "instances": "given" if finder is not None else ("auto" if auto and auto.perception else "none"),
-        "captioner": captioner.name if captioner else None,
-        "max_side": max_side,
+        "instances": instances_from if auto is None or auto.perception else "none",
+        "annotations": str(annotations) if annotations is not None else None,
+        "texts": texts,
+        "split": config.split.model_dump(mode="json"),
+        "max_side": config.max_side,
     }
-    write_bytes_atomic(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     for number, item in enumerate(files, start=1):
         try:
             sha = hashlib.sha256(item.path.read_bytes()).hexdigest()
@@ -347,9 +425,10 @@ def build_dataset(
                     item.relpath,
                     out,
                     finder=find,
-                    captioner=captioner,
-                    max_side=max_side,
-                    gray_tolerance=gray_tolerance,
+                    chain=chain,
+                    max_side=config.max_side,
+                    gray_tolerance=config.gray_tolerance,
+                    duplicate_iou=config.filters.duplicate_iou,
                 )
                 if isinstance(result, str):
                     report.warnings.append(f"{item.relpath}: skipped, {result}")
@@ -362,4 +441,13 @@ def build_dataset(
             report.failed.append((item.relpath, str(exc)))
         if progress is not None:
             progress(number, len(files), item.relpath)
+    report.summary = _finalize(out, config)
     return report
+
+
+def _read_meta(out: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((out / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -105,10 +105,13 @@ class FileWorker:
         import json
 
         out: dict[str, list[Any]] = {k: [] for k in RESULT_KEYS}
-        for rel, stem in zip(batch["relpath"], batch["stem"], strict=True):
+        rows = zip(batch["relpath"], batch["stem"], batch["rawpath"], batch["note"], strict=True)
+        for rel, stem, raw, note in rows:
             rel, stem = str(rel), str(stem)
             self.count += 1
-            work = process_one(self.pipeline, ScanFile(self.scan_root / rel, rel, stem), self._on_stage)
+            # The real path travels as hex of its bytes: an old archive's non-UTF-8 name has no text form.
+            item = ScanFile(Path(os.fsdecode(bytes.fromhex(str(raw)))), rel, stem, str(note))
+            work = process_one(self.pipeline, item, self._on_stage)
             res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
@@ -210,7 +213,15 @@ class RayExecutor:
             f"Ray: {workers} worker(s), {gpus:g} GPU each, model {ctx.bundle_dir}; "
             f"journal written by this driver only."
         )
-        items = [{"relpath": p.item.relpath, "stem": p.item.stem} for p in todo]
+        items = [
+            {
+                "relpath": p.item.relpath,
+                "stem": p.item.stem,
+                "rawpath": os.fsencode(os.path.abspath(p.item.path)).hex(),
+                "note": p.item.name_note,
+            }
+            for p in todo
+        ]
         _mark_dispatched(ctx, todo)
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
         with warnings.catch_warnings():

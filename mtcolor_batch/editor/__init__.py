@@ -1,0 +1,1 @@
+"""Browser editor for sidecar hints (``mtcolor-batch hints edit``)."""

@@ -1,0 +1,210 @@
+"""One archive holding every attack of the adversarial sweep, through the real CLI in a subprocess.
+
+The tree mixes good scans with bad names (Latin-1 bytes, 230-byte names, names whose outputs
+collide), non-regular files (FIFO, socket, a link to /dev/zero), hostile sidecars (600 levels deep,
+50 MB, a FIFO, 300 boxes, a wrong-size mask), lying files (a 64 MB "TIFF" of zeros, a truncated
+JPEG, an empty PNG), an earlier run's output folder and a scan that a sidecar names as a mask.
+Then: every good file is done exactly once, every bad one fails alone with its one-line reason, no
+output overwrites another, no original changes, a rerun redoes nothing, and a journal emptied
+afterwards stops the next run until ``journal rebuild`` restores it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+PROFILE = (
+    "sampling:\n  steps: 2\n  working_long_side: 32\n  tile_size: 64\n  tile_overlap: 0\n"
+    "perception:\n  size: 64\n  auto_instances: false\n"
+)
+LONG = "n" * 226 + ".png"  # its output name (226 + .color.png) still fits 255 bytes; old temps did not
+LATIN1 = os.fsdecode(b"caf\xe9.png")
+
+GOOD = {  # journal key -> output stem expected
+    "a.jpg": "a_jpg",
+    "a.png": "a_png",
+    "a_png.png": "a_png~2",
+    "photo.JPG": "photo_jpg",
+    "photo.jpg": "photo_jpg~2",
+    "caf\\xe9.png": "caf\\xe9",
+    LONG: LONG[:-4],
+    "nested/deep/c.tif": "c",
+    "maskref/x.png": "x",
+    "maskref/y.png": "y",  # named as a mask by x.png.yaml, but an ordinary scan: kept, with a warning
+}
+BAD = {  # journal key -> what its one-line reason must say
+    "bad/pipe.jpg": "FIFO",
+    "bad/sock.png": "socket",
+    "bad/zero.png": "character device",
+    "bad/fifoside.png": "sidecar is a FIFO",
+    "bad/deep.png": "nesting deeper than",
+    "bad/bigside.png": "over the 262144-byte limit",
+    "bad/huge.tif": "not an image",
+    "bad/trunc.jpg": "corrupt or truncated",
+    "bad/empty.png": "empty file",
+    "bad/wm.png": "is 10x10 px but the scan is 40x32",
+    "bad/many.png": "300 instances, over the limit of 256",
+}
+
+
+def _gray(path: Path, seed: int, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (32, 40), dtype=np.uint8)
+    Image.fromarray(arr, "L").save(path, format=fmt)
+
+
+def build_tree(root: Path) -> list[socket.socket]:
+    """The archive; returns the sockets to close at the end."""
+    seed = iter(range(1000))
+    for name in ("a.jpg", "a.png", "a_png.png", "photo.JPG", "photo.jpg", LATIN1, LONG):
+        _gray(root / name, next(seed), "JPEG" if name.lower().endswith(".jpg") else "PNG")
+    _gray(root / "nested" / "deep" / "c.tif", next(seed), "TIFF")
+    _gray(root / "maskref" / "x.png", next(seed))
+    _gray(root / "maskref" / "y.png", next(seed))
+    (root / "maskref" / "x.png.yaml").write_text("instances:\n  - mask: y.png\n    color: navy\n")
+    _gray(root / "masked" / "m0.png", next(seed))
+    Image.new("L", (40, 32), 255).save(root / "masked" / "masks_m.png")
+    (root / "masked" / "m0.png.yaml").write_text("instances:\n  - mask: masks_m.png\n    color: red\n")
+    GOOD["masked/m0.png"] = "m0"  # masks_m.png holds one tone: only a mask (the mask-naming rule)
+    old = root / "old-run"
+    (old / ".mtcolor").mkdir(parents=True)
+    _gray(old / "a.color.png", next(seed))  # an earlier run's output left in the tree: never scanned
+    bad = root / "bad"
+    bad.mkdir()
+    os.mkfifo(bad / "pipe.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(bad / "sock.png"))
+    os.symlink("/dev/zero", bad / "zero.png")
+    _gray(bad / "fifoside.png", next(seed))
+    os.mkfifo(bad / "fifoside.png.yaml")
+    _gray(bad / "deep.png", next(seed))
+    (bad / "deep.png.yaml").write_text("instances:\n  - " + "[" * 600 + "]" * 600 + "\n")
+    _gray(bad / "bigside.png", next(seed))
+    with open(bad / "bigside.png.yaml", "wb") as fh:
+        fh.truncate(50 * 1024 * 1024)
+    with open(bad / "huge.tif", "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    _gray(bad / "trunc.jpg", next(seed), "JPEG")
+    data = (bad / "trunc.jpg").read_bytes()
+    (bad / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    (bad / "empty.png").write_bytes(b"")
+    _gray(bad / "wm.png", next(seed))
+    Image.new("L", (10, 10), 255).save(bad / "wm_mask.png")
+    (bad / "wm.png.yaml").write_text("instances:\n  - mask: wm_mask.png\n    color: red\n")
+    _gray(bad / "many.png", next(seed))
+    boxes = "".join(f"  - box: [0, 0, {1 + i % 30}, 10]\n    color: red\n" for i in range(300))
+    (bad / "many.png.yaml").write_text("instances:\n" + boxes)
+    return [sock]
+
+
+def snapshot(root: Path) -> dict[bytes, tuple[str, str]]:
+    """Every entry (raw name) -> (kind, sha256 for regular files): links and FIFOs are never read."""
+    out: dict[bytes, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = os.fsencode(path.relative_to(root))
+            if stat.S_ISREG(st.st_mode):
+                digest = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+                out[rel] = ("file", digest.hexdigest())
+            else:
+                out[rel] = (
+                    stat.filemode(st.st_mode)[0],
+                    os.readlink(path) if stat.S_ISLNK(st.st_mode) else "",
+                )
+    return out
+
+
+def rows(journal: Path) -> dict[str, dict]:
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        cur = db.execute("SELECT relpath, state, error, outputs, completions FROM files")
+        return {
+            r[0]: {"state": r[1], "error": r[2], "outputs": json.loads(r[3]), "completions": r[4]}
+            for r in cur
+        }
+    finally:
+        db.close()
+
+
+def test_one_archive_with_every_attack(tmp_path: Path, tiny_bundle: Path) -> None:
+    root = tmp_path / "archive"
+    socks = build_tree(root)
+    out = tmp_path / "archive-colorized"
+    profile = tmp_path / "p.yaml"
+    profile.write_text(PROFILE)
+    cmd = [sys.executable, "-m", "mtcolor_batch", "run", str(root), "--model", str(tiny_bundle)]
+    cmd += ["--profile", str(profile), "--device", "cpu", "--seed", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="300")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
+
+    try:
+        before = snapshot(root)
+        first = cli()
+        assert first.returncode == 1, first.stderr[-3000:]
+        assert "Traceback" not in first.stderr
+        journal = out / ".mtcolor" / "journal.sqlite"
+        got = rows(journal)
+        assert set(got) == set(GOOD) | set(BAD), sorted(set(got) ^ (set(GOOD) | set(BAD)))
+        for rel, stem in GOOD.items():  # every good file done exactly once, under its own name
+            assert got[rel]["state"] == "done" and got[rel]["completions"] == 1, (rel, got[rel])
+            image = Path(got[rel]["outputs"][0])
+            assert image.name.startswith(stem + ".color."), (rel, image)
+            record = json.loads((out / got[rel]["outputs"][1]).read_text(encoding="utf-8"))
+            assert record["input"]["relpath"] == rel
+        for rel, why in BAD.items():  # every bad file failed alone, with its one-line reason
+            assert got[rel]["state"] == "failed", (rel, got[rel])
+            assert why in got[rel]["error"] and "\n" not in got[rel]["error"], (rel, got[rel]["error"])
+        outputs = [o.lower() for r in got.values() for o in r["outputs"]]
+        assert len(outputs) == len(set(outputs)) == 2 * len(GOOD)  # no output overwrites another
+        on_disk = [p for p in out.rglob("*") if p.is_file() and ".mtcolor" not in p.parts]
+        assert len(on_disk) == 2 * len(GOOD) and not list(out.rglob("*mtcolor-tmp*"))
+        assert snapshot(root) == before  # no original changed (and no FIFO or link was replaced)
+        assert "maskref/y.png: named as a mask by maskref/x.png.yaml" in first.stderr
+        assert "old-run" in first.stderr  # the earlier output folder was seen and skipped, out loud
+
+        again = cli()  # a rerun redoes nothing
+        assert again.returncode == 1 and "Traceback" not in again.stderr
+        assert {k: v["completions"] for k, v in rows(journal).items()} == {
+            k: v["completions"] for k, v in got.items()
+        }
+
+        journal.write_bytes(b"")  # the journal is lost: said out loud, nothing redone
+        lost = cli()
+        assert lost.returncode == 2 and "journal rebuild" in lost.stderr and "Traceback" not in lost.stderr
+        rebuilt = subprocess.run(
+            [sys.executable, "-m", "mtcolor_batch", "journal", "rebuild", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert rebuilt.returncode == 0 and f"{len(GOOD)} file(s) done" in rebuilt.stderr, rebuilt.stderr
+        final = cli()
+        assert final.returncode == 1, final.stderr[-3000:]
+        after = rows(journal)
+        assert all(after[k]["state"] == "done" and after[k]["completions"] == 1 for k in GOOD)
+        assert snapshot(root) == before
+    finally:
+        for s in socks:
+            s.close()
