@@ -392,7 +392,7 @@ def _download(repo_id: str, revision: str, allow: list[str], ignore: list[str], 
 
 
 def _write_fresh_modules(root: Path) -> None:
-    """Zero-initialised PMAM + instance guidance sized for this UNet/ControlNet (exact no-ops)."""
+    """Zero-gated PMAM + instance guidance sized for this UNet/ControlNet (exact no-ops)."""
     import json as _json
 
     import torch
@@ -405,7 +405,26 @@ def _write_fresh_modules(root: Path) -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
         controlnet = ControlNetModel.from_config(ControlNetModel.load_config(root / "controlnet"))
+    # The instance branches start from the UNet's self-attention weights: read just those tensors.
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted((root / "unet").glob("*.safetensors"))
+
+    def weight(name: str) -> torch.Tensor:
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                if name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    return f.get_tensor(name).float()
+        raise ModelError(f"UNet weight {name} not found", path=root / "unet")
+
     with torch.random.fork_rng(devices=[]):  # seeded: the same pull gives the same bytes
         torch.manual_seed(0)
-        modules = MTColorModules.from_unet(unet, controlnet, text_dim=int(text_config["hidden_size"]))
+        text_dim = int(text_config["hidden_size"])
+        try:
+            modules = MTColorModules.from_unet(unet, controlnet, text_dim=text_dim, weight=weight)
+        except (OSError, ValueError, ModelError, SafetensorError):
+            # Unreadable UNet weights fail `verify`/load later with their own message; the modules
+            # keep random branch projections (still exact no-ops: the gates are zero).
+            torch.manual_seed(0)
+            modules = MTColorModules.from_unet(unet, controlnet, text_dim=text_dim, init_branches=False)
     modules.save(root / MODULES_FILE)

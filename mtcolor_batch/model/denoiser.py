@@ -13,7 +13,7 @@ from one call (or one image) into the next, and the UNet is a plain diffusers UN
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -74,16 +74,25 @@ class MTColorModules(nn.Module):
 
     @classmethod
     def from_unet(
-        cls, unet: nn.Module, controlnet: nn.Module, text_dim: int, token_dim: int | None = None
+        cls,
+        unet: nn.Module,
+        controlnet: nn.Module,
+        text_dim: int,
+        token_dim: int | None = None,
+        weight: Callable[[str], torch.Tensor] | None = None,
+        *,
+        init_branches: bool = True,
     ) -> MTColorModules:
         """Zero-gated modules sized for this UNet + ControlNet (token_dim defaults to the UNet's
-        cross-attention width, 768 for SD 1.5); branch projections start from the UNet's own."""
+        cross-attention width, 768 for SD 1.5); branch projections start from the UNet's own
+        self-attention weights, read by ``weight(name)`` (default ``unet.get_parameter``)."""
         pmam = PMAM.from_controlnet(controlnet)
         token_dim = int(token_dim or unet.config.cross_attention_dim)
         dims = InstanceGuidance.self_attention_dims(unet)
         heads = InstanceGuidance.self_attention_heads(unet)
         modules = cls(pmam.channels, text_dim, dims, token_dim, layer_heads=heads)
-        modules.guidance.init_from(unet)
+        if init_branches:
+            modules.guidance.init_from(weight or unet.get_parameter)
         return modules
 
     def check_compatible(self, unet: nn.Module, controlnet: nn.Module) -> None:

@@ -129,6 +129,7 @@ def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, ba
             count += 1
     return count
 
+
 _STEPPABLE = ("DDIMScheduler",)
 """Schedulers run as shipped; any other is rebuilt as DDIM from its config (see sampler.py)."""
 

@@ -26,6 +26,7 @@ processors; nothing is stored on the processors between calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -110,13 +111,15 @@ class GuidedLayer(nn.Module):
         return (torch.tanh(self.gate) * out).to(x.dtype)
 
     @torch.no_grad()
-    def init_from(self, attn: nn.Module) -> None:
-        """Copy W_Q, W_K, W_V and the output projection of the layer's own self-attention ``attn``."""
-        for mine, theirs in ((self.to_q, attn.to_q), (self.to_k, attn.to_k), (self.to_v, attn.to_v)):
-            mine.weight.copy_(theirs.weight)
-        self.to_out.weight.copy_(attn.to_out[0].weight)
-        if attn.to_out[0].bias is not None:
-            self.to_out.bias.copy_(attn.to_out[0].bias)
+    def init_from(self, weight: Callable[[str], torch.Tensor]) -> None:
+        """Copy W_Q, W_K, W_V and the output projection of the layer's own self-attention.
+
+        ``weight(name)`` returns that attention's parameter ``name`` ("to_q.weight", "to_out.0.bias").
+        """
+        for mine, theirs in ((self.to_q, "to_q"), (self.to_k, "to_k"), (self.to_v, "to_v")):
+            mine.weight.copy_(weight(f"{theirs}.weight"))
+        self.to_out.weight.copy_(weight("to_out.0.weight"))
+        self.to_out.bias.copy_(weight("to_out.0.bias"))
 
 
 class InstanceGuidance(nn.Module):
@@ -164,10 +167,15 @@ class InstanceGuidance(nn.Module):
             if name.endswith("attn1.processor")
         }
 
-    def init_from(self, unet: nn.Module) -> None:
-        """Start every layer's branch projections from that layer's own self-attention."""
+    def init_from(self, weight: Callable[[str], torch.Tensor]) -> None:
+        """Start every layer's branch projections from that layer's own self-attention.
+
+        ``weight(name)`` returns a UNet parameter by its state-dict name: ``unet.get_parameter`` for a
+        loaded UNet, or a reader of its safetensors file (``models pull`` builds on the meta device).
+        """
         for name in self.layer_dims:
-            self.layers[layer_key(name)].init_from(unet.get_submodule(name.removesuffix(".processor")))
+            prefix = name.removesuffix(".processor")
+            self.layers[layer_key(name)].init_from(lambda key, p=prefix: weight(f"{p}.{key}"))
 
     def encode(self, inst_text: torch.Tensor, inst_masks: torch.Tensor) -> torch.Tensor:
         """(B, N, D_text) texts + (B, N, H, W) masks -> (B, N, token_dim) instance tokens."""
