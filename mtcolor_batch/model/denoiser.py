@@ -257,9 +257,10 @@ class MTColorDenoiser(nn.Module):
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.mtcolor.parameters())
         skip = self.skip_zero_modules and not training
         guide_active = self.mtcolor.guidance.active() if skip else {}
-        # No pixel inside an instance (N = 0, or only empty slots): the branch adds exactly zero.
-        use_guidance = (
-            regions.num_slots > 0 and (not skip or any(guide_active.values())) and maps.any_inside()
+        # Skipping is an inference shortcut only: without a pixel inside an instance (N = 0, or
+        # only empty slots) the branch adds exactly zero, so leaving it out changes nothing.
+        use_guidance = regions.num_slots > 0 and (
+            not skip or (any(guide_active.values()) and maps.any_inside())
         )
         kwargs: dict = {}
         if use_guidance:
