@@ -1,178 +1,397 @@
-"""Benchmark: seconds per image and UNet calls per image vs. number of instances.
+"""Benchmark: MT-Color vs plain SD+ControlNet, side by side in one process, as ratios.
 
-Default: the tiny random bundle on CPU (what CI can run; it measures the loop's overhead and call
-structure, not real model cost). ``--full-size`` builds Stable Diffusion 1.5-size random weights
-(UNet 320/640/1280/1280, ControlNet from that UNet, CLIP-L-size text encoder, SD VAE) in memory,
-for a GPU in float16/bfloat16 with PyTorch SDPA, and also prints peak GPU memory. Random weights
-cost exactly what trained ones cost, so the timings stand for the real bundle.
+The base is plain diffusers ``StableDiffusionControlNetPipeline`` built from the very same UNet,
+ControlNet, text encoder, VAE and scheduler, at the same steps, guidance and size; every MT-Color
+setting is printed as a ratio to it.
 
-    python bench/model_step.py                          # tiny, CPU, profile steps, 512x512
-    python bench/model_step.py --full-size --device cuda --dtype float16
+Modules (``--modules``): ``trained`` (default) re-draws every zero-initialised MT-Color weight small
+and non-zero (``mtcolor_batch.testing.trained_like``), so PMAM and the instance branch really run, as
+in a trained bundle; ``fresh`` keeps them zero, which the denoiser skips as provable no-ops (a fresh
+bundle is therefore cheaper than a trained one: never quote fresh figures as MT-Color's cost).
 
-The paper's figure to compare with: 68.6 s and 18 GB per 512x512 image on an A40.
+Modes:
+  full image (default): whole images, VAE decode included, ``--repeats`` timed runs after a warm-up.
+  ``--one-call``: one denoising step per phase (the pipeline's step; MT-Color's branch step with all
+      instance branches batched, and its fused step), composed into seconds per image as
+      ``K*branch + (T-K)*fused`` vs ``T*plain`` (K = round(alpha*T)); VAE excluded on both sides.
+      Makes the full-size ratio measurable on a CPU in minutes.
+  ``--table``: the settings of the speed issue (fresh/trained-like x 0/4 instances), printed with the
+      figures measured before this benchmark existed beside the new ones.
+
+    python bench/model_step.py                                  # tiny bundle, CPU, trained-like
+    python bench/model_step.py --table                          # tiny, the issue's table
+    python bench/model_step.py --full-size --one-call --table   # SD 1.5 size, CPU, a few minutes
+    python bench/model_step.py --full-size --device cuda --instances 0,1,2,4,8
+
+The paper's figure to compare with: 68.6 s and 18 GB per 512x512 image on an A40 (Table 12).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 
-from mtcolor_batch.core.config import load_profile
-from mtcolor_batch.core.types import Instance
-from mtcolor_batch.model.bundle import Bundle
-from mtcolor_batch.model.engine import MTColorEngine, _load_scheduler
-from mtcolor_batch.model.sampler import fusion_steps
-from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.testing.tiny_sd15 import sd15_scheduler, write_tiny_bundle, write_tiny_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from full_size import full_size_engine  # noqa: E402
+
+from mtcolor_batch.core.config import load_profile  # noqa: E402
+from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
+from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
+from mtcolor_batch.model.sampler import build_canvas, fusion_steps  # noqa: E402
+from mtcolor_batch.stages.plan import make_plan  # noqa: E402
+from mtcolor_batch.testing.trained_like import trained_like  # noqa: E402
 
 PAPER_S, PAPER_GB = 68.6, 18.0
-
-
-def full_size_engine(device: str, dtype: str, workdir: Path) -> MTColorEngine:
-    """SD 1.5-shaped random engine, built in memory (no multi-GB files written)."""
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from mtcolor_batch.core.device import resolve_device, resolve_dtype
-    from mtcolor_batch.model.denoiser import MTColorModules
-    from mtcolor_batch.model.engine import _use_sdpa
-
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-        controlnet = ControlNetModel.from_unet(unet)
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                projection_dim=768,
-            )
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        modules = MTColorModules.from_unet(unet, controlnet, text_dim=768)
-    write_tiny_tokenizer(workdir / "tokenizer")
-    sd15_scheduler().save_pretrained(workdir / "scheduler")
-    comps = {
-        "tokenizer": CLIPTokenizer.from_pretrained(workdir / "tokenizer"),
-        "text_encoder": text,
-        "unet": unet,
-        "controlnet": controlnet,
-        "vae": vae,  # the engine keeps the VAE in float32
-        "modules": modules,
-    }
-    if dt != torch.float32:
-        for kind in ("text_encoder", "unet", "controlnet", "modules"):
-            comps[kind] = comps[kind].to(dt)
-    for kind in ("text_encoder", "unet", "controlnet", "vae", "modules"):
-        comps[kind].eval().requires_grad_(False)
-    for kind in ("unet", "controlnet", "vae"):
-        _use_sdpa(comps[kind])
-    bundle = Bundle(workdir, "random-sd15-size", "random", False, {}, {})
-    return MTColorEngine(bundle, comps, _load_scheduler(workdir / "scheduler"), dev, dt)
+# Measured before this benchmark compared with diffusers (issue 13), CPU seconds of whole 512x512
+# images on a 2-core CPU; "plain" was MT-Color with fresh modules. Full size: 5 DDIM steps; tiny: 20.
+OLD_FULL = {
+    "fresh-0": (208.6, 1.00),
+    "fresh-4": (315.4, 1.51),
+    "trained-0": (201.2, 0.96),
+    "trained-4": (402.7, 1.93),
+}
+OLD_TINY = {"fresh-0": (3.00, 1.00), "trained-4": (21.2, 7.07)}
+TABLE = [("fresh", 0), ("fresh", 4), ("trained", 0), ("trained", 4)]
 
 
 def scene(size: int, n: int) -> tuple[np.ndarray, list[Instance]]:
+    """A gradient and ``n`` square instances of a third of the side each (up to 4 distinct places)."""
     yy, xx = np.mgrid[0:size, 0:size]
     luma = (0.15 + 0.7 * (xx + yy) / (2 * size)).astype(np.float32)
     insts = []
     cells = [(0, 0), (1, 0), (0, 1), (1, 1)]
     for i in range(n):
         cx, cy = cells[i % 4]
-        x0, y0 = cx * size // 2 + size // 16, cy * size // 2 + size // 16
-        x1, y1 = x0 + size // 3, y0 + size // 3
+        shift = (i // 4) * size // 12  # instances 5..8 overlap 1..4, shifted
+        x0, y0 = cx * size // 2 + size // 16 + shift, cy * size // 2 + size // 16 + shift
+        x1, y1 = min(size, x0 + size // 3), min(size, y0 + size // 3)
         m = np.zeros((size, size), dtype=bool)
         m[y0:y1, x0:x1] = True
         insts.append(Instance(i + 1, f"object {i}", f"a red object number {i}", m, (x0, y0, x1, y1)))
     return luma, insts
 
 
+class ModuleStates:
+    """Fresh and trained-like weights of the engine's MT-Color modules, swapped in place."""
+
+    def __init__(self, engine: MTColorEngine) -> None:
+        self.engine = engine
+        self.fresh = copy.deepcopy(engine.modules.state_dict())
+        trained = copy.deepcopy(engine.modules)
+        self.redrawn = trained_like(trained)
+        self.trained = trained.state_dict()
+
+    def use(self, kind: str) -> None:
+        self.engine.modules.load_state_dict(self.fresh if kind == "fresh" else self.trained)
+
+
+def plain_pipeline(engine: MTColorEngine) -> Any:
+    """diffusers' StableDiffusionControlNetPipeline over the engine's own components."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    pipe = StableDiffusionControlNetPipeline(
+        vae=getattr(engine.vae, "vae", engine.vae),  # the diffusers VAE inside a PrecisionVAE
+        text_encoder=engine.text_encoder,
+        tokenizer=engine.tokenizer,
+        unet=engine.unet,
+        controlnet=engine.controlnet,
+        scheduler=engine.sampler.scheduler_factory(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    key: str
+    seconds: float  # wall, per image
+    cpu: float  # process CPU seconds, per image
+    calls: int  # batched denoiser calls per image
+    peak_gib: float
+
+
+def _timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, float, int, float]:
+    """Median wall s, median CPU s, calls of one run, peak GiB (CUDA) over ``repeats`` runs of fn."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    walls, cpus, calls = [], [], 0
+    for _ in range(repeats):
+        t, p = time.perf_counter(), time.process_time()
+        calls = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - p)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return float(np.median(walls)), float(np.median(cpus)), calls, peak
+
+
+class Bench:
+    """Everything timed shares one engine, one pipeline, one plan and one scene generator."""
+
+    def __init__(self, engine: MTColorEngine, plan: Plan, size: int, repeats: int, warmup: int) -> None:
+        self.engine, self.plan, self.size = engine, plan, size
+        self.repeats, self.warmup = repeats, warmup
+        self.pipe = plain_pipeline(engine)
+        self.states = ModuleStates(engine)
+        self.k = fusion_steps(plan.alpha, plan.steps)
+
+    # ----------------------------------------------------------------------- plain SD+ControlNet
+    def _plain_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        luma, _ = scene(self.size, 0)
+        control = torch.from_numpy(luma)[None, None].expand(1, 3, self.size, self.size).contiguous()
+        seq, _pooled = self.engine.encode_text([self.plan.prompt, self.plan.negative_prompt])
+        return control, seq[:1], seq[1:]
+
+    def plain_image(self) -> int:
+        """One whole image through the diffusers pipeline, then the same decode as MT-Color."""
+        self.engine.denoiser.uninstall()  # the plain UNet, as diffusers ships it
+        try:
+            return self._plain_image()
+        finally:
+            self.engine.denoiser.install()
+
+    def _plain_image(self) -> int:
+        control, prompt, negative = self._plain_inputs()
+        calls = 0
+
+        def count(_pipe: Any, _i: int, _t: Any, kwargs: dict) -> dict:
+            nonlocal calls
+            calls += 1
+            return kwargs
+
+        latents = self.pipe(
+            prompt_embeds=prompt,
+            negative_prompt_embeds=negative,
+            image=control.to(self.engine.device, self.engine.dtype),
+            height=self.size,
+            width=self.size,
+            num_inference_steps=self.plan.steps,
+            guidance_scale=self.plan.guidance_scale,
+            controlnet_conditioning_scale=self.plan.controlnet_scale,
+            generator=torch.Generator("cpu").manual_seed(0),
+            output_type="latent",
+            callback_on_step_end=count,
+        ).images
+        from skimage.color import rgb2lab
+
+        canvas = SimpleNamespace(height=self.size, width=self.size)
+        rgb = self.engine.sampler.decode_rgb(latents.float(), canvas)  # type: ignore[arg-type]
+        rgb2lab(rgb)
+        return calls
+
+    def plain_step(self) -> int:
+        """One denoising step exactly as the pipeline runs it (both CFG halves in one batch)."""
+        self.engine.denoiser.uninstall()
+        try:
+            return self._plain_step()
+        finally:
+            self.engine.denoiser.install()
+
+    def _plain_step(self) -> int:
+        control, prompt, negative = self._plain_inputs()
+        dev, dt = self.engine.device, self.engine.dtype
+        sched = self.pipe.scheduler
+        sched.set_timesteps(self.plan.steps, device=dev)
+        t = sched.timesteps[0]
+        lat = torch.randn(1, 4, self.size // 8, self.size // 8, generator=torch.Generator().manual_seed(0))
+        lat = lat.to(dev)
+        with torch.no_grad():
+            x = sched.scale_model_input(torch.cat([lat] * 2), t).to(dt)
+            emb = torch.cat([negative, prompt]).to(dt)
+            ctl = torch.cat([control] * 2).to(dev, dt)
+            down, mid = self.pipe.controlnet(
+                x,
+                t,
+                encoder_hidden_states=emb,
+                controlnet_cond=ctl,
+                conditioning_scale=self.plan.controlnet_scale,
+                guess_mode=False,
+                return_dict=False,
+            )
+            eps = self.pipe.unet(
+                x,
+                t,
+                encoder_hidden_states=emb,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                return_dict=False,
+            )[0]
+            un, co = eps.chunk(2)
+            sched.step(un + self.plan.guidance_scale * (co - un), t, lat)
+        return 1
+
+    # ---------------------------------------------------------------------------------- MT-Color
+    def mt_image(self, n: int) -> int:
+        luma, insts = scene(self.size, n)
+        c0 = self.engine.unet_calls
+        self.engine.colorize(luma, insts, self.plan)
+        return self.engine.unet_calls - c0
+
+    def mt_step(self, n: int, phase: str) -> int:
+        """One step of the real sampling loop: ``branch`` (all branches batched, then fusion) or ``fused``."""
+        luma, insts = scene(self.size, n)
+        sampler = self.engine.sampler
+        alpha = 1.0 if phase == "branch" else 0.0
+        plan = dataclasses.replace(self.plan, alpha=alpha)
+        masks = (
+            np.stack([i.mask for i in insts]).astype(np.float32)
+            if insts
+            else np.zeros((0, self.size, self.size), np.float32)
+        )
+        canvas = build_canvas(
+            luma, masks, lambda hp, wp: [(0, 0, wp // 8, hp // 8)], self.engine.device, self.engine.dtype
+        )
+        texts = sampler.texts(plan, insts)
+        z0 = sampler.initial_noise(torch.Generator().manual_seed(0), canvas.latent_size)
+        c0 = self.engine.unet_calls
+        with torch.no_grad():
+            sampler.denoise(canvas, texts, plan, z0, start=plan.steps - 1)
+        return self.engine.unet_calls - c0
+
+    # ------------------------------------------------------------------------------------- runs
+    def measure(self, fn: Callable[[], int]) -> tuple[float, float, int, float]:
+        for _ in range(self.warmup):
+            fn()
+        return _timed(fn, self.engine.device, self.repeats)
+
+    def row_plain(self, one_call: bool) -> Row:
+        if one_call:
+            s, c, calls, peak = self.measure(self.plain_step)
+            t = self.plan.steps
+            return Row("plain SD+ControlNet (diffusers)", "plain", s * t, c * t, calls * t, peak)
+        s, c, calls, peak = self.measure(self.plain_image)
+        return Row("plain SD+ControlNet (diffusers)", "plain", s, c, calls, peak)
+
+    def row_mt(self, kind: str, n: int, one_call: bool) -> Row:
+        self.states.use(kind)
+        label = "trained-like" if kind == "trained" else "fresh"
+        name = f"MT-Color {label}, {n} instance{'s' if n != 1 else ''}"
+        if not one_call:
+            s, c, calls, peak = self.measure(lambda: self.mt_image(n))
+            return Row(name, f"{kind}-{n}", s, c, calls, peak)
+        t, k = self.plan.steps, (self.k if n else 0)
+        fs, fc, fcalls, fpeak = self.measure(lambda: self.mt_step(n, "fused"))
+        bs = bc = 0.0
+        bcalls, bpeak = 0, float("nan")
+        if k:
+            bs, bc, bcalls, bpeak = self.measure(lambda: self.mt_step(n, "branch"))
+        peak = max(fpeak, bpeak) if k and not np.isnan(fpeak) else fpeak
+        return Row(
+            name,
+            f"{kind}-{n}",
+            k * bs + (t - k) * fs,
+            k * bc + (t - k) * fc,
+            k * bcalls + (t - k) * fcalls,
+            peak,
+        )
+
+
+def print_rows(rows: list[Row], old: dict[str, tuple[float, float]] | None, one_call: bool) -> None:
+    base = rows[0]
+    unit = "s/image (composed)" if one_call else "s/image"
+    print(
+        f"\n{'setting':<40} {unit:>18} {'x plain':>8} {'cpu s':>8} {'x cpu':>6} {'calls':>6} {'peak GiB':>9}"
+        + (f" | {'old cpu-s':>9} {'old x':>6}" if old else "")
+    )
+    for r in rows:
+        line = (
+            f"{r.name:<40} {r.seconds:>18.2f} {r.seconds / base.seconds:>8.2f} {r.cpu:>8.2f} "
+            f"{r.cpu / base.cpu:>6.2f} {r.calls:>6d} {r.peak_gib:>9.2f}"
+        )
+        if old:
+            o = old.get(r.key)
+            line += f" | {o[0]:>9.2f} {o[1]:>5.2f}x" if o else f" | {'-':>9} {'-':>6}"
+        print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full-size", action="store_true", help="SD 1.5-size random weights (use a GPU)")
+    ap.add_argument("--full-size", action="store_true", help="SD 1.5-size random weights")
     ap.add_argument("--bundle", type=Path, help="bundle folder (default: a fresh tiny bundle)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--profile", default="default", help="profile whose sampling values are used")
     ap.add_argument("--steps", type=int, help="override the profile's steps")
     ap.add_argument("--size", type=int, default=512, help="square image side (default 512)")
-    ap.add_argument("--instances", default="0,1,2,4")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting (after one warm-up run)")
+    ap.add_argument("--modules", choices=("trained", "fresh"), default="trained")
+    ap.add_argument("--instances", default="0,4", help="instance counts (default 0,4)")
+    ap.add_argument("--table", action="store_true", help="the issue's four settings, old figures beside")
+    ap.add_argument("--one-call", action="store_true", help="time one step per phase and compose")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs per setting first")
+    ap.add_argument("--compile", action="store_true", help="EngineOptions.compile (CUDA)")
+    ap.add_argument("--vae-dtype", default="auto")
+    ap.add_argument("--no-channels-last", action="store_true")
     args = ap.parse_args()
 
+    torch.set_grad_enabled(False)
     profile = load_profile(args.profile, {"sampling.steps": args.steps})
     sampling = profile.sampling.model_copy(update={"working_long_side": max(args.size, 8)})
+    options = EngineOptions(
+        vae_dtype=args.vae_dtype, channels_last=not args.no_channels_last, compile=args.compile
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         if args.full_size:
-            engine = full_size_engine(args.device, args.dtype, Path(tmp))
+            engine = full_size_engine(args.device, args.dtype, Path(tmp), options=options)
         else:
-            bundle = args.bundle or write_tiny_bundle(Path(tmp) / "tiny")
-            engine = MTColorEngine.load(bundle, device=args.device, dtype=args.dtype)
+            from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
+
+            bundle = args.bundle or write_tiny_bundle(Path(tmp) / "tiny", perception=False)
+            engine = MTColorEngine.load(bundle, device=args.device, dtype=args.dtype, options=options)
+        plan = make_plan((args.size, args.size), sampling, seed=0, prompt="an old photograph")
+        bench = Bench(engine, plan, args.size, args.repeats, args.warmup)
         build_s = time.perf_counter() - t0
-        cuda = engine.device.type == "cuda"
+        k = fusion_steps(plan.alpha, plan.steps)
         print(
             f"model: {engine.info['bundle']} ({'SD1.5-size random' if args.full_size else 'tiny'}), "
-            f"device {engine.info['device']}, dtype {engine.info['dtype']}, built/loaded in {build_s:.1f} s"
+            f"device {engine.info['device']}, dtype {engine.info['dtype']}, vae {engine.info['vae_dtype']}, "
+            f"compile {engine.info['compile']}, built/loaded in {build_s:.1f} s; "
+            f"trained-like re-drew {bench.states.redrawn} zero tensors"
         )
         print(
-            f"image {args.size}x{args.size}, steps {sampling.steps}, guidance {sampling.guidance_scale}, "
-            f"alpha {sampling.alpha} (K={fusion_steps(sampling.alpha, sampling.steps)}), "
-            f"max_batch {sampling.max_batch}"
+            f"image {args.size}x{args.size}, steps {plan.steps}, guidance {plan.guidance_scale}, "
+            f"alpha {plan.alpha} (K={k}), max_batch {plan.max_batch}, "
+            f"mode {'one-call (composed)' if args.one_call else 'full image'}, "
+            f"{args.repeats} timed + {args.warmup} warm-up runs each"
         )
-        rows = []
-        counts = [int(v) for v in args.instances.split(",")]
-        plan = make_plan((args.size, args.size), sampling, seed=0, prompt="an old photograph")
-        engine.colorize(*scene(args.size, max(counts)), plan)  # warm-up: kernels, allocator, batch shapes
-        for n in counts:
-            luma, insts = scene(args.size, n)
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            times, cpu, calls = [], [], []
-            for _ in range(args.repeats):
-                c0 = engine.unet_calls
-                t, p = time.perf_counter(), time.process_time()
-                engine.colorize(luma, insts, plan)
-                if cuda:
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t)
-                cpu.append(time.process_time() - p)
-                calls.append(engine.unet_calls - c0)
-            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-            rows.append((n, float(np.median(times)), float(np.median(cpu)), calls[0], peak))
-    base_s, base_cpu, base_calls = rows[0][1], rows[0][2], rows[0][3]
-    # CPU seconds (process time) beside wall seconds: on a shared machine wall time mostly measures the
-    # neighbours, CPU time still measures this process.
-    head = f"{'instances':>9} {'s/image':>9} {'x time':>7} {'cpu s':>8} {'x cpu':>6}"
-    print(f"\n{head} {'UNet calls':>10} {'x calls':>8} {'peak GiB':>9}")
-    for n, s, c_s, c, peak in rows:
+        settings = TABLE if args.table else [(args.modules, int(v)) for v in args.instances.split(",")]
+        rows = [bench.row_plain(args.one_call)]
+        for kind, n in settings:
+            rows.append(bench.row_mt(kind, n, args.one_call))
+            print(f"  measured {rows[-1].name}: {rows[-1].seconds:.2f} s", flush=True)
+    old = (OLD_FULL if args.full_size else OLD_TINY) if args.table else None
+    print_rows(rows, old, args.one_call)
+    if old:
         print(
-            f"{n:>9} {s:>9.3f} {s / base_s:>7.2f} {c_s:>8.2f} {c_s / base_cpu:>6.2f} "
-            f"{c:>10d} {c / base_calls:>8.2f} {peak:>9.2f}"
+            "old = before this benchmark (issue 13), CPU s of whole images through MT-Color itself "
+            f"({'5 steps' if args.full_size else 'the default 20 steps'}); 'plain' there = fresh modules, "
+            "0 instances. New ratios are to diffusers' pipeline; compare x columns at equal steps."
         )
-    if args.full_size and cuda:
-        n, s, _cs, _c, peak = rows[-1]
+    if args.full_size and engine.device.type == "cuda":
+        r = rows[-1]
         print(
-            f"\npaper (A40, 512x512): {PAPER_S} s, {PAPER_GB} GB per image | here with {n} instances: "
-            f"{s:.1f} s ({s / PAPER_S:.2f}x), {peak:.1f} GiB ({peak / PAPER_GB:.2f}x)"
+            f"\npaper (A40, 512x512): {PAPER_S} s, {PAPER_GB} GB per image | here, {r.name}: "
+            f"{r.seconds:.1f} s ({r.seconds / PAPER_S:.2f}x), "
+            f"{r.peak_gib:.1f} GiB ({r.peak_gib / PAPER_GB:.2f}x)"
         )
 
 

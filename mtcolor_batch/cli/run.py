@@ -59,6 +59,15 @@ def run_command(
         None, "--tile-size", help="Tile size (px) above which tiling starts."
     ),
     dtype: str | None = typer.Option(None, "--dtype", help="auto | float32 | float16 | bfloat16."),
+    vae_dtype: str | None = typer.Option(
+        None, "--vae-dtype", help="auto (half on CUDA, float32 on overflow) | float32 | float16 | bfloat16."
+    ),
+    channels_last: bool | None = typer.Option(
+        None, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
+    ),
+    compile_models: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile ControlNet and UNet (warm-up per tile shape)."
+    ),
     max_instances: int | None = typer.Option(None, "--max-instances", help="Cap on instances per scan."),
     auto_instances: bool | None = typer.Option(
         None, "--auto-instances/--no-auto-instances", help="Detect instances automatically."
@@ -105,6 +114,9 @@ def run_command(
             "sampling.working_long_side": working_size,
             "sampling.tile_size": tile_size,
             "sampling.dtype": dtype,
+            "sampling.vae_dtype": vae_dtype,
+            "sampling.channels_last": channels_last,
+            "sampling.compile": compile_models,
             "perception.max_instances": max_instances,
             "perception.auto_instances": auto_instances,
             "hints.strict": strict_hints,

@@ -53,6 +53,11 @@ class SamplingSettings(_Section):
     tile_overlap: int = Field(128, ge=0)
     max_batch: int = Field(8, ge=1, description="Most latents per UNet call; more are chunked.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="VAE precision; auto = dtype on CUDA (float32 redo on overflow), float32 on CPU."
+    )
+    channels_last: bool = Field(True, description="Channels-last memory format on CUDA (ignored on CPU).")
+    compile: bool = Field(False, description="torch.compile ControlNet and the UNet's plain layers.")
     prompt: str = Field("a colour photograph", description="Global text when a sidecar gives none.")
     negative_prompt: str = "black and white, grayscale, desaturated, sepia, monochrome"
 

@@ -6,12 +6,16 @@ dtype (float16 on CUDA, float32 on CPU; PyTorch SDPA attention). ``colorize`` re
 at the working resolution: the luminance lock (``render/chroma.py``) later puts the scan's own
 full-resolution lightness under it, so only colour comes from the model.
 
-The VAE always runs in float32: it is small, and SD's VAE in float16 can overflow at high
-resolution, which would turn a whole canvas black for a saving of a few hundred MB.
+Speed options (:class:`EngineOptions`, one profile key and one ``run`` option each, recorded in
+provenance): the VAE runs in the engine's half dtype on CUDA and is redone in float32 only for a
+decode that overflows (SD's VAE in float16 can, at high resolution, which would turn a canvas
+black); channels-last memory format for the convolutional nets on CUDA; optional ``torch.compile``
+of the ControlNet and of the UNet's plain layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +30,103 @@ from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.bundle import Bundle, load_bundle
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler
+
+VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs (not what it computes): each is a profile key and a ``run`` option.
+
+    vae_dtype: ``auto`` = the engine's dtype on CUDA (float16/bfloat16), float32 elsewhere; a half
+        decode that overflows (non-finite output) is redone in float32 (see :class:`PrecisionVAE`).
+    channels_last: NHWC memory format for UNet, ControlNet and VAE on CUDA, where cuDNN's half
+        convolutions are faster in it; ignored on CPU (where it is not faster).
+    compile: ``torch.compile`` the ControlNet and the UNet's plain layers (resnets, feed-forwards);
+        the attention layers stay eager, as MT-Color's per-call data passes through them and would
+        make dynamo recompile every call. Costs a warm-up per new tile shape.
+    compile_backend: torch.compile backend (``inductor``; tests use ``eager``).
+    """
+
+    vae_dtype: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+    @classmethod
+    def from_sampling(cls, sampling: Any) -> EngineOptions:
+        """The options a profile's ``sampling`` section asks for."""
+        return cls(
+            vae_dtype=str(sampling.vae_dtype),
+            channels_last=bool(sampling.channels_last),
+            compile=bool(sampling.compile),
+        )
+
+
+class PrecisionVAE(torch.nn.Module):
+    """The VAE in a half dtype, redone in float32 only for a call whose output overflows.
+
+    It offers what the sampler uses (``config``, ``encode``, ``decode``, parameters for the dtype).
+    The float32 redo upcasts the VAE for that one call and casts it back, so it never holds two
+    copies; ``fallbacks`` counts the redos (reported in the engine's timings).
+    """
+
+    def __init__(self, vae: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.vae: Any = vae.to(dtype)  # a diffusers AutoencoderKL
+        self.half_dtype = dtype
+        self.fallbacks = 0
+
+    @property
+    def config(self) -> Any:
+        return self.vae.config
+
+    def _float32(self, fn: Any, x: torch.Tensor, **kwargs: Any) -> Any:
+        self.fallbacks += 1
+        self.vae.to(torch.float32)
+        try:
+            return fn(x.float(), **kwargs)
+        finally:
+            self.vae.to(self.half_dtype)
+
+    def decode(self, z: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.vae.decode(z.to(self.half_dtype), **kwargs)
+        if bool(torch.isfinite(out.sample).all()):
+            return out
+        return self._float32(self.vae.decode, z, **kwargs)
+
+    def encode(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.vae.encode(x.to(self.half_dtype), **kwargs)
+        if bool(torch.isfinite(out.latent_dist.mean).all()):
+            return out
+        return self._float32(self.vae.encode, x, **kwargs)
+
+
+def resolve_vae_dtype(name: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """``auto`` -> the engine dtype on CUDA, float32 elsewhere; float16 is refused on CPU."""
+    if name not in VAE_DTYPES:
+        raise ModelError(f"unknown VAE dtype '{name}'", hint="use auto, float32, float16 or bfloat16")
+    if name == "auto":
+        return dtype if device.type == "cuda" else torch.float32
+    return resolve_dtype(name, device)
+
+
+def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, backend: str) -> int:
+    """In-place torch.compile of the ControlNet and of the UNet layers MT-Color does not wrap.
+
+    In place (``Module.compile``) so the denoiser's references, hooks and processors stay valid.
+    Returns how many modules were compiled.
+    """
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.resnet import ResnetBlock2D
+
+    controlnet.compile(backend=backend, dynamic=False)
+    count = 1
+    for mod in unet.modules():
+        if isinstance(mod, ResnetBlock2D | FeedForward):
+            mod.compile(backend=backend, dynamic=False)
+            count += 1
+    return count
 
 _STEPPABLE = ("DDIMScheduler",)
 """Schedulers run as shipped; any other is rebuilt as DDIM from its config (see sampler.py)."""
@@ -69,19 +170,32 @@ class MTColorEngine:
         scheduler: tuple[Any, dict[str, Any], str],
         device: torch.device,
         dtype: torch.dtype,
+        options: EngineOptions | None = None,
     ) -> None:
         from mtcolor_batch.model.denoiser import MTColorDenoiser, RegionBatch
 
         self.bundle = bundle
         self.device = device
         self.dtype = dtype
+        self.options = options or EngineOptions()
         self.tokenizer = components["tokenizer"]
         self.text_encoder = components["text_encoder"]
         self.unet = components["unet"]
         self.controlnet = components["controlnet"]
-        self.vae = components["vae"]
+        self.vae_dtype = resolve_vae_dtype(self.options.vae_dtype, device, dtype)
+        vae = components["vae"]
+        self.vae = PrecisionVAE(vae, self.vae_dtype) if self.vae_dtype != torch.float32 else vae.float()
         self.modules = components["modules"]
+        self.channels_last = self.options.channels_last and device.type == "cuda"
+        if self.channels_last:
+            for model in (self.unet, self.controlnet, vae):
+                model.to(memory_format=torch.channels_last)
         self.denoiser = MTColorDenoiser(self.unet, self.controlnet, self.modules).eval()
+        self.compiled_modules = 0
+        if self.options.compile:
+            self.compiled_modules = _compile_plain_layers(
+                self.unet, self.controlnet, self.options.compile_backend
+            )
         sched_cls, sched_config, self.scheduler_name = scheduler
         self.sampler = MTColorSampler(
             denoiser=self.denoiser,
@@ -102,6 +216,7 @@ class MTColorEngine:
         dtype: str | torch.dtype = "auto",
         *,
         verify: bool = True,
+        options: EngineOptions | None = None,
     ) -> MTColorEngine:
         """Verify and load a bundle; raises :class:`ModelError` with the failing file on problems."""
         from mtcolor_batch.model.denoiser import MTColorModules
@@ -113,7 +228,7 @@ class MTColorEngine:
         comps: dict[str, Any] = {}
         for kind in ("tokenizer", "text_encoder", "unet", "controlnet"):
             comps[kind] = _load_component(kind, root / kind, dt)
-        comps["vae"] = _load_component("vae", root / "vae", torch.float32)
+        comps["vae"] = _load_component("vae", root / "vae", torch.float32)  # cast by the engine
         comps["modules"] = MTColorModules.load(root / MODULES_FILE)
         text_dim = int(comps["text_encoder"].config.hidden_size)
         if comps["modules"].guidance.text_dim != text_dim:
@@ -128,7 +243,7 @@ class MTColorEngine:
             comps[kind].to(dev).eval().requires_grad_(False)
         for kind in ("unet", "controlnet", "vae"):
             _use_sdpa(comps[kind])
-        return cls(bundle, comps, _load_scheduler(root / "scheduler"), dev, dt)
+        return cls(bundle, comps, _load_scheduler(root / "scheduler"), dev, dt, options)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -154,6 +269,10 @@ class MTColorEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "scheduler": self.scheduler_name,
             "sources": self.bundle.sources,
+            "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
+            "channels_last": self.channels_last,
+            "compile": self.options.compile,
+            **({"compile_backend": self.options.compile_backend} if self.options.compile else {}),
         }
 
     # ---------------------------------------------------------------------------------- text
@@ -183,12 +302,15 @@ class MTColorEngine:
 
         t0 = time.perf_counter()
         calls0 = self.unet_calls
+        fallbacks0 = getattr(self.vae, "fallbacks", 0)
         rgb = self.colorize_rgb(luma_w, instances_w, plan)
         ab = rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32)
         self.last_timings = {
             "sample_s": time.perf_counter() - t0,
             "unet_calls": float(self.unet_calls - calls0),
         }
+        if isinstance(self.vae, PrecisionVAE):
+            self.last_timings["vae_float32_fallbacks"] = float(self.vae.fallbacks - fallbacks0)
         return np.ascontiguousarray(ab)
 
 

@@ -73,10 +73,15 @@ class Pipeline:
     @classmethod
     def load(cls, profile: Profile, bundle_dir: Path, scan_root: Path, out_dir: Path) -> Pipeline:
         """Load the engine and the perception models from the bundle on the profile's device."""
-        from mtcolor_batch.model.engine import MTColorEngine
+        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine
         from mtcolor_batch.perception.models import load_perception
 
-        engine = MTColorEngine.load(bundle_dir, device=profile.device, dtype=profile.sampling.dtype)
+        engine = MTColorEngine.load(
+            bundle_dir,
+            device=profile.device,
+            dtype=profile.sampling.dtype,
+            options=EngineOptions.from_sampling(profile.sampling),
+        )
         device = str(getattr(engine, "device", profile.device))
         # Loaded even with auto instances off: SAM also serves sidecar box/point hints.
         perception = load_perception(bundle_dir, device, long_side=profile.perception.size)
