@@ -191,7 +191,7 @@ def _region(
     raise AssertionError("label hints are bound, not drawn")  # pragma: no cover
 
 
-def _default_text(hint: InstanceHint, label: str) -> str:
+def default_text(hint: InstanceHint, label: str) -> str:
     """'a {color} {label}' as in the MT-Color paper, or the archivist's own text."""
     if hint.text:
         return hint.text
@@ -279,7 +279,7 @@ def resolve_hints(
                     auto,
                     source="sidecar",
                     color=hint.color_hint,
-                    text=_default_text(hint, auto.label),
+                    text=default_text(hint, auto.label),
                     score=1.0,
                 )
             continue
@@ -291,7 +291,7 @@ def resolve_hints(
             Instance(
                 id=next_id,
                 label=label,
-                text=_default_text(hint, label),
+                text=default_text(hint, label),
                 mask=mask,
                 box=box_from_mask(mask) or (0, 0, 0, 0),  # never empty here: _region drops those
                 source="sidecar",
