@@ -79,6 +79,7 @@ def _scene() -> tuple[np.ndarray, list[Instance]]:
     return luma, [Instance(1, "tram", "a red tram", m, (16, 8, 48, 40))]
 
 
+@pytest.mark.slow
 def test_compile_gives_the_same_colours_and_is_recorded(tiny_bundle: Path) -> None:
     """--compile (eager backend here: dynamo capture without a C++ toolchain) changes no output."""
     settings = SamplingSettings(steps=2, working_long_side=64, alpha=0.5)

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from mtcolor_batch.core.config import PerceptionSettings
-from mtcolor_batch.core.types import ColorHint, Instance
+from mtcolor_batch.core.types import ColorHint, Instance, box_from_mask
 from mtcolor_batch.perception.instances import (
-    box_from_mask,
     finalize,
     label_map,
     mask_iou,

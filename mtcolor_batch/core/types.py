@@ -104,3 +104,12 @@ class Result:
     instance_stats: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+def box_from_mask(mask: np.ndarray) -> Box | None:
+    """Tight (x0, y0, x1, y1) box, exclusive ends; ``None`` for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -39,7 +39,7 @@ from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
-from mtcolor_batch.hints.resolve import DEFAULT_LABEL, _default_text
+from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
 from mtcolor_batch.hints.schema import find_sidecar, parse_sidecar_text, sidecar_candidates
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.perception.overlay import instance_rgb, render_overlay
@@ -321,7 +321,7 @@ class EditorSession:
         if sidecar is None or problems:
             return None
         item = sidecar.instances[0]
-        return _default_text(item, item.label.strip() if item.label else DEFAULT_LABEL)
+        return default_text(item, item.label.strip() if item.label else DEFAULT_LABEL)
 
     @staticmethod
     def _swatch(color: object) -> str | None:

@@ -20,7 +20,7 @@ from skimage.draw import polygon as draw_polygon
 
 from mtcolor_batch.core.config import HintSettings
 from mtcolor_batch.core.errors import HintError
-from mtcolor_batch.core.types import Box, Instance, Scan
+from mtcolor_batch.core.types import Box, Instance, Scan, box_from_mask
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.mask_files import load_mask_file, resolve_mask_path
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
@@ -28,7 +28,6 @@ from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
 __all__ = [
     "PromptSegmenter",
     "ResolvedHints",
-    "mask_box",
     "resolve_hints",
 ]
 
@@ -64,13 +63,6 @@ class ResolvedHints:
 
 def _norm_label(text: str) -> str:
     return " ".join(text.strip().lower().replace("_", " ").split())
-
-
-def mask_box(mask: np.ndarray) -> Box:
-    """Tight (x0, y0, x1, y1) box of a non-empty mask, x1/y1 exclusive."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def _where(sidecar_path: Path | None, hint: InstanceHint) -> str:
@@ -199,7 +191,7 @@ def _region(
     raise AssertionError("label hints are bound, not drawn")  # pragma: no cover
 
 
-def _default_text(hint: InstanceHint, label: str) -> str:
+def default_text(hint: InstanceHint, label: str) -> str:
     """'a {color} {label}' as in the MT-Color paper, or the archivist's own text."""
     if hint.text:
         return hint.text
@@ -287,7 +279,7 @@ def resolve_hints(
                     auto,
                     source="sidecar",
                     color=hint.color_hint,
-                    text=_default_text(hint, auto.label),
+                    text=default_text(hint, auto.label),
                     score=1.0,
                 )
             continue
@@ -299,9 +291,9 @@ def resolve_hints(
             Instance(
                 id=next_id,
                 label=label,
-                text=_default_text(hint, label),
+                text=default_text(hint, label),
                 mask=mask,
-                box=mask_box(mask),
+                box=box_from_mask(mask) or (0, 0, 0, 0),  # never empty here: _region drops those
                 source="sidecar",
                 score=score,
                 color=hint.color_hint,

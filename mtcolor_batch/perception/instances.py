@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mtcolor_batch.core.config import PerceptionSettings
-from mtcolor_batch.core.types import Box, Instance
+from mtcolor_batch.core.types import Box, Instance, box_from_mask
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,15 +43,6 @@ def box_iou(a: Box, b: Box) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def box_from_mask(mask: np.ndarray) -> Box | None:
-    """Tight (x0, y0, x1, y1) box, exclusive ends; ``None`` for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def _union_box(a: Box, b: Box) -> Box:

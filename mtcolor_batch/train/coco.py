@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.core.types import Instance, Scan, box_from_mask
 from mtcolor_batch.evaluate.annotations import AnnotatedImage, load_annotations
 
 SKIPPED_CATEGORIES = frozenset({"other", "unlabeled", "unlabelled"})
@@ -87,10 +87,9 @@ class CocoAnnotations:
                     (size[1], size[0]), Image.Resampling.NEAREST
                 )
                 mask = np.asarray(small) > 127
-            if not mask.any():
+            box = box_from_mask(mask)
+            if box is None:
                 continue
-            ys, xs = np.nonzero(mask)
-            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             given = "" if ann.text == f"a {ann.label}" else ann.text  # the reader's stand-in is no text
             found.append(Instance(len(found) + 1, label, given, mask, box, source="sidecar"))
         return found

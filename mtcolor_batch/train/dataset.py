@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 from mtcolor_batch.core.config import PerceptionSettings
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import atomic_write_bytes
-from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.core.types import Instance, Scan, box_from_mask
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import describe_tone as describe_scan_tone
 from mtcolor_batch.scan.imageio import rgb_to_gray
@@ -256,7 +256,8 @@ def build_entry(
         lab_mean = naming.mean_lab(lab, mask)
         mask_rel = f"masks/{ident}_{k}.png"
         atomic_write_bytes(out / mask_rel, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")))
-        ys, xs = np.nonzero(mask)
+        box = box_from_mask(mask)
+        assert box is not None  # empty masks were skipped above
         instances.append(
             {
                 "label": inst.label,
@@ -265,7 +266,7 @@ def build_entry(
                 "text": answer.text,
                 "text_by": answer.source,
                 "mask": mask_rel,
-                "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                "box": list(box),
                 "score": round(float(inst.score), 4),
             }
         )
