@@ -62,7 +62,8 @@ OLD_FULL = {
     "trained-4": (402.7, 1.93),
 }
 OLD_TINY = {"fresh-0": (3.00, 1.00), "trained-4": (21.2, 7.07)}
-TABLE = [("fresh", 0), ("fresh", 4), ("trained", 0), ("trained", 4)]
+TABLE = [("fresh", 0, 0), ("fresh", 4, 0), ("trained", 0, 0), ("trained", 4, 0), ("trained", 4, 64)]
+"""(modules, instances, branch_crop px): the issue's four settings, then the cheaper instance branches."""
 
 
 def scene(size: int, n: int) -> tuple[np.ndarray, list[Instance]]:
@@ -239,18 +240,18 @@ class Bench:
         return 1
 
     # ---------------------------------------------------------------------------------- MT-Color
-    def mt_image(self, n: int) -> int:
+    def mt_image(self, n: int, crop: int) -> int:
         luma, insts = scene(self.size, n)
         c0 = self.engine.unet_calls
-        self.engine.colorize(luma, insts, self.plan)
+        self.engine.colorize(luma, insts, dataclasses.replace(self.plan, branch_crop=crop))
         return self.engine.unet_calls - c0
 
-    def mt_step(self, n: int, phase: str) -> int:
+    def mt_step(self, n: int, phase: str, crop: int) -> int:
         """One step of the real sampling loop: ``branch`` (all branches batched, then fusion) or ``fused``."""
         luma, insts = scene(self.size, n)
         sampler = self.engine.sampler
         alpha = 1.0 if phase == "branch" else 0.0
-        plan = dataclasses.replace(self.plan, alpha=alpha)
+        plan = dataclasses.replace(self.plan, alpha=alpha, branch_crop=crop)
         masks = (
             np.stack([i.mask for i in insts]).astype(np.float32)
             if insts
@@ -264,6 +265,7 @@ class Bench:
             lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
             self.engine.device,
             self.engine.dtype,
+            crop,
         )
         z0 = sampler.initial_noise(torch.Generator().manual_seed(0), canvas.latent_size)
         c0 = self.engine.unet_calls
@@ -285,23 +287,24 @@ class Bench:
         s, c, calls, peak = self.measure(self.plain_image)
         return Row("plain SD+ControlNet (diffusers)", "plain", s, c, calls, peak)
 
-    def row_mt(self, kind: str, n: int, one_call: bool) -> Row:
+    def row_mt(self, kind: str, n: int, one_call: bool, crop: int = 0) -> Row:
         self.states.use(kind)
         label = "trained-like" if kind == "trained" else "fresh"
-        name = f"MT-Color {label}, {n} instance{'s' if n != 1 else ''}"
+        name = f"MT-Color {label}, {n} inst" + (f", crop {crop}" if crop and n else "")
+        key = f"{kind}-{n}" if not crop else f"{kind}-{n}-crop{crop}"
         if not one_call:
-            s, c, calls, peak = self.measure(lambda: self.mt_image(n))
-            return Row(name, f"{kind}-{n}", s, c, calls, peak)
+            s, c, calls, peak = self.measure(lambda: self.mt_image(n, crop))
+            return Row(name, key, s, c, calls, peak)
         t, k = self.plan.steps, (self.k if n else 0)
-        fs, fc, fcalls, fpeak = self.measure(lambda: self.mt_step(n, "fused"))
+        fs, fc, fcalls, fpeak = self.measure(lambda: self.mt_step(n, "fused", crop))
         bs = bc = 0.0
         bcalls, bpeak = 0, float("nan")
         if k:
-            bs, bc, bcalls, bpeak = self.measure(lambda: self.mt_step(n, "branch"))
+            bs, bc, bcalls, bpeak = self.measure(lambda: self.mt_step(n, "branch", crop))
         peak = max(fpeak, bpeak) if k and not np.isnan(fpeak) else fpeak
         return Row(
             name,
-            f"{kind}-{n}",
+            key,
             k * bs + (t - k) * fs,
             k * bc + (t - k) * fc,
             k * bcalls + (t - k) * fcalls,
@@ -345,13 +348,20 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="EngineOptions.compile (CUDA)")
     ap.add_argument("--vae-dtype", default="auto")
     ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--attention", default="auto", help="auto | sparse | flex | dense (the reference)")
+    ap.add_argument("--branch-crop", type=int, help="sampling.branch_crop px for the MT-Color rows")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
-    profile = load_profile(args.profile, {"sampling.steps": args.steps})
+    profile = load_profile(
+        args.profile, {"sampling.steps": args.steps, "sampling.branch_crop": args.branch_crop}
+    )
     sampling = profile.sampling.model_copy(update={"working_long_side": max(args.size, 8)})
     options = EngineOptions(
-        vae_dtype=args.vae_dtype, channels_last=not args.no_channels_last, compile=args.compile
+        vae_dtype=args.vae_dtype,
+        channels_last=not args.no_channels_last,
+        compile=args.compile,
+        attention=args.attention,
     )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -369,7 +379,8 @@ def main() -> None:
         print(
             f"model: {engine.info['bundle']} ({'SD1.5-size random' if args.full_size else 'tiny'}), "
             f"device {engine.info['device']}, dtype {engine.info['dtype']}, vae {engine.info['vae_dtype']}, "
-            f"compile {engine.info['compile']}, built/loaded in {build_s:.1f} s; "
+            f"compile {engine.info['compile']}, attention {engine.info['attention']}, "
+            f"built/loaded in {build_s:.1f} s; "
             f"trained-like re-drew {bench.states.redrawn} zero tensors"
         )
         print(
@@ -378,10 +389,11 @@ def main() -> None:
             f"mode {'one-call (composed)' if args.one_call else 'full image'}, "
             f"{args.repeats} timed + {args.warmup} warm-up runs each"
         )
-        settings = TABLE if args.table else [(args.modules, int(v)) for v in args.instances.split(",")]
+        crop = plan.branch_crop
+        settings = TABLE if args.table else [(args.modules, int(v), crop) for v in args.instances.split(",")]
         rows = [bench.row_plain(args.one_call)]
-        for kind, n in settings:
-            rows.append(bench.row_mt(kind, n, args.one_call))
+        for kind, n, crop in settings:
+            rows.append(bench.row_mt(kind, n, args.one_call, crop))
             print(f"  measured {rows[-1].name}: {rows[-1].seconds:.2f} s", flush=True)
     old = (OLD_FULL if args.full_size else OLD_TINY) if args.table else None
     print_rows(rows, old, args.one_call)

@@ -65,6 +65,12 @@ def run_command(
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
     ),
+    branch_crop: int | None = typer.Option(
+        None, "--branch-crop", help="Instance branches on box + PX of context (0 = whole tile)."
+    ),
+    attention: str | None = typer.Option(
+        None, "--attention", help="auto | sparse | flex | dense: region attention (dense = reference)."
+    ),
     compile_models: bool | None = typer.Option(
         None, "--compile/--no-compile", help="torch.compile ControlNet and UNet (warm-up per tile shape)."
     ),
@@ -117,6 +123,8 @@ def run_command(
             "sampling.vae_dtype": vae_dtype,
             "sampling.channels_last": channels_last,
             "sampling.compile": compile_models,
+            "sampling.attention": attention,
+            "sampling.branch_crop": branch_crop,
             "perception.max_instances": max_instances,
             "perception.auto_instances": auto_instances,
             "hints.strict": strict_hints,

@@ -53,6 +53,12 @@ class SamplingSettings(_Section):
         description="Multi-instance fusion after alpha*T steps: paper (Eq. 10 as printed, background "
         "scaled by beta), paste (instances pasted onto the global latent), blend (beta-weighted mix).",
     )
+    branch_crop: int = Field(
+        0,
+        ge=0,
+        description="Instance branches run on their box + this many px of context, grown to a multiple "
+        "of 64 px (0 = on the whole tile, as the paper).",
+    )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
         False,
@@ -68,6 +74,9 @@ class SamplingSettings(_Section):
     )
     channels_last: bool = Field(True, description="Channels-last memory format on CUDA (ignored on CPU).")
     compile: bool = Field(False, description="torch.compile ControlNet and the UNet's plain layers.")
+    attention: Literal["auto", "sparse", "flex", "dense"] = Field(
+        "auto", description="Region attention of PMAM/instance branch: per region (auto) or dense mask."
+    )
     prompt: str = Field("a colour photograph", description="Global text when a sidecar gives none.")
     negative_prompt: str = "black and white, grayscale, desaturated, sepia, monochrome"
 
@@ -165,9 +174,7 @@ def _read_profile_file(path: Path) -> dict[str, Any]:
     try:
         data = read_yaml(path, max_bytes=MAX_PROFILE_BYTES, what="profile") or {}
     except UserError as exc:
-        raise UserError(
-            exc.message, path=exc.path, line=exc.line, column=exc.column, hint=exc.hint
-        ) from None
+        raise UserError(exc.message, path=exc.path, line=exc.line, column=exc.column, hint=exc.hint) from None
     if not isinstance(data, dict):
         raise UserError("a profile must be a YAML mapping", path=path)
     return data

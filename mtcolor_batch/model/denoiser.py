@@ -203,9 +203,11 @@ class MTColorDenoiser(nn.Module):
         modules: MTColorModules,
         *,
         skip_zero_modules: bool = True,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
         modules.check_compatible(unet, controlnet)
+        self.attention = attention
         self.unet = unet
         self.controlnet = controlnet
         self.mtcolor = modules
@@ -252,7 +254,7 @@ class MTColorDenoiser(nn.Module):
         b, _, h, w = latents.shape
         regions = regions.to(device=latents.device, dtype=latents.dtype)
         regions.check(b, (h, w))
-        maps = RegionMaps.of(regions)
+        maps = RegionMaps.of(regions, self.attention)
         # Never skip while training: zero-initialised parts must still get their first gradient.
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.mtcolor.parameters())
         skip = self.skip_zero_modules and not training

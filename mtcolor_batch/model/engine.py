@@ -47,12 +47,16 @@ class EngineOptions:
         the attention layers stay eager, as MT-Color's per-call data passes through them and would
         make dynamo recompile every call. Costs a warm-up per new tile shape.
     compile_backend: torch.compile backend (``inductor``; tests use ``eager``).
+    attention: how PMAM and the instance branch attend within regions: ``auto``/``sparse`` region by
+        region, ``flex`` FlexAttention, ``dense`` one masked SDPA (the reference; see
+        ``model.region_attention``).
     """
 
     vae_dtype: str = "auto"
     channels_last: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
+    attention: str = "auto"
 
     @classmethod
     def from_sampling(cls, sampling: Any) -> EngineOptions:
@@ -61,6 +65,7 @@ class EngineOptions:
             vae_dtype=str(sampling.vae_dtype),
             channels_last=bool(sampling.channels_last),
             compile=bool(sampling.compile),
+            attention=str(sampling.attention),
         )
 
 
@@ -192,7 +197,9 @@ class MTColorEngine:
         if self.channels_last:
             for model in (self.unet, self.controlnet, vae):
                 model.to(memory_format=torch.channels_last)
-        self.denoiser = MTColorDenoiser(self.unet, self.controlnet, self.modules).eval()
+        self.denoiser = MTColorDenoiser(
+            self.unet, self.controlnet, self.modules, attention=self.options.attention
+        ).eval()
         self.compiled_modules = 0
         if self.options.compile:
             self.compiled_modules = _compile_plain_layers(
@@ -273,6 +280,7 @@ class MTColorEngine:
             "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
             "channels_last": self.channels_last,
             "compile": self.options.compile,
+            "attention": self.options.attention,
             **({"compile_backend": self.options.compile_backend} if self.options.compile else {}),
         }
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtcolor_batch.model.region_attention import RegionLayout
 from mtcolor_batch.model.regions import RegionMaps, masked_attention
 
 CALL_KEY = "mtcolor"
@@ -93,11 +94,16 @@ class GuidedLayer(nn.Module):
         self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(
-        self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, inside: torch.Tensor
+        self,
+        x: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | RegionLayout,
+        inside: torch.Tensor,
     ) -> torch.Tensor:
         """The gated branch output (B, S, dim) for latents ``x`` (B, S, dim), tokens (B, N, token_dim).
 
-        ``mask`` is the (B, 1, S, S + N) branch mask, ``inside`` the (B, S, 1) instance pixels.
+        ``mask`` is the (B, 1, S, S + N) branch mask or its :class:`RegionLayout`, ``inside`` the
+        (B, S, 1) instance pixels.
         """
         b, s, _ = x.shape
         dtype = self.to_q.weight.dtype
@@ -255,4 +261,4 @@ class InstanceAttnProcessor:
     def delta(self, x: torch.Tensor, call: InstanceCall) -> torch.Tensor:
         """The gated instance term alone (tests use it to check leakage)."""
         size = call.maps.size_for(x.shape[1])
-        return self.layer(x, call.tokens, call.maps.branch(size), call.maps.inside(size))
+        return self.layer(x, call.tokens, call.maps.branch_attention(size), call.maps.inside(size))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mtcolor_batch.core.errors import ModelError
+from mtcolor_batch.model.region_attention import RegionLayout
 from mtcolor_batch.model.regions import RegionMaps, masked_attention
 
 
@@ -53,10 +54,13 @@ class PMAMBlock(nn.Module):
         b, s, c = x.shape
         return x.view(b, s, self.heads, c // self.heads).transpose(1, 2)
 
-    def forward(self, latent: torch.Tensor, control: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, latent: torch.Tensor, control: torch.Tensor, mask: torch.Tensor | RegionLayout
+    ) -> torch.Tensor:
         """Delta to add to ``latent + control``; (B, C, h, w) in, (B, C, h, w) out, in latent's dtype.
 
-        ``mask`` is the (B, 1, h*w, h*w) bool same-region mask at this resolution.
+        ``mask`` is the (B, 1, h*w, h*w) bool same-region mask at this resolution, or its
+        :class:`RegionLayout` (same result, computed region by region).
         """
         b, c, h, w = latent.shape
         dtype = self.to_q.weight.dtype
@@ -140,7 +144,7 @@ def attach_pmam(
     def delta(i: int, feat: torch.Tensor) -> torch.Tensor | None:
         if not active[i]:
             return None
-        d = pmam.blocks[i](feat, controls[i], masks.same_region((feat.shape[-2], feat.shape[-1])))
+        d = pmam.blocks[i](feat, controls[i], masks.same_region_attention((feat.shape[-2], feat.shape[-1])))
         return d * scale if scale != 1.0 else d
 
     stash: dict[str, torch.Tensor] = {}

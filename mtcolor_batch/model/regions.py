@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mtcolor_batch.core.types import LATENT_FACTOR
+from mtcolor_batch.model.region_attention import RegionLayout, region_attention
 
 
 def label_map(masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -61,13 +62,18 @@ def same_region_mask(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, :, None] == labels[:, None, :])[:, None]
 
 
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, H, S, d) queries over (B, H, S', d) keys/values under a bool (B, 1, S, S') mask.
+def masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | RegionLayout
+) -> torch.Tensor:
+    """(B, H, S, d) queries over (B, H, S', d) keys/values under a bool (B, 1, S, S') mask or a layout.
 
-    The single dense masked attention of PMAM and the instance branch: masking happens before the
-    softmax, so a pixel's weights are renormalised over what it may see. Region-sparse kernels
-    replace this function and nothing else.
+    The single masked attention of PMAM and the instance branch: masking happens before the
+    softmax, so a pixel's weights are renormalised over what it may see. A :class:`RegionLayout`
+    computes the same thing region by region (``model.region_attention``); a bool mask is the dense
+    reference.
     """
+    if isinstance(mask, RegionLayout):
+        return region_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -218,22 +224,59 @@ class RegionBatch:
 class RegionMaps:
     """The masks of one denoiser call, built once per resolution and shared by every layer.
 
-    PMAM and the instance branch at the same resolution share the labels and the same-region mask;
-    with a bool mask SDPA cannot use the flash kernel, so at least no S x S mask is built twice.
+    PMAM and the instance branch at the same resolution share the labels. ``attention`` picks how
+    the layers attend (:meth:`same_region_attention`, :meth:`branch_attention`): ``dense`` hands them
+    the bool masks below (the reference), any other value of ``model.region_attention.IMPLS`` a
+    :class:`RegionLayout` that attends region by region, grouped once per call and resolution.
     """
 
-    def __init__(self, labels: torch.Tensor, valid: torch.Tensor, latent_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        latent_size: tuple[int, int],
+        attention: str = "dense",
+    ) -> None:
         self.label_map = labels
         self.valid = valid
         self.latent_size = (int(latent_size[0]), int(latent_size[1]))
+        self.attention = attention
+        self._layouts: dict[tuple[str, int, int], RegionLayout] = {}
         self._labels: dict[tuple[int, int], torch.Tensor] = {}
         self._same: dict[tuple[int, int], torch.Tensor] = {}
         self._branch: dict[tuple[int, int], torch.Tensor] = {}
         self._sizes: dict[int, tuple[int, int]] = {}
 
     @classmethod
-    def of(cls, regions: RegionBatch) -> RegionMaps:
-        return cls(regions.label_map, regions.inst_valid, tuple(regions.label_map.shape[-2:]))  # type: ignore[arg-type]
+    def of(cls, regions: RegionBatch, attention: str = "dense") -> RegionMaps:
+        size = (int(regions.label_map.shape[-2]), int(regions.label_map.shape[-1]))
+        return cls(regions.label_map, regions.inst_valid, size, attention)
+
+    def same_region_attention(self, size: tuple[int, int]) -> torch.Tensor | RegionLayout:
+        """What PMAM attends with at ``size``: :meth:`same_region`, or its region layout."""
+        size = (int(size[0]), int(size[1]))
+        if self.attention == "dense":
+            return self.same_region(size)
+        key = ("same", *size)
+        if key not in self._layouts:
+            self._layouts[key] = RegionLayout.self_attention(self.labels(size), impl=self.attention)
+        return self._layouts[key]
+
+    def branch_attention(self, size: tuple[int, int]) -> torch.Tensor | RegionLayout:
+        """What the instance branch attends with at ``size``: :meth:`branch`, or its region layout.
+
+        The layout gives background pixels no keys at all: the branch zeroes their rows anyway
+        (:meth:`inside`), so they are not computed.
+        """
+        size = (int(size[0]), int(size[1]))
+        if self.attention == "dense":
+            return self.branch(size)
+        key = ("branch", *size)
+        if key not in self._layouts:
+            self._layouts[key] = RegionLayout.with_tokens(
+                self.labels(size), self.valid, background_queries=False, impl=self.attention
+            )
+        return self._layouts[key]
 
     def labels(self, size: tuple[int, int]) -> torch.Tensor:
         """(B, h*w) labels at ``size``."""

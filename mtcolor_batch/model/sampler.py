@@ -105,6 +105,8 @@ class Canvas:
     boxes: list[Box]  # latent tile boxes
     blender: TileBlender
     present: list[list[int]] = field(default_factory=list)  # per tile: instance slots (0-based) inside
+    crops: list[Box] = field(default_factory=list)  # per instance: latent box its branch runs on
+    box_present: dict[Box, list[int]] = field(default_factory=dict)  # cache of instances per crop box
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -160,6 +162,29 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     return scale_boxes(tiles, LATENT_FACTOR)  # type: ignore[arg-type]
 
 
+def crop_boxes(fusion: torch.Tensor, margin_px: int) -> list[Box]:
+    """Per instance, the latent box its branch runs on: its region's bounding box + ``margin_px``,
+    grown (centred) to a multiple of 64 px and kept inside the canvas; empty for an empty region."""
+    n, lh, lw = fusion.shape
+    cell = 64 // LATENT_FACTOR
+    margin = -(-margin_px // LATENT_FACTOR)
+    boxes: list[Box] = []
+    for k in range(n):
+        ys, xs = torch.nonzero(fusion[k], as_tuple=True)
+        if ys.numel() == 0:
+            boxes.append((0, 0, 0, 0))
+            continue
+        spans = []
+        for lo, hi, size in ((int(xs.min()), int(xs.max()) + 1, lw), (int(ys.min()), int(ys.max()) + 1, lh)):
+            lo, hi = max(0, lo - margin), min(size, hi + margin)
+            want = min(size, -(-(hi - lo) // cell) * cell)
+            lo = min(max(0, lo - (want - (hi - lo)) // 2), size - want)
+            spans.append((lo, lo + want))
+        (x0, x1), (y0, y1) = spans
+        boxes.append((x0, y0, x1, y1))
+    return boxes
+
+
 def build_canvas(
     luma: np.ndarray,
     masks: np.ndarray,
@@ -167,10 +192,12 @@ def build_canvas(
     boxes_fn: Callable[[int, int], list[Box]],
     device: torch.device,
     dtype: torch.dtype,
+    branch_crop: int = 0,
 ) -> Canvas:
     """Pad luma (edge-replicated) and masks (background) to a multiple of 8 and derive every map.
 
     The regions come from :meth:`RegionBatch.from_masks`, the builder training uses too.
+    ``branch_crop`` > 0 gives every instance branch a crop box (:func:`crop_boxes`).
     """
     h, w = luma.shape
     hp, wp = _ceil8(h), _ceil8(w)
@@ -194,6 +221,7 @@ def build_canvas(
         boxes=boxes,
         blender=blender,
         present=present,
+        crops=crop_boxes(fusion, branch_crop) if branch_crop > 0 and n else [],
     )
 
 
@@ -204,6 +232,7 @@ class _Entry:
     tile: int
     branch: int  # 0 = global, k = instance k
     cond: bool
+    box: Box = (0, 0, 0, 0)  # latent box the entry runs on: its tile, or the branch's crop inside it
 
 
 class MTColorSampler:
@@ -242,6 +271,24 @@ class MTColorSampler:
 
     # ------------------------------------------------------------------------------ one step
     @staticmethod
+    def _entry_box(canvas: Canvas, tile: int, branch: int) -> Box:
+        """The tile's box, or for an instance branch with a crop its crop inside the tile."""
+        box = canvas.boxes[tile]
+        if branch == 0 or not canvas.crops:
+            return box
+        cx0, cy0, cx1, cy1 = canvas.crops[branch - 1]
+        x0, y0, x1, y1 = box
+        return (max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1))
+
+    @staticmethod
+    def _box_regions(canvas: Canvas, box: Box, cond: bool) -> RegionBatch:
+        """Regions of a cropped entry: the instances inside the crop, tokens dropped if unconditional."""
+        if box not in canvas.box_present:
+            canvas.box_present[box] = crop_masks(canvas.fusion_masks[None], box)[1]
+        regions = canvas.regions.crop(box, canvas.box_present[box])
+        return regions if cond else regions.drop_tokens()
+
+    @staticmethod
     def _regions(canvas: Canvas, tile: int, cond: bool) -> RegionBatch:
         """Regions of one (tile, CFG half) entry, the same for every branch.
 
@@ -274,13 +321,15 @@ class MTColorSampler:
         for ti in range(len(canvas.boxes)):
             for b in branches:
                 if b == 0 or (b - 1) in canvas.present[ti]:
-                    entries.extend(_Entry(ti, b, c) for c in halves)
+                    box = self._entry_box(canvas, ti, b)
+                    entries.extend(_Entry(ti, b, c, box) for c in halves)
         model_in = scheduler.scale_model_input(z, t)  # type: ignore[attr-defined]
         slot = {b: i for i, b in enumerate(branches)}
         outputs: dict[tuple[int, int, bool], torch.Tensor] = {}
         by_shape: dict[tuple[int, int], list[_Entry]] = {}
+        boxes: dict[tuple[int, int], Box] = {}
         for e in entries:
-            x0, y0, x1, y1 = canvas.boxes[e.tile]
+            x0, y0, x1, y1 = e.box
             by_shape.setdefault((y1 - y0, x1 - x0), []).append(e)
         s = LATENT_FACTOR
         for group in by_shape.values():
@@ -288,7 +337,7 @@ class MTColorSampler:
                 chunk = group[start : start + max(1, plan.max_batch)]
                 lat, txt, ctl, regs = [], [], [], []
                 for e in chunk:
-                    x0, y0, x1, y1 = canvas.boxes[e.tile]
+                    x0, y0, x1, y1 = e.box
                     lat.append(model_in[slot[e.branch], :, y0:y1, x0:x1])
                     if not e.cond:
                         txt.append(texts.negative[0])
@@ -297,8 +346,12 @@ class MTColorSampler:
                     else:
                         txt.append(texts.inst_seq[e.branch - 1])
                     ctl.append(canvas.control[0, :, y0 * s : y1 * s, x0 * s : x1 * s])
-                    regs.append((e.tile, e.cond))
-                regions = RegionBatch.cat([self._regions(canvas, ti, cond) for ti, cond in regs])
+                    regs.append(
+                        self._regions(canvas, e.tile, e.cond)
+                        if e.box == canvas.boxes[e.tile]
+                        else self._box_regions(canvas, e.box, e.cond)
+                    )
+                regions = RegionBatch.cat(regs)
                 pred = self.denoiser(
                     torch.stack(lat).to(self.dtype),
                     t,
@@ -310,6 +363,7 @@ class MTColorSampler:
                 self.unet_calls += 1
                 for e, p in zip(chunk, pred.float(), strict=True):
                     outputs[(e.tile, e.branch, e.cond)] = p
+                    boxes[(e.tile, e.branch)] = e.box
         out = []
         for b in branches:
             tiles, preds = [], []
@@ -326,6 +380,8 @@ class MTColorSampler:
                 preds.append(eps[None])
             if b == 0:
                 out.append(canvas.blender.blend(preds)[0])
+            elif canvas.crops:
+                out.append(self._crop_blend(canvas, [boxes[(ti, b)] for ti in tiles], tiles, preds, out[0]))
             else:
                 out.append(self._partial_blend(canvas, tiles, preds, out[0]))
         return torch.stack(out)
@@ -350,6 +406,31 @@ class MTColorSampler:
             acc[:, y0:y1, x0:x1] += p[0] * win
             wsum[y0:y1, x0:x1] += win
         return torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), fallback)
+
+    @staticmethod
+    def _crop_blend(
+        canvas: Canvas, boxes: list[Box], tiles: list[int], preds: list[torch.Tensor], fallback: torch.Tensor
+    ) -> torch.Tensor:
+        """An instance branch run on crops: its predictions inside them, the global branch's elsewhere.
+
+        Outside its crop a branch's latent then takes exactly the global branch's steps (same noise,
+        same updates), so it equals the global latent there; inside, overlapping tiles blend with
+        their windows as in :meth:`_partial_blend`.
+        """
+        out = fallback.clone()
+        if len(canvas.boxes) == 1:
+            for (x0, y0, x1, y1), p in zip(boxes, preds, strict=True):
+                out[:, y0:y1, x0:x1] = p[0]
+            return out
+        acc = torch.zeros_like(fallback)
+        wsum = torch.zeros(fallback.shape[-2:], device=fallback.device, dtype=fallback.dtype)
+        for ti, (x0, y0, x1, y1), p in zip(tiles, boxes, preds, strict=True):
+            tx0, ty0 = canvas.boxes[ti][:2]
+            win = torch.from_numpy(canvas.blender.weights(ti)).to(fallback.device, fallback.dtype)
+            win = win[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
+            acc[:, y0:y1, x0:x1] += p[0] * win
+            wsum[y0:y1, x0:x1] += win
+        return torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), out)
 
     # ------------------------------------------------------------------------------- the loop
     def denoise(
@@ -429,7 +510,9 @@ class MTColorSampler:
         def one_box(hp: int, wp: int) -> list[Box]:
             return [(0, 0, wp // LATENT_FACTOR, hp // LATENT_FACTOR)]
 
-        full = build_canvas(luma, masks, texts.inst_pooled, tiled_boxes, self.device, self.dtype)
+        full = build_canvas(
+            luma, masks, texts.inst_pooled, tiled_boxes, self.device, self.dtype, plan.branch_crop
+        )
         if len(full.boxes) == 1:
             z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
             return self.decode_rgb(z, full)
@@ -445,6 +528,7 @@ class MTColorSampler:
             one_box,
             self.device,
             self.dtype,
+            plan.branch_crop,
         )
         z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
         rgb_low = self.decode_rgb(z_low, low)
