@@ -131,3 +131,10 @@ def test_background_queries_can_be_left_out() -> None:
         inside = (labels > 0)[:, None, :, None]
         assert part.masked_select(~inside).abs().max() == 0
         torch.testing.assert_close(part, torch.where(inside, full, 0.0), atol=1e-5, rtol=1e-5)
+
+
+def test_meta_tensors_take_the_dense_path() -> None:
+    """Shape-only runs (meta device) work: the grouping, which needs values, is not attempted."""
+    q, k, v = (torch.empty(2, 2, 16, 8, device="meta") for _ in range(3))
+    layout = RegionLayout.self_attention(torch.empty(2, 16, dtype=torch.long, device="meta"))
+    assert region_attention(q, k, v, layout, impl="sparse").shape == (2, 2, 16, 8)

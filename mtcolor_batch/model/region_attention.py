@@ -23,6 +23,9 @@ Implementations (``impl``):
 * ``auto``: ``sparse`` (exact, no compilation, measured faster than ``dense`` on CPU; see the
   README's "Speed and memory").
 
+On the ``meta`` device (shape checks without data) every implementation runs the dense one: grouping
+needs the labels' values.
+
 A :class:`RegionLayout` holds the grouping; build it once per UNet call and resolution and reuse it
 in every layer, so no per-layer Python work beyond the per-region calls remains.
 """
@@ -257,7 +260,7 @@ def region_attention(
             f"layout is for {tuple(layout.q_labels.shape)} queries / {layout.k_labels.shape[1]} keys, "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
         )
-    if impl == "dense":
+    if impl == "dense" or q.is_meta or layout.q_labels.is_meta:  # grouping needs the labels' values
         return dense_region_attention(q, k, v, layout.q_labels, layout.k_labels, layout.dense_mask())
     flex = impl == "flex"
     out: torch.Tensor | None = None
