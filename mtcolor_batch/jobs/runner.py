@@ -381,6 +381,9 @@ def run_batch(
         if todo:  # same planning and journal whoever does the work (this process or Ray)
             ctx = ExecContext(journal, stop, console, outcomes, req.profile, bundle_dir, root, out_dir)
             interrupted = (executor or LocalExecutor(pipeline_factory))(todo, ctx)
+            # Writers that died during this run (a Ray worker killed mid-write, or one orphaned by a
+            # killed earlier driver and still alive when the run started) leave temps behind.
+            clean_stale_temps(out_dir)
         journal_problems = journal.check()
     _summary(console, outcomes, out_dir, found.warnings)
     if journal_problems:
