@@ -90,6 +90,21 @@ class SmiSampler:
         self._thread.join(timeout=10)
 
 
+def _bundle_usable(bundle: Path) -> bool:
+    """A bundle written by an earlier run is reused only if this version can load its modules."""
+    from mtcolor_batch.core.errors import ModelError
+    from mtcolor_batch.model.denoiser import MTColorModules
+    from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+
+    if not (bundle / MANIFEST_FILE).is_file():
+        return False
+    try:
+        MTColorModules.load(bundle / MODULES_FILE)
+    except ModelError:
+        return False
+    return True
+
+
 def run_cli(args: list[str]) -> int:
     """``mtcolor-batch <args>`` in this process; returns its exit code."""
     from mtcolor_batch.cli import app
@@ -115,7 +130,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     bundle = work / ("bundle-small" if args.small else "bundle-full")
     t = time.perf_counter()
-    if not (bundle / "mtcolor.json").is_file():
+    if not _bundle_usable(bundle):
         shutil.rmtree(bundle, ignore_errors=True)
         write_bench_bundle(bundle, small=args.small)
         print(f"bundle written in {time.perf_counter() - t:.0f} s: {bundle}", flush=True)
