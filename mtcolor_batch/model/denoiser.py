@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,6 +33,9 @@ from mtcolor_batch.model.instance_guidance import (
 )
 from mtcolor_batch.model.pmam import PMAM, attach_pmam
 from mtcolor_batch.model.regions import RegionBatch, RegionMaps
+
+if TYPE_CHECKING:
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
 METADATA_KEY = "mtcolor_modules"
 FORMAT_VERSION = 2
@@ -75,8 +79,8 @@ class MTColorModules(nn.Module):
     @classmethod
     def from_unet(
         cls,
-        unet: nn.Module,
-        controlnet: nn.Module,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel,
         text_dim: int,
         token_dim: int | None = None,
         weight: Callable[[str], torch.Tensor] | None = None,
@@ -95,7 +99,7 @@ class MTColorModules(nn.Module):
             modules.guidance.init_from(weight or unet.get_parameter)
         return modules
 
-    def check_compatible(self, unet: nn.Module, controlnet: nn.Module) -> None:
+    def check_compatible(self, unet: UNet2DConditionModel, controlnet: ControlNetModel) -> None:
         """ModelError unless these modules were built for this UNet/ControlNet pair."""
         expected = PMAM.from_controlnet(controlnet).channels
         if self.pmam.channels != expected:
@@ -198,8 +202,8 @@ class MTColorDenoiser(nn.Module):
 
     def __init__(
         self,
-        unet: nn.Module,
-        controlnet: nn.Module,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel,
         modules: MTColorModules,
         *,
         skip_zero_modules: bool = True,
@@ -222,7 +226,7 @@ class MTColorDenoiser(nn.Module):
                 proc = proc.base
             if name.endswith("attn1.processor"):
                 key = layer_key(name)
-                processors[name] = InstanceAttnProcessor(proc, self.mtcolor.guidance.layers[key], key)
+                processors[name] = InstanceAttnProcessor(proc, self.mtcolor.guidance.layer(key), key)
             else:
                 processors[name] = CallArgFilter(proc)
         self.unet.set_attn_processor(processors)

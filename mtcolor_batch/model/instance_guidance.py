@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ from torch import nn
 
 from mtcolor_batch.model.region_attention import RegionLayout
 from mtcolor_batch.model.regions import RegionMaps, masked_attention
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 CALL_KEY = "mtcolor"
 """Name of the per-call argument in the UNet's ``cross_attention_kwargs``."""
@@ -156,7 +160,7 @@ class InstanceGuidance(nn.Module):
         )
 
     @staticmethod
-    def self_attention_dims(unet: nn.Module) -> dict[str, int]:
+    def self_attention_dims(unet: UNet2DConditionModel) -> dict[str, int]:
         """{processor name: width} for every self-attention (attn1) layer of a diffusers UNet."""
         dims = {}
         for name in unet.attn_processors:
@@ -165,7 +169,7 @@ class InstanceGuidance(nn.Module):
         return dims
 
     @staticmethod
-    def self_attention_heads(unet: nn.Module) -> dict[str, int]:
+    def self_attention_heads(unet: UNet2DConditionModel) -> dict[str, int]:
         """{processor name: head count} of every self-attention (attn1) layer of a diffusers UNet."""
         return {
             name: int(unet.get_submodule(name.removesuffix(".processor")).heads)
@@ -181,18 +185,26 @@ class InstanceGuidance(nn.Module):
         """
         for name in self.layer_dims:
             prefix = name.removesuffix(".processor")
-            self.layers[layer_key(name)].init_from(lambda key, p=prefix: weight(f"{p}.{key}"))
+
+            def layer_weight(key: str, p: str = prefix) -> torch.Tensor:
+                return weight(f"{p}.{key}")
+
+            self.layer(layer_key(name)).init_from(layer_weight)
+
+    def layer(self, key: str) -> GuidedLayer:
+        """The branch of one layer, typed (``nn.ModuleDict`` only knows it holds modules)."""
+        return cast(GuidedLayer, self.layers[key])
 
     def encode(self, inst_text: torch.Tensor, inst_masks: torch.Tensor) -> torch.Tensor:
         """(B, N, D_text) texts + (B, N, H, W) masks -> (B, N, token_dim) instance tokens."""
         b, n = inst_text.shape[:2]
-        dtype = self.mlp[0].weight.dtype
+        dtype = cast(nn.Linear, self.mlp[0]).weight.dtype
         mask_feat = self.mask_encoder(inst_masks.flatten(0, 1).to(dtype)).view(b, n, -1)
         return self.mlp(torch.cat([inst_text.to(dtype), mask_feat], dim=-1))
 
     def active(self) -> dict[str, bool]:
         """Which layers can change anything (gate != 0), with one device sync for all of them."""
-        flags = torch.stack([(layer.gate != 0).any() for layer in self.layers.values()]).tolist()
+        flags = torch.stack([(self.layer(key).gate != 0).any() for key in self.layers]).tolist()
         return dict(zip(self.layers.keys(), flags, strict=True))
 
 

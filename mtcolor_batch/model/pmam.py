@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from torch import nn
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.model.region_attention import RegionLayout
 from mtcolor_batch.model.regions import RegionMaps, masked_attention
+
+if TYPE_CHECKING:
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
 
 class PMAMBlock(nn.Module):
@@ -90,7 +94,7 @@ class PMAM(nn.Module):
         self.blocks = nn.ModuleList(PMAMBlock(c, head_dim) for c in self.channels)
 
     @classmethod
-    def from_controlnet(cls, controlnet: nn.Module, head_dim: int = 64) -> PMAM:
+    def from_controlnet(cls, controlnet: ControlNetModel, head_dim: int = 64) -> PMAM:
         """Channel widths read from the ControlNet's zero convs, so they match its residuals exactly."""
         down = [int(conv.out_channels) for conv in controlnet.controlnet_down_blocks]
         mid = int(controlnet.controlnet_mid_block.out_channels)
@@ -98,10 +102,10 @@ class PMAM(nn.Module):
 
     def active(self) -> list[bool]:
         """Which blocks can change anything (one device sync for all of them)."""
-        return [not z for z in torch.stack([blk.is_zero() for blk in self.blocks]).tolist()]
+        return [not z for z in torch.stack([cast(PMAMBlock, blk).is_zero() for blk in self.blocks]).tolist()]
 
 
-def unet_skip_layout(unet: nn.Module) -> list[int]:
+def unet_skip_layout(unet: UNet2DConditionModel) -> list[int]:
     """Index of the first skip feature each down block returns (index 0 is conv_in's output).
 
     A diffusers down block returns one skip per resnet plus one after its downsampler, if any.
@@ -118,7 +122,7 @@ def unet_skip_layout(unet: nn.Module) -> list[int]:
 @contextmanager
 def attach_pmam(
     pmam: PMAM,
-    unet: nn.Module,
+    unet: UNet2DConditionModel,
     control_down: Sequence[torch.Tensor],
     control_mid: torch.Tensor,
     masks: RegionMaps,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
 from mtcolor_batch.model.regions import RegionBatch, one_hot
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 FUSION_MODES = ("paper", "paste", "blend")
 TILE_SEED_STRENGTH = 0.6
@@ -146,7 +150,7 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     """
     if height <= plan.tile_size and width <= plan.tile_size:
         return [(0, 0, width // LATENT_FACTOR, height // LATENT_FACTOR)]
-    tiles = [tuple(int(v) for v in b) for b in plan.tiles]
+    tiles: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in plan.tiles]
     ok = len(tiles) > 1 and all(
         all(v % LATENT_FACTOR == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
         for b in tiles
@@ -159,7 +163,7 @@ def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     if not ok:
         overlap = min(plan.tile_overlap, plan.tile_size - LATENT_FACTOR)
         tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_FACTOR)
-    return scale_boxes(tiles, LATENT_FACTOR)  # type: ignore[arg-type]
+    return scale_boxes(tiles, LATENT_FACTOR)
 
 
 def crop_boxes(fusion: torch.Tensor, margin_px: int) -> list[Box]:
@@ -242,7 +246,7 @@ class MTColorSampler:
         self,
         denoiser: DenoiseFn,
         scheduler_factory: Callable[[], object],
-        vae: torch.nn.Module,
+        vae: AutoencoderKL,
         encode_text: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
         device: torch.device,
         dtype: torch.dtype,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,12 @@ from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
 from mtcolor_batch.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mtcolor_batch.train.config import TrainConfig
 from mtcolor_batch.train.data import Batch, ManifestDataset, OrderedBatches, collate
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 
 LOSS_LOG = "loss.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -67,13 +73,13 @@ class Components:
     """Every part of a bundle the trainer touches, on the training device."""
 
     tokenizer: Any
-    text_encoder: nn.Module
-    vae: nn.Module
-    unet: nn.Module
-    controlnet: nn.Module
-    modules: nn.Module
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    controlnet: ControlNetModel
+    modules: MTColorModules
     noise_scheduler: Any
-    denoiser: nn.Module
+    denoiser: MTColorDenoiser
 
 
 STAGE_STEPS = {0: 20000, 1: 25000, 2: 20000}
@@ -386,8 +392,9 @@ def train(
     would (after the checkpoint of that step, if one is due): used to test resume.
     """
     cfg = config
+    total_steps = cfg.steps if cfg.steps is not None else STAGE_STEPS.get(stage, STAGE_STEPS[2])
     if cfg.steps is None:
-        cfg = cfg.model_copy(update={"steps": STAGE_STEPS.get(stage, STAGE_STEPS[2])})
+        cfg = cfg.model_copy(update={"steps": total_steps})
     data, bundle, out = Path(data), Path(bundle), Path(out)
     dev = resolve_device(device)
     amp = autocast_dtype(cfg.mixed_precision, dev)
@@ -462,11 +469,11 @@ def train(
         f"stage {stage}: {len(dataset)} samples, {sum(p.numel() for p in params.values()):,} trainable "
         f"parameters, device {dev}, precision {amp or torch.float32}, from step {step}"
     )
-    last = stop_after if stop_after is not None else cfg.steps
+    last = stop_after if stop_after is not None else total_steps
     batches = 0
     with _timed() as elapsed:
         start_step = step
-        while step < min(last, cfg.steps):
+        while step < min(last, total_steps):
             total = 0.0
             for _ in range(cfg.grad_accum):
                 batch = next(loader)
@@ -516,7 +523,7 @@ def train(
                     keep=cfg.keep_checkpoints,
                 )
     bundle_out = out / BUNDLE
-    if step >= cfg.steps:
+    if step >= total_steps:
         write_trained_bundle(bundle, bundle_out, parts, stage, step, cfg)
         say(f"wrote bundle {bundle_out}")
     return TrainResult(
