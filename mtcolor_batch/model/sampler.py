@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
 from mtcolor_batch.model.regions import RegionBatch, one_hot
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
-from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes, tile_boxes
+from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes
+from mtcolor_batch.stages.plan import canvas_tiles
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -51,9 +52,15 @@ TILE_SEED_STRENGTH = 0.6
 add tile-level detail, little enough that the global colours survive (SDEdit-style strength)."""
 
 
+def steps_fraction(fraction: float, steps: int) -> int:
+    """round(fraction*steps) within [0, steps], rounding halves up (Python's round() would send 0.5
+    to 0): the one rounding rule for a share of the denoising steps."""
+    return min(steps, max(0, int(math.floor(fraction * steps + 0.5))))
+
+
 def fusion_steps(alpha: float, steps: int) -> int:
-    """K = round(alpha*T), rounding halves up (Python's round() would send 0.5 to 0)."""
-    return min(steps, max(0, int(math.floor(alpha * steps + 0.5))))
+    """K = round(alpha*T): the steps sampled per instance before the fusion."""
+    return steps_fraction(alpha, steps)
 
 
 def fuse_latents(
@@ -141,28 +148,16 @@ def resize_plane(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.reshape(*lead, *size).numpy()
 
 
-def canvas_tiles(plan: Plan, height: int, width: int) -> list[Box]:
+def plan_latent_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     """Latent tile boxes for a padded canvas of ``height`` x ``width`` pixels.
 
-    The plan's own tiles are used when they fit this canvas exactly (aligned to 8, inside, covering
-    it), so provenance describes what ran; otherwise they are recomputed with the plan's tile size
-    and overlap (e.g. when padding to a multiple of 8 grew the canvas).
+    The plan's own tiles when the canvas is the plan's working size, so provenance describes what
+    ran; for any other canvas (a caller's luma at another size) the plan's tiling rule applied to it.
     """
-    if height <= plan.tile_size and width <= plan.tile_size:
-        return [(0, 0, width // LATENT_FACTOR, height // LATENT_FACTOR)]
-    tiles: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in plan.tiles]
-    ok = len(tiles) > 1 and all(
-        all(v % LATENT_FACTOR == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
-        for b in tiles
-    )
-    if ok:
-        cover = np.zeros((height, width), dtype=bool)
-        for x0, y0, x1, y1 in tiles:
-            cover[y0:y1, x0:x1] = True
-        ok = bool(cover.all())
-    if not ok:
-        overlap = min(plan.tile_overlap, plan.tile_size - LATENT_FACTOR)
-        tiles = tile_boxes(height, width, plan.tile_size, overlap, align=LATENT_FACTOR)
+    if (height, width) == tuple(plan.working_size):
+        tiles: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in plan.tiles]
+    else:
+        tiles = canvas_tiles(height, width, plan.tile_size, plan.tile_overlap)
     return scale_boxes(tiles, LATENT_FACTOR)
 
 
@@ -509,7 +504,7 @@ class MTColorSampler:
         generator = torch.Generator("cpu").manual_seed(int(plan.seed))
 
         def tiled_boxes(hp: int, wp: int) -> list[Box]:
-            return canvas_tiles(plan, hp, wp)
+            return plan_latent_tiles(plan, hp, wp)
 
         def one_box(hp: int, wp: int) -> list[Box]:
             return [(0, 0, wp // LATENT_FACTOR, hp // LATENT_FACTOR)]
@@ -541,7 +536,7 @@ class MTColorSampler:
         seed_rgb = lab_to_srgb_locked(luma, ab[0], ab[1])
         # ... and the tiles re-run the last TILE_SEED_STRENGTH of the steps from it, re-noised.
         x0 = self.encode_rgb(seed_rgb, full)
-        start = min(plan.steps - 1, plan.steps - int(math.floor(TILE_SEED_STRENGTH * plan.steps + 0.5)))
+        start = min(plan.steps - 1, plan.steps - steps_fraction(TILE_SEED_STRENGTH, plan.steps))
         start = max(0, start)
         scheduler = self.scheduler_factory()
         scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from typing import Any
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.core.types import LATENT_FACTOR, Plan
+from mtcolor_batch.core.types import LATENT_FACTOR, Box, Plan
 from mtcolor_batch.render.tiling import axis_starts, tile_boxes
 
 
@@ -48,18 +48,24 @@ def working_size(scan_size: tuple[int, int], long_side: int, square: bool = Fals
     return _round8(h * scale), _round8(w * scale)
 
 
-def _check_tiles(settings: SamplingSettings) -> None:
-    if settings.tile_size % LATENT_FACTOR:
+def canvas_tiles(height: int, width: int, tile_size: int, tile_overlap: int) -> list[Box]:
+    """The tile grid (working pixels) of a ``height`` x ``width`` canvas: the one tiling rule.
+
+    ``make_plan`` records it in the Plan; the sampler applies it again only to a canvas the plan was
+    not made for. Raises UserError for tile settings the latent grid cannot honour.
+    """
+    if tile_size % LATENT_FACTOR:
         raise UserError(
-            f"sampling.tile_size must be a multiple of {LATENT_FACTOR} (got {settings.tile_size})",
+            f"sampling.tile_size must be a multiple of {LATENT_FACTOR} (got {tile_size})",
             hint="the sampler tiles latents, 8 pixels per latent cell; 512 is the model's native size",
         )
-    if settings.tile_overlap % LATENT_FACTOR or settings.tile_overlap >= settings.tile_size:
+    if tile_overlap % LATENT_FACTOR or tile_overlap >= tile_size:
         raise UserError(
             f"sampling.tile_overlap must be a multiple of {LATENT_FACTOR} below tile_size "
-            f"(got {settings.tile_overlap} for tile_size {settings.tile_size})",
+            f"(got {tile_overlap} for tile_size {tile_size})",
             hint="e.g. tile_size 512 with tile_overlap 128",
         )
+    return tile_boxes(height, width, tile_size, tile_overlap, align=LATENT_FACTOR)
 
 
 def make_plan(
@@ -70,9 +76,8 @@ def make_plan(
     ``prompt`` is the global text (from the sidecar); ``None`` or empty falls back to
     ``settings.prompt``. Raises UserError for tile settings the latent grid cannot honour.
     """
-    _check_tiles(settings)
     wh, ww = working_size(scan_size, settings.working_long_side, settings.working_square)
-    tiles = tile_boxes(wh, ww, settings.tile_size, settings.tile_overlap, align=LATENT_FACTOR)
+    tiles = canvas_tiles(wh, ww, settings.tile_size, settings.tile_overlap)
     # Every Plan field named like a sampling setting takes the setting's value: a knob added to both
     # reaches the sampler without a line here.
     shared = {
