@@ -151,14 +151,29 @@ def resize_plane(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def plan_latent_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     """Latent tile boxes for a padded canvas of ``height`` x ``width`` pixels.
 
-    The plan's own tiles when the canvas is the plan's working size, so provenance describes what
-    ran; for any other canvas (a caller's luma at another size) the plan's tiling rule applied to it.
+    The plan's own tiles when they fit this canvas exactly (aligned to 8, inside, covering it), so
+    provenance describes what ran; otherwise the plan's tiling rule (``stages.plan.canvas_tiles``)
+    applied to this canvas, e.g. a caller's luma at another size.
     """
-    if (height, width) == tuple(plan.working_size):
-        tiles: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in plan.tiles]
-    else:
+    tiles: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in plan.tiles]
+    fits_one = height <= plan.tile_size and width <= plan.tile_size
+    if fits_one or not _tiles_cover(tiles, height, width):
         tiles = canvas_tiles(height, width, plan.tile_size, plan.tile_overlap)
     return scale_boxes(tiles, LATENT_FACTOR)
+
+
+def _tiles_cover(tiles: list[Box], height: int, width: int) -> bool:
+    """Several 8-aligned boxes inside the canvas that together cover every pixel of it."""
+    ok = len(tiles) > 1 and all(
+        all(v % LATENT_FACTOR == 0 for v in b) and 0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height
+        for b in tiles
+    )
+    if ok:
+        cover = np.zeros((height, width), dtype=bool)
+        for x0, y0, x1, y1 in tiles:
+            cover[y0:y1, x0:x1] = True
+        ok = bool(cover.all())
+    return ok
 
 
 def crop_boxes(fusion: torch.Tensor, margin_px: int) -> list[Box]:
