@@ -63,20 +63,7 @@ def colorfulness(rgb: np.ndarray) -> float:
     A gray image (R = G = B) scores exactly 0. Sums are taken strip by strip in float64 so a
     100-megapixel scan does not need gigabytes of temporaries.
     """
-    n = 0
-    sums = np.zeros(4, dtype=np.float64)  # sum rg, sum rg^2, sum yb, sum yb^2
-    for strip in _strips(rgb):
-        x = strip.astype(np.float64) * 255.0
-        rg = x[..., 0] - x[..., 1]
-        yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
-        sums += (rg.sum(), np.square(rg).sum(), yb.sum(), np.square(yb).sum())
-        n += rg.size
-    if n == 0:
-        raise ValueError("empty image")
-    mean_rg, mean_yb = sums[0] / n, sums[2] / n
-    var_rg = max(sums[1] / n - mean_rg**2, 0.0)
-    var_yb = max(sums[3] / n - mean_yb**2, 0.0)
-    return math.sqrt(var_rg + var_yb) + 0.3 * math.sqrt(mean_rg**2 + mean_yb**2)
+    return _opponent_colourfulness(rgb, absolute=False)
 
 
 def colorfulness_ddcolor(rgb: np.ndarray) -> float:
@@ -87,12 +74,20 @@ def colorfulness_ddcolor(rgb: np.ndarray) -> float:
     scores 0. Same 0-255 scale. Baselines in the paper's tables were measured this way, so a
     comparison with them needs this column, not :func:`colorfulness`.
     """
+    return _opponent_colourfulness(rgb, absolute=True)
+
+
+def _opponent_colourfulness(rgb: np.ndarray, absolute: bool) -> float:
+    """sigma_rgyb + 0.3 * mu_rgyb on the 0-255 scale, the opponent channels signed or in absolute
+    value (the two published variants differ only there)."""
     n = 0
-    sums = np.zeros(4, dtype=np.float64)  # sum |rg|, sum rg^2, sum |yb|, sum yb^2
+    sums = np.zeros(4, dtype=np.float64)  # sum rg, sum rg^2, sum yb, sum yb^2
     for strip in _strips(rgb):
         x = strip.astype(np.float64) * 255.0
-        rg = np.abs(x[..., 0] - x[..., 1])
-        yb = np.abs(0.5 * (x[..., 0] + x[..., 1]) - x[..., 2])
+        rg = x[..., 0] - x[..., 1]
+        yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+        if absolute:
+            rg, yb = np.abs(rg), np.abs(yb)
         sums += (rg.sum(), np.square(rg).sum(), yb.sum(), np.square(yb).sum())
         n += rg.size
     if n == 0:

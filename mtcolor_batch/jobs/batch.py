@@ -16,6 +16,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.jobs.journal import Journal
@@ -114,3 +122,17 @@ def record_result(res: WorkResult, ctx: ExecContext) -> Outcome:
         ctx.console.print("[red]failed[/red] " + escape(res.error))
     ctx.outcomes.append(outcome)
     return outcome
+
+
+def file_progress(console: Console) -> Progress:
+    """The per-file progress bar of a run, the same whichever executor processes the files."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )

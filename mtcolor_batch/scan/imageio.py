@@ -14,6 +14,8 @@ import functools
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,6 +118,23 @@ def _exif_bytes(img: Image.Image) -> bytes | None:
     return exif.tobytes()
 
 
+@contextmanager
+def _decode_errors(path: Path, max_megapixels: float) -> Iterator[None]:
+    """Pillow's failures to open or decode ``path`` as one-line ScanErrors naming the file."""
+    try:
+        yield
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ScanError(
+            f"image too large (over the {max_megapixels:g} MP limit)",
+            path=path,
+            hint="raise scan.max_megapixels in the profile if the file is trusted",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ScanError("not an image (unrecognised format)", path=path) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ScanError(f"corrupt or truncated image: {exc}", path=path) from exc
+
+
 def _sniff(fh: BinaryIO, path: Path, limit: int, max_megapixels: float) -> None:
     """Refuse a non-image or an over-limit image from its header alone, before the file is read.
 
@@ -129,19 +148,8 @@ def _sniff(fh: BinaryIO, path: Path, limit: int, max_megapixels: float) -> None:
     fh.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(fh) as img:
-                w, h = img.size
-        except Image.DecompressionBombError as exc:
-            raise ScanError(
-                f"image too large (over the {max_megapixels:g} MP limit)",
-                path=path,
-                hint="raise scan.max_megapixels in the profile if the file is trusted",
-            ) from exc
-        except UnidentifiedImageError as exc:
-            raise ScanError("not an image (unrecognised format)", path=path) from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ScanError(f"corrupt or truncated image: {exc}", path=path) from exc
+        with _decode_errors(path, max_megapixels), Image.open(fh) as img:
+            w, h = img.size
     if w * h > limit:
         raise ScanError(
             f"image too large ({w}x{h} px, over the {max_megapixels:g} MP limit)",
@@ -185,21 +193,11 @@ def load_scan(path: Path, root: Path, settings: ScanSettings) -> Scan:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
+            with _decode_errors(path, settings.max_megapixels):
                 img = Image.open(io.BytesIO(data))
                 fmt = img.format or "UNKNOWN"
                 n_frames = getattr(img, "n_frames", 1)
                 img.load()
-            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-                raise ScanError(
-                    f"image too large (over the {settings.max_megapixels:g} MP limit)",
-                    path=path,
-                    hint="raise scan.max_megapixels in the profile if the file is trusted",
-                ) from exc
-            except UnidentifiedImageError as exc:
-                raise ScanError("not an image (unrecognised format)", path=path) from exc
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise ScanError(f"corrupt or truncated image: {exc}", path=path) from exc
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
     if n_frames > 1:

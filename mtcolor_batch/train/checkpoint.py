@@ -120,48 +120,24 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
     with staged_dir(final) as tmp:
-        _write_checkpoint(
-            tmp,
-            step,
-            trainable=trainable,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scaler=scaler,
-            generator=generator,
-            state=state,
-        )
+        weights = {k: v.detach().cpu().contiguous() for k, v in trainable.items()}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_scalars = capture_rng(generator)
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        record = {
+            **state,
+            "step": step,
+            "optimizer": opt_meta,
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_scalars,
+        }
+        atomic_write_text(tmp / "state.json", json.dumps(record, sort_keys=True))
     for _, old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _write_checkpoint(
-    tmp: Path,
-    step: int,
-    *,
-    trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-    generator: torch.Generator,
-    state: dict[str, Any],
-) -> None:
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors")
-    )
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_scalars = capture_rng(generator)
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    record = {
-        **state,
-        "step": step,
-        "optimizer": opt_meta,
-        "lr_scheduler": lr_scheduler.state_dict(),
-        "grad_scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_scalars,
-    }
-    atomic_write_text(tmp / "state.json", json.dumps(record, sort_keys=True))
 
 
 def load_checkpoint(

@@ -13,7 +13,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -96,20 +96,39 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
 
     ``None`` override values are ignored so CLI options left unset keep the file's value.
     """
-    shipped = (resources.files("mtcolor_batch") / "profiles" / TRAIN_PROFILE).read_text(encoding="utf-8")
-    data = _read_yaml(shipped, TRAIN_PROFILE)
-    where = TRAIN_PROFILE
-    if path is not None:
-        where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read training config: {exc.strerror}", path=path) from exc
-        data.update(_read_yaml(text, where))
+    data, mine, where = read_config_layers(TRAIN_PROFILE, path, "training config")
+    data.update(mine)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate_config(TrainConfig, data, where, "training")
+
+
+def read_config_layers(
+    shipped_name: str, path: str | Path | None, what: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(the shipped profile's mapping, the user file's mapping or {}, the name errors point at).
+
+    The caller overlays them its own way (flat or nested); a file that cannot be read or parsed is a
+    one-line UserError naming it (and the line, for YAML).
+    """
+    shipped = (resources.files("mtcolor_batch") / "profiles" / shipped_name).read_text(encoding="utf-8")
+    data = _read_yaml(shipped, shipped_name, what)
+    if path is None:
+        return data, {}, shipped_name
     try:
-        return TrainConfig.model_validate(data)
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {what}: {exc.strerror}", path=path) from exc
+    return data, _read_yaml(text, str(path), what), str(path)
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
+
+
+def validate_config(model: type[_Config], data: dict[str, Any], where: str, label: str) -> _Config:
+    """``model`` from ``data``, its first validation error as one line: "invalid <label> value <key>"."""
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"invalid training value {loc}: {first['msg']}", path=where) from exc
+        raise UserError(f"invalid {label} value {loc}: {first['msg']}", path=where) from exc

@@ -9,14 +9,12 @@ texts were made.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.train.config import _read_yaml
+from mtcolor_batch.train.config import read_config_layers, validate_config
 
 DATASET_PROFILE = "dataset.yaml"
 WHAT = "dataset config"
@@ -80,24 +78,11 @@ def load_dataset_config(
     path: str | Path | None = None, overrides: dict[str, dict[str, Any] | Any] | None = None
 ) -> DatasetConfig:
     """Shipped defaults overlaid by ``path`` then by ``overrides`` (``None`` values are ignored)."""
-    shipped = (resources.files("mtcolor_batch") / "profiles" / DATASET_PROFILE).read_text(encoding="utf-8")
-    data = _read_yaml(shipped, DATASET_PROFILE, WHAT)
-    where = DATASET_PROFILE
-    if path is not None:
-        where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read {WHAT}: {exc.strerror}", path=path) from exc
-        data = _overlay(data, _read_yaml(text, where, WHAT))
+    data, mine, where = read_config_layers(DATASET_PROFILE, path, WHAT)
+    data = _overlay(data, mine)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
             data = _overlay(data, {key: {k: v for k, v in value.items() if v is not None}})
         elif value is not None:
             data[key] = value
-    try:
-        return DatasetConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"invalid {WHAT} value {loc}: {first['msg']}", path=where) from exc
+    return validate_config(DatasetConfig, data, where, WHAT)

@@ -13,18 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.fs import remove_live_temps
-from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, record_result
+from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
 from mtcolor_batch.stages.pipeline import FileProcessor, Interrupted, Pipeline, process_one
 
 PipelineFactory = Callable[[Profile, Path, Path, Path], FileProcessor]
@@ -52,16 +45,8 @@ class LocalExecutor:
 def _loop(todo: list[PlannedFile], pipeline: FileProcessor, ctx: ExecContext) -> bool:
     """Process files in order; return True when stopped by an interrupt."""
     journal, stop, outcomes = ctx.journal, ctx.stop, ctx.outcomes
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     current: str | None = None
-    with Progress(*columns, console=ctx.console, transient=False) as progress:
+    with file_progress(ctx.console) as progress:
         task = progress.add_task("starting", total=len(todo))
         try:
             for p in todo:

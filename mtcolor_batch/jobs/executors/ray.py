@@ -32,18 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, record_result
+from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.stages.pipeline import WorkResult, process_one
 
@@ -232,16 +224,7 @@ class RayExecutor:
             ds = self._map(ds, ctx, workers, gpus)
         pending = {p.item.relpath for p in todo}
         interrupted = False
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=ctx.console,
-            transient=False,
-        ) as progress:
+        with file_progress(ctx.console) as progress:
             task = progress.add_task(f"starting {workers} Ray worker(s)", total=len(todo))
             batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
             try:
