@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,18 +38,8 @@ def load_hints_context(model: str | None, profile_name: str | None, device: str 
     bundle_dir = _bundle_folder(model)
     perception = None
     if bundle_dir is not None:
-        _quiet_transformers()
         perception = load_perception(bundle_dir, device or profile.device, long_side=profile.perception.size)
     return HintsContext(profile=profile, perception=perception, bundle_dir=bundle_dir)
-
-
-def _quiet_transformers() -> None:
-    """Weight-loading progress bars are noise on a command that prints one line per file."""
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
 
 
 def scan_files(scans: Path) -> list[tuple[Path, Path]]:
