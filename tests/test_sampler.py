@@ -143,13 +143,68 @@ def test_batched_equals_unbatched_branches(engine) -> None:  # noqa: ANN001
     plan = _plan((64, 64), alpha=1.0)  # every step has 4 branches x 2 CFG halves
     engine.unet_calls = 0
     one = engine.colorize(luma, insts, dataclasses.replace(plan, max_batch=1))
-    assert engine.unet_calls == 2 * 4 * 2
+    # First step: one shared unconditional half + 4 conditional ones; second: 4 branches x 2 halves.
+    assert engine.unet_calls == (1 + 4) + 4 * 2
     engine.unet_calls = 0
     big = engine.colorize(luma, insts, dataclasses.replace(plan, max_batch=64))
     assert engine.unet_calls == 2
     # Only float summation order differs (batched conv kernels): ~3e-4 CIELAB units, 1000x below a JND.
     # A branch paired with the wrong text or regions would differ by whole units.
     np.testing.assert_allclose(one, big, atol=5e-3, rtol=0)
+
+
+@pytest.mark.parametrize(("side", "crop"), [(64, 0), (96, 0), (96, 4096)])  # one tile, tiles, crop
+def test_shared_unconditional_half_is_exact(tiny_bundle: Path, side: int, crop: int) -> None:
+    """First multi-instance step: the global branch's unconditional half serves every branch.
+
+    All branches hold the same latent then, so their unconditional inputs are identical: sharing
+    it gives the values computing it per branch gives (fp tolerance: other batch compositions).
+    """
+    from mtcolor_batch.model.engine import MTColorEngine
+    from mtcolor_batch.model.sampler import build_canvas, plan_latent_tiles
+    from mtcolor_batch.testing.trained_like import trained_like
+
+    engine = MTColorEngine.load(tiny_bundle, device="cpu")
+    trained_like(engine.modules, seed=3)  # every module runs
+    luma, insts = _scene(side, side, n=3)
+    plan = _plan((side, side), alpha=1.0, branch_crop=crop)
+    sampler = engine.sampler
+    texts = sampler.texts(plan, insts)
+    masks = np.stack([i.mask for i in insts]).astype(np.float32)
+    canvas = build_canvas(
+        luma,
+        masks,
+        texts.inst_pooled,
+        lambda h, w: plan_latent_tiles(plan, h, w),
+        engine.device,
+        engine.dtype,
+        crop,
+    )
+    assert len(canvas.boxes) == (1 if side == 64 else 4) and bool(canvas.crops) == bool(crop)
+    z = sampler.initial_noise(torch.Generator().manual_seed(1), canvas.latent_size).repeat(4, 1, 1, 1)
+    scheduler = sampler.scheduler_factory()
+    scheduler.set_timesteps(plan.steps)
+    t = scheduler.timesteps[0]
+    inner, latents = sampler.denoiser, {False: 0, True: 0}
+    reference = torch.empty(0)
+    try:
+        for shared in (False, True):
+
+            def count(lat: torch.Tensor, *args: object, shared: bool = shared, **kw: object) -> torch.Tensor:
+                latents[shared] += lat.shape[0]
+                return inner(lat, *args, **kw)
+
+            sampler.denoiser = count
+            with torch.no_grad():
+                eps = sampler.predict(z, [0, 1, 2, 3], t, canvas, texts, plan, scheduler, shared=shared)
+            if shared:
+                torch.testing.assert_close(eps, reference, rtol=0, atol=1e-5)
+            reference = eps
+    finally:
+        sampler.denoiser = inner
+    tiles = len(canvas.boxes)
+    assert latents[True] < latents[False] <= tiles * 8  # unconditional halves saved
+    assert torch.isfinite(reference).all()
 
 
 # ---------------------------------------------------------------------------------- tiling

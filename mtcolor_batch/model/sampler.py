@@ -10,8 +10,9 @@ One call colours one working-resolution image. What happens, in order:
 3. For the first ``K = round(alpha*T)`` steps the global branch and one branch per instance are
    denoised from that same noise, each with its own text; all branches, both halves of classifier-
    free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
-   per call. After step K the branches are fused (paper Eq. 10; ``sampling.fusion``, see
-   :func:`fuse_latents`) and the remaining steps run on ``z`` alone. ``alpha = 0`` never creates a
+   per call (at the first of these steps every branch still holds the noise, so their identical
+   unconditional halves are computed once). After step K the branches are fused (paper Eq. 10;
+   ``sampling.fusion``, see :func:`fuse_latents`) and the remaining steps run on ``z`` alone. ``alpha = 0`` never creates a
    branch, so it is the plain loop, bit for bit.
 4. Tiling (working image larger than one tile): a low-resolution pass of the whole picture runs
    first; its colours, put on the full-resolution luminance and encoded by the VAE, are re-noised to
@@ -313,7 +314,7 @@ class MTColorSampler:
         regions = canvas.regions.crop(canvas.boxes[tile], canvas.present[tile])
         return regions if cond else regions.drop_tokens()
 
-    def _predict(
+    def predict(
         self,
         z: torch.Tensor,
         branches: list[int],
@@ -322,12 +323,21 @@ class MTColorSampler:
         texts: TextBank,
         plan: Plan,
         scheduler: object,
+        *,
+        shared: bool = False,
     ) -> torch.Tensor:
         """Guided noise prediction for every active branch over the whole canvas: (len(branches),4,h,w).
 
         ``z`` holds one latent per active branch (branch ids in ``branches``). Every (tile, branch,
         CFG half) is one batch entry; entries of the same tile shape share UNet calls of at most
         ``plan.max_batch``.
+
+        ``shared``: every branch's latent is still the global one (the first multi-instance step,
+        all branches start from the same noise). The unconditional half then has identical inputs in
+        every branch (same latent, negative text, regions without tokens), so it is computed once,
+        by the global branch, and used by all: the same values for a fraction of the work. Not for
+        a branch on a crop (``branch_crop``): its two halves must see the same crop, or the crop's
+        error would no longer cancel in ``cond - uncond`` and guidance would amplify it.
         """
         cfg = plan.guidance_scale > 1.0
         halves = (False, True) if cfg else (True,)
@@ -336,7 +346,8 @@ class MTColorSampler:
             for b in branches:
                 if b == 0 or (b - 1) in canvas.present[ti]:
                     box = self._entry_box(canvas, ti, b)
-                    entries.extend(_Entry(ti, b, c, box) for c in halves)
+                    own_uncond = b == 0 or not shared or box != canvas.boxes[ti]
+                    entries.extend(_Entry(ti, b, c, box) for c in halves if c or own_uncond)
         model_in = scheduler.scale_model_input(z, t)  # type: ignore[attr-defined]
         slot = {b: i for i, b in enumerate(branches)}
         outputs: dict[tuple[int, int, bool], torch.Tensor] = {}
@@ -385,11 +396,14 @@ class MTColorSampler:
                 if (ti, b, True) not in outputs:
                     continue
                 cond = outputs[(ti, b, True)]
-                eps = (
-                    outputs[(ti, b, False)] + plan.guidance_scale * (cond - outputs[(ti, b, False)])
-                    if cfg
-                    else cond
-                )
+                if cfg:
+                    uncond = outputs.get((ti, b, False))
+                    if uncond is None:  # shared: the global branch's, inside this entry's box
+                        (x0, y0, x1, y1), (tx0, ty0) = boxes[(ti, b)], boxes[(ti, 0)][:2]
+                        uncond = outputs[(ti, 0, False)][:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
+                    eps = uncond + plan.guidance_scale * (cond - uncond)
+                else:
+                    eps = cond
                 tiles.append(ti)
                 preds.append(eps[None])
             if b == 0:
@@ -465,7 +479,7 @@ class MTColorSampler:
         branches = [0, *range(1, n + 1)] if multi else [0]
         z = z0.repeat(len(branches), 1, 1, 1) if multi else z0
         for i, t in enumerate(timesteps, start=start):
-            eps = self._predict(z, branches, t, canvas, texts, plan, scheduler)
+            eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=multi and i == start)
             z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
             if multi and i + 1 == k:
                 z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
