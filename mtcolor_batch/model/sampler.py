@@ -12,8 +12,8 @@ One call colours one working-resolution image. What happens, in order:
    free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
    per call (at the first of these steps every branch still holds the noise, so their identical
    unconditional halves are computed once). After step K the branches are fused (paper Eq. 10;
-   ``sampling.fusion``, see :func:`fuse_latents`) and the remaining steps run on ``z`` alone. ``alpha = 0`` never creates a
-   branch, so it is the plain loop, bit for bit.
+   ``sampling.fusion``, see :func:`fuse_latents`) and the remaining steps run on ``z`` alone.
+   ``alpha = 0`` never creates a branch, so it is the plain loop, bit for bit.
 4. Tiling (working image larger than one tile): a low-resolution pass of the whole picture runs
    first; its colours, put on the full-resolution luminance and encoded by the VAE, are re-noised to
    an intermediate step, and the tiles take it from there. Every step denoises every tile, the
