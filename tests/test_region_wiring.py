@@ -76,3 +76,30 @@ def test_sampling_with_region_attention_matches_dense(tiny_bundle: Path, engine:
     np.testing.assert_allclose(
         engine.colorize(luma, insts, plan), dense.colorize(luma, insts, plan), atol=1e-3
     )
+
+
+@pytest.mark.parametrize("impl", ["sparse", "flex"])
+def test_instance_branch_on_instance_pixels_equals_every_pixel(engine: MTColorEngine, impl: str) -> None:
+    """The branch run on the gathered instance pixels alone (rows padded to the longest) gives the
+    dense reference's output, zero on background, for rows with different and with no instances."""
+    from mtcolor_batch.model.instance_guidance import InstanceAttnProcessor, InstanceCall
+    from mtcolor_batch.model.regions import RegionMaps
+
+    guidance = engine.modules.guidance
+    key = next(iter(guidance.layers.keys()))
+    proc = InstanceAttnProcessor(None, guidance.layer(key), key)
+    regions = _regions(guidance.text_dim)
+    dim = guidance.layer(key).norm.normalized_shape[0]
+    x = torch.randn(3, 64, dim, generator=torch.Generator().manual_seed(2))
+    tokens = guidance.encode(regions.inst_text, regions.inst_masks)
+    with torch.no_grad():
+        out = {
+            mode: proc.delta(x, InstanceCall(tokens, RegionMaps.of(regions, mode)))
+            for mode in ("dense", impl)
+        }
+    pixels = RegionMaps.of(regions, impl).inside_pixels((8, 8))
+    assert pixels is not None and 0 < pixels.index.shape[1] < 64  # fewer rows than pixels
+    torch.testing.assert_close(out[impl], out["dense"], atol=1e-5, rtol=1e-4)
+    background = (regions.label_map.flatten(1) == 0)[:, :, None].expand_as(x)
+    assert not out[impl][background].any() and out[impl][2].abs().sum() == 0  # row 2: no instance
+    assert out[impl][1].abs().sum() > 0

@@ -273,4 +273,9 @@ class InstanceAttnProcessor:
     def delta(self, x: torch.Tensor, call: InstanceCall) -> torch.Tensor:
         """The gated instance term alone (tests use it to check leakage)."""
         size = call.maps.size_for(x.shape[1])
+        pixels = call.maps.inside_pixels(size)  # the branch writes instance pixels only: run it there
+        if pixels is not None:
+            if pixels.empty:
+                return torch.zeros_like(x)
+            return pixels.put(self.layer(pixels.take(x), call.tokens, pixels.layout, pixels.inside))
         return self.layer(x, call.tokens, call.maps.branch_attention(size), call.maps.inside(size))

@@ -221,6 +221,53 @@ class RegionBatch:
             raise ValueError(f"RegionBatch has batch {b} but latents have batch {batch} (repeat it for CFG)")
 
 
+@dataclass(frozen=True)
+class InsidePixels:
+    """The instance pixels of a batch at one resolution, gathered: where the instance branch runs.
+
+    The branch's output is zero outside every instance, and no instance pixel attends a
+    background one, so the branch can run on the instance pixels alone (projections, LayerNorm,
+    attention, output projection) and its output be put back: the same values for a fraction of
+    the work. Rows with fewer instance pixels are padded (label -1: no keys, never a key, zero
+    output) to the batch's largest count.
+    """
+
+    index: torch.Tensor  # (B, S_in) long: position of each gathered pixel; padding -> S (a dummy row)
+    layout: RegionLayout  # over the S_in gathered queries and [S_in pixels ; N tokens] keys
+    inside: torch.Tensor  # (B, S_in, 1) bool, False on padding
+    seq_len: int  # S
+
+    @classmethod
+    def of(cls, labels: torch.Tensor, valid: torch.Tensor, impl: str) -> InsidePixels:
+        """From (B, S) labels (0 = background) and (B, N) valid token slots."""
+        b, s = labels.shape
+        inside = labels > 0
+        counts = inside.sum(1)
+        s_in = int(counts.max()) if b else 0  # one device sync per call and resolution
+        order = torch.argsort((~inside).to(torch.uint8), dim=1, stable=True)[:, :s_in]  # pixels first
+        pad = torch.arange(s_in, device=labels.device)[None] >= counts[:, None]
+        index = torch.where(pad, s, order)
+        gathered = torch.where(pad, -1, labels.gather(1, order))
+        layout = RegionLayout.with_tokens(gathered, valid, background_queries=False, impl=impl)
+        return cls(index, layout, ~pad[:, :, None], s)
+
+    @property
+    def empty(self) -> bool:
+        """No instance pixel in the whole batch: the branch adds exactly zero."""
+        return self.index.shape[1] == 0
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, C) -> (B, S_in, C): the instance pixels (padding reads a zero row)."""
+        padded = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1)
+        return padded.gather(1, self.index[:, :, None].expand(-1, -1, x.shape[2]))
+
+    def put(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, S_in, C) -> (B, S, C): back in place, zero on every other pixel."""
+        out = y.new_zeros(y.shape[0], self.seq_len + 1, y.shape[2])
+        out.scatter_(1, self.index[:, :, None].expand(-1, -1, y.shape[2]), y)
+        return out[:, : self.seq_len]
+
+
 class RegionMaps:
     """The masks of one denoiser call, built once per resolution and shared by every layer.
 
@@ -246,6 +293,7 @@ class RegionMaps:
         self._same: dict[tuple[int, int], torch.Tensor] = {}
         self._branch: dict[tuple[int, int], torch.Tensor] = {}
         self._sizes: dict[int, tuple[int, int]] = {}
+        self._inside_pixels: dict[tuple[int, int], InsidePixels] = {}
 
     @classmethod
     def of(cls, regions: RegionBatch, attention: str = "dense") -> RegionMaps:
@@ -277,6 +325,17 @@ class RegionMaps:
                 self.labels(size), self.valid, background_queries=False, impl=self.attention
             )
         return self._layouts[key]
+
+    def inside_pixels(self, size: tuple[int, int]) -> InsidePixels | None:
+        """The instance pixels at ``size`` gathered for the instance branch (:class:`InsidePixels`);
+        None for the dense reference and on the meta device (no label values), which run the
+        branch on every pixel."""
+        if self.attention == "dense" or self.label_map.is_meta:
+            return None
+        size = (int(size[0]), int(size[1]))
+        if size not in self._inside_pixels:
+            self._inside_pixels[size] = InsidePixels.of(self.labels(size), self.valid, self.attention)
+        return self._inside_pixels[size]
 
     def labels(self, size: tuple[int, int]) -> torch.Tensor:
         """(B, h*w) labels at ``size``."""
