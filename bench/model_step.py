@@ -11,10 +11,12 @@ bundle is therefore cheaper than a trained one: never quote fresh figures as MT-
 
 Modes:
   full image (default): whole images, VAE decode included, ``--repeats`` timed runs after a warm-up.
-  ``--one-call``: one denoising step per phase (the pipeline's step; MT-Color's branch step with all
-      instance branches batched, and its fused step), composed into seconds per image as
-      ``K*branch + (T-K)*fused`` vs ``T*plain`` (K = round(alpha*T)); VAE excluded on both sides.
-      Makes the full-size ratio measurable on a CPU in minutes.
+  ``--one-call``: one denoising step per phase, timed apart from the per-image set-up (text
+      encoding, region maps), and composed into seconds per image: plain ``setup + T*step``;
+      MT-Color ``setup + first + (K-1)*branch + (T-K)*fused`` (K = round(alpha*T); ``first`` is the
+      first branch step, whose unconditional halves are shared, ``branch`` a later one), at the
+      profile's steps and at every ``--compose`` step count. VAE excluded on both sides. Makes the
+      full-size ratio measurable on a CPU in minutes.
   ``--table``: the settings of the speed issue (fresh/trained-like x 0/4 instances), printed with the
       figures measured before this benchmark existed beside the new ones.
 
@@ -63,7 +65,8 @@ OLD_FULL = {
 }
 OLD_TINY = {"fresh-0": (3.00, 1.00), "trained-4": (21.2, 7.07)}
 TABLE = [("fresh", 0, 0), ("fresh", 4, 0), ("trained", 0, 0), ("trained", 4, 0), ("trained", 4, 64)]
-"""(modules, instances, branch_crop px): the issue's four settings, then the cheaper instance branches."""
+"""(modules, instances, branch_crop px): the issue's four settings, then the cheaper instance branches.
+``--rows`` replaces it, e.g. ``trained:0:0,trained:4:0,trained:4:32``."""
 
 
 def scene(size: int, n: int) -> tuple[np.ndarray, list[Instance]]:
@@ -124,6 +127,22 @@ class Row:
     cpu: float  # process CPU seconds, per image
     calls: int  # batched denoiser calls per image
     peak_gib: float
+    # one-call mode: (wall s, cpu s, calls) per phase, composed per step count by ``at``
+    phases: dict[str, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
+    instances: int = 0
+
+    def at(self, steps: int, alpha: float) -> Row:
+        """This row composed for ``steps`` denoising steps (one-call rows; others as measured)."""
+        if not self.phases:
+            return self
+        ph = self.phases
+        if "plain" in ph:
+            counts = {"setup": 1, "plain": steps}
+        else:
+            k = fusion_steps(alpha, steps) if self.instances else 0
+            counts = {"setup": 1, "first": min(k, 1), "branch": max(k - 1, 0), "fused": steps - k}
+        total = [sum(n * ph.get(name, (0.0, 0.0, 0))[i] for name, n in counts.items()) for i in range(3)]
+        return dataclasses.replace(self, seconds=total[0], cpu=total[1], calls=int(total[2]))
 
 
 def _timed(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, float, int, float]:
@@ -153,6 +172,7 @@ class Bench:
         self.pipe = plain_pipeline(engine)
         self.states = ModuleStates(engine)
         self.k = fusion_steps(plan.alpha, plan.steps)
+        self.fused: dict[tuple[str, int], tuple[float, float, int, float]] = {}
 
     # ----------------------------------------------------------------------- plain SD+ControlNet
     def _plain_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,16 +218,16 @@ class Bench:
         rgb2lab(rgb)
         return calls
 
-    def plain_step(self) -> int:
+    def plain_step(self, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> int:
         """One denoising step exactly as the pipeline runs it (both CFG halves in one batch)."""
         self.engine.denoiser.uninstall()
         try:
-            return self._plain_step()
+            return self._plain_step(inputs or self._plain_inputs())
         finally:
             self.engine.denoiser.install()
 
-    def _plain_step(self) -> int:
-        control, prompt, negative = self._plain_inputs()
+    def _plain_step(self, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> int:
+        control, prompt, negative = inputs
         dev, dt = self.engine.device, self.engine.dtype
         sched = self.pipe.scheduler
         sched.set_timesteps(self.plan.steps, device=dev)
@@ -246,12 +266,11 @@ class Bench:
         self.engine.colorize(luma, insts, dataclasses.replace(self.plan, branch_crop=crop))
         return self.engine.unet_calls - c0
 
-    def mt_step(self, n: int, phase: str, crop: int) -> int:
-        """One step of the real sampling loop: ``branch`` (all branches batched, then fusion) or ``fused``."""
+    def mt_setup(self, n: int, crop: int) -> tuple[Plan, Any, Any, torch.Tensor]:
+        """What the sampler does once per image before its steps: texts, canvas (region maps), noise."""
         luma, insts = scene(self.size, n)
         sampler = self.engine.sampler
-        alpha = 1.0 if phase == "branch" else 0.0
-        plan = dataclasses.replace(self.plan, alpha=alpha, branch_crop=crop)
+        plan = dataclasses.replace(self.plan, branch_crop=crop)
         masks = (
             np.stack([i.mask for i in insts]).astype(np.float32)
             if insts
@@ -268,9 +287,23 @@ class Bench:
             crop,
         )
         z0 = sampler.initial_noise(torch.Generator().manual_seed(0), canvas.latent_size)
+        return plan, canvas, texts, z0
+
+    def mt_step(self, setup: tuple[Plan, Any, Any, torch.Tensor], phase: str) -> int:
+        """One step of the sampling loop: ``fused`` (one latent), ``first`` (the first multi-instance
+        step: all branches batched, unconditional halves shared) or ``branch`` (a later one)."""
+        plan, canvas, texts, z0 = setup
+        sampler = self.engine.sampler
+        scheduler = sampler.scheduler_factory()
+        scheduler.set_timesteps(plan.steps, device=self.engine.device)  # type: ignore[attr-defined]
+        t = scheduler.timesteps[0]  # type: ignore[attr-defined]
+        n = canvas.n_instances if phase != "fused" else 0
+        branches = [0, *range(1, n + 1)]
+        z = z0.repeat(len(branches), 1, 1, 1)
         c0 = self.engine.unet_calls
         with torch.no_grad():
-            sampler.denoise(canvas, texts, plan, z0, start=plan.steps - 1)
+            eps = sampler.predict(z, branches, t, canvas, texts, plan, scheduler, shared=phase == "first")
+            scheduler.step(eps, t, z)  # type: ignore[attr-defined]
         return self.engine.unet_calls - c0
 
     # ------------------------------------------------------------------------------------- runs
@@ -281,9 +314,13 @@ class Bench:
 
     def row_plain(self, one_call: bool) -> Row:
         if one_call:
-            s, c, calls, peak = self.measure(self.plain_step)
-            t = self.plan.steps
-            return Row("plain SD+ControlNet (diffusers)", "plain", s * t, c * t, calls * t, peak)
+            inputs = self._plain_inputs()
+            ph = {
+                "setup": self.measure(lambda: (self._plain_inputs(), 0)[1])[:3],
+                "plain": self.measure(lambda: self.plain_step(inputs))[:3],
+            }
+            row = Row("plain SD+ControlNet (diffusers)", "plain", 0, 0, 0, float("nan"), ph)
+            return row.at(self.plan.steps, self.plan.alpha)
         s, c, calls, peak = self.measure(self.plain_image)
         return Row("plain SD+ControlNet (diffusers)", "plain", s, c, calls, peak)
 
@@ -295,21 +332,23 @@ class Bench:
         if not one_call:
             s, c, calls, peak = self.measure(lambda: self.mt_image(n, crop))
             return Row(name, key, s, c, calls, peak)
-        t, k = self.plan.steps, (self.k if n else 0)
-        fs, fc, fcalls, fpeak = self.measure(lambda: self.mt_step(n, "fused", crop))
-        bs = bc = 0.0
-        bcalls, bpeak = 0, float("nan")
-        if k:
-            bs, bc, bcalls, bpeak = self.measure(lambda: self.mt_step(n, "branch", crop))
-        peak = max(fpeak, bpeak) if k and not np.isnan(fpeak) else fpeak
-        return Row(
-            name,
-            key,
-            k * bs + (t - k) * fs,
-            k * bc + (t - k) * fc,
-            k * bcalls + (t - k) * fcalls,
-            peak,
+        setup = self.mt_setup(n, crop)
+        ph = {"setup": self.measure(lambda: (self.mt_setup(n, crop), 0)[1])}
+        fused_key = (kind, n)  # the fused step does not depend on the crop: measured once
+        if fused_key not in self.fused:
+            self.fused[fused_key] = self.measure(lambda: self.mt_step(setup, "fused"))
+        ph["fused"] = self.fused[fused_key]
+        if n:
+            ph["first"] = self.measure(lambda: self.mt_step(setup, "first"))
+            # A later branch step differs from the first only where the first shares work (uncropped).
+            crops = setup[1].crops
+            cropped = bool(crops) and all(c != setup[1].boxes[0] for c in crops)
+            ph["branch"] = ph["first"] if cropped else self.measure(lambda: self.mt_step(setup, "branch"))
+        peaks = [v[3] for v in ph.values() if not np.isnan(v[3])]
+        row = Row(
+            name, key, 0, 0, 0, max(peaks) if peaks else float("nan"), {k: v[:3] for k, v in ph.items()}, n
         )
+        return row.at(self.plan.steps, self.plan.alpha)
 
 
 def print_rows(rows: list[Row], old: dict[str, tuple[float, float]] | None, one_call: bool) -> None:
@@ -350,6 +389,8 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--attention", default="auto", help="auto | sparse | flex | dense (the reference)")
     ap.add_argument("--branch-crop", type=int, help="sampling.branch_crop px for the MT-Color rows")
+    ap.add_argument("--rows", help="settings as modules:instances:crop,... (replaces --table's list)")
+    ap.add_argument("--compose", default="", help="one-call: also compose at these step counts (5,20)")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -391,12 +432,23 @@ def main() -> None:
         )
         crop = plan.branch_crop
         settings = TABLE if args.table else [(args.modules, int(v), crop) for v in args.instances.split(",")]
+        if args.rows:
+            settings = [(m, int(n), int(c)) for m, n, c in (r.split(":") for r in args.rows.split(","))]
         rows = [bench.row_plain(args.one_call)]
         for kind, n, crop in settings:
             rows.append(bench.row_mt(kind, n, args.one_call, crop))
-            print(f"  measured {rows[-1].name}: {rows[-1].seconds:.2f} s", flush=True)
+            phases = ", ".join(f"{name} {v[1]:.2f}" for name, v in rows[-1].phases.items())
+            print(f"  measured {rows[-1].name}: {rows[-1].cpu:.2f} cpu-s ({phases})", flush=True)
+    old_steps = 5 if args.full_size else 20
     old = (OLD_FULL if args.full_size else OLD_TINY) if args.table else None
-    print_rows(rows, old, args.one_call)
+    compose = [int(v) for v in args.compose.split(",") if v] if args.one_call else []
+    for steps in [plan.steps, *[c for c in compose if c != plan.steps]]:
+        if args.one_call:
+            k_at = fusion_steps(plan.alpha, steps)
+            print(f"\ncomposed at {steps} steps (K = {k_at}):", end="")
+        print_rows(
+            [r.at(steps, plan.alpha) for r in rows], old if steps == old_steps else None, args.one_call
+        )
     if old:
         print(
             "old = before this benchmark (issue 13), CPU s of whole images through MT-Color itself "
