@@ -434,6 +434,8 @@ def main() -> None:
         settings = TABLE if args.table else [(args.modules, int(v), crop) for v in args.instances.split(",")]
         if args.rows:
             settings = [(m, int(n), int(c)) for m, n, c in (r.split(":") for r in args.rows.split(","))]
+        if args.one_call and not args.warmup:
+            bench.plain_step()  # one untimed step first: the first call of a process pays set-up costs
         rows = [bench.row_plain(args.one_call)]
         for kind, n, crop in settings:
             rows.append(bench.row_mt(kind, n, args.one_call, crop))
