@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--full-size", action="store_true", help="SD 1.5-size random weights")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--instances", type=int, default=4)
-    ap.add_argument("--phases", default="plain,fused,branch")
+    ap.add_argument("--phases", default="plain,fused,first,branch", help="plain, fused, first, branch")
     ap.add_argument("--branch-crop", type=int, default=0)
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--profile", default="default")
@@ -120,11 +120,12 @@ def main() -> None:
         bench = Bench(engine, dataclasses.replace(plan, branch_crop=args.branch_crop), args.size, 1, 0)
         bench.states.use("trained")
         for phase in args.phases.split(","):
-            step: Callable[[], int] = (
-                bench.plain_step
-                if phase == "plain"
-                else (lambda p=phase: bench.mt_step(args.instances, p, args.branch_crop))
-            )
+            if phase == "plain":
+                inputs = bench._plain_inputs()
+                step: Callable[[], int] = lambda i=inputs: bench.plain_step(i)  # noqa: E731
+            else:
+                setup = bench.mt_setup(args.instances, args.branch_crop)
+                step = lambda p=phase, su=setup: bench.mt_step(su, p)  # noqa: E731
             for _ in range(args.warmup):
                 step()
             timers = Timers()
@@ -142,7 +143,7 @@ def main() -> None:
                 ("instance branch", c["instance branch"]),
                 ("  in those: region layout build", c["region layout build"]),
                 ("instance tokens", c["instance tokens"]),
-                ("sampler + python", c["step"] - denoise - c["instance tokens"]),
+                ("sampler + python", c["step"] - denoise - c["instance tokens"]),  # set-up excluded
             ]
             label = phase if phase == "plain" else f"{phase}, {args.instances} inst, crop {args.branch_crop}"
             print(f"\n== {label}: {calls} denoiser call(s)")
