@@ -36,8 +36,19 @@ def _scene(size: int) -> tuple[np.ndarray, list[Instance]]:
 
 
 def _plan(size: int, **changes: object) -> Plan:
-    settings = SamplingSettings(steps=3, working_long_side=size, tile_size=256, tile_overlap=64, alpha=1.0)
+    settings = SamplingSettings(
+        steps=3, working_long_side=size, tile_size=256, tile_overlap=64, alpha=1.0, branch_crop=0
+    )
     return dataclasses.replace(make_plan((size, size), settings, seed=4, prompt="a street"), **changes)
+
+
+def test_default_crops_the_paper_profile_does_not() -> None:
+    """64 px is the default (its measured effect is in the README); the paper's sampling has none."""
+    from mtcolor_batch.core.config import load_profile
+
+    assert load_profile("default").sampling.branch_crop == 64
+    assert load_profile("paper").sampling.branch_crop == 0
+    assert not load_profile("paper", {"sampling.branch_crop": 64}).follows("paper")
 
 
 def test_crop_boxes_are_box_plus_margin_in_64px_steps() -> None:

@@ -54,10 +54,10 @@ class SamplingSettings(_Section):
         "scaled by beta), paste (instances pasted onto the global latent), blend (beta-weighted mix).",
     )
     branch_crop: int = Field(
-        0,
+        64,
         ge=0,
         description="Instance branches run on their box + this many px of context, grown to a multiple "
-        "of 64 px (0 = on the whole tile, as the paper).",
+        "of 64 px (0 = on the whole tile, as the paper; the paper profile sets 0).",
     )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
