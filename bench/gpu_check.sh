@@ -2,7 +2,8 @@
 # One command that checks MT-Color's speed and memory on a GPU (under 8 minutes on one H100/H200):
 #   1. plain SD+ControlNet (diffusers pipeline) vs MT-Color with 0/1/2/4/8 instances, trained-like
 #      modules, SD 1.5-size random weights, 512x512, the default profile's 20 steps: s/image, ratios,
-#      peak torch memory; then 4 instances with dense reference attention and with branch_crop 64;
+#      peak torch memory (default profile: branch_crop 64); then 4 instances with dense reference
+#      attention and with branch_crop 0 (the paper's whole-image branches);
 #   2. region attention at 64x64 tokens: dense mask vs per-region SDPA vs FlexAttention;
 #   3. end-to-end `mtcolor-batch run` on a 1.2 MP, a 24 MP 16-bit and a ~100 MP scan with a
 #      full-size random bundle written here (SD 1.5, SAM ViT-B, OWLv2-base shapes; nothing downloaded):
@@ -56,12 +57,12 @@ echo; echo "== 1/3 plain SD+ControlNet vs MT-Color (trained-like modules), 0/1/2
 # shellcheck disable=SC2086
 "$PY" bench/model_step.py --device "$DEV" --modules trained --instances 0,1,2,4,8 "${STEP_ARGS[@]}" $EXTRA 2>&1 \
   | quiet || failed+=("1 model_step")
-echo; echo "== 1b/3 the switches at 4 instances: dense reference attention, then branch_crop 64"
+echo; echo "== 1b/3 the switches at 4 instances: dense reference attention, then branch_crop 0 (paper)"
 # shellcheck disable=SC2086
 "$PY" bench/model_step.py --device "$DEV" --modules trained --instances 4 --attention dense "${STEP_ARGS[@]}" \
   $EXTRA 2>&1 | quiet | tail -4 || failed+=("1b attention dense")
 # shellcheck disable=SC2086
-"$PY" bench/model_step.py --device "$DEV" --modules trained --instances 4 --branch-crop 64 "${STEP_ARGS[@]}" \
+"$PY" bench/model_step.py --device "$DEV" --modules trained --instances 4 --branch-crop 0 "${STEP_ARGS[@]}" \
   $EXTRA 2>&1 | quiet | tail -4 || failed+=("1b branch_crop")
 
 echo; echo "== 2/3 region attention: dense mask vs region-sparse"
