@@ -63,6 +63,19 @@ def test_crop_boxes_are_box_plus_margin_in_64px_steps() -> None:
     cx0, cy0, cx1, cy1 = boxes[1]
     assert 0 <= cx0 < cx1 == 48 and cy0 == 0 < cy1 <= 40  # clipped into the canvas
     assert boxes[2] == (0, 0, 0, 0)  # an empty region gets no crop
+    assert all(v % 8 == 0 for v in boxes[0])  # on the 64 px grid: downsamples like the whole canvas
+
+
+def test_crop_spans_keep_the_margin_on_the_tile_grid() -> None:
+    """A crop inside a tile starts on that tile's 64 px grid and still holds box + margin."""
+    from mtcolor_batch.model.sampler import grid_span
+
+    for lo, hi, start, end in [(12, 31, 0, 48), (13, 30, 5, 69), (40, 64, 5, 69), (0, 3, 0, 64), (7, 60, 3, 67)]:
+        a, b = grid_span(lo, hi, start, end)
+        assert start <= a <= lo and hi <= b <= end
+        assert (b - a) % 8 == 0 and (a - start) % 8 == 0
+        assert b - a <= -(-(hi - lo) // 8) * 8 + 8  # at most one cell of 64 px more than needed
+    assert grid_span(2, 5, 0, 6) == (0, 6)  # a tile smaller than the grid: the whole tile
 
 
 @pytest.mark.parametrize("size", [256, 384])  # one tile, and tiles with overlap

@@ -177,11 +177,28 @@ def _tiles_cover(tiles: list[Box], height: int, width: int) -> bool:
     return ok
 
 
+CROP_CELL = 64 // LATENT_FACTOR
+"""Crops are multiples of 64 px (8 latent cells) placed on the UNet's 64 px grid: SD 1.5 halves the
+latent three times, so a crop whose origin is on that grid downsamples exactly like the whole tile
+(measured at full size: a crop off the grid moved the fused latents 2.5x more than one on it)."""
+
+
+def grid_span(lo: int, hi: int, start: int, end: int, cell: int = CROP_CELL) -> tuple[int, int]:
+    """The smallest span covering [lo, hi) inside [start, end), a multiple of ``cell`` long and
+    beginning a multiple of ``cell`` after ``start`` (where [start, end) leaves room for both)."""
+    size = min(end - start, -(-(hi - lo) // cell) * cell)
+    first = start + (lo - start) // cell * cell  # on the grid, at or before lo
+    if first + size < hi:  # no grid origin keeps this size: one cell more
+        size = min(end - start, size + cell)
+    first = min(first, end - size)
+    return first, first + size
+
+
 def crop_boxes(fusion: torch.Tensor, margin_px: int) -> list[Box]:
     """Per instance, the latent box its branch runs on: its region's bounding box + ``margin_px``,
-    grown (centred) to a multiple of 64 px and kept inside the canvas; empty for an empty region."""
+    grown to a multiple of 64 px on the canvas's 64 px grid (:func:`grid_span`) and kept inside the
+    canvas; empty for an empty region."""
     n, lh, lw = fusion.shape
-    cell = 64 // LATENT_FACTOR
     margin = -(-margin_px // LATENT_FACTOR)
     boxes: list[Box] = []
     for k in range(n):
@@ -189,13 +206,8 @@ def crop_boxes(fusion: torch.Tensor, margin_px: int) -> list[Box]:
         if ys.numel() == 0:
             boxes.append((0, 0, 0, 0))
             continue
-        spans = []
-        for lo, hi, size in ((int(xs.min()), int(xs.max()) + 1, lw), (int(ys.min()), int(ys.max()) + 1, lh)):
-            lo, hi = max(0, lo - margin), min(size, hi + margin)
-            want = min(size, -(-(hi - lo) // cell) * cell)
-            lo = min(max(0, lo - (want - (hi - lo)) // 2), size - want)
-            spans.append((lo, lo + want))
-        (x0, x1), (y0, y1) = spans
+        x0, x1 = grid_span(max(0, int(xs.min()) - margin), min(lw, int(xs.max()) + 1 + margin), 0, lw)
+        y0, y1 = grid_span(max(0, int(ys.min()) - margin), min(lh, int(ys.max()) + 1 + margin), 0, lh)
         boxes.append((x0, y0, x1, y1))
     return boxes
 
@@ -287,13 +299,18 @@ class MTColorSampler:
     # ------------------------------------------------------------------------------ one step
     @staticmethod
     def _entry_box(canvas: Canvas, tile: int, branch: int) -> Box:
-        """The tile's box, or for an instance branch with a crop its crop inside the tile."""
+        """The tile's box, or for an instance branch with a crop its crop inside the tile, on the
+        tile's own 64 px grid (tiles start anywhere on the 8 px grid)."""
         box = canvas.boxes[tile]
         if branch == 0 or not canvas.crops:
             return box
         cx0, cy0, cx1, cy1 = canvas.crops[branch - 1]
         x0, y0, x1, y1 = box
-        return (max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1))
+        if len(canvas.boxes) == 1:
+            return (max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1))
+        ex0, ex1 = grid_span(max(x0, cx0), min(x1, cx1), x0, x1)
+        ey0, ey1 = grid_span(max(y0, cy0), min(y1, cy1), y0, y1)
+        return (ex0, ey0, ex1, ey1)
 
     @staticmethod
     def _box_regions(canvas: Canvas, box: Box, cond: bool) -> RegionBatch:
