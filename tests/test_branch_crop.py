@@ -70,7 +70,13 @@ def test_crop_spans_keep_the_margin_on_the_tile_grid() -> None:
     """A crop inside a tile starts on that tile's 64 px grid and still holds box + margin."""
     from mtcolor_batch.model.sampler import grid_span
 
-    for lo, hi, start, end in [(12, 31, 0, 48), (13, 30, 5, 69), (40, 64, 5, 69), (0, 3, 0, 64), (7, 60, 3, 67)]:
+    for lo, hi, start, end in [
+        (12, 31, 0, 48),
+        (13, 30, 5, 69),
+        (40, 64, 5, 69),
+        (0, 3, 0, 64),
+        (7, 60, 3, 67),
+    ]:
         a, b = grid_span(lo, hi, start, end)
         assert start <= a <= lo and hi <= b <= end
         assert (b - a) % 8 == 0 and (a - start) % 8 == 0
