@@ -34,7 +34,7 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 
 from mtcolor_batch.core.color import luma_to_lightness
 from mtcolor_batch.core.config import HintSettings
-from mtcolor_batch.core.types import Instance
+from mtcolor_batch.core.types import Box, Instance, box_from_mask, check_box_inside
 from mtcolor_batch.render.chroma import compose, guided_coefficients, lab_to_srgb_locked
 
 __all__ = ["chroma_delta_e", "enforce", "feather_weights", "measure_rgb"]
@@ -88,6 +88,15 @@ COMPOSE_RADIUS, COMPOSE_EPS = _compose_defaults()
 """compose's guided-upsampling settings: adherence predicts the displayed colour with the same ones."""
 
 
+def _tight_box(inst: Instance) -> Box | None:
+    """The box of an instance's pixels (its own box may be larger after a resize), or None if empty."""
+    local = box_from_mask(inst.mask)
+    if local is None:
+        return None
+    x0, y0 = inst.box[0], inst.box[1]
+    return x0 + local[0], y0 + local[1], x0 + local[2], y0 + local[3]
+
+
 class _Display:
     """Predicts the mean colour compose will display inside each mask, for a given ab map.
 
@@ -99,25 +108,22 @@ class _Display:
     linear in the chroma, so the response to each instance's offset is computed once.
     """
 
-    def __init__(self, luma: np.ndarray, masks: Sequence[np.ndarray]) -> None:
-        union = np.zeros(luma.shape, dtype=bool)
-        for m in masks:
-            union |= m
+    def __init__(self, luma: np.ndarray, instances: Sequence[Instance]) -> None:
         h, w = luma.shape
         margin = 4 * COMPOSE_RADIUS + 2  # the guided filter reaches 2 * radius
-        if union.any():
-            ys, xs = np.nonzero(union)
+        tight = [t for t in (_tight_box(inst) for inst in instances) if t is not None]
+        if tight:
             self.crop = (
-                max(0, ys.min() - margin),
-                min(h, ys.max() + 1 + margin),
-                max(0, xs.min() - margin),
-                min(w, xs.max() + 1 + margin),
+                max(0, min(t[1] for t in tight) - margin),
+                min(h, max(t[3] for t in tight) + margin),
+                max(0, min(t[0] for t in tight) - margin),
+                min(w, max(t[2] for t in tight) + margin),
             )
         else:
             self.crop = (0, 0, 0, 0)
         y0, y1, x0, x1 = self.crop
         self.luma = luma[y0:y1, x0:x1].astype(np.float64)
-        self.masks = [m[y0:y1, x0:x1] for m in masks]
+        self.masks = [inst.in_window((x0, y0, x1, y1)) for inst in instances]
         self.lightness = [luma_to_lightness(self.luma[m]) for m in self.masks]
 
     def filtered(self, maps: np.ndarray) -> np.ndarray:
@@ -174,8 +180,8 @@ def enforce(
     """Apply strict adherence (when ``settings.strict``) and measure every instance.
 
     ``ab``: (2, h, w) float32 CIELAB a*, b* at working resolution; ``luma_w``: (h, w) working luma
-    (sRGB-encoded gray, as ``render.chroma`` defines it); ``instances_w``: masks at (h, w),
-    exclusive. Returns the (possibly) adjusted ``ab`` (a new array) and one stats dict per
+    (sRGB-encoded gray, as ``render.chroma`` defines it); ``instances_w``: instances of the (h, w)
+    working image, exclusive. Returns the (possibly) adjusted ``ab`` (a new array) and one stats dict per
     instance: ``id``, ``label``, ``source``, ``area``, ``hint`` ({name, lab} or None), ``mean_lab``
     and ``mean_lab_before`` (L from the scan, a*/b* as compose will display them), and for hinted
     instances ``delta_e`` / ``delta_e_chroma`` (after) and ``*_before``, ``strict``, ``shift_ab``
@@ -187,14 +193,11 @@ def enforce(
         raise ValueError(f"ab must be (2, h, w), got {ab.shape}")
     if luma_w.shape != ab.shape[1:]:
         raise ValueError(f"luma {luma_w.shape} and ab {ab.shape[1:]} differ in size")
-    masks = []
     for inst in instances_w:
-        mask = np.asarray(inst.mask, dtype=bool)
-        if mask.shape != luma_w.shape:
-            raise ValueError(f"instance {inst.id} mask {mask.shape} is not at working size {luma_w.shape}")
-        masks.append(mask)
+        check_box_inside(inst, luma_w.shape)
     base = ab.astype(np.float32, copy=True)
-    display = _Display(luma_w, masks)
+    display = _Display(luma_w, instances_w)
+    masks = display.masks  # crop-sized: the instances' pixels inside display.crop
     has_pixels = display.crop[1] > display.crop[0]
     pre = display.filtered(display.crop_of(base).astype(np.float64)) if has_pixels else None
     before = display.means(pre)
@@ -214,7 +217,7 @@ def enforce(
             "id": inst.id,
             "label": inst.label,
             "source": inst.source,
-            "area": int(masks[k].sum()),
+            "area": inst.area,
             "hint": None if inst.color is None else {"name": inst.color.name, "lab": list(inst.color.lab)},
             "resolution": "working",
         }
@@ -232,7 +235,11 @@ def enforce(
             entry["delta_e"] = _delta_e(hint, list(mean_after))
             entry["delta_e_chroma"] = chroma_delta_e(hint, list(mean_after))
             entry["strict"] = bool(settings.strict)
-            moved = (out[:, masks[k]] - base[:, masks[k]]).mean(axis=1) if k in active else np.zeros(2)
+            moved = (
+                (display.crop_of(out)[:, masks[k]] - display.crop_of(base)[:, masks[k]]).mean(axis=1)
+                if k in active
+                else np.zeros(2)
+            )
             entry["shift_ab"] = [float(moved[0]), float(moved[1])]
             entry["limited"] = bool(k in active and entry["delta_e_chroma"] >= LIMIT_DELTA_E)
         stats.append(entry)
@@ -286,7 +293,7 @@ def _shift(
 
 
 def measure_rgb(rgb: np.ndarray, instances: Sequence[Instance]) -> list[dict[str, Any]]:
-    """Hint adherence of a finished sRGB image (H, W, 3 in [0, 1]) with masks at its resolution.
+    """Hint adherence of a finished sRGB image (H, W, 3 in [0, 1]) with instances at its resolution.
 
     The provenance figures ``enforce`` gives are at working resolution; this re-measures on the
     composed full-resolution output, i.e. exactly what is written to disk.
@@ -294,15 +301,16 @@ def measure_rgb(rgb: np.ndarray, instances: Sequence[Instance]) -> list[dict[str
     lab = rgb2lab(np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0), illuminant="D65", observer="2")
     out: list[dict[str, Any]] = []
     for inst in instances:
-        mask = np.asarray(inst.mask, dtype=bool)
+        check_box_inside(inst, lab.shape[:2])
+        x0, y0, x1, y1 = inst.box
         entry: dict[str, Any] = {
             "id": inst.id,
             "label": inst.label,
-            "area": int(mask.sum()),
+            "area": inst.area,
             "resolution": "full",
         }
-        if inst.color is not None and mask.any():
-            mean = [float(v) for v in lab[mask].mean(axis=0)]
+        if inst.color is not None and inst.area:
+            mean = [float(v) for v in lab[y0:y1, x0:x1][inst.mask].mean(axis=0)]
             entry["mean_lab"] = mean
             entry["delta_e"] = _delta_e(inst.color.lab, mean)
             entry["delta_e_chroma"] = chroma_delta_e(inst.color.lab, mean)
