@@ -170,7 +170,7 @@ def _exclusive(pool: Sequence[_Item], order: Sequence[int]) -> list[np.ndarray]:
         a = pool[i]
         x0, y0, x1, y1 = a.tight
         meets = done & (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
-        mask = a.inst.mask.copy()
+        mask = a.inst.mask.copy() if meets.any() else a.inst.mask  # the input is never written to
         for j in np.flatnonzero(meets).tolist():
             both = _intersection(a.tight, pool[j].tight)
             assert both is not None
