@@ -84,7 +84,8 @@ def perceive(
         max_detections=max(16, 4 * settings.max_instances),
     )
     boxes = detections_to_scan_boxes(detections, image.size, scan.size)
-    masks = perception.segmenter.segment_boxes_scored(scan.luma, boxes, long_side=settings.size)
+    # one image-sized mask at a time, cropped to its box at once
+    masks = perception.segmenter.iter_boxes_scored(scan.luma, boxes, long_side=settings.size)
     instances: list[Instance] = []
     for det, box, (mask, _sam_score) in zip(detections, boxes, masks, strict=True):
         inst = Instance.from_full_mask(
