@@ -3,17 +3,18 @@
 The synthetic task (testing/synthetic.py): shapes on gray, each red or royal blue, and the two colours
 have the same luminance, so the gray input cannot tell them apart. Every training layout is written
 twice, once with its colours exchanged, so even memorising the training photos does not give the
-colours away: only the instance texts can. Every photo has both shapes, as the held-out images do:
-the paper's branch keeps instances apart (M_self, M_cross), so each shape is an example of its own
-and two per photo double what a step learns from (one shape per photo learned weakly and
-erratically). The bundle is the tiny one with a UNet that attends at the
-latent resolution and a wider text encoder (``write_learning_bundle`` says why). Its random parts are
-first made workable, as real SD already is: the VAE is fitted to reconstruct the images, and the
-backbone (UNet + ControlNet, "stage 0", not a CLI stage) is trained as a text-blind gray-to-colour
-model (every sample's texts null), so it cannot know which colour a shape is; half of its batches
-run without the ControlNet so that its UNet also works alone, as SD's does. Then the
-paper's stage 1 trains the instance guidance alone, with everything else frozen and, as in the
-paper, without the ControlNet or PMAM in its forward pass.
+colours away: only the instance texts can. Every photo has both shapes, as the held-out images have:
+the paper's branch keeps instances apart (M_self, M_cross), so each shape is an example of its own,
+and two per photo double what a step learns from (with one shape per photo the texts were learned
+weakly and erratically). The bundle is the tiny one with a UNet that attends at the latent
+resolution and a wider text encoder (``write_learning_bundle`` says why). Its random parts are first
+made workable, as real SD already is: the VAE is fitted to reconstruct the images, and the backbone
+(UNet + ControlNet, "stage 0", not a CLI stage) is trained as a text-blind gray-to-colour model
+(every sample's texts null), so it cannot know which colour a shape is; half of its batches run
+without the ControlNet so that its UNet also works alone, as SD's does. Then the paper's stage 1
+trains the instance guidance alone, with everything else frozen and, as in the paper, without the
+ControlNet or PMAM in its forward pass; the branch projections copied from the UNet move at the
+trainer's default 0.1 x lr (``projection_lr_scale``), the rest at GUIDANCE_LR.
 
 Held-out measure: new layouts (another seed) with a square and a circle, coloured through
 ``MTColorEngine.colorize`` (alpha 0, so the instance texts act only through the trained guidance;
