@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size import full_size_engine  # noqa: E402
 
 from mtcolor_batch.core.config import load_profile  # noqa: E402
-from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
+from mtcolor_batch.core.types import Instance, Plan, stack_masks  # noqa: E402
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
 from mtcolor_batch.model.sampler import build_canvas, fusion_steps  # noqa: E402
 from mtcolor_batch.stages.plan import make_plan  # noqa: E402
@@ -77,8 +77,7 @@ def scene(size: int, n: int) -> tuple[np.ndarray, list[Instance]]:
         shift = (i // 4) * size // 12  # instances 5..8 overlap 1..4, shifted
         x0, y0 = cx * size // 2 + size // 16 + shift, cy * size // 2 + size // 16 + shift
         x1, y1 = min(size, x0 + size // 3), min(size, y0 + size // 3)
-        m = np.zeros((size, size), dtype=bool)
-        m[y0:y1, x0:x1] = True
+        m = np.ones((y1 - y0, x1 - x0), dtype=bool)  # the mask over its box
         insts.append(Instance(i + 1, f"object {i}", f"a red object number {i}", m, (x0, y0, x1, y1)))
     return luma, insts
 
@@ -252,11 +251,7 @@ class Bench:
         sampler = self.engine.sampler
         alpha = 1.0 if phase == "branch" else 0.0
         plan = dataclasses.replace(self.plan, alpha=alpha, branch_crop=crop)
-        masks = (
-            np.stack([i.mask for i in insts]).astype(np.float32)
-            if insts
-            else np.zeros((0, self.size, self.size), np.float32)
-        )
+        masks = stack_masks(insts, (self.size, self.size))
         texts = sampler.texts(plan, insts)
         canvas = build_canvas(
             luma,

@@ -77,12 +77,11 @@ def build_out_dir(root: Path, bundle_dir: Path) -> dict[str, Path]:
         )
         mask = np.zeros(scan.size, dtype=bool)
         mask[8:40, 10:50] = True
-        hinted = Instance(
-            id=1,
-            label="tram",
-            text=f"a dark green tram {XSS}",
-            mask=mask,
-            box=(10, 8, 50, 40),
+        hinted = Instance.from_full_mask(
+            1,
+            "tram",
+            f"a dark green tram {XSS}",
+            mask,
             source="sidecar",
             color=ColorHint(lab=(40.0, -35.0, 25.0), name="dark green"),
         )
@@ -91,8 +90,9 @@ def build_out_dir(root: Path, bundle_dir: Path) -> dict[str, Path]:
             instance_record(
                 hinted,
                 {"id": 1, "delta_e": 3.5 + n, "delta_e_before": 20.0 + n, "mean_lab": [41.0, -30.0, 22.0]},
+                scan.size,
             ),
-            instance_record(auto, {"id": 2, "mean_lab": [70.0, 1.0, -5.0]}),
+            instance_record(auto, {"id": 2, "mean_lab": [70.0, 1.0, -5.0]}, scan.size),
         ]
         record = build_record(
             scan=scan,

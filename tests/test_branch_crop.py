@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtcolor_batch.core.config import SamplingSettings
-from mtcolor_batch.core.types import Instance, Plan
+from mtcolor_batch.core.types import Instance, Plan, stack_masks
 from mtcolor_batch.model.engine import MTColorEngine
 from mtcolor_batch.model.sampler import build_canvas, crop_boxes
 from mtcolor_batch.stages.plan import make_plan
@@ -31,7 +31,7 @@ def _scene(size: int) -> tuple[np.ndarray, list[Instance]]:
     for i, (x0, y0) in enumerate([(16, 24), (size - 80, size - 72)]):
         m = np.zeros((size, size), dtype=bool)
         m[y0 : y0 + 56, x0 : x0 + 48] = True
-        insts.append(Instance(i + 1, f"thing {i}", f"a red thing {i}", m, (x0, y0, x0 + 48, y0 + 56)))
+        insts.append(Instance.from_full_mask(i + 1, f"thing {i}", f"a red thing {i}", m))
     return luma, insts
 
 
@@ -68,7 +68,7 @@ def _fused(engine: MTColorEngine, size: int, crop: int, shapes: list[tuple[int, 
     sampler = engine.sampler
     plan = _plan(size, branch_crop=crop)
     luma, insts = _scene(size)
-    masks = np.stack([i.mask for i in insts]).astype(np.float32)
+    masks = stack_masks(insts, (size, size))
     texts = sampler.texts(plan, insts)
     canvas = build_canvas(
         luma,

@@ -179,7 +179,8 @@ def test_edited_init_template_stays_readable(tmp_path: Path) -> None:
     Image.new("L", (80, 64), 100).save(root / "street.png")
     mask = np.zeros((64, 80), bool)
     mask[10:30, 5:40] = True
-    detected = Instance(id=1, label="tram", text="tram", mask=mask, box=(5, 10, 40, 30), score=0.5)
+    detected = Instance.from_full_mask(1, "tram", "tram", mask, score=0.5)
+    assert detected.box == (5, 10, 40, 30)
     template = template_text("street.png", (64, 80), [detected], None)
     (root / "street.png.yaml").write_text(template, encoding="utf-8")
     client, _ = make_client(root)

@@ -76,7 +76,7 @@ def _scene() -> tuple[np.ndarray, list[Instance]]:
     luma = np.linspace(0.1, 0.9, 64 * 64, dtype=np.float32).reshape(64, 64)
     m = np.zeros((64, 64), dtype=bool)
     m[8:40, 16:48] = True
-    return luma, [Instance(1, "tram", "a red tram", m, (16, 8, 48, 40))]
+    return luma, [Instance.from_full_mask(1, "tram", "a red tram", m)]
 
 
 @pytest.mark.slow

@@ -103,7 +103,14 @@ def test_full_resolution_after_compose_still_meets_it() -> None:
     rgb = compose(full, out)
     full_instances = [
         Instance(
-            i.id, i.label, i.text, np.kron(i.mask, np.ones((3, 3), dtype=bool)), i.box, i.source, 1.0, i.color
+            i.id,
+            i.label,
+            i.text,
+            np.kron(i.mask, np.ones((3, 3), dtype=bool)),
+            (0, 0, 3 * w, 3 * h),
+            i.source,
+            1.0,
+            i.color,
         )
         for i in instances
     ]
@@ -154,9 +161,9 @@ def test_not_strict_measures_without_changing() -> None:
 def test_unhinted_and_empty_instances() -> None:
     ab, luma, _ = scene(7)
     mask = regions()[0]
-    plain = Instance(1, "person", "a person", mask, (0, 0, 1, 1), "auto", 0.5, None)
-    empty = Instance(
-        2, "hat", "a hat", np.zeros((h, w), dtype=bool), (0, 0, 1, 1), "sidecar", 1.0, parse_color("red")
+    plain = Instance.from_full_mask(1, "person", "a person", mask, source="auto", score=0.5)
+    empty = Instance.from_full_mask(
+        2, "hat", "a hat", np.zeros((h, w), dtype=bool), source="sidecar", color=parse_color("red")
     )
     out, stats = enforce(ab, luma, [plain, empty], STRICT)
     np.testing.assert_array_equal(out, ab)
@@ -170,7 +177,9 @@ def test_luminance_lock_reported_separately() -> None:
     mask = regions()[1]
     luma = luma.copy()
     luma[mask] = l_to_luma(np.full(int(mask.sum()), 55.0))
-    navy = Instance(1, "coat", "a navy coat", mask, (0, 0, 1, 1), "sidecar", 1.0, parse_color("navy"))
+    navy = Instance.from_full_mask(
+        1, "coat", "a navy coat", mask, source="sidecar", color=parse_color("navy")
+    )
     _, (s,) = enforce(ab, luma, [navy], STRICT)
     assert s["mean_lab"][0] == pytest.approx(55.0, abs=0.01)
     assert s["delta_e_chroma"] < 5.0
@@ -184,7 +193,9 @@ def test_gamut_corner_is_reported() -> None:
     luma = luma.copy()
     rng = np.random.default_rng(0)
     luma[mask] = l_to_luma(12.97 + rng.normal(0.0, 1.0, int(mask.sum())))
-    inst = Instance(1, "coat", "a navy coat", mask, (0, 0, 1, 1), "sidecar", 1.0, parse_color("navy"))
+    inst = Instance.from_full_mask(
+        1, "coat", "a navy coat", mask, source="sidecar", color=parse_color("navy")
+    )
     _, (s,) = enforce(ab, luma, [inst], STRICT)
     assert s["limited"] is True
     assert s["delta_e_chroma"] < s["delta_e_chroma_before"]
@@ -196,7 +207,7 @@ def test_unreachable_hint_is_flagged_not_hidden() -> None:
     mask = regions()[0]
     luma = luma.copy()
     luma[mask] = 0.97
-    inst = Instance(1, "sky", "a blue sky", mask, (0, 0, 1, 1), "sidecar", 1.0, parse_color("blue"))
+    inst = Instance.from_full_mask(1, "sky", "a blue sky", mask, source="sidecar", color=parse_color("blue"))
     _, (s,) = enforce(ab, luma, [inst], STRICT)
     assert s["limited"] is True
     assert s["delta_e_chroma"] > 5.0
@@ -237,7 +248,7 @@ def test_strict_with_the_tiny_bundle(tiny_bundle) -> None:
     settings = SamplingSettings(steps=2, working_long_side=64, tile_size=64, tile_overlap=0)
     plan = make_plan((h, w), settings, seed=0, prompt="a street in 1910")
     luma_w = resize_luma(luma, plan.working_size)
-    insts_w = resize_instances(instances, plan.working_size)
+    insts_w = resize_instances(instances, (h, w), plan.working_size)
     ab = engine.colorize(luma_w, insts_w, plan)
     assert ab.shape == (2, *plan.working_size)
     out, stats = enforce(ab, luma_w, insts_w, STRICT)

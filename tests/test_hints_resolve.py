@@ -36,9 +36,9 @@ def box_mask(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
 
 
 def auto(iid: int, label: str, box: Box) -> Instance:
-    return Instance(
-        id=iid, label=label, text=f"a {label}", mask=box_mask(*box), box=box, source="auto", score=0.5
-    )
+    x0, y0, x1, y1 = box
+    mask = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    return Instance(id=iid, label=label, text=f"a {label}", mask=mask, box=box, source="auto", score=0.5)
 
 
 class FakeSegmenter:
@@ -111,7 +111,9 @@ def test_label_binds_every_detection_and_builds_text(tmp_path: Path) -> None:
     for iid in (1, 2):
         assert by_id[iid].source == "sidecar"
         assert by_id[iid].color == parse_color("dark green")
-        np.testing.assert_array_equal(by_id[iid].mask, autos[iid - 1].mask)  # region kept as detected
+        np.testing.assert_array_equal(
+            by_id[iid].full((H, W)), autos[iid - 1].full((H, W))
+        )  # region kept as detected
     assert by_id[1].text == "a dark green tram" and by_id[2].text == "a dark green Tram"
     assert by_id[3].source == "auto" and by_id[3].color is None
 
@@ -173,7 +175,7 @@ def test_exclude_removes_autos_by_label(tmp_path: Path) -> None:
 def test_box_without_segmenter_is_the_box_with_a_warning(tmp_path: Path) -> None:
     result = resolve(tmp_path, "instances:\n  - box: [10, 5, 30, 25]\n    label: coat\n    color: navy\n")
     (inst,) = result.instances
-    np.testing.assert_array_equal(inst.mask, box_mask(10, 5, 30, 25))
+    np.testing.assert_array_equal(inst.full((H, W)), box_mask(10, 5, 30, 25))
     assert inst.box == (10, 5, 30, 25) and inst.label == "coat" and inst.text == "a navy coat"
     assert result.warnings == [
         "photo.png.yaml:2 (instance 1): no segmentation model, so the whole box is used as the region"
@@ -187,7 +189,7 @@ def test_box_with_segmenter_uses_its_mask(tmp_path: Path) -> None:
     )
     (inst,) = result.instances
     assert seg.box_calls == [[(10, 5, 30, 25)]]
-    np.testing.assert_array_equal(inst.mask, box_mask(11, 6, 29, 24))
+    np.testing.assert_array_equal(inst.full((H, W)), box_mask(11, 6, 29, 24))
     assert inst.box == (11, 6, 29, 24) and inst.text == "a dark red object" and result.warnings == []
 
 
@@ -197,7 +199,7 @@ def test_box_where_segmenter_finds_nothing_falls_back(tmp_path: Path) -> None:
         "instances:\n  - box: [10, 5, 30, 25]\n    color: red\n",
         segmenter=FakeSegmenter(empty=True),
     )
-    np.testing.assert_array_equal(result.instances[0].mask, box_mask(10, 5, 30, 25))
+    np.testing.assert_array_equal(result.instances[0].full((H, W)), box_mask(10, 5, 30, 25))
     assert "found nothing in the box" in result.warnings[0]
 
 
@@ -208,7 +210,7 @@ def test_points_go_to_the_segmenter(tmp_path: Path) -> None:
     )
     (inst,) = result.instances
     assert seg.point_calls == [[(40.0, 30.0), (42.0, 31.0)]]
-    np.testing.assert_array_equal(inst.mask, box_mask(38, 28, 43, 33))
+    np.testing.assert_array_equal(inst.full((H, W)), box_mask(38, 28, 43, 33))
     assert inst.score == pytest.approx(0.9)
 
 
@@ -229,7 +231,7 @@ def test_polygon_is_exact(tmp_path: Path) -> None:
     expected = np.zeros((H, W), dtype=bool)
     rr, cc = draw_polygon([p[1] for p in corners], [p[0] for p in corners], shape=(H, W))
     expected[rr, cc] = True
-    np.testing.assert_array_equal(inst.mask, expected)
+    np.testing.assert_array_equal(inst.full((H, W)), expected)
     assert inst.color is not None and inst.color.lab == (60.0, 10.0, 40.0)
     assert inst.text == "a camel object"  # notations get the nearest colour name in the text
 
@@ -239,7 +241,7 @@ def test_mask_file_is_exact(tmp_path: Path) -> None:
     want = box_mask(5, 5, 25, 15) | box_mask(50, 40, 70, 55)
     Image.fromarray(want.astype(np.uint8) * 255).save(tmp_path / "masks" / "coat.png")
     result = resolve(tmp_path, "instances:\n  - mask: masks/coat.png\n    color: brown\n")
-    np.testing.assert_array_equal(result.instances[0].mask, want)
+    np.testing.assert_array_equal(result.instances[0].full((H, W)), want)
     assert result.instances[0].box == (5, 5, 70, 55)
 
 
@@ -250,7 +252,7 @@ def test_mask_file_alpha_channel(tmp_path: Path) -> None:
     rgba[..., 3] = want * 255
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "coat.png")
     result = resolve(tmp_path, "instances:\n  - mask: coat.png\n    color: brown\n")
-    np.testing.assert_array_equal(result.instances[0].mask, want)
+    np.testing.assert_array_equal(result.instances[0].full((H, W)), want)
 
 
 def test_mask_file_size_must_match(tmp_path: Path) -> None:
@@ -429,7 +431,9 @@ def test_real_segmenter_box_and_points(tmp_path: Path, tiny_segmenter: object) -
         segmenter=tiny_segmenter,
     )
     # Random weights: the masks' content is arbitrary, but every hint is either an instance with a
-    # scan-sized bool mask or a warning (never silently dropped).
+    # bool mask over its box inside the scan or a warning (never silently dropped).
     assert len(result.instances) + len(result.warnings) >= 2
     for inst in result.instances:
-        assert inst.mask.shape == (H, W) and inst.mask.dtype == bool and inst.mask.any()
+        x0, y0, x1, y1 = inst.box
+        assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+        assert inst.mask.shape == (y1 - y0, x1 - x0) and inst.mask.dtype == bool and inst.mask.any()

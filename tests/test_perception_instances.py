@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -18,8 +20,7 @@ H, W = 60, 80
 
 
 def rect(x0: int, y0: int, x1: int, y1: int, label: str = "thing", **kw) -> Instance:
-    mask = np.zeros((H, W), dtype=bool)
-    mask[y0:y1, x0:x1] = True
+    mask = np.ones((y1 - y0, x1 - x0), dtype=bool)  # the region over its box
     return Instance(id=0, label=label, text=label, mask=mask, box=(x0, y0, x1, y1), **kw)
 
 
@@ -34,7 +35,7 @@ def test_exclusive_and_label_map_matches_ids() -> None:
     hat = rect(20, 10, 40, 20, "hat", score=0.5)  # inside the person
     out = finalize([person, hat], (H, W), settings())
     assert [i.id for i in out] == [1, 2]
-    stack = np.stack([i.mask for i in out])
+    stack = np.stack([i.full((H, W)) for i in out])
     assert stack.sum(axis=0).max() == 1  # each pixel in at most one instance
     by_label = {i.label: i for i in out}
     assert by_label["hat"].area == 20 * 10  # the smaller thing keeps its pixels
@@ -42,7 +43,7 @@ def test_exclusive_and_label_map_matches_ids() -> None:
     lm = label_map(out, (H, W))
     assert lm.dtype == np.int32 and lm.shape == (H, W)
     for inst in out:
-        assert np.array_equal(lm == inst.id, inst.mask)
+        assert np.array_equal(lm == inst.id, inst.full((H, W)))
     assert (lm == 0).sum() == H * W - sum(i.area for i in out)
 
 
@@ -129,37 +130,38 @@ def test_ids_are_stable_and_in_reading_order() -> None:
     assert [(i.id, i.label, i.box) for i in first] == [(i.id, i.label, i.box) for i in second]
 
 
-def test_inputs_not_modified_and_shape_checked() -> None:
+def test_inputs_not_modified_and_boxes_checked() -> None:
     a = rect(0, 0, 40, 40, "a")
     b = rect(20, 20, 60, 60, "b", source="sidecar")
     before = a.mask.copy()
     finalize([a, b], (H, W), settings())
     assert np.array_equal(a.mask, before) and a.id == 0
-    with pytest.raises(ValueError):
-        finalize([a], (H + 1, W), settings())
+    with pytest.raises(ValueError, match="outside"):
+        finalize([a], (H, 30), settings())  # a's box reaches x = 40: it belongs to another image
 
 
 def test_empty_autos_dropped() -> None:
-    empty = Instance(id=0, label="x", text="x", mask=np.zeros((H, W), bool), box=(0, 0, 1, 1))
+    empty = Instance.from_full_mask(0, "x", "x", np.zeros((H, W), bool))
+    assert empty.box == (0, 0, 0, 0) and empty.mask.shape == (0, 0)
     assert finalize([empty], (H, W), settings()) == []
 
 
 def test_resize_instances_nearest_keeps_exclusivity() -> None:
     out = finalize([rect(10, 10, 50, 55, "p"), rect(20, 10, 40, 20, "h")], (H, W), settings())
-    small = resize_instances(out, (30, 40))
+    small = resize_instances(out, (H, W), (30, 40))
     assert [i.id for i in small] == [i.id for i in out]
-    assert all(i.mask.shape == (30, 40) and i.mask.dtype == bool for i in small)
-    assert np.stack([i.mask for i in small]).sum(axis=0).max() == 1
+    assert all(i.mask.dtype == bool for i in small)
+    assert np.stack([i.full((30, 40)) for i in small]).sum(axis=0).max() == 1
     hat = next(i for i in small if i.label == "h")
     assert hat.box == (10, 5, 20, 10)
-    assert box_from_mask(hat.mask) == (10, 5, 20, 10)
-    big = resize_instances(out, (120, 160))
+    assert box_from_mask(hat.full((30, 40))) == (10, 5, 20, 10)
+    big = resize_instances(out, (H, W), (120, 160))
     assert next(i for i in big if i.label == "h").area == 4 * 200
-    assert resize_instances([], (10, 10)) == []
+    assert resize_instances([], (H, W), (10, 10)) == []
 
 
 def test_mask_iou_and_box_from_mask() -> None:
-    a, b = rect(0, 0, 10, 10).mask, rect(5, 0, 15, 10).mask
+    a, b = rect(0, 0, 10, 10).full((H, W)), rect(5, 0, 15, 10).full((H, W))
     assert mask_iou(a, b) == pytest.approx(50 / 150)
     assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0.0
     assert box_from_mask(np.zeros((3, 3), bool)) is None
@@ -183,6 +185,6 @@ def test_same_label_hint_with_the_detection_box_replaces_it_even_if_masks_differ
     # the auto mask is the left half of its box, the hint's mask the right half: little shared
     auto = rect(10, 10, 20, 50, "man", score=0.9)  # 400 px, 80 of them shared with the hint
     hint = rect(18, 10, 50, 50, "man", source="sidecar", color=ColorHint((30.0, 5.0, -40.0), "navy"))
-    auto = Instance(**{**auto.__dict__, "box": (10, 10, 50, 50)})  # detection box = the hint's
+    auto = replace(auto, prompt_box=(10, 10, 50, 50))  # detection box = the hint's
     out = finalize([auto, hint], (H, W), settings())
     assert [(i.label, i.source) for i in out] == [("man", "sidecar")]

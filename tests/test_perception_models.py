@@ -90,9 +90,10 @@ def test_perceive_gives_auto_instances_at_scan_resolution(tiny_perception) -> No
     assert found, "threshold 0 must let the random detector through"
     for inst in found:
         assert inst.source == "auto" and inst.label in vocabulary
-        assert inst.mask.shape == (H, W) and inst.mask.dtype == bool and inst.mask.any()
         x0, y0, x1, y1 = inst.box
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+        assert inst.mask.shape == (y1 - y0, x1 - x0) and inst.mask.dtype == bool and inst.mask.any()
+        assert inst.prompt_box is not None  # the detector's box, kept for matching hints to it
     again = perceive(scan, tiny_perception, settings, exclude=[])
     assert [(i.label, i.box) for i in again] == [(i.label, i.box) for i in found]  # deterministic
     keep = {found[0].label}

@@ -67,8 +67,8 @@ def test_sampling_with_region_attention_matches_dense(tiny_bundle: Path, engine:
     plan = dataclasses.replace(make_plan((64, 64), settings, seed=3, prompt="a street"))
     luma = np.linspace(0.1, 0.9, 64 * 64, dtype=np.float32).reshape(64, 64)
     insts = [
-        Instance(1, "tram", "a red tram", _square(64, 8, 40, 16, 48), (16, 8, 48, 40)),
-        Instance(2, "sky", "a blue sky", _square(64, 0, 8, 0, 64), (0, 0, 64, 8)),
+        Instance.from_full_mask(1, "tram", "a red tram", _square(64, 8, 40, 16, 48)),
+        Instance.from_full_mask(2, "sky", "a blue sky", _square(64, 0, 8, 0, 64)),
     ]
     dense = MTColorEngine.load(tiny_bundle, device="cpu", options=EngineOptions(attention="dense"))
     dense.modules.load_state_dict(engine.modules.state_dict())

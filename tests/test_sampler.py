@@ -38,7 +38,7 @@ def _scene(h: int, w: int, n: int = 2) -> tuple[np.ndarray, list[Instance]]:
         x0, y0, x1, y1 = boxes[i]
         m = np.zeros((h, w), dtype=bool)
         m[y0:y1, x0:x1] = True
-        insts.append(Instance(i + 1, f"thing{i}", texts[i], m, (x0, y0, x1, y1)))
+        insts.append(Instance.from_full_mask(i + 1, f"thing{i}", texts[i], m))
     return luma, insts
 
 
@@ -100,7 +100,7 @@ def _plain_sampling(engine, luma: np.ndarray, insts: list[Instance], plan: Plan)
 
     h, w = luma.shape
     seq, pooled = engine.encode_text([plan.negative_prompt, plan.prompt, *[i.text for i in insts]])
-    cond = RegionBatch.from_masks([i.mask for i in insts], pooled[2:], (h // 8, w // 8))
+    cond = RegionBatch.from_masks([i.full((h, w)) for i in insts], pooled[2:], (h // 8, w // 8))
     # Unconditional half: the null instance condition, as training's dropout (same regions, no tokens).
     regions = RegionBatch.cat([cond.drop_tokens(), cond])
     sched = DDIMScheduler.from_config(engine.sampler.scheduler_factory().config)
@@ -163,7 +163,12 @@ def test_unet_calls_constant_beyond_working_resolution(engine) -> None:  # noqa:
         luma, insts = _scene(side, side, n=1)
         luma_w = resize_luma(luma, plan.working_size)
         insts_w = [
-            dataclasses.replace(i, mask=resize_luma(i.mask.astype(np.float32), plan.working_size) > 0.5)
+            Instance.from_full_mask(
+                i.id,
+                i.label,
+                i.text,
+                resize_luma(i.full((side, side)).astype(np.float32), plan.working_size) > 0.5,
+            )
             for i in insts
         ]
         engine.unet_calls = 0

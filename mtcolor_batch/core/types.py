@@ -7,7 +7,9 @@ Arrays are numpy so the records pickle cheaply and never hold a GPU tensor betwe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,20 +56,125 @@ class ColorHint:
 
 @dataclass
 class Instance:
-    """One thing in a scan that gets its own text and attention region."""
+    """One thing in a scan that gets its own text and attention region.
+
+    The region is ``box`` plus ``mask`` cropped to it (``mask.shape == (y1 - y0, x1 - x0)``), never
+    a full-image array: a sidecar may hold hundreds of hints and a scan 100 MP, and a full bool
+    array per hint would be N x the scan. Whatever needs the region in another frame (a tile, the
+    working or latent grid, a training canvas) asks for it through :meth:`in_window` /
+    :meth:`resized`, which touch only the box. The image size is the caller's: every consumer
+    already holds the scan or canvas the instance belongs to.
+    """
 
     id: int  # stable within a file
     label: str
     text: str
-    mask: np.ndarray  # bool HxW at the resolution of the image it belongs to
-    box: Box
+    mask: np.ndarray  # bool (y1 - y0, x1 - x0): the region's pixels inside ``box``
+    box: Box  # where ``mask`` sits in the image it belongs to
     source: Literal["auto", "sidecar"] = "auto"
     score: float = 1.0
     color: ColorHint | None = None
+    prompt_box: Box | None = None  # a detection's box from the detector; it need not bound the mask
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = self.box
+        if self.mask.ndim != 2 or self.mask.shape != (y1 - y0, x1 - x0):
+            raise ValueError(
+                f"instance '{self.label}': mask {self.mask.shape} is not the size of its box {self.box}"
+            )
+        if self.mask.dtype != np.bool_:
+            self.mask = self.mask.astype(bool)
+
+    @classmethod
+    def from_full_mask(cls, id: int, label: str, text: str, mask: np.ndarray, **kw: Any) -> Instance:
+        """An instance from an image-sized mask: cropped to its tight box (an empty mask: a 0x0 box)."""
+        full = np.asarray(mask, dtype=bool)
+        box = box_from_mask(full) or (0, 0, 0, 0)
+        x0, y0, x1, y1 = box
+        return cls(id, label, text, full[y0:y1, x0:x1].copy(), box, **kw)
 
     @property
     def area(self) -> int:
-        return int(self.mask.sum())
+        return int(np.count_nonzero(self.mask))
+
+    @property
+    def match_box(self) -> Box:
+        """The box matching and ordering compare: a detection's prompt box, else the region's box."""
+        return self.prompt_box if self.prompt_box is not None else self.box
+
+    def in_window(self, window: Box) -> np.ndarray:
+        """The region inside ``window`` (x0, y0, x1, y1, same image) as a window-sized bool array.
+
+        Only the overlap is copied, so a tile, a working canvas or a crop costs the window's size
+        whatever the image's. ``in_window((0, 0, w, h))`` is the full-image mask.
+        """
+        wx0, wy0, wx1, wy1 = window
+        out = np.zeros((max(0, wy1 - wy0), max(0, wx1 - wx0)), dtype=bool)
+        x0, y0, x1, y1 = self.box
+        ix0, iy0, ix1, iy1 = max(x0, wx0), max(y0, wy0), min(x1, wx1), min(y1, wy1)
+        if ix0 < ix1 and iy0 < iy1:
+            part = self.mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            out[iy0 - wy0 : iy1 - wy0, ix0 - wx0 : ix1 - wx0] = part
+        return out
+
+    def full(self, size: tuple[int, int]) -> np.ndarray:
+        """The image-sized (h, w) bool mask: for small canvases only (training, tests, overlays)."""
+        return self.in_window((0, 0, size[1], size[0]))
+
+    def resized(self, src_size: tuple[int, int], dst_size: tuple[int, int]) -> Instance:
+        """The instance in an image of ``dst_size`` (h, w) resampled from ``src_size``: nearest, on the crop.
+
+        Each destination pixel takes the source pixel under its centre, the same grid for every
+        instance, so exclusive regions stay exclusive; the box is scaled outward. Identical to
+        resampling the full-image mask, at the cost of the box only.
+        """
+        (sh, sw), (h, w) = src_size, dst_size
+        sx, sy = w / sw, h / sh
+        x0, y0, x1, y1 = self.box
+        nx0, ny0 = min(w - 1, max(0, math.floor(x0 * sx))), min(h - 1, max(0, math.floor(y0 * sy)))
+        nx1, ny1 = max(nx0 + 1, min(w, math.ceil(x1 * sx))), max(ny0 + 1, min(h, math.ceil(y1 * sy)))
+        cols, rows = nearest_index(sw, w), nearest_index(sh, h)
+        # Grow to every destination pixel whose source lies in the box (guards float edge cases).
+        c0, c1 = np.searchsorted(cols, [x0, x1]) if x1 > x0 else (nx0, nx0)
+        r0, r1 = np.searchsorted(rows, [y0, y1]) if y1 > y0 else (ny0, ny0)
+        if c1 > c0 and r1 > r0:
+            nx0, nx1 = min(nx0, int(c0)), max(nx1, int(c1))
+            ny0, ny1 = min(ny0, int(r0)), max(ny1, int(r1))
+        sub_r, sub_c = rows[ny0:ny1] - y0, cols[nx0:nx1] - x0
+        in_r = (sub_r >= 0) & (sub_r < y1 - y0)
+        in_c = (sub_c >= 0) & (sub_c < x1 - x0)
+        mask = np.zeros((ny1 - ny0, nx1 - nx0), dtype=bool)
+        if in_r.any() and in_c.any():
+            mask[np.ix_(in_r, in_c)] = self.mask[np.ix_(sub_r[in_r], sub_c[in_c])]
+        return replace(self, mask=mask, box=(nx0, ny0, nx1, ny1), prompt_box=None)
+
+
+def nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source index under each destination pixel's centre (nearest resampling of ``src`` -> ``dst``)."""
+    return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
+
+
+def stack_masks(instances: Sequence[Instance], size: tuple[int, ...]) -> np.ndarray:
+    """float32 (N, h, w) 0/1 masks of ``instances`` on an (h, w) canvas: what the sampler conditions on.
+
+    Meant for the working / latent canvas (at most ``sampling.working_long_side`` on a side), never
+    for a full-resolution scan.
+    """
+    h, w = size
+    out = np.zeros((len(instances), h, w), dtype=np.float32)
+    for k, inst in enumerate(instances):
+        check_box_inside(inst, size)
+        x0, y0, x1, y1 = inst.box
+        out[k, y0:y1, x0:x1] = inst.mask
+    return out
+
+
+def check_box_inside(inst: Instance, size: tuple[int, ...]) -> None:
+    """Refuse an instance whose box leaves an (h, w) image: it belongs to another resolution."""
+    h, w = size
+    x0, y0, x1, y1 = inst.box
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise ValueError(f"instance {inst.id} '{inst.label}' box {inst.box} is outside the {w}x{h} image")
 
 
 LATENT_FACTOR = 8

@@ -95,21 +95,36 @@ def _box_pixels(box: Sequence[float], size: tuple[int, int]) -> Box:
     )
 
 
-def _box_mask(box: Box, size: tuple[int, int]) -> np.ndarray:
-    mask = np.zeros(size, dtype=bool)
+def _box_region(box: Box) -> tuple[np.ndarray, Box]:
     x0, y0, x1, y1 = box
-    mask[y0:y1, x0:x1] = True
-    return mask
+    return np.ones((y1 - y0, x1 - x0), dtype=bool), box
 
 
-def _polygon_mask(points: Sequence[Sequence[float]], size: tuple[int, int]) -> np.ndarray:
-    """Pixels whose centres lie inside the polygon (skimage.draw.polygon), clipped to the image."""
-    mask = np.zeros(size, dtype=bool)
+def _tight(mask: np.ndarray) -> tuple[np.ndarray, Box] | None:
+    """An image-sized mask from a segmenter or a mask file, cropped to its tight box (None if empty)."""
+    box = box_from_mask(mask)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return np.array(mask[y0:y1, x0:x1], dtype=bool), box
+
+
+def _polygon_region(
+    points: Sequence[Sequence[float]], size: tuple[int, int]
+) -> tuple[np.ndarray, Box] | None:
+    """Pixels whose centres lie inside the polygon (skimage.draw.polygon), clipped to the image.
+
+    skimage gives the covered pixels' coordinates, so the region is built at its own box's size.
+    """
     xs = np.array([p[0] for p in points], dtype=np.float64)
     ys = np.array([p[1] for p in points], dtype=np.float64)
     rr, cc = draw_polygon(ys, xs, shape=size)
-    mask[rr, cc] = True
-    return mask
+    if rr.size == 0:
+        return None
+    x0, y0, x1, y1 = int(cc.min()), int(rr.min()), int(cc.max()) + 1, int(rr.max()) + 1
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    mask[rr - y0, cc - x0] = True
+    return mask, (x0, y0, x1, y1)
 
 
 def _check_bounds(hint: InstanceHint, size: tuple[int, int], sidecar_path: Path | None) -> None:
@@ -134,20 +149,24 @@ def _region(
     sidecar_path: Path | None,
     scan_root: Path,
     notes: list[str],
-) -> tuple[np.ndarray | None, float]:
-    """Mask (scan resolution) and score of a drawn region; None (with a note) when it cannot apply."""
+) -> tuple[tuple[np.ndarray, Box] | None, float]:
+    """(mask cropped to its box, box) and score of a drawn region; None (with a note) when it cannot apply.
+
+    Segmenter and mask-file results are image-sized for a moment, one hint at a time; what is kept
+    is the crop.
+    """
     size = scan.luma.shape
     where = _where(sidecar_path, hint)
     if hint.box is not None:
         box = _box_pixels(hint.box, size)
         if segmenter is None:
             notes.append(f"{where}: no segmentation model, so the whole box is used as the region")
-            return _box_mask(box, size), 1.0
-        mask = np.asarray(segmenter.segment_boxes(scan.luma, [box])[0], dtype=bool)
-        if not mask.any():
+            return _box_region(box), 1.0
+        found = _tight(np.asarray(segmenter.segment_boxes(scan.luma, [box])[0], dtype=bool))
+        if found is None:
             notes.append(f"{where}: the segmenter found nothing in the box; the whole box is used")
-            return _box_mask(box, size), 1.0
-        return mask, 1.0
+            return _box_region(box), 1.0
+        return found, 1.0
     if hint.points is not None:
         if segmenter is None:
             notes.append(
@@ -157,17 +176,17 @@ def _region(
             return None, 0.0
         pts = [(float(x), float(y)) for x, y in hint.points]
         mask, score = segmenter.segment_points(scan.luma, pts)
-        mask = np.asarray(mask, dtype=bool)
-        if not mask.any():
+        found = _tight(np.asarray(mask, dtype=bool))
+        if found is None:
             notes.append(f"{where}: the segmenter found nothing at the clicked points; hint not applied")
             return None, 0.0
-        return mask, float(score)
+        return found, float(score)
     if hint.polygon is not None:
-        mask = _polygon_mask(hint.polygon, size)
-        if not mask.any():
+        found = _polygon_region(hint.polygon, size)
+        if found is None:
             notes.append(f"{where}: the polygon covers no pixel centre; hint not applied")
             return None, 0.0
-        return mask, 1.0
+        return found, 1.0
     if hint.mask is not None:
         if sidecar_path is None:
             raise _fail(
@@ -175,7 +194,7 @@ def _region(
             )
         try:
             real = resolve_mask_path(hint.mask, sidecar_path, scan_root)
-            mask = load_mask_file(real, size, sidecar_path, hint.mask)
+            found = _tight(load_mask_file(real, size, sidecar_path, hint.mask))
         except HintError as exc:
             raise HintError(
                 f"instance {hint.position}: {exc.message}",
@@ -184,10 +203,10 @@ def _region(
                 column=hint.column,
                 hint=exc.hint,
             ) from None
-        if not mask.any():
+        if found is None:
             notes.append(f"{where}: mask '{hint.mask}' is empty (no white pixels); hint not applied")
             return None, 0.0
-        return mask, 1.0
+        return found, 1.0
     raise AssertionError("label hints are bound, not drawn")  # pragma: no cover
 
 
@@ -250,7 +269,7 @@ def resolve_hints(
                 continue
             matches = sorted(
                 (k for k, a in enumerate(kept) if _norm_label(a.label) == key),
-                key=lambda k: (kept[k].box[0], kept[k].box[1], kept[k].id),
+                key=lambda k: (kept[k].match_box[0], kept[k].match_box[1], kept[k].id),
             )
             if not matches:
                 seen = sorted({a.label for a in kept})
@@ -283,9 +302,10 @@ def resolve_hints(
                     score=1.0,
                 )
             continue
-        mask, score = _region(hint, scan, segmenter, sidecar_path, scan_root, notes)
-        if mask is None:
+        region, score = _region(hint, scan, segmenter, sidecar_path, scan_root, notes)
+        if region is None:
             continue
+        mask, box = region
         label = hint.label.strip() if hint.label else DEFAULT_LABEL
         drawn.append(
             Instance(
@@ -293,7 +313,7 @@ def resolve_hints(
                 label=label,
                 text=default_text(hint, label),
                 mask=mask,
-                box=box_from_mask(mask) or (0, 0, 0, 0),  # never empty here: _region drops those
+                box=box,
                 source="sidecar",
                 score=score,
                 color=hint.color_hint,

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
+from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan, stack_masks
 from mtcolor_batch.model.regions import RegionBatch, one_hot
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes
@@ -508,13 +508,7 @@ class MTColorSampler:
         luma = np.asarray(luma, dtype=np.float32)
         if luma.ndim != 2 or luma.size == 0:
             raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
-        masks = (
-            np.stack([np.asarray(i.mask, dtype=bool) for i in instances]).astype(np.float32)
-            if instances
-            else np.zeros((0, *luma.shape), dtype=np.float32)
-        )
-        if masks.shape[1:] != luma.shape:
-            raise ValueError(f"instance masks {masks.shape[1:]} do not match the luma {luma.shape}")
+        masks = stack_masks(instances, luma.shape)  # boxes outside the luma raise ValueError
         texts = self.texts(plan, instances)
         generator = torch.Generator("cpu").manual_seed(int(plan.seed))
 

@@ -5,6 +5,10 @@ neutral), and a box crop mixes in the neighbours' colours. Why COCO RLE through 
 the format every segmentation tool reads, and the compressed string of a blob-like mask is a few
 hundred bytes. Masks of very large scans are recorded downscaled (nearest) so a record stays small;
 :func:`decode_mask` scales them back to whatever image they are used on.
+
+An instance's mask is recorded over its box (:func:`encode_region`: ``box`` and ``image`` = the
+scan's [h, w] ride in the same dict), so encoding costs the box, not the scan; records written
+before that hold a full-image RLE without ``box``, and :func:`decode_mask` reads both.
 """
 
 from __future__ import annotations
@@ -41,10 +45,42 @@ def encode_mask(mask: np.ndarray, long_side: int = RECORD_LONG_SIDE) -> dict[str
     return {"size": [int(v) for v in rle["size"]], "counts": text}
 
 
+def encode_region(
+    mask: np.ndarray,
+    box: tuple[int, int, int, int],
+    image_size: tuple[int, int],
+    long_side: int = RECORD_LONG_SIDE,
+) -> dict[str, Any]:
+    """:func:`encode_mask` of a mask cropped to ``box`` (x0, y0, x1, y1) of an ``image_size`` (h, w) image."""
+    rle = encode_mask(mask, long_side)
+    rle["box"] = [int(v) for v in box]
+    rle["image"] = [int(v) for v in image_size]
+    return rle
+
+
+def _paste(crop: np.ndarray, rle: dict[str, Any], size: tuple[int, int] | None) -> np.ndarray:
+    """A box-recorded crop placed on its image, rescaled to ``size`` (h, w) when given."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in rle["box"])
+        ih, iw = (int(v) for v in rle["image"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("a box-recorded mask needs 'box' [x0, y0, x1, y1] and 'image' [h, w]") from None
+    if not (0 <= x0 <= x1 <= iw and 0 <= y0 <= y1 <= ih):
+        raise ValueError(f"mask box {[x0, y0, x1, y1]} is outside its {iw}x{ih} image")
+    h, w = size if size is not None else (ih, iw)
+    tx0, tx1 = round(x0 * w / iw), round(x1 * w / iw)
+    ty0, ty1 = round(y0 * h / ih), round(y1 * h / ih)
+    out = np.zeros((h, w), dtype=bool)
+    if tx1 > tx0 and ty1 > ty0 and crop.size:
+        out[ty0:ty1, tx0:tx1] = _resize_mask(crop, (ty1 - ty0, tx1 - tx0))
+    return out
+
+
 def decode_mask(rle: dict[str, Any], size: tuple[int, int] | None = None) -> np.ndarray:
     """A recorded (or COCO) RLE back to a bool mask, resized (nearest) to ``size`` = (h, w) if given.
 
     Accepts compressed (string) and uncompressed (list) counts; raises ValueError on anything else.
+    A box-recorded mask (:func:`encode_region`) comes back on its whole image (or ``size``).
     """
     from pycocotools import mask as coco_mask
 
@@ -61,4 +97,6 @@ def decode_mask(rle: dict[str, Any], size: tuple[int, int] | None = None) -> np.
     else:
         raise ValueError("RLE counts must be a string or a list of integers")
     m = np.asarray(coco_mask.decode(obj), dtype=bool)
+    if "box" in rle:
+        return _paste(m, rle, size)
     return _resize_mask(m, size) if size is not None else m

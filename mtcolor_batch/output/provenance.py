@@ -21,7 +21,7 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import path_text
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Plan, Scan
-from mtcolor_batch.output.mask_rle import encode_mask
+from mtcolor_batch.output.mask_rle import encode_region
 from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
@@ -91,10 +91,13 @@ def embedded_meta(
     )
 
 
-def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, Any]:
+def instance_record(
+    inst: Instance, stats: dict[str, Any] | None, scan_size: tuple[int, int]
+) -> dict[str, Any]:
     """One instance as provenance lists it (box/area at scan resolution, mask as COCO RLE).
 
-    The mask lets eval crop the instance exactly (the paper's CLIP score) long after the run.
+    The mask lets eval crop the instance exactly (the paper's CLIP score) long after the run. It
+    is recorded over the instance's box with the scan's (h, w) (``output.mask_rle.encode_region``).
     """
     rec: dict[str, Any] = {
         "id": inst.id,
@@ -104,7 +107,7 @@ def instance_record(inst: Instance, stats: dict[str, Any] | None) -> dict[str, A
         "box": list(inst.box),
         "area": inst.area,
         "score": round(float(inst.score), 4),
-        "mask_rle": encode_mask(inst.mask),
+        "mask_rle": encode_region(inst.mask, inst.box, scan_size),
         "hint_color": None,
     }
     if inst.color is not None:

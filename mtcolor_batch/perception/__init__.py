@@ -84,19 +84,13 @@ def perceive(
         max_detections=max(16, 4 * settings.max_instances),
     )
     boxes = detections_to_scan_boxes(detections, image.size, scan.size)
-    masks = perception.segmenter.segment_boxes_scored(scan.luma, boxes, long_side=settings.size)
+    # one image-sized mask at a time, cropped to its box at once
+    masks = perception.segmenter.iter_boxes_scored(scan.luma, boxes, long_side=settings.size)
     instances: list[Instance] = []
     for det, box, (mask, _sam_score) in zip(detections, boxes, masks, strict=True):
-        if mask.any():
-            instances.append(
-                Instance(
-                    id=len(instances) + 1,
-                    label=det.label,
-                    text=det.label,
-                    mask=mask,
-                    box=box,
-                    source="auto",
-                    score=det.score,
-                )
-            )
+        inst = Instance.from_full_mask(
+            len(instances) + 1, det.label, det.label, mask, source="auto", score=det.score, prompt_box=box
+        )
+        if inst.area:
+            instances.append(inst)
     return instances

@@ -20,14 +20,13 @@ with deterministic rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mtcolor_batch.core.config import PerceptionSettings
-from mtcolor_batch.core.types import Box, Instance, box_from_mask
+from mtcolor_batch.core.types import Box, Instance, box_from_mask, check_box_inside
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -49,36 +48,52 @@ def _union_box(a: Box, b: Box) -> Box:
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
+def _intersection(a: Box, b: Box) -> Box | None:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def _part(inst: Instance, window: Box) -> np.ndarray:
+    """A view of ``inst.mask`` over ``window``, which must lie inside ``inst.box``."""
+    x0, y0 = inst.box[0], inst.box[1]
+    return inst.mask[window[1] - y0 : window[3] - y0, window[0] - x0 : window[2] - x0]
+
+
 @dataclass
 class _Item:
-    """An instance with its mask's tight box and area, so pair tests only look at the overlap.
+    """An instance cropped to its mask's tight box (``inst.box``), with its area.
 
-    On a 100 MP scan a full-image test per pair of instances is what makes cleanup slow; the tight
-    box (not ``inst.box``, which for a detection is the prompt box and need not bound the mask)
-    limits every comparison to the pixels that can overlap.
+    Every pair test looks only at the overlap of two tight boxes, so cleanup costs the instances'
+    boxes, never the scan's size per instance. The box that matching and ordering compare (a
+    detection's prompt box, which need not bound the mask) rides along as ``inst.prompt_box``.
     """
 
     inst: Instance
-    tight: Box
     area: int
 
+    @property
+    def tight(self) -> Box:
+        return self.inst.box
+
     @classmethod
-    def of(cls, inst: Instance, mask: np.ndarray) -> _Item | None:
-        tight = box_from_mask(mask)
-        if tight is None:
+    def of(cls, inst: Instance) -> _Item | None:
+        local = box_from_mask(inst.mask)
+        if local is None:
             return None
-        x0, y0, x1, y1 = tight
-        area = int(np.count_nonzero(mask[y0:y1, x0:x1]))
-        return cls(replace(inst, mask=mask), tight, area)
+        lx0, ly0, lx1, ly1 = local
+        x0, y0 = inst.box[0], inst.box[1]
+        crop = inst.mask[ly0:ly1, lx0:lx1]
+        tight = (x0 + lx0, y0 + ly0, x0 + lx1, y0 + ly1)
+        item = replace(inst, mask=crop, box=tight, prompt_box=inst.match_box)
+        return cls(item, int(np.count_nonzero(crop)))
 
 
 def _overlap(a: _Item, b: _Item) -> int:
     """Pixels two items share, counted only inside the intersection of their tight boxes."""
-    x0, y0 = max(a.tight[0], b.tight[0]), max(a.tight[1], b.tight[1])
-    x1, y1 = min(a.tight[2], b.tight[2]), min(a.tight[3], b.tight[3])
-    if x0 >= x1 or y0 >= y1:
+    both = _intersection(a.tight, b.tight)
+    if both is None:
         return 0
-    return int(np.count_nonzero(a.inst.mask[y0:y1, x0:x1] & b.inst.mask[y0:y1, x0:x1]))
+    return int(np.count_nonzero(_part(a.inst, both) & _part(b.inst, both)))
 
 
 def _iou(a: _Item, b: _Item, inter: int | None = None) -> float:
@@ -95,9 +110,13 @@ def _paint_key(source: str, area: int, box: Box, label: str, i: int) -> tuple:
 def _paint_order(instances: Sequence[Instance]) -> list[int]:
     def key(i: int) -> tuple:
         inst = instances[i]
-        return _paint_key(inst.source, inst.area, inst.box, inst.label, i)
+        return _paint_key(inst.source, inst.area, inst.match_box, inst.label, i)
 
     return sorted(range(len(instances)), key=key)
+
+
+def _ref(item: _Item) -> Box:
+    return item.inst.match_box
 
 
 def _overridden(auto: _Item, hint: _Item, merge_iou: float) -> bool:
@@ -108,24 +127,58 @@ def _overridden(auto: _Item, hint: _Item, merge_iou: float) -> bool:
     if auto.inst.label.strip().lower() == hint.inst.label.strip().lower():
         # A hint copied from `hints init` carries the detection's box: SAM's mask for it can differ
         # from the detection's own, but the boxes still say it is the same thing.
-        return inter >= 0.5 * min(auto.area, hint.area) or box_iou(auto.inst.box, hint.inst.box) >= 0.5
+        return inter >= 0.5 * min(auto.area, hint.area) or box_iou(_ref(auto), _ref(hint)) >= 0.5
     return _iou(auto, hint, inter) >= merge_iou
 
 
+def _union(a: _Item, b: _Item) -> _Item:
+    """``a`` grown by ``b``'s pixels (a merged duplicate); the reference boxes are united too."""
+    box = _union_box(a.tight, b.tight)
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for part in (a.inst, b.inst):
+        px0, py0, px1, py1 = part.box
+        mask[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] |= part.mask
+    merged = _Item.of(replace(a.inst, mask=mask, box=box, prompt_box=_union_box(_ref(a), _ref(b))))
+    assert merged is not None
+    return merged
+
+
 def _merge_autos(autos: list[_Item], merge_iou: float) -> list[_Item]:
-    autos = sorted(autos, key=lambda x: (-x.inst.score, x.inst.box, x.inst.label))
+    autos = sorted(autos, key=lambda x: (-x.inst.score, _ref(x), x.inst.label))
     kept: list[_Item] = []
     for item in autos:
         for j, other in enumerate(kept):
             if _iou(item, other) >= merge_iou:
-                merged = replace(other.inst, box=_union_box(other.inst.box, item.inst.box))
-                union = _Item.of(merged, other.inst.mask | item.inst.mask)
-                assert union is not None
-                kept[j] = union
+                kept[j] = _union(other, item)
                 break
         else:
             kept.append(item)
     return kept
+
+
+def _exclusive(pool: Sequence[_Item], order: Sequence[int]) -> list[np.ndarray]:
+    """Each item's crop minus the pixels of every item before it in ``order`` (claim order).
+
+    What a scan-sized owner map would give, computed box against box: only pairs whose tight
+    boxes meet touch any pixel.
+    """
+    boxes = np.array([item.tight for item in pool], dtype=np.int64).reshape(-1, 4)
+    claimed: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(pool)
+    done = np.zeros(len(pool), dtype=bool)
+    for i in order:
+        a = pool[i]
+        x0, y0, x1, y1 = a.tight
+        meets = done & (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
+        mask = a.inst.mask.copy() if meets.any() else a.inst.mask  # the input is never written to
+        for j in np.flatnonzero(meets).tolist():
+            both = _intersection(a.tight, pool[j].tight)
+            assert both is not None
+            bx0, by0, bx1, by1 = both
+            mask[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] &= ~_part(pool[j].inst, both)
+        claimed[i] = mask
+        done[i] = True
+    return claimed
 
 
 def finalize(
@@ -136,18 +189,18 @@ def finalize(
 ) -> list[Instance]:
     """Merge, drop, cap, make exclusive and number ``instances`` (see the module doc for the rules).
 
-    Masks must be bool at ``scan_size`` (h, w). Inputs are not modified. When ``warnings`` is a
-    list, a line is appended for each sidecar instance that ends up with no pixels.
+    Boxes must lie inside ``scan_size`` (h, w). Inputs are not modified. When ``warnings`` is a
+    list, a line is appended for each sidecar instance that ends up with no pixels. The results
+    hold their tight box and the mask cropped to it.
     """
     h, w = scan_size
     for inst in instances:
-        if inst.mask.shape != (h, w):
-            raise ValueError(f"instance '{inst.label}' mask is {inst.mask.shape}, scan is {(h, w)}")
+        check_box_inside(inst, scan_size)
     min_px = max(settings.min_area * h * w, 1)
     sidecar: list[_Item] = []
     autos: list[_Item] = []
     for inst in instances:
-        item = _Item.of(inst, inst.mask.astype(bool, copy=True))
+        item = _Item.of(inst)
         if item is None:
             if inst.source == "sidecar" and warnings is not None:
                 warnings.append(f"hint '{inst.label}' has no pixels; ignored")
@@ -158,29 +211,22 @@ def finalize(
     autos = _merge_autos(autos, settings.merge_iou)
     autos = [a for a in autos if a.area >= min_px]
     room = max(0, settings.max_instances - len(sidecar))
-    autos = sorted(autos, key=lambda x: (-x.inst.score, x.inst.box, x.inst.label))[:room]
+    autos = sorted(autos, key=lambda x: (-x.inst.score, _ref(x), x.inst.label))[:room]
 
     pool = sidecar + autos
     order = sorted(
         range(len(pool)),
-        key=lambda i: _paint_key(pool[i].inst.source, pool[i].area, pool[i].inst.box, pool[i].inst.label, i),
+        key=lambda i: _paint_key(pool[i].inst.source, pool[i].area, _ref(pool[i]), pool[i].inst.label, i),
     )
-    owner = np.zeros((h, w), dtype=np.int32)  # 0 = free, k = pool index + 1
-    for i in order:
-        x0, y0, x1, y1 = pool[i].tight
-        region = owner[y0:y1, x0:x1]  # a view: writes land in owner
-        region[pool[i].inst.mask[y0:y1, x0:x1] & (region == 0)] = i + 1
+    claimed = _exclusive(pool, order)
     final: list[Instance] = []
-    for i, item in enumerate(pool):
-        x0, y0, x1, y1 = item.tight
-        mask = np.zeros((h, w), dtype=bool)
-        mask[y0:y1, x0:x1] = owner[y0:y1, x0:x1] == i + 1
-        kept = _Item.of(item.inst, mask)
+    for item, mask in zip(pool, claimed, strict=True):
+        kept = _Item.of(replace(item.inst, mask=mask))
         if kept is None or (item.inst.source != "sidecar" and kept.area < min_px):
             if kept is None and item.inst.source == "sidecar" and warnings is not None:
                 warnings.append(f"hint '{item.inst.label}' has no pixels left after overlaps; ignored")
             continue
-        final.append(replace(kept.inst, box=kept.tight))
+        final.append(replace(kept.inst, prompt_box=None))
 
     final.sort(key=lambda x: (x.box[1], x.box[0], x.box[3], x.box[2], x.label, x.source, x.text))
     return [replace(inst, id=k) for k, inst in enumerate(final, start=1)]
@@ -195,35 +241,21 @@ def label_map(instances: Sequence[Instance], size: tuple[int, int]) -> np.ndarra
     h, w = size
     out = np.zeros((h, w), dtype=np.int32)
     for i in _paint_order(instances):
-        mask = instances[i].mask
-        if mask.shape != (h, w):
-            raise ValueError(f"instance '{instances[i].label}' mask is {mask.shape}, expected {(h, w)}")
-        out[mask & (out == 0)] = i + 1
-    return out
-
-
-def _nearest_index(src: int, dst: int) -> np.ndarray:
-    return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
-
-
-def resize_instances(instances: Sequence[Instance], size: tuple[int, int]) -> list[Instance]:
-    """Masks resampled nearest to ``size`` (h, w), boxes scaled outward; same order, same ids.
-
-    One sampling grid for every mask keeps exclusive masks exclusive. An instance smaller than a
-    working pixel may come out empty; it is kept so ids and per-instance stats still line up.
-    """
-    if not instances:
-        return []
-    h, w = size
-    src_h, src_w = instances[0].mask.shape
-    rows, cols = _nearest_index(src_h, h), _nearest_index(src_w, w)
-    sx, sy = w / src_w, h / src_h
-    out: list[Instance] = []
-    for inst in instances:
-        if inst.mask.shape != (src_h, src_w):
-            raise ValueError("all instances must share one mask size")
+        inst = instances[i]
+        check_box_inside(inst, size)
         x0, y0, x1, y1 = inst.box
-        nx0, ny0 = min(w - 1, max(0, math.floor(x0 * sx))), min(h - 1, max(0, math.floor(y0 * sy)))
-        nx1, ny1 = max(nx0 + 1, min(w, math.ceil(x1 * sx))), max(ny0 + 1, min(h, math.ceil(y1 * sy)))
-        out.append(replace(inst, mask=inst.mask[rows][:, cols], box=(nx0, ny0, nx1, ny1)))
+        region = out[y0:y1, x0:x1]  # a view: writes land in out
+        region[inst.mask & (region == 0)] = i + 1
     return out
+
+
+def resize_instances(
+    instances: Sequence[Instance], src_size: tuple[int, int], size: tuple[int, int]
+) -> list[Instance]:
+    """Instances of an ``src_size`` image resampled nearest to ``size`` (h, w); same order, same ids.
+
+    One sampling grid for every mask keeps exclusive masks exclusive (see
+    :meth:`~mtcolor_batch.core.types.Instance.resized`). An instance smaller than a working pixel
+    may come out empty; it is kept so ids and per-instance stats still line up.
+    """
+    return [inst.resized(src_size, size) for inst in instances]

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from mtcolor_batch.core.types import Instance
+from mtcolor_batch.core.types import Instance, check_box_inside
 
 FILL_ALPHA = 0.45
 # Instances without a colour hint get a distinct, colour-blind-friendly marker colour (Okabe-Ito).
@@ -65,12 +65,15 @@ def render_overlay(luma: np.ndarray, instances: Sequence[Instance]) -> Image.Ima
     thickness = max(1, min(h, w) // 300)
     colors = [instance_rgb(inst, k) for k, inst in enumerate(instances)]
     for inst, color in zip(instances, colors, strict=True):
-        if inst.mask.shape != (h, w):
-            raise ValueError(f"instance {inst.id} mask is {inst.mask.shape}, scan is {(h, w)}")
-        rgb[inst.mask] = (1.0 - FILL_ALPHA) * rgb[inst.mask] + FILL_ALPHA * np.asarray(color, np.float32)
+        check_box_inside(inst, (h, w))
+        x0, y0, x1, y1 = inst.box
+        region = rgb[y0:y1, x0:x1]  # a view: each instance works on its own box only
+        fill = FILL_ALPHA * np.asarray(color, np.float32)
+        region[inst.mask] = (1.0 - FILL_ALPHA) * region[inst.mask] + fill
     for inst, color in zip(instances, colors, strict=True):
+        x0, y0, x1, y1 = inst.box
         inner = ndimage.binary_erosion(inst.mask, iterations=thickness, border_value=0)
-        rgb[inst.mask & ~inner] = color
+        rgb[y0:y1, x0:x1][inst.mask & ~inner] = color
     image = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(image)
     font = _font(max(10, min(h, w) // 40))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,12 +166,18 @@ class Segmenter:
         is limited to its box's neighbourhood (see :func:`clip_to_box`). A mask may be empty:
         callers decide whether that drops the instance or falls back to the box.
         """
+        return list(self.iter_boxes_scored(luma, boxes, clip=clip, long_side=long_side))
+
+    def iter_boxes_scored(
+        self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True, long_side: int | None = None
+    ) -> Iterator[tuple[np.ndarray, float]]:
+        """:meth:`segment_boxes_scored` one box at a time, so a caller that crops each mask never
+        holds more than one image-sized mask (detections on a 100 MP scan are 100 MB each)."""
         if not boxes:
-            return []
+            return
         full_h, full_w = luma.shape
         emb, (iw, ih) = self._embed(luma, long_side)
         sx, sy = iw / full_w, ih / full_h
-        results: list[tuple[np.ndarray, float]] = []
         for start in range(0, len(boxes), BOX_CHUNK):
             chunk = boxes[start : start + BOX_CHUNK]
             scaled = [[x0 * sx, y0 * sy, x1 * sx, y1 * sy] for x0, y0, x1, y1 in chunk]
@@ -188,8 +194,7 @@ class Segmenter:
                 mask = upscale_mask(masks[i, 0], (full_h, full_w))
                 if clip:
                     mask = clip_to_box(mask, box, self.box_margin)
-                results.append((mask, float(scores[i])))
-        return results
+                yield mask, float(scores[i])
 
     def segment_boxes(
         self, luma: np.ndarray, boxes: Sequence[Box], *, clip: bool = True, long_side: int | None = None

@@ -136,7 +136,7 @@ class Pipeline:
         prompt = found.prompt or prof.sampling.prompt
         plan = make_plan(scan.size, prof.sampling, seed, prompt)
         luma_w = resize_luma(scan.luma, plan.working_size)
-        insts_w = resize_instances(instances, plan.working_size)
+        insts_w = resize_instances(instances, scan.size, plan.working_size)
         lap("plan")
         stage("colorize")
         decoded = None
@@ -188,7 +188,7 @@ class Pipeline:
                     engine_info=info,
                     model_dir=self.bundle_dir,
                     model_hash=self.model_fp,
-                    instances=[instance_record(i, stats_by_id.get(i.id)) for i in instances],
+                    instances=[instance_record(i, stats_by_id.get(i.id), scan.size) for i in instances],
                     sidecar_path=sidecar.path,
                     sidecar_sha256=sidecar.sha256,
                     output_path=img_path,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mtcolor_batch.core.types import Instance, box_from_mask
+from mtcolor_batch.core.types import Instance
 
 RED = (220, 0, 0)
 BLUE = (34, 92, 255)  # same CIE luminance as RED (gray 0.4264); CSS-nearest name "royal blue"
@@ -135,10 +135,8 @@ class TruthFinder:
         for k, (label, mask, red) in enumerate(shapes, start=1):
             if not mask.any():
                 continue
-            box = box_from_mask(mask)
-            assert box is not None
             text = f"a {self.colour_words[0 if red else 1]} {label}" if self.colour_words else ""
-            found.append(Instance(id=k, label=label, text=text, mask=mask, box=box))
+            found.append(Instance.from_full_mask(k, label, text, mask))
         return found
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.core.types import Instance, Scan, box_from_mask
+from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.evaluate.annotations import AnnotatedImage, load_annotations
 
 SKIPPED_CATEGORIES = frozenset({"other", "unlabeled", "unlabelled"})
@@ -87,11 +87,10 @@ class CocoAnnotations:
                     (size[1], size[0]), Image.Resampling.NEAREST
                 )
                 mask = np.asarray(small) > 127
-            box = box_from_mask(mask)
-            if box is None:
-                continue
             given = "" if ann.text == f"a {ann.label}" else ann.text  # the reader's stand-in is no text
-            found.append(Instance(len(found) + 1, label, given, mask, box, source="sidecar"))
+            inst = Instance.from_full_mask(len(found) + 1, label, given, mask, source="sidecar")
+            if inst.area:
+                found.append(inst)
         return found
 
 

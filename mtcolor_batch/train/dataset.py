@@ -230,12 +230,13 @@ def build_entry(
     gray = rgb_to_gray(rgb)
     lab = naming.rgb_to_lab(rgb)
     ident = entry_id(relpath)
+    h, w = gray.shape
     found = [
         inst
         for inst in finder(_scan_for(path, relpath, gray, sha))
-        if np.asarray(inst.mask).shape == gray.shape and np.asarray(inst.mask).any()
+        if inst.box[0] >= 0 and inst.box[1] >= 0 and inst.box[2] <= w and inst.box[3] <= h and inst.area
     ]
-    masks = [np.asarray(inst.mask, dtype=bool) for inst in found]
+    masks = [inst.full((h, w)) for inst in found]  # a training photo is small (max_side): cheap
     twins = text_filters.duplicate_of(masks, [inst.label for inst in found], duplicate_iou)
     rejected: list[dict[str, str]] = []
     instances: list[dict[str, Any]] = []
