@@ -20,7 +20,14 @@ from mtcolor_batch.testing.synthetic import TruthFinder, write_shapes_folder
 from mtcolor_batch.train.checkpoint import list_checkpoints
 from mtcolor_batch.train.config import TrainConfig, load_train_config
 from mtcolor_batch.train.dataset import build_dataset
-from mtcolor_batch.train.trainer import LOSS_LOG, STAGE_STEPS, train
+from mtcolor_batch.train.trainer import (
+    LOSS_LOG,
+    STAGE_STEPS,
+    load_components,
+    param_groups,
+    train,
+    trainable_parameters,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +68,31 @@ def test_shipped_training_defaults_follow_the_paper() -> None:
     cfg = load_train_config()
     assert (cfg.lr, cfg.warmup_steps, cfg.null_prob) == (5e-5, 500, 0.5)
     assert cfg.steps is None and STAGE_STEPS[1] == 25000 and STAGE_STEPS[2] == 20000
-    assert cfg.controlnet_init == "bundle"
+    assert cfg.controlnet_init == "bundle" and cfg.projection_lr_scale == 0.1
     with pytest.raises(UserError, match="lr"):
         load_train_config(None, {"lr": -1})
+
+
+def test_stage_1_trains_the_copied_branch_projections_at_a_fraction_of_lr(small) -> None:
+    """W_Qp/W_Kp/W_Vp/W_O (copied from the UNet) get lr x projection_lr_scale; every other part lr."""
+    bundle, _ = small
+    parts = load_components(bundle, torch.device("cpu"))
+    params = trainable_parameters(parts, 1)
+    layers = parts.modules.guidance.layers
+    cfg = _cfg(lr=2e-3, projection_lr_scale=0.25)
+    fast, slow = param_groups(parts, params, 1, cfg)
+    assert slow["lr"] == pytest.approx(5e-4) and "lr" not in fast  # the rest take the optimizer's lr
+    ids = {id(p) for p in slow["params"]}
+    for layer in layers.values():
+        copied = (layer.to_q.weight, layer.to_k.weight, layer.to_v.weight, layer.to_out.weight)
+        assert {id(p) for p in (*copied, layer.to_out.bias)} <= ids
+        assert id(layer.gate) not in ids and id(layer.proj.weight) not in ids
+        assert id(layer.norm.weight) not in ids
+    assert len(slow["params"]) == 5 * len(layers)
+    assert len(fast["params"]) + len(slow["params"]) == len(params)
+    assert {id(p) for p in fast["params"]} | ids == {id(p) for p in params.values()}
+    assert len(param_groups(parts, params, 1, _cfg(projection_lr_scale=1.0))) == 1
+    assert len(param_groups(parts, trainable_parameters(parts, 2), 2, cfg)) == 1
 
 
 def test_unset_steps_take_the_stage_default(small, tmp_path: Path) -> None:

@@ -84,7 +84,14 @@ class GuidedLayer(nn.Module):
     :meth:`init_from` starts the projections as copies of the layer's own self-attention (separate
     parameters from then on): the branch then starts from attention the UNet already uses, which is
     what lets it learn in a short run (random projections did not, on the synthetic learning task).
+    The trainer gives those copied projections (:attr:`COPIED`) a smaller learning rate than the
+    parts that start from scratch (``projection_lr_scale``): at the rate the new parts need, the
+    copies were soon scrambled and the learned text binding came and went from one step count to
+    the next.
     """
+
+    COPIED = ("to_q", "to_k", "to_v", "to_out")
+    """The projections :meth:`init_from` copies from the layer's self-attention (W_Qp, W_Kp, W_Vp, W_O)."""
 
     def __init__(self, token_dim: int, dim: int, heads: int = 1) -> None:
         super().__init__()
@@ -190,6 +197,14 @@ class InstanceGuidance(nn.Module):
                 return weight(f"{p}.{key}")
 
             self.layer(layer_key(name)).init_from(layer_weight)
+
+    def copied_parameter_names(self) -> set[str]:
+        """Names (as in ``named_parameters()``) of the projections :meth:`init_from` copies from the UNet."""
+        return {
+            name
+            for name, _ in self.named_parameters()
+            if name.startswith("layers.") and name.split(".")[2] in GuidedLayer.COPIED
+        }
 
     def layer(self, key: str) -> GuidedLayer:
         """The branch of one layer, typed (``nn.ModuleDict`` only knows it holds modules)."""

@@ -92,7 +92,8 @@ def write_shapes_folder(
     """Write ``count`` shapes photos as PNG; return relpath -> image (its ground truth).
 
     ``single`` keeps one shape per photo (square or circle at random): each photo then has one
-    colour word, which a tiny model learns far faster than binding two words to two shapes.
+    colour word. The learning test keeps both: the paper's instance branch keeps instances apart, so
+    two shapes are two examples per photo, and it learned the texts far more reliably from those.
     ``paired`` writes every layout twice, the second time with red and blue exchanged (``count``
     must be even). Why: with a few dozen photos a backbone memorises each layout's colours from its
     gray image, which leaves the texts nothing to add on the training set, so nothing to learn;

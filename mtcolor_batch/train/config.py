@@ -37,6 +37,14 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="Samples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches summed into one optimizer step.")
     lr: float = Field(5e-5, gt=0)
+    projection_lr_scale: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Stage 1: the instance branch's W_Qp/W_Kp/W_Vp/W_O, which start as copies of the "
+        "UNet's self-attention, train at lr times this; the parts that start from scratch (token "
+        "encoder, token map, LayerNorm, gates) at lr.",
+    )
     warmup_steps: int = Field(500, ge=0, description="Linear warm-up from 0 to lr over these steps.")
     weight_decay: float = Field(1e-2, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)

@@ -146,6 +146,24 @@ def trainable_parameters(parts: Components, stage: int) -> dict[str, nn.Paramete
     return named
 
 
+def param_groups(
+    parts: Components, params: dict[str, nn.Parameter], stage: int, cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: in stage 1 the branch projections copied from the UNet apart.
+
+    Why: stage 1 mixes parts that start from scratch (token encoder, token map, LayerNorm, zero
+    gates) with W_Qp/W_Kp/W_Vp/W_O that start as copies of a working self-attention. At the rate the
+    new parts need, the copies were scrambled within a few hundred steps and the text binding the
+    branch had learned came and went (synthetic learning task); ``projection_lr_scale`` slows them.
+    """
+    if stage != 1 or cfg.projection_lr_scale == 1.0:
+        return [{"params": list(params.values())}]
+    copied = {f"guidance.{n}" for n in parts.modules.guidance.copied_parameter_names()}
+    rest = [p for n, p in params.items() if n not in copied]
+    slow = [p for n, p in params.items() if n in copied]
+    return [{"params": rest}, {"params": slow, "lr": cfg.lr * cfg.projection_lr_scale}]
+
+
 def encode_text(
     parts: Components, texts: list[str], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,7 +432,7 @@ def train(
     params = trainable_parameters(parts, stage)
     dataset = ManifestDataset(data, cfg.resolution, cfg.max_instances)
     optimizer = torch.optim.AdamW(
-        list(params.values()),
+        param_groups(parts, params, stage, cfg),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
