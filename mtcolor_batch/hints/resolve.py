@@ -23,7 +23,7 @@ from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import Box, Instance, Scan, box_from_mask
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.mask_files import load_mask_file, resolve_mask_path
-from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
+from mtcolor_batch.hints.schema import InstanceHint, Sidecar, mask_error, shadowed_sidecar
 
 __all__ = [
     "PromptSegmenter",
@@ -196,13 +196,7 @@ def _region(
             real = resolve_mask_path(hint.mask, sidecar_path, scan_root)
             found = _tight(load_mask_file(real, size, sidecar_path, hint.mask))
         except HintError as exc:
-            raise HintError(
-                f"instance {hint.position}: {exc.message}",
-                path=sidecar_path,
-                line=hint.line,
-                column=hint.column,
-                hint=exc.hint,
-            ) from None
+            raise mask_error(hint, sidecar_path, exc) from None
         if found is None:
             notes.append(f"{where}: mask '{hint.mask}' is empty (no white pixels); hint not applied")
             return None, 0.0
