@@ -3,11 +3,9 @@ by ``hints check`` and ``run``, and box hints bounded by the drawn box."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from test_hints_cli import write_scan
@@ -52,19 +50,25 @@ def journal(out: Path) -> dict[str, sqlite3.Row]:
     return {r["relpath"]: r for r in db.execute("SELECT * FROM files")}
 
 
-def test_mask_error_has_one_place_in_check_and_run(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
+def test_mask_error_has_one_place_in_check_and_run(
+    tmp_path: Path, tiny_bundle: Path, fast_profile: Path
+) -> None:
     scans = tmp_path / "scans"
     write_scan(scans / "e10.png")
     write_scan(tmp_path / "outside.png")
     sidecar = scans / "e10.png.yaml"
-    sidecar.write_text("version: 1\ninstances:\n  - mask: ../outside.png\n    color: navy\n", encoding="utf-8")
+    sidecar.write_text(
+        "version: 1\ninstances:\n  - mask: ../outside.png\n    color: navy\n", encoding="utf-8"
+    )
     where = f"{sidecar.name}:3:11:"  # the mask value, not the item's first key (3:5)
 
     check = invoke("hints", "check", scans)
     assert check.exit_code == 1 and where in check.output, check.output
 
     out = tmp_path / "out"
-    run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu")
+    run = invoke(
+        "run", scans, "--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu"
+    )
     assert run.exit_code == 1, run.output
     error = journal(out)["e10.png"]["error"]
     assert where in error and "instance 1: mask path '../outside.png' uses '..'" in error, error
@@ -76,6 +80,31 @@ def test_mask_error_has_one_place_in_check_and_run(tmp_path: Path, tiny_bundle: 
     where = f"{sidecar.name}:4:11:"
     check = invoke("hints", "check", scans)
     assert check.exit_code == 1 and where in check.output, check.output
-    run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu")
+    run = invoke(
+        "run", scans, "--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu"
+    )
     error = journal(out)["e10.png"]["error"]
     assert where in error and "10x10 px but the scan is 96x72" in error, error
+
+
+def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
+    """The tiny bundle's SAM spills past boxes; the record's box must still lie inside the drawn one."""
+    import json
+
+    scans = tmp_path / "scans"
+    write_scan(scans / "tram.png")
+    drawn = [(10, 8, 60, 50), (2, 30, 40, 70), (50, 2, 95, 40)]
+    body = "".join(f"  - box: {list(b)}\n    color: navy\n" for b in drawn)
+    (scans / "tram.png.yaml").write_text(f"version: 1\ninstances:\n{body}", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ("--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu", "--no-auto-instances")
+    run = invoke("run", scans, "--out", out, *args)
+    assert run.exit_code == 0, run.output
+    record = json.loads((out / "tram.color.json").read_text())
+    boxes = [i["box"] for i in record["instances"] if i["source"] == "sidecar"]
+    assert len(boxes) == len(drawn)
+
+    def inside(b: list[int], d: tuple[int, int, int, int]) -> bool:
+        return d[0] <= b[0] < b[2] <= d[2] and d[1] <= b[1] < b[3] <= d[3]
+
+    assert all(any(inside(b, d) for d in drawn) for b in boxes), (boxes, drawn)

@@ -132,7 +132,7 @@ class InstanceHint(_Strict):
 
     @property
     def mask_at(self) -> tuple[int, int]:
-        """(line, column) of the ``mask:`` value: where ``hints check`` and ``run`` both point a mask error."""
+        """(line, column) of the ``mask:`` value: where ``hints check`` and ``run`` point a mask error."""
         return self._mask_at
 
     @property
@@ -786,7 +786,7 @@ def _check_mask_file(
 
 
 def mask_error(hint: InstanceHint, path: Path | None, exc: HintError) -> HintError:
-    """A mask file's problem placed at the hint's ``mask:`` value: the one form ``hints check`` and ``run`` give."""
+    """A mask file's problem at the hint's ``mask:`` value: the one form ``hints check`` and ``run`` give."""
     line, column = hint.mask_at if hint.mask_at != (0, 0) else (hint.line, hint.column)
     return HintError(
         f"instance {hint.position}: {exc.message}",
