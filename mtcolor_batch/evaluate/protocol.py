@@ -229,14 +229,63 @@ def choose_profile(name: str | None) -> tuple[str, str]:
     return "default", "profile default (this version ships no 'paper' profile yet)"
 
 
+AUTO_INSTANCES = "perception.auto_instances"
+
+
+def instance_source(settings: ProtocolSettings) -> tuple[dict[str, Any], str]:
+    """(profile overrides, table note): where the inputs' instances come from in this run.
+
+    Why an override: the paper profile, which the protocol picks by itself, switches automatic
+    detection off (the paper's instances are its annotations). Without an annotation file nothing
+    would then give any instance and every α/β row would be the same image; so, as in a normal run,
+    the bundle's detector + SAM find them, and each output's provenance shows it (profile values,
+    paper deviations). A profile the user names is taken as it is.
+    """
+    from mtcolor_batch.model.registry import find_bundle
+    from mtcolor_batch.perception.models import bundle_can_auto_segment
+
+    if settings.annotations is not None:
+        if AUTO_INSTANCES in settings.overrides:
+            return {}, f"instances: from the annotation file ({AUTO_INSTANCES} as asked)"
+        return {AUTO_INSTANCES: False}, "instances: from the annotation file (automatic detection off)"
+    if not bundle_can_auto_segment(find_bundle(settings.model)):
+        return {}, "instances: none can be found: no --annotations and the bundle has no detector + SAM"
+    name, _ = choose_profile(settings.profile)
+    if load_profile(name, settings.overrides).perception.auto_instances:
+        return {}, "instances: no --annotations, so the bundle's detector + SAM found them as in a normal run"
+    if settings.profile is None and AUTO_INSTANCES not in settings.overrides:
+        return {AUTO_INSTANCES: True}, (
+            "instances: no --annotations, so the bundle's detector + SAM found them as in a normal run "
+            f"({AUTO_INSTANCES} set true for this run; each output's provenance records it in its "
+            "profile values and paper_deviations)"
+        )
+    return {}, f"instances: none: no --annotations and profile {name} switches automatic detection off"
+
+
+def instance_notes(run_dir: Path, source: str) -> list[str]:
+    """The instance-source note, and a warning when no scored output has any instance.
+
+    Without instances the instance branch and multi-instance sampling have nothing to act on: the
+    numbers are those of the global branch alone, and α/β settings give the same image.
+    """
+    preds = find_predictions(run_dir, records_only=True) if run_dir.is_dir() else []
+    recs = [p.record for p in preds if p.record is not None and p.error is None]
+    notes = [source]
+    if recs and not any(r.instances for r in recs):
+        notes.append(
+            "no output has any instance: the instance branch and multi-instance sampling had nothing "
+            "to act on, so α/β change nothing; pass --annotations FILE or a bundle with detector/ + sam/"
+        )
+    return notes
+
+
 def colorize(
     out_dir: Path, run_dir: Path, settings: ProtocolSettings, extra: dict[str, Any], console: Console
 ) -> tuple[int, Profile]:
     """The gray inputs through the batch runner (journal, lock, resume) into ``run_dir``."""
     name, _ = choose_profile(settings.profile)
     overrides = dict(settings.overrides)
-    if settings.annotations is not None:
-        overrides.setdefault("perception.auto_instances", False)  # the annotations are the instances
+    overrides.update(instance_source(settings)[0])
     overrides.update(extra)
     profile = load_profile(name, overrides)
     request = RunRequest(scans=out_dir / INPUTS, profile=profile, out=run_dir, model=settings.model)
@@ -402,10 +451,11 @@ def run_protocol(
     ]
     errors = [r.error for r in rows if r.error]
     method = [f"MT-Color ({profile.name})"]
+    notes = instance_notes(run_dir, instance_source(settings)[1])
     write_text(
         out_dir / "table.md",
         table_markdown("Evaluation protocol (paper Table 1 columns)", ["Method"], [(method, summary)],
-                       lead_cells, messages + [e for e in errors if e]),
+                       lead_cells, notes + messages + [e for e in errors if e]),
     )
     write_text(out_dir / "table.csv", table_csv(["method"], [(method, summary)]))
     write_text(out_dir / "per_image.csv", rows_csv(rows))

@@ -28,6 +28,8 @@ from mtcolor_batch.evaluate.protocol import (
     Reference,
     choose_profile,
     colorize,
+    instance_notes,
+    instance_source,
     model_note,
     prepare_inputs,
     score_run,
@@ -163,7 +165,9 @@ def run_sweep(
     lead = [f"{model}; {profile_note} with sampling.alpha / sampling.beta set per row; "
             f"{len([r for r in refs if r.input_rel])} of {len(refs)} references usable."]
     errors = [r.error for r in refs if r.error is not None]
-    md = table_markdown("α/β sweep", ["α", "β"], table_rows, lead, notes + errors)
+    source = instance_source(settings)[1]
+    instances = instance_notes(out_dir / "runs" / grid[0].key, source) if grid else [source]
+    md = table_markdown("α/β sweep", ["α", "β"], table_rows, lead, instances + notes + errors)
     write_text(out_dir / "table.md", md)
     write_text(out_dir / "table.csv", table_csv(["alpha", "beta"], table_rows))
     bad = failed or errors

@@ -52,6 +52,11 @@ def _has_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def bundle_can_auto_segment(bundle_dir: Path) -> bool:
+    """Whether a bundle can find instances by itself (SAM + detector weights), without loading them."""
+    return _has_weights(Path(bundle_dir) / SAM_DIR) and _has_weights(Path(bundle_dir) / DETECTOR_DIR)
+
+
 def sam_processor(folder: Path) -> object:
     """SAM's processor from ``sam/`` (PIL backend), as the hub ships it or as transformers saves it."""
     from transformers import SamProcessor
