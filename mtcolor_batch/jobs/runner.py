@@ -25,7 +25,13 @@ from mtcolor_batch.jobs.batch import ExecContext, Executor, Outcome, PlannedFile
 from mtcolor_batch.jobs.executors.local import LocalExecutor, PipelineFactory
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path
 from mtcolor_batch.jobs.lock import RunLock
-from mtcolor_batch.jobs.preflight import check_journal, check_out_folder, check_seed, make_out_folder
+from mtcolor_batch.jobs.preflight import (
+    check_journal,
+    check_out_folder,
+    check_profile_packages,
+    check_seed,
+    make_out_folder,
+)
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import ScanFile, discover_report
 
@@ -291,6 +297,7 @@ def run_batch(
             "--out must not be the scan folder itself", path=out_dir, hint="use a sub- or sibling folder"
         )
     check_seed(req.profile.seed)
+    check_profile_packages(req.profile)
     check_out_folder(out_dir)
     found = discover_report(
         scans, exclude=[out_dir], shard=req.shard, max_sidecar_bytes=req.profile.hints.max_sidecar_bytes
