@@ -188,7 +188,7 @@ class Canvas:
         return RegionBatch(self.label_map[:, y0:y1, x0:x1], self.mask_input(box), self.inst_text, valid)
 
 
-WINDOW_CHUNK = 16
+WINDOW_CHUNK = 8
 """Instances whose window-sized masks exist at once while :meth:`Canvas.mask_input` resizes them."""
 
 
