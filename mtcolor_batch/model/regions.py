@@ -225,22 +225,6 @@ class RegionBatch:
         keep = ~drop.to(device=self.inst_valid.device, dtype=torch.bool)
         return replace(self, inst_valid=self.inst_valid & keep[:, None])
 
-    def crop(
-        self, box: tuple[int, int, int, int], inst_masks: torch.Tensor, present: Sequence[int] | None = None
-    ) -> RegionBatch:
-        """The part inside latent box (x0, y0, x1, y1); only slots in ``present`` (0-based) stay valid.
-
-        ``inst_masks`` (B, N, S, S) is the mask encoder's input of the window, which the caller
-        computes from its instances (an area-resized mask cannot be cropped).
-        """
-        x0, y0, x1, y1 = box
-        valid = self.inst_valid
-        if present is not None:
-            keep = torch.zeros_like(valid)
-            keep[:, list(present)] = True
-            valid = valid & keep
-        return RegionBatch(self.label_map[:, y0:y1, x0:x1], inst_masks, self.inst_text, valid)
-
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RegionBatch:
         """Move every field; ``dtype`` applies to the texts only (labels stay long, valid bool and
         the mask encoder's input float32: a half dtype would round its fractions)."""
