@@ -133,7 +133,7 @@ class Canvas:
     present: list[list[int]] = field(default_factory=list)  # per tile: instance slots (0-based) inside
     crops: list[Box] = field(default_factory=list)  # per instance: latent box its branch runs on
     box_present: dict[Box, list[int]] = field(default_factory=dict)  # cache of instances per crop box
-    window_masks: dict[Box, dict[int, tuple[int, int, torch.Tensor]]] = field(default_factory=dict)
+    window_masks: dict[Box, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # mask_input
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -149,9 +149,10 @@ class Canvas:
         Each instance's mask inside the window, area-resized (``regions.mask_input``) exactly as
         the encoder would resize the window-sized mask itself; slots whose box misses the window
         are zero. Only the instances meeting the window are resized, a few at a time, and the
-        cache keeps the non-zero part of each result (the S x S cells over the instance's box),
-        never a window-sized plane: a canvas with hundreds of instances and as many crop windows
-        holds about a box's worth per (window, instance met).
+        cache keeps the non-zero part of each result (the S x S cells over the instance's box, as
+        flat indices and values: one scatter per call), never a window-sized plane: a canvas with
+        hundreds of instances and as many crop windows holds about a box's worth per (window,
+        instance met).
         """
         if box not in self.window_masks:
             x0, y0, x1, y1 = (v * LATENT_FACTOR for v in box)
@@ -160,22 +161,26 @@ class Canvas:
                 for k, inst in enumerate(self.instances)
                 if inst.box[0] < x1 and inst.box[2] > x0 and inst.box[1] < y1 and inst.box[3] > y0
             ]
-            parts: dict[int, tuple[int, int, torch.Tensor]] = {}
+            size = MASK_INPUT_SIZE
+            index, values = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
             for start in range(0, len(meets), WINDOW_CHUNK):
                 chunk = meets[start : start + WINDOW_CHUNK]
                 planes = np.stack([self.instances[k].in_window((x0, y0, x1, y1)) for k in chunk])
-                resized = mask_input(torch.from_numpy(planes).to(self.control.device))
+                resized = mask_input(torch.from_numpy(planes).to(self.control.device)).cpu()
                 for k, m in zip(chunk, resized, strict=True):
                     rows = torch.nonzero(m.any(1)).flatten()
                     if rows.numel():
                         cols = torch.nonzero(m.any(0)).flatten()
-                        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-                        parts[k] = (r0, c0, m[r0:r1, c0:c1].clone())
-            self.window_masks[box] = parts
-        out = torch.zeros(1, self.n_instances, MASK_INPUT_SIZE, MASK_INPUT_SIZE, device=self.control.device)
-        for k, (r0, c0, part) in self.window_masks[box].items():
-            out[0, k, r0 : r0 + part.shape[0], c0 : c0 + part.shape[1]] = part
-        return out
+                        r = torch.arange(int(rows[0]), int(rows[-1]) + 1)
+                        c = torch.arange(int(cols[0]), int(cols[-1]) + 1)
+                        index.append((k * size * size + r[:, None] * size + c[None, :]).flatten())
+                        values.append(m[r[0] : r[-1] + 1, c[0] : c[-1] + 1].flatten())
+            device = self.control.device
+            self.window_masks[box] = (torch.cat(index).to(device), torch.cat(values).to(device))
+        flat, cells = self.window_masks[box]
+        out = torch.zeros(self.n_instances * MASK_INPUT_SIZE**2, device=self.control.device)
+        out[flat] = cells
+        return out.view(1, self.n_instances, MASK_INPUT_SIZE, MASK_INPUT_SIZE)
 
     def regions(self, box: Box, present: Sequence[int], cond: bool) -> RegionBatch:
         """The regions of latent window ``box``: its labels, its mask encoder input, the instance
