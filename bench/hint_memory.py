@@ -206,7 +206,7 @@ def main() -> None:
                 f"mtcolor-batch run --profile {args.profile}, tiny bundle, one scan with an N-box sidecar, "
                 "--steps 2 --alpha 0.5 (/usr/bin/time -v, max RSS)"
             )
-            print(f"{'case':>36} | " + " | ".join(f"{name:>6} RSS MB   wall" for name, _ in codes))
+            print(f"{'case':>40} | " + " | ".join(f"{name:>6} RSS MB   wall" for name, _ in codes))
             for n, (h, w), working in E2E_CASES:
                 cells = []
                 for _, code in codes:
@@ -214,7 +214,7 @@ def main() -> None:
                     bad = "" if r["exit"] == 0 else f" exit {r['exit']}"
                     cells.append(f"{r['max_rss_mb']!s:>13} {r['wall']!s:>6}{bad}")
                 case = f"{n} boxes, {w}x{h} scan, working {working}"
-                print(f"{case:>36} | " + " | ".join(cells), flush=True)
+                print(f"{case:>40} | " + " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
