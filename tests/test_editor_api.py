@@ -404,3 +404,34 @@ def test_check_of_an_unsaved_painted_mask_shows_only_real_problems(client: TestC
         0
     ]["message"]
     assert not (scans / "masks").exists()
+
+
+def test_the_per_sidecar_hint_cap_is_applied_as_hints_check_does(scans: Path) -> None:
+    """``hints.max_sidecar_instances``: the list and the scan show it as a problem, and a save over it
+    is refused with ``hints check``'s own line, so the editor never writes what ``run`` would fail."""
+    profile = load_profile(None)
+    hints = profile.hints.model_copy(update={"max_sidecar_instances": 2})
+    profile = profile.model_copy(update={"hints": hints})
+    session = EditorSession(scans, [f.path for f in discover(scans)], profile, None, TOKEN)
+    client = TestClient(create_app(session, allowed_hosts(PORT)), base_url=BASE)
+    sidecar = scans / "street_1910.jpg.yaml"
+
+    data = load(client)
+    doc = data["doc"]
+    doc["instances"] += [hint(box=[0, 0, 40, 40], color="red"), hint(box=[50, 50, 90, 90], color="blue")]
+    before = sidecar.read_bytes()
+    r = save(client, data, doc)
+    assert r.status_code == 422 and r.json()["saved"] is False
+    (problem,) = r.json()["problems"]
+    assert "3 instances, over the limit of 2 per sidecar" in problem["text"]
+    assert sidecar.read_bytes() == before  # refused: nothing written
+
+    # The same file written by hand: listed with a problem, and the problem shown on load, in the words
+    # of `hints check`.
+    over = yaml.safe_load(before)
+    over["instances"] += [{"box": [0, 0, 40, 40], "color": "red"}, {"box": [50, 50, 90, 90], "color": "blue"}]
+    sidecar.write_text(yaml.safe_dump(over), encoding="utf-8")
+    listed = {s["path"]: s for s in client.get("/api/scans", headers=H).json()["scans"]}
+    assert listed[STREET]["problems"] == 1 and listed["portrait.png"]["problems"] == 0
+    checked, _, _ = check_sidecars(scans, 256 * 1024, 2)
+    assert [p["text"] for p in load(client)["problems"]] == checked

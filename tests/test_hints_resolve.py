@@ -301,7 +301,8 @@ def test_dotdot_escape_rejected(tree: tuple[Path, Path]) -> None:
         resolve_in(root, "../../secret.png")
     assert info.value.line == 3
     assert "mask path '../../secret.png' uses '..' to leave the scan folder" in info.value.message
-    assert str(info.value).startswith(f"{root / 'sub' / 'photo.png.yaml'}:3:5: instance 1:")
+    # the mask value (column 11), where `hints check` points too, not the item's first key
+    assert str(info.value).startswith(f"{root / 'sub' / 'photo.png.yaml'}:3:11: instance 1:")
 
 
 def test_absolute_path_rejected(tree: tuple[Path, Path]) -> None:
@@ -437,3 +438,19 @@ def test_real_segmenter_box_and_points(tmp_path: Path, tiny_segmenter: object) -
         x0, y0, x1, y1 = inst.box
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
         assert inst.mask.shape == (y1 - y0, x1 - x0) and inst.mask.dtype == bool and inst.mask.any()
+
+
+class SpillingSegmenter(FakeSegmenter):
+    """SAM as it behaves on real scans: the mask for a box reaches past it (shadows, the kerb)."""
+
+    def segment_boxes(self, luma: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+        return [box_mask(max(0, x0 - 6), max(0, y0 - 3), x1 + 5, y1 + 4) for x0, y0, x1, y1 in boxes]
+
+
+def test_box_hint_mask_is_clipped_to_the_drawn_box(tmp_path: Path) -> None:
+    result = resolve(
+        tmp_path, "instances:\n  - box: [20, 10, 40, 30]\n    color: navy\n", segmenter=SpillingSegmenter()
+    )
+    (inst,) = result.instances
+    assert inst.box == (20, 10, 40, 30)
+    np.testing.assert_array_equal(inst.full((H, W)), box_mask(20, 10, 40, 30))

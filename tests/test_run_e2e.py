@@ -161,8 +161,16 @@ def test_provenance_record_has_every_field(zoo_run, tiny_bundle: Path) -> None:
         "created_utc",
         "warnings",
         "notes",
+        "paper_profile",
+        "paper_deviations",
     ):
         assert key in rec, key
+    # The run's profile (working size 32, luminance lock) departs from the paper's: said, with values.
+    departs = {d["key"]: (d["value"], d["paper"]) for d in rec["paper_deviations"]["profile"]}
+    assert rec["paper_profile"] is False
+    assert departs["sampling.working_long_side"] == (32, 512)
+    assert departs["output.luminance_lock"] == (True, False)
+    assert {d["id"] for d in rec["paper_deviations"]["built_in"]} >= {"tanh-gate", "cfg-keeps-masks"}
     assert rec["model"]["tiny"] is True and rec["model"]["weights_sha256"] and rec["model"]["revision"]
     assert rec["seed"] == 5 and rec["parameters"]["steps"] == 2
     assert rec["profile"]["values"]["sampling"]["working_long_side"] == 32

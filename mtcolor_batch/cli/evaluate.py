@@ -140,7 +140,7 @@ def eval_cmd(
     device: str = typer.Option("cpu", "--device", help="Device for CLIP and IQA models."),
 ) -> None:
     """Score a run's outputs (also `eval OUT`): colourfulness, PSNR/SSIM, ΔL*, hint ΔE00, CLIP, IQA."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         with console.status("scoring…") as status:
             result = evaluate_dir(
@@ -154,10 +154,10 @@ def eval_cmd(
         console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
     if csv_path is not None:
         atomic_write_text(csv_path, rows_csv(result.rows))
-        console.print(f"wrote {csv_path}", highlight=False)
+        console.print(f"wrote {escape(str(csv_path))}", highlight=False)
     if json_path is not None:
         atomic_write_text(json_path, _json_text(result))
-        console.print(f"wrote {json_path}", highlight=False)
+        console.print(f"wrote {escape(str(json_path))}", highlight=False)
     if any(r.error for r in result.rows):
         raise typer.Exit(EXIT_FAILED)
 
@@ -247,7 +247,7 @@ def protocol_cmd(
     Resumable: run the same command again after an interruption. Exit codes: 0 all references
     scored, 1 some failed (each named), 2 usage/setup error, 130 interrupted.
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         settings = _settings(
             model, profile, annotations, clip, fid_weights, iqa, iqa_metric, device, steps, seed
@@ -284,7 +284,7 @@ def sweep_cmd(
     One sweep journal (OUT/.mtcolor/sweep.sqlite): a re-run skips settings already scored.
     Exit codes as `eval protocol`.
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         alphas, betas = parse_grid(alpha, "alpha"), parse_grid(beta, "beta")
         settings = _settings(

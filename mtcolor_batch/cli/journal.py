@@ -34,7 +34,7 @@ def merge_command(
     ),
 ) -> None:
     """Combine shard journals into one; per file the newest finished row wins. Prints the counts."""
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         journals: list[Path] = []
         folders: list[Path] = []
@@ -98,7 +98,7 @@ def rebuild_command(
 
 def print_report(console: Console, report: MergeReport) -> None:
     """Per-source counts, then the merged result and how many files were in several journals."""
-    table = Table(title=f"journal merge -> {report.target}")
+    table = Table(title=f"journal merge -> {escape(str(report.target))}")
     table.add_column("source")
     table.add_column("rows", justify="right")
     for state in STATES:

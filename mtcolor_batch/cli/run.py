@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.config import load_profile
@@ -150,7 +151,7 @@ def run_command(
             from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
 
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
-            console.print(f"report: {build_report(out_dir)}", highlight=False)
+            console.print(f"report: {escape(str(build_report(out_dir)))}", highlight=False)
     except UserError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:  # a second Ctrl-C outside the file loop (planning, summary): still 130

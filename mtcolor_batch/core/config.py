@@ -129,15 +129,8 @@ class Profile(_Section):
 
         Provenance uses it to label outputs made in the paper's setting, whatever the profile's name.
         """
-        text = (resources.files("mtcolor_batch") / "profiles" / f"{builtin}.yaml").read_text(encoding="utf-8")
-        mine = self.model_dump(mode="json")
-
-        def holds(want: Any, have: Any) -> bool:
-            if isinstance(want, dict):
-                return isinstance(have, dict) and all(holds(v, have.get(k)) for k, v in want.items())
-            return bool(want == have)
-
-        return holds({k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "name"}, mine)
+        mine = dotted(self.model_dump(mode="json"))
+        return all(mine.get(key) == want for key, want in builtin_values(builtin).items())
 
     def fingerprint(self) -> str:
         """Hash of every value that changes output bytes (device excluded: it is recorded apart).
@@ -153,6 +146,29 @@ class Profile(_Section):
         }
         data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"sampling": {"steps": 20}} -> {"sampling.steps": 20}: profile values by the keys users write."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _builtin_data(name: str) -> dict[str, Any]:
+    """A built-in profile's YAML as written (only the keys it sets)."""
+    text = (resources.files("mtcolor_batch") / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    return data if isinstance(data, dict) else {}
+
+
+def builtin_values(name: str) -> dict[str, Any]:
+    """The values a built-in profile sets, by dotted key (its ``name`` left out)."""
+    return {k: v for k, v in dotted(_builtin_data(name)).items() if k != "name"}
 
 
 def builtin_profiles() -> list[str]:
@@ -211,8 +227,7 @@ def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, An
             raise UserError(
                 f"unknown profile '{spec}'", hint=f"use one of {', '.join(builtin_profiles())} or a YAML file"
             )
-        text = (resources.files("mtcolor_batch") / "profiles" / f"{spec}.yaml").read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        data = _builtin_data(spec)
         data.setdefault("name", spec)
     for dotted, value in (overrides or {}).items():
         if value is None:

@@ -40,7 +40,13 @@ from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
 from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
-from mtcolor_batch.hints.schema import find_sidecar, parse_sidecar_text, sidecar_candidates
+from mtcolor_batch.hints.schema import (
+    Sidecar,
+    check_instance_count,
+    find_sidecar,
+    parse_sidecar_text,
+    sidecar_candidates,
+)
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.perception.overlay import instance_rgb, render_overlay
 from mtcolor_batch.scan.imageio import load_scan
@@ -197,10 +203,21 @@ class EditorSession:
                 self._cache.popitem(last=False)
             return loaded
 
+    def _validate(
+        self, text: str, path: Path, scan_size: tuple[int, int], scan_root: Path | None
+    ) -> tuple[Sidecar | None, list[HintError]]:
+        """``hints check``'s verdict on text for ``path``: the sidecar rules, then the run's per-sidecar cap
+        (``hints.max_sidecar_instances``), so the editor never shows as fine, or saves, what ``run`` fails."""
+        sidecar, problems = parse_sidecar_text(text, path, scan_size=scan_size, scan_root=scan_root)
+        if sidecar is not None and not problems:
+            try:
+                check_instance_count(sidecar, path, self.profile.hints.max_sidecar_instances)
+            except HintError as exc:
+                problems = [exc]
+        return sidecar, problems
+
     def _problems(self, rel: str, text: str) -> list[dict[str, Any]]:
-        _, problems = parse_sidecar_text(
-            text, self.sidecar_path(rel), scan_size=self._size(rel), scan_root=self.root
-        )
+        _, problems = self._validate(text, self.sidecar_path(rel), self._size(rel), self.root)
         lines = instance_lines(text)
         return [_problem_dict(p, lines) for p in problems]
 
@@ -447,11 +464,11 @@ class EditorSession:
             if len(new_text.encode("utf-8")) > self.max_sidecar_bytes:
                 raise HintError(f"the sidecar would be over the {self.max_sidecar_bytes}-byte limit")
             # Validate without the new mask files first (nothing on disk yet), then with them.
-            _, problems = parse_sidecar_text(new_text, target, scan_size=size)
+            _, problems = self._validate(new_text, target, size, None)
             if not problems:
                 for path, data in masks.items():
                     atomic_write_bytes(path, data)
-                _, problems = parse_sidecar_text(new_text, target, scan_size=size, scan_root=self.root)
+                _, problems = self._validate(new_text, target, size, self.root)
             if problems:
                 for path in masks:
                     path.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import Box, Instance, Scan, box_from_mask
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.mask_files import load_mask_file, resolve_mask_path
-from mtcolor_batch.hints.schema import InstanceHint, Sidecar, shadowed_sidecar
+from mtcolor_batch.hints.schema import InstanceHint, Sidecar, mask_error, shadowed_sidecar
 
 __all__ = [
     "PromptSegmenter",
@@ -109,6 +109,16 @@ def _tight(mask: np.ndarray) -> tuple[np.ndarray, Box] | None:
     return np.array(mask[y0:y1, x0:x1], dtype=bool), box
 
 
+def _tight_in_box(mask: np.ndarray, box: Box) -> tuple[np.ndarray, Box] | None:
+    """The part of an image-sized mask inside ``box``, cropped to its tight box (None if empty)."""
+    x0, y0, x1, y1 = box
+    found = _tight(mask[y0:y1, x0:x1])
+    if found is None:
+        return None
+    crop, (cx0, cy0, cx1, cy1) = found
+    return crop, (x0 + cx0, y0 + cy0, x0 + cx1, y0 + cy1)
+
+
 def _polygon_region(
     points: Sequence[Sequence[float]], size: tuple[int, int]
 ) -> tuple[np.ndarray, Box] | None:
@@ -162,7 +172,9 @@ def _region(
         if segmenter is None:
             notes.append(f"{where}: no segmentation model, so the whole box is used as the region")
             return _box_region(box), 1.0
-        found = _tight(np.asarray(segmenter.segment_boxes(scan.luma, [box])[0], dtype=bool))
+        # The drawn box is the user's bound: SAM's mask may spill past it (a tram's shadow, the kerb),
+        # so only the part inside the box is kept.
+        found = _tight_in_box(np.asarray(segmenter.segment_boxes(scan.luma, [box])[0], dtype=bool), box)
         if found is None:
             notes.append(f"{where}: the segmenter found nothing in the box; the whole box is used")
             return _box_region(box), 1.0
@@ -196,13 +208,7 @@ def _region(
             real = resolve_mask_path(hint.mask, sidecar_path, scan_root)
             found = _tight(load_mask_file(real, size, sidecar_path, hint.mask))
         except HintError as exc:
-            raise HintError(
-                f"instance {hint.position}: {exc.message}",
-                path=sidecar_path,
-                line=hint.line,
-                column=hint.column,
-                hint=exc.hint,
-            ) from None
+            raise mask_error(hint, sidecar_path, exc) from None
         if found is None:
             notes.append(f"{where}: mask '{hint.mask}' is empty (no white pixels); hint not applied")
             return None, 0.0
@@ -233,7 +239,8 @@ def resolve_hints(
     - a label hint binds to every auto instance of that label, or with ``index: k`` to the k-th
       from the left (ties: top first); the bound instance keeps its mask and id, becomes
       ``source="sidecar"`` and takes the hint's colour and text;
-    - box/points go to ``segmenter`` (box alone without one: the box itself, with a warning);
+    - box/points go to ``segmenter`` (box alone without one: the box itself, with a warning); a box's
+      mask is clipped to the box, which is the user's bound;
       polygon and mask file give exact regions;
     - a hint that applies to nothing adds a warning (it is never dropped silently);
     - coordinates outside the scan and unsafe or mis-sized mask files raise :class:`HintError`

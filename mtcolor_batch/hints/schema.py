@@ -113,6 +113,7 @@ class InstanceHint(_Strict):
     _line: int = PrivateAttr(0)
     _column: int = PrivateAttr(0)
     _position: int = PrivateAttr(0)
+    _mask_at: tuple[int, int] = PrivateAttr((0, 0))
     _color_hint: ColorHint | None = PrivateAttr(None)
 
     @property
@@ -128,6 +129,11 @@ class InstanceHint(_Strict):
     def position(self) -> int:
         """1-based position in the ``instances`` list."""
         return self._position
+
+    @property
+    def mask_at(self) -> tuple[int, int]:
+        """(line, column) of the ``mask:`` value: where ``hints check`` and ``run`` point a mask error."""
+        return self._mask_at
 
     @property
     def color_hint(self) -> ColorHint | None:
@@ -739,6 +745,9 @@ def _validate(
         hint._line = mark.line + 1 if mark else 0
         hint._column = mark.column + 1 if mark else 0
         hint._position = i + 1
+        mask_mark = located.mark_for(("instances", i, "mask")) if hint.mask is not None else None
+        if mask_mark is not None:
+            hint._mask_at = (mask_mark.line + 1, mask_mark.column + 1)
         problems.extend(_check_instance(hint, i, located, path, scan_size))
         if scan_root is not None and hint.mask is not None and not _is_absolute(hint.mask):
             problems.extend(_check_mask_file(hint, i, located, path, scan_root, scan_size))
@@ -772,9 +781,20 @@ def _check_mask_file(
     try:
         check_mask_file(hint.mask or "", path, scan_root, scan_size)
     except HintError as exc:
-        mark = located.mark_for(("instances", i, "mask"))
-        return [_error(path, mark, f"instance {i + 1}: {exc.message}", exc.hint or HELP["mask"])]
+        return [mask_error(hint, path, exc)]
     return []
+
+
+def mask_error(hint: InstanceHint, path: Path | None, exc: HintError) -> HintError:
+    """A mask file's problem at the hint's ``mask:`` value: the one form ``hints check`` and ``run`` give."""
+    line, column = hint.mask_at if hint.mask_at != (0, 0) else (hint.line, hint.column)
+    return HintError(
+        f"instance {hint.position}: {exc.message}",
+        path=path,
+        line=line or None,
+        column=column or None,
+        hint=exc.hint or HELP["mask"],
+    )
 
 
 def _load(

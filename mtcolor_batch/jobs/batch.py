@@ -119,7 +119,7 @@ def record_result(res: WorkResult, ctx: ExecContext) -> Outcome:
     else:
         ctx.journal.mark_failed(rel, res.error, res.timings)
         outcome = Outcome(rel, "failed", res.error, res.seconds)
-        ctx.console.print("[red]failed[/red] " + escape(res.error))
+        ctx.console.print("[red]failed[/red] " + escape(res.error), soft_wrap=True, highlight=False)
     ctx.outcomes.append(outcome)
     return outcome
 

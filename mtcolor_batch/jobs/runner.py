@@ -223,12 +223,13 @@ def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, mode
         )
         if p.action == "failed-before" and p.previous_error:
             label += f": {p.previous_error}"
-        table.add_row(p.item.relpath, p.sidecar.name if p.sidecar else "-", label)
+        table.add_row(escape(p.item.relpath), escape(p.sidecar.name) if p.sidecar else "-", escape(label))
     console.print(table)
     todo = sum(p.todo for p in planned)
     console.print(
         f"{len(planned)} files: {todo} to colorize, {sum(p.action == 'done' for p in planned)} already done, "
-        f"{sum(p.action == 'failed-before' for p in planned)} failed before. {model_note}"
+        f"{sum(p.action == 'failed-before' for p in planned)} failed before. {model_note}",
+        highlight=False,
     )
 
 
@@ -271,7 +272,7 @@ def run_batch(
     from mtcolor_batch.model.registry import find_bundle
     from mtcolor_batch.stages.pipeline import model_hash
 
-    console = console or Console(stderr=True)
+    console = console or console_for_run()
     scans = Path(req.scans)
     if not scans.exists():
         raise UserError("scan folder not found", path=scans)
@@ -288,7 +289,7 @@ def run_batch(
     )
     files = found.files
     for warning in found.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     profile_fp = req.profile.fingerprint()
     jpath = journal_path(out_dir, req.shard)
     suffix = req.profile.output.suffix
@@ -298,9 +299,9 @@ def run_batch(
         try:
             bundle_dir = find_bundle(req.model)
             model_fp: str | None = model_hash(bundle_dir)
-            note = f"Model: {bundle_dir}."
+            note = f"Model: {escape(str(bundle_dir))}."
         except UserError as exc:
-            model_fp, note = None, f"[yellow]Model: {exc.one_line()}[/yellow]"
+            model_fp, note = None, f"[yellow]Model: {escape(exc.one_line())}[/yellow]"
         journal = Journal.open_existing(jpath)
         try:
             planned = plan_files(
@@ -326,7 +327,10 @@ def run_batch(
             "[yellow]Model is a tiny random bundle: a pipeline check, its colours are meaningless.[/yellow]"
         )
     if not files:
-        console.print(f"No scans found under {scans} (extensions: jpg jpeg png tif tiff webp bmp).")
+        console.print(
+            f"No scans found under {escape(str(scans))} (extensions: jpg jpeg png tif tiff webp bmp).",
+            highlight=False,
+        )
         return EXIT_OK
     make_out_folder(out_dir)
     with (
@@ -387,18 +391,21 @@ def run_batch(
         journal_problems = journal.check()
     _summary(console, outcomes, out_dir, found.warnings)
     if journal_problems:
-        console.print(f"[red]journal check: {'; '.join(journal_problems)}[/red]")
+        console.print(f"[red]journal check: {escape('; '.join(journal_problems))}[/red]")
     if interrupted:
         left = len(files) - sum(o.state in ("done", "skipped") for o in outcomes)
         cmd = shlex.join(["mtcolor-batch", *req.argv]) if req.argv else "the same `mtcolor-batch run` command"
         console.print(
             f"[yellow]Interrupted: {left} file(s) not done; the journal is consistent. "
-            f"Resume with: {cmd}[/yellow]"
+            f"Resume with: {escape(cmd)}[/yellow]"
         )
         return EXIT_INTERRUPTED
     return EXIT_FAILED if any(o.state == "failed" for o in outcomes) else EXIT_OK
 
 
 def console_for_run() -> Console:
-    """Progress and tables on stderr so stdout stays clean for scripts."""
-    return Console(stderr=True, highlight=False, soft_wrap=False, file=sys.stderr)
+    """Progress and tables on stderr so stdout stays clean for scripts.
+
+    ``soft_wrap``: a line (``failed <file>: <reason>``, a warning, the dry-run footer) stays one line
+    in a log file or pipe, where rich would otherwise wrap it at 80 columns and break ``grep``."""
+    return Console(stderr=True, highlight=False, soft_wrap=True, file=sys.stderr)

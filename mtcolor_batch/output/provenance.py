@@ -21,6 +21,7 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import path_text
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Plan, Scan
+from mtcolor_batch.model.paper_deviations import deviations
 from mtcolor_batch.output.mask_rle import encode_region
 from mtcolor_batch.output.writer import EmbeddedMeta
 
@@ -155,6 +156,7 @@ def build_record(
             "info": engine_info,
         },
         "paper_profile": profile.follows("paper"),  # made in the MT-Color paper's setting
+        "paper_deviations": deviations(profile),  # where this output departs from the paper, and why
         "profile": {
             "name": profile.name,
             "fingerprint": profile.fingerprint(),

@@ -32,7 +32,7 @@ class LocalExecutor:
 
     def __call__(self, todo: list[PlannedFile], ctx: ExecContext) -> bool:
         """Return True when stopped by an interrupt."""
-        ctx.console.print(f"Loading model {ctx.bundle_dir} ...")
+        ctx.console.print(f"Loading model {escape(str(ctx.bundle_dir))} ...", highlight=False)
         try:
             pipeline = self.pipeline_factory(ctx.profile, ctx.bundle_dir, ctx.scan_root, ctx.out_dir)
         except KeyboardInterrupt:  # second Ctrl-C while loading: nothing was started

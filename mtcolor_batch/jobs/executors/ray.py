@@ -202,7 +202,7 @@ class RayExecutor:
         _quiet_ray_data(ray)
         workers, gpus = self.resources()
         ctx.console.print(
-            f"Ray: {workers} worker(s), {gpus:g} GPU each, model {ctx.bundle_dir}; "
+            f"Ray: {workers} worker(s), {gpus:g} GPU each, model {escape(str(ctx.bundle_dir))}; "
             f"journal written by this driver only."
         )
         items = [
@@ -281,7 +281,7 @@ class RayExecutor:
             reason = f"{rel}: the Ray worker died {MAX_TASK_RETRIES + 1} times while processing this file"
             ctx.journal.mark_failed(rel, reason)
             ctx.outcomes.append(Outcome(rel, "failed", reason))
-            ctx.console.print("[red]failed[/red] " + escape(reason))
+            ctx.console.print("[red]failed[/red] " + escape(reason), soft_wrap=True, highlight=False)
 
 
 def _mark_dispatched(ctx: ExecContext, todo: list[PlannedFile]) -> None:

@@ -1,0 +1,110 @@
+"""A sidecar's inputs as ``run`` sees them: mask files in the fingerprint, mask errors placed alike
+by ``hints check`` and ``run``, and box hints bounded by the drawn box."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_hints_cli import write_scan
+from test_run_e2e import FAST_PROFILE
+from typer.testing import CliRunner
+
+from mtcolor_batch.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_bundle(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTCOLOR_HOME", str(tmp_path_factory.mktemp("mtcolor-home")))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fast_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("profiles") / "fast.yaml"
+    path.write_text(FAST_PROFILE.format(mp=50))
+    return path
+
+
+def invoke(*args: str | Path):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def journal(out: Path) -> dict[str, sqlite3.Row]:
+    db = sqlite3.connect(out / ".mtcolor" / "journal.sqlite")
+    db.row_factory = sqlite3.Row
+    return {r["relpath"]: r for r in db.execute("SELECT * FROM files")}
+
+
+def test_mask_error_has_one_place_in_check_and_run(
+    tmp_path: Path, tiny_bundle: Path, fast_profile: Path
+) -> None:
+    scans = tmp_path / "scans"
+    write_scan(scans / "e10.png")
+    write_scan(tmp_path / "outside.png")
+    sidecar = scans / "e10.png.yaml"
+    sidecar.write_text(
+        "version: 1\ninstances:\n  - mask: ../outside.png\n    color: navy\n", encoding="utf-8"
+    )
+    where = f"{sidecar.name}:3:11:"  # the mask value, not the item's first key (3:5)
+
+    check = invoke("hints", "check", scans)
+    assert check.exit_code == 1 and where in check.output, check.output
+
+    out = tmp_path / "out"
+    run = invoke(
+        "run", scans, "--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu"
+    )
+    assert run.exit_code == 1, run.output
+    error = journal(out)["e10.png"]["error"]
+    assert where in error and "instance 1: mask path '../outside.png' uses '..'" in error, error
+
+    # a wrong-size mask: same place in both
+    (scans / "masks").mkdir()
+    Image.new("L", (10, 10), 255).save(scans / "masks" / "m.png")
+    sidecar.write_text("version: 1\ninstances:\n  - color: navy\n    mask: masks/m.png\n", encoding="utf-8")
+    where = f"{sidecar.name}:4:11:"
+    check = invoke("hints", "check", scans)
+    assert check.exit_code == 1 and where in check.output, check.output
+    run = invoke(
+        "run", scans, "--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu"
+    )
+    error = journal(out)["e10.png"]["error"]
+    assert where in error and "10x10 px but the scan is 96x72" in error, error
+
+
+def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
+    """The tiny bundle's SAM spills past boxes; the record's box must still lie inside the drawn one."""
+    import json
+
+    scans = tmp_path / "scans"
+    write_scan(scans / "tram.png")
+    drawn = [(10, 8, 60, 50), (2, 30, 40, 70), (50, 2, 95, 40)]
+    body = "".join(f"  - box: {list(b)}\n    color: navy\n" for b in drawn)
+    (scans / "tram.png.yaml").write_text(f"version: 1\ninstances:\n{body}", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ("--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu", "--no-auto-instances")
+    run = invoke("run", scans, "--out", out, *args)
+    assert run.exit_code == 0, run.output
+    record = json.loads((out / "tram.color.json").read_text())
+    boxes = [i["box"] for i in record["instances"] if i["source"] == "sidecar"]
+    assert len(boxes) == len(drawn)
+
+    def inside(b: list[int], d: tuple[int, int, int, int]) -> bool:
+        return d[0] <= b[0] < b[2] <= d[2] and d[1] <= b[1] < b[3] <= d[3]
+
+    assert all(any(inside(b, d) for d in drawn) for b in boxes), (boxes, drawn)
