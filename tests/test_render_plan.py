@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.stages.plan import make_plan, plan_summary, working_size
+from mtcolor_batch.stages.plan import canvas_tiles, make_plan, plan_summary, working_size
 
 
 @pytest.mark.parametrize(
@@ -51,5 +52,8 @@ def test_small_working_image_is_one_tile():
 
 @pytest.mark.parametrize(("tile", "overlap"), [(500, 128), (512, 100), (512, 512)])
 def test_bad_tile_settings_are_user_errors(tile, overlap):
+    # refused when the profile is built (a setup error), and by the planner for any canvas
+    with pytest.raises(ValidationError, match="sampling.tile"):
+        SamplingSettings(tile_size=tile, tile_overlap=overlap)
     with pytest.raises(UserError, match="sampling.tile"):
-        make_plan((1000, 1000), SamplingSettings(tile_size=tile, tile_overlap=overlap), 0, "x")
+        canvas_tiles(1000, 1000, tile, overlap)

@@ -107,6 +107,26 @@ def test_report_command_and_rebuild(eval_out, tmp_path) -> None:
     assert res.exit_code == 2 and "output folder not found" in res.output
 
 
+def test_report_refuses_a_folder_that_is_not_an_output_folder(eval_out, tmp_path: Path) -> None:
+    """A folder of originals (no .mtcolor/, no records of its own) is never written into."""
+    scans = tmp_path / "scans"
+    shutil.copytree(eval_out["scans"], scans)
+    nested = scans / "sub" / "scans-colorized"  # an earlier run's output inside the tree does not count
+    shutil.copytree(eval_out["out"], nested)
+    shutil.rmtree(nested / ".mtcolor")
+    (nested / ".mtcolor").mkdir()
+    before = sorted(p.relative_to(scans).as_posix() for p in scans.rglob("*"))
+    res = CliRunner().invoke(app, ["report", str(scans)])
+    assert res.exit_code == 2, res.output
+    assert "not an output folder" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert sorted(p.relative_to(scans).as_posix() for p in scans.rglob("*")) == before
+
+    copied = tmp_path / "copied"  # records without the journal: still a run's folder
+    shutil.copytree(eval_out["out"], copied)
+    shutil.rmtree(copied / ".mtcolor")
+    assert CliRunner().invoke(app, ["report", str(copied), "--no-metrics"]).exit_code == 0
+
+
 @pytest.mark.slow
 def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     url = report.resolve().as_uri()

@@ -108,3 +108,37 @@ def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast
         return d[0] <= b[0] < b[2] <= d[2] and d[1] <= b[1] < b[3] <= d[3]
 
     assert all(any(inside(b, d) for d in drawn) for b in boxes), (boxes, drawn)
+
+
+@pytest.mark.parametrize(
+    ("tiles", "extra", "words"),
+    [
+        ((64, 0), ("--tile-size", "100"), "sampling.tile_size must be a multiple of 8 (got 100)"),
+        ((256, 256), (), "sampling.tile_overlap must be a multiple of 8 below tile_size (got 256"),
+        ((64, 12), (), "sampling.tile_overlap must be a multiple of 8 below tile_size (got 12"),
+    ],
+)
+def test_bad_tiles_are_a_setup_error_before_any_file(
+    tmp_path: Path, tiny_bundle: Path, tiles: tuple[int, int], extra: tuple[str, ...], words: str
+) -> None:
+    scans = tmp_path / "scans"
+    write_scan(scans / "a.png")
+    profile = tmp_path / "tiles.yaml"
+    text = FAST_PROFILE.format(mp=50).replace("tile_size: 64", f"tile_size: {tiles[0]}")
+    profile.write_text(text.replace("tile_overlap: 0", f"tile_overlap: {tiles[1]}"), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ("--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu", *extra)
+    run = invoke("run", scans, *args)
+    assert run.exit_code == 2, run.output
+    assert words in run.output and len(run.output.strip().splitlines()) == 1, run.output
+    assert not out.exists()  # nothing journaled, no folder made
+
+
+def test_bad_tiles_in_a_profile_file_are_refused_when_loaded(tmp_path: Path) -> None:
+    from mtcolor_batch.core.config import load_profile
+    from mtcolor_batch.core.errors import UserError
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text("sampling:\n  tile_size: 256\n  tile_overlap: 256\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"tile_overlap must be a multiple of 8 below tile_size \(got 256"):
+        load_profile(prof)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.types import LATENT_FACTOR
 
 
 class _Section(BaseModel):
@@ -40,6 +41,25 @@ class PerceptionSettings(_Section):
     box_threshold: float = Field(0.25, ge=0, le=1)
     merge_iou: float = Field(0.7, ge=0, le=1)
     size: int = Field(1024, ge=64, description="Long side the perception models see.")
+
+
+def tile_problem(tile_size: int, tile_overlap: int) -> str | None:
+    """Why a tile size/overlap pair cannot be honoured by the latent grid (None: it can).
+
+    The one tiling rule: the profile refuses such settings before a run starts, and the planner
+    refuses them for any canvas, with the same words.
+    """
+    if tile_size % LATENT_FACTOR:
+        return (
+            f"sampling.tile_size must be a multiple of {LATENT_FACTOR} (got {tile_size}); the sampler tiles "
+            "latents, 8 pixels per latent cell, and 512 is the model's native size"
+        )
+    if tile_overlap % LATENT_FACTOR or tile_overlap >= tile_size:
+        return (
+            f"sampling.tile_overlap must be a multiple of {LATENT_FACTOR} below tile_size "
+            f"(got {tile_overlap} for tile_size {tile_size}); e.g. tile_size 512 with tile_overlap 128"
+        )
+    return None
 
 
 class SamplingSettings(_Section):
@@ -79,6 +99,14 @@ class SamplingSettings(_Section):
     )
     prompt: str = Field("a colour photograph", description="Global text when a sidecar gives none.")
     negative_prompt: str = "black and white, grayscale, desaturated, sepia, monochrome"
+
+    @model_validator(mode="after")
+    def _tiles_fit_the_latent_grid(self) -> SamplingSettings:
+        """Bad tiles are a profile error (exit 2 before anything is journaled), not every file's failure."""
+        problem = tile_problem(self.tile_size, self.tile_overlap)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class HintSettings(_Section):
@@ -244,6 +272,8 @@ def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, An
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(
-            f"invalid profile value {loc}: {first['msg']}", path=str(name_or_path or "default")
-        ) from exc
+        if first["type"] == "value_error":  # our own checks name their keys
+            message = f"invalid profile value: {str(first['msg']).removeprefix('Value error, ')}"
+        else:
+            message = f"invalid profile value {loc}: {first['msg']}"
+        raise UserError(message, path=str(name_or_path or "default")) from exc

@@ -33,7 +33,8 @@ from mtcolor_batch.evaluate.evaluation import (
     locate_scan,
     score_arrays,
 )
-from mtcolor_batch.evaluate.records import FailedRow, FileRecord, read_failures
+from mtcolor_batch.evaluate.records import FailedRow, FileRecord, find_records, read_failures
+from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report_files"
@@ -319,6 +320,21 @@ def _page(out_dir: Path, entries: list[_Entry], failures: list[FailedRow]) -> st
 """
 
 
+def _is_output_folder(out_dir: Path) -> bool:
+    """A run's folder: it has ``.mtcolor/`` or its own ``.color.json`` records (a copy without the journal).
+
+    Why ask: the report writes report.html and report_files/ into the folder it is given, and a folder
+    of originals must never be written into. Records inside a nested output folder do not count.
+    """
+    if (out_dir / OUTPUT_FOLDER_MARK).is_dir():
+        return True
+    for record in find_records(out_dir):
+        folders = record.relative_to(out_dir).parents
+        if not any((out_dir / f / OUTPUT_FOLDER_MARK).is_dir() for f in folders if f != Path(".")):
+            return True
+    return False
+
+
 def build_report(out_dir: Path, scans_dir: Path | None = None, with_metrics: bool = True) -> Path:
     """Write ``out_dir/report.html`` and its ``report_files/`` folder; return the HTML path.
 
@@ -330,6 +346,12 @@ def build_report(out_dir: Path, scans_dir: Path | None = None, with_metrics: boo
         raise UserError("output folder not found", path=out_dir)
     if scans_dir is not None and not scans_dir.is_dir():
         raise UserError("scans folder not found", path=scans_dir)
+    if not _is_output_folder(out_dir):
+        raise UserError(
+            "not an output folder (no .mtcolor/ and no .color.json records here); nothing written",
+            path=out_dir,
+            hint="give the folder `run` wrote, e.g. SCANS-colorized",
+        )
     preds = find_predictions(out_dir, records_only=True)
     failures = read_failures(out_dir)
     with staged_dir(out_dir / REPORT_DIR) as staging:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from mtcolor_batch.core.config import SamplingSettings
+from mtcolor_batch.core.config import SamplingSettings, tile_problem
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.types import LATENT_FACTOR, Box, Plan
 from mtcolor_batch.render.tiling import axis_starts, tile_boxes
@@ -54,17 +54,9 @@ def canvas_tiles(height: int, width: int, tile_size: int, tile_overlap: int) -> 
     ``make_plan`` records it in the Plan; the sampler applies it again only to a canvas the plan was
     not made for. Raises UserError for tile settings the latent grid cannot honour.
     """
-    if tile_size % LATENT_FACTOR:
-        raise UserError(
-            f"sampling.tile_size must be a multiple of {LATENT_FACTOR} (got {tile_size})",
-            hint="the sampler tiles latents, 8 pixels per latent cell; 512 is the model's native size",
-        )
-    if tile_overlap % LATENT_FACTOR or tile_overlap >= tile_size:
-        raise UserError(
-            f"sampling.tile_overlap must be a multiple of {LATENT_FACTOR} below tile_size "
-            f"(got {tile_overlap} for tile_size {tile_size})",
-            hint="e.g. tile_size 512 with tile_overlap 128",
-        )
+    problem = tile_problem(tile_size, tile_overlap)
+    if problem is not None:
+        raise UserError(problem)
     return tile_boxes(height, width, tile_size, tile_overlap, align=LATENT_FACTOR)
 
 
