@@ -277,4 +277,4 @@ def test_cli_train_stage_1_then_2(small, tmp_path: Path) -> None:
             "cpu",
         ],
     )
-    assert bad.exit_code == 2 and "dataset has no entries" in bad.output
+    assert bad.exit_code == 2 and "dataset folder not found" in bad.output

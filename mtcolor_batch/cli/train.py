@@ -132,4 +132,7 @@ def train_command(
         )
     except UserError as exc:
         raise fail(exc) from None
-    typer.echo(f"stage {stage}: {result.steps} steps, final loss {result.final_loss:.5f} -> {result.bundle}")
+    skipped = f", {result.skipped} instance-free steps skipped" if result.skipped else ""
+    typer.echo(
+        f"stage {stage}: {result.steps} steps, final loss {result.final_loss:.5f}{skipped} -> {result.bundle}"
+    )

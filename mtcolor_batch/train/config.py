@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -106,8 +107,9 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
     """
     data, mine, where = read_config_layers(TRAIN_PROFILE, path, "training config")
     data.update(mine)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate_config(TrainConfig, data, where, "training")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    return validate_config(TrainConfig, data, where, "training", given)
 
 
 def read_config_layers(
@@ -132,11 +134,20 @@ def read_config_layers(
 _Config = TypeVar("_Config", bound=BaseModel)
 
 
-def validate_config(model: type[_Config], data: dict[str, Any], where: str, label: str) -> _Config:
-    """``model`` from ``data``, its first validation error as one line: "invalid <label> value <key>"."""
+def validate_config(
+    model: type[_Config], data: dict[str, Any], where: str, label: str, overridden: Collection[str] = ()
+) -> _Config:
+    """``model`` from ``data``, its first validation error as one line: "invalid <label> value <key>".
+
+    A bad value that came from ``overridden`` (the command line) names its option, not ``where``:
+    blaming a file the user never wrote (the shipped profile) sends them looking in the wrong place.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
+        if first["loc"] and first["loc"][0] in overridden:
+            option = "--" + str(first["loc"][0]).replace("_", "-")
+            raise UserError(f"invalid value for {option}: {first['msg']}") from exc
         raise UserError(f"invalid {label} value {loc}: {first['msg']}", path=where) from exc

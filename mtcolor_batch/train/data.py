@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.train.dataset import read_manifest
+from mtcolor_batch.train.dataset import MANIFEST, read_manifest
 from mtcolor_batch.train.split import read_split
 
 MIN_MASK_PIXELS = 4
@@ -59,6 +59,11 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def __init__(self, folder: Path, resolution: int, max_instances: int, split: str = "train") -> None:
         self.folder = Path(folder)
+        build = "build it with `mtcolor-batch dataset build COLOR_IMAGES OUT`"
+        if not self.folder.is_dir():
+            raise UserError("dataset folder not found", path=self.folder, hint=build)
+        if not (self.folder / MANIFEST).is_file():
+            raise UserError(f"not a dataset folder (no {MANIFEST})", path=self.folder, hint=build)
         if resolution % 8:
             raise UserError(f"training resolution {resolution} is not a multiple of 8")
         by_id: dict[str, dict[str, Any]] = {}
@@ -70,8 +75,8 @@ class ManifestDataset(torch.utils.data.Dataset):
         if not self.entries:
             raise UserError(
                 "dataset has no entries",
-                path=self.folder / "manifest.jsonl",
-                hint="run `mtcolor-batch dataset build COLOR_IMAGES OUT` first",
+                path=self.folder / MANIFEST,
+                hint=build,
             )
         self.resolution = resolution
         self.max_instances = max_instances

@@ -17,6 +17,14 @@ optimizer/scheduler state under our control and written without pickle (see ``ch
 single-device autocast + GradScaler is a few lines. Every random draw of a step (null dropout,
 VAE posterior sample, timesteps, noise) comes from one CPU ``torch.Generator`` in a fixed order,
 so a step is a pure function of (weights, optimizer state, generator state, data position).
+
+Instance-free samples (a photo without instances, or whose masks vanish at the training size) are
+legitimate null samples: the branch's output there is exactly zero, so their loss does not depend on
+what stage 1 trains and their gradient is exactly zero. A micro-batch made only of them therefore
+gets no backward pass (that *is* its zero contribution), and an optimizer step whose micro-batches
+all are so is skipped, not taken with zero gradients: AdamW would still decay the weights, push them
+along the old momentum and age its moment estimates on a batch that carried no signal. Skipped steps
+do not count towards ``steps``; they are counted in the log, the checkpoint and the result.
 """
 
 from __future__ import annotations
@@ -295,6 +303,17 @@ class TrainResult:
     final_loss: float
     bundle: Path
     losses: list[float] = field(default_factory=list)
+    skipped: int = 0  # optimizer steps skipped because no sample of theirs reached the instance branch
+
+
+def check_stage_data(dataset: ManifestDataset, stage: int) -> None:
+    """Stage 1 learns only from instances: a dataset without any is a setup error, not a long no-op."""
+    if stage == 1 and not any(entry.get("instances") for entry in dataset.entries):
+        raise UserError(
+            "dataset has no instances: stage 1 trains the instance branch and would learn nothing",
+            path=dataset.folder,
+            hint="build it with `mtcolor-batch dataset build PHOTOS OUT --model BUNDLE` (or --annotations)",
+        )
 
 
 def _fingerprint_file(path: Path) -> str:
@@ -427,10 +446,11 @@ def train(
             hint="pass --resume to continue, or choose a new --out",
         )
     out.mkdir(parents=True, exist_ok=True)
+    dataset = ManifestDataset(data, cfg.resolution, cfg.max_instances)
+    check_stage_data(dataset, stage)
     torch.manual_seed(cfg.seed)
     parts = load_components(bundle, dev, cfg.controlnet_init if stage == 2 else "bundle")
     params = trainable_parameters(parts, stage)
-    dataset = ManifestDataset(data, cfg.resolution, cfg.max_instances)
     optimizer = torch.optim.AdamW(
         param_groups(parts, params, stage, cfg),
         lr=cfg.lr,
@@ -450,7 +470,7 @@ def train(
         "bundle": load_bundle(bundle, verify=False).weights_sha256,
         "data": _fingerprint_file(data / "manifest.jsonl"),
     }
-    step, position = 0, {"epoch": 0, "cursor": 0}
+    step, position, skipped = 0, {"epoch": 0, "cursor": 0}, 0
     if existing and resume:
         trainable, record = load_checkpoint(
             existing[-1][1],
@@ -470,6 +490,7 @@ def train(
             for name, param in params.items():
                 param.copy_(trainable[name].to(param.device, param.dtype))
         step, position = int(record["step"]), record["position"]
+        skipped = int(record.get("skipped_steps", 0))
     cache = FrozenCache(parts, dev)
     order = OrderedBatches(len(dataset), cfg.batch_size, cfg.seed, **position)
     consumed_from = position["epoch"] * len(dataset) + position["cursor"]
@@ -489,17 +510,37 @@ def train(
     )
     last = stop_after if stop_after is not None else total_steps
     batches = 0
+    # Samples are deterministic, so consecutive skipped steps covering 2n samples (which always hold
+    # one whole epoch) mean no sample reaches the branch at this resolution and looping on would
+    # never end (all of a dataset's masks can vanish in the crop and resize).
+    null_limit = -(-2 * len(dataset) // (cfg.batch_size * cfg.grad_accum)) + 1
+    null_run = 0
     with _timed() as elapsed:
         start_step = step
         while step < min(last, total_steps):
-            total = 0.0
+            total, connected = 0.0, False
             for _ in range(cfg.grad_accum):
                 batch = next(loader)
                 batches += 1
                 loss = compute_loss(parts, cache, batch, generator, cfg, dev, amp, stage)
+                total += float(loss.detach())
+                if not loss.requires_grad:  # only null samples: their gradient is exactly zero
+                    continue
+                connected = True
                 scaled = loss / cfg.grad_accum
                 (scaler.scale(scaled) if scaler else scaled).backward()
-                total += float(loss.detach())
+            if not connected:
+                skipped += 1
+                null_run += 1
+                if null_run >= null_limit:
+                    raise UserError(
+                        f"no instance reaches the instance branch in a whole epoch at resolution "
+                        f"{cfg.resolution}: every mask vanishes in the crop and resize",
+                        path=data,
+                        hint="raise resolution, or rebuild the dataset with larger instances",
+                    )
+                continue
+            null_run = 0
             if scaler:
                 scaler.unscale_(optimizer)
             if cfg.max_grad_norm > 0:
@@ -523,7 +564,8 @@ def train(
                 handle.write(json.dumps({"step": step, "loss": mean, "lr": lr}, sort_keys=True) + "\n")
             if step % cfg.log_every == 0 or step == cfg.steps:
                 rate = elapsed() / max(1, step - start_step)
-                say(f"step {step}/{cfg.steps} loss {mean:.5f} lr {lr:.2e} ({rate:.3f} s/step)")
+                note = f", {skipped} instance-free steps skipped" if skipped else ""
+                say(f"step {step}/{cfg.steps} loss {mean:.5f} lr {lr:.2e} ({rate:.3f} s/step{note})")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(
                     ckpt_dir,
@@ -537,6 +579,7 @@ def train(
                         "identity": identity,
                         "position": _position(consumed_from + batches * cfg.batch_size, len(dataset)),
                         "config_values": cfg.model_dump(mode="json"),
+                        "skipped_steps": skipped,
                     },
                     keep=cfg.keep_checkpoints,
                 )
@@ -545,5 +588,9 @@ def train(
         write_trained_bundle(bundle, bundle_out, parts, stage, step, cfg)
         say(f"wrote bundle {bundle_out}")
     return TrainResult(
-        steps=step, final_loss=losses[-1] if losses else float("nan"), bundle=bundle_out, losses=losses
+        steps=step,
+        final_loss=losses[-1] if losses else float("nan"),
+        bundle=bundle_out,
+        losses=losses,
+        skipped=skipped,
     )
