@@ -7,7 +7,9 @@ UNet/ControlNet share is visible. Trained-like modules (every zero weight re-dra
 ``bench/model_step.py``.
 
     python bench/step_profile.py --full-size --phases plain,fused,branch --instances 4
-    python bench/step_profile.py --full-size --phases branch --branch-crop 64
+    python bench/step_profile.py --full-size --phases branch --branch-crop 0
+
+``--branch-crop`` defaults to the profile's ``sampling.branch_crop`` (what ``run`` uses).
 
 Figures are inclusive per module kind; ``unet (own)`` is the UNet minus the PMAM and instance-branch
 time spent inside it; ``sampler + python`` is the step minus the denoiser calls.
@@ -27,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mtcolor_batch.cli import quiet_libraries
+
+quiet_libraries()  # the CLI's own switch, before diffusers / huggingface_hub are imported below
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size import full_size_engine  # noqa: E402
@@ -92,17 +98,25 @@ def instrument(engine: MTColorEngine, timers: Timers) -> None:
     timers.wrap(RegionLayout, "_build_groups", "region layout build")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; ``branch_crop`` resolved from the profile when not given (the product's default)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-size", action="store_true", help="SD 1.5-size random weights")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--instances", type=int, default=4)
     ap.add_argument("--phases", default="plain,fused,first,branch", help="plain, fused, first, branch")
-    ap.add_argument("--branch-crop", type=int, default=0)
+    ap.add_argument("--branch-crop", type=int, default=None, help="default: the profile's branch_crop")
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--warmup", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.branch_crop is None:
+        args.branch_crop = load_profile(args.profile, {}).sampling.branch_crop
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_grad_enabled(False)
     profile = load_profile(args.profile, {})
     sampling = profile.sampling.model_copy(update={"working_long_side": args.size, "steps": 5})

@@ -182,7 +182,11 @@ def test_cli_verify_and_tiny(bundle_copy: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["models", "verify", str(bundle_copy)])
     assert bad.exit_code == 1 and "scheduler/scheduler_config.json" in bad.output
     exists = runner.invoke(app, ["models", "tiny", str(bundle_copy)])
-    assert exists.exit_code == 1 and "already exists" in exists.output
+    assert exists.exit_code == 2 and "already exists" in exists.output  # a setup error
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    busy = runner.invoke(app, ["models", "tiny", str(tmp_path / "notes")])
+    assert busy.exit_code == 2 and busy.output.count("\n") == 1 and "not empty" in busy.output, busy.output
 
 
 def test_engine_info_marks_tiny(tiny_bundle: Path) -> None:

@@ -69,3 +69,31 @@ def test_same_stem_files_get_distinct_output_stems(tree: tuple[Path, dict[str, s
     stems = {f.relpath: f.stem for f in discover(root, exclude=[root / "colorized"])}
     assert stems["gray.webp"] == "gray_webp" and stems["gray.bmp"] == "gray_bmp"
     assert stems["gray8.jpg"] == "gray8"
+
+
+def test_sidecar_surprises_are_warned_once_per_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Both sidecar forms, and a ``*_mask`` image with a sidecar of its own: one warning line each in
+    the run's warnings; the sidecar lookups themselves (asked several times per file) log nothing."""
+    import logging
+
+    from mtcolor_batch.hints.schema import find_sidecar
+    from mtcolor_batch.scan.discover import discover_report
+
+    for name in ("street.jpg", "e4_mask.jpg", "coat_mask.png"):
+        (tmp_path / name).write_bytes(b"")
+    for name in ("street.jpg.yaml", "street.yaml", "e4_mask.jpg.yaml"):
+        (tmp_path / name).write_text("version: 1\n")
+    with caplog.at_level(logging.WARNING):
+        found = discover_report(tmp_path)
+        for _ in range(3):
+            assert find_sidecar(tmp_path / "street.jpg") == tmp_path / "street.jpg.yaml"
+    assert [f.relpath for f in found.files] == ["street.jpg"]
+    assert found.warnings == [
+        "street.jpg: both street.jpg.yaml and street.yaml exist; using street.jpg.yaml "
+        "(street.yaml is ignored)",
+        "e4_mask.jpg: not colorized: its name ends in _mask/.mask, which marks a hint mask, but it has its "
+        "own sidecar e4_mask.jpg.yaml (rename it without the _mask ending to colorize it)",
+    ]
+    assert caplog.text == ""
+    single = discover_report(tmp_path / "street.jpg")
+    assert len(single.warnings) == 1 and "street.yaml is ignored" in single.warnings[0]

@@ -13,16 +13,17 @@ import sys
 import typer
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Hide the per-component weight-loading bars and library chatter: our own progress and one-line
     errors are what a user reads. huggingface_hub reads these variables once, when it is first
-    imported, and the command modules below import it, so this runs before any of them."""
+    imported, and the command modules below import it, so this runs before any of them (bench
+    scripts call it too, before they import diffusers)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
-_quiet_libraries()
+quiet_libraries()
 
 from mtcolor_batch import __version__  # noqa: E402
 from mtcolor_batch.core.errors import EXIT_INTERRUPTED  # noqa: E402

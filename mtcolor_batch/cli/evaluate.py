@@ -123,7 +123,9 @@ eval_app = typer.Typer(
 
 
 def eval_cmd(
-    pred_dir: Path = typer.Argument(..., help="A run's output folder (or any folder of colour images)."),
+    pred_dir: Path = typer.Argument(
+        ..., metavar="PRED_DIR", help="A run's output folder (or any folder of colour images)."
+    ),
     ref: Path | None = typer.Option(
         None, "--ref", help="Ground-truth colour images at the same relative paths."
     ),
@@ -163,7 +165,7 @@ def eval_cmd(
 
 
 def report_cmd(
-    out_dir: Path = typer.Argument(..., help="A run's output folder."),
+    out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="A run's output folder."),
     scans: Path | None = typer.Option(
         None, "--scans", help="Original scans (default: the source path recorded in provenance)."
     ),
@@ -197,7 +199,7 @@ def _settings(
     )
 
 
-_REFS = typer.Argument(..., help="Folder of colour reference images (searched recursively).")
+_REFS = typer.Argument(..., metavar="REFS", help="Folder of colour reference images (searched recursively).")
 _OUT = typer.Option(..., "--out", "-o", help="Output folder: inputs, colorized run(s), tables.")
 _MODEL = typer.Option(None, "--model", "-m", help="Bundle folder or cached bundle id.")
 _PROFILE = typer.Option(

@@ -35,7 +35,7 @@ _MODEL_HELP = (
 
 @hints_app.command("init")
 def init_command(
-    scans: Path = typer.Argument(..., help="A scan or a folder of scans."),
+    scans: Path = typer.Argument(..., metavar="SCANS", help="A scan or a folder of scans."),
     model: str | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: profile)."),
@@ -96,7 +96,9 @@ def init_command(
 
 @hints_app.command("check")
 def check_command(
-    scans: Path = typer.Argument(..., help="A folder of scans, one scan, or one sidecar file."),
+    scans: Path = typer.Argument(
+        ..., metavar="SCANS", help="A folder of scans, one scan, or one sidecar file."
+    ),
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
     """Validate every sidecar; print file:line:col: problem for each; exit 1 if there is any."""
@@ -122,7 +124,7 @@ def check_command(
 
 @hints_app.command("show")
 def show_command(
-    photo: Path = typer.Argument(..., help="The scan to preview."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="The scan to preview."),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="PNG to write (default: <photo>.hints.png in the current folder)."
     ),

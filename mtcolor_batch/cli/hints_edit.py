@@ -16,7 +16,7 @@ from mtcolor_batch.core.errors import UserError
 
 
 def edit_command(
-    scans: Path = typer.Argument(..., help="A folder of scans (or one scan)."),
+    scans: Path = typer.Argument(..., metavar="SCANS", help="A folder of scans (or one scan)."),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Bundle folder or cached bundle id (detections, SAM preview)."
     ),

@@ -27,6 +27,7 @@ journal_app = typer.Typer(help="Inspect and combine job journals.", no_args_is_h
 def merge_command(
     sources: list[Path] = typer.Argument(
         ...,
+        metavar="SOURCES",
         help="Output folders (their .mtcolor/journal-shard-*.sqlite are merged) or journal files.",
     ),
     into: Path | None = typer.Option(
@@ -71,7 +72,9 @@ def merge_command(
 
 @journal_app.command("rebuild")
 def rebuild_command(
-    out: Path = typer.Argument(..., help="The output folder whose journal is lost, empty or damaged."),
+    out: Path = typer.Argument(
+        ..., metavar="OUT", help="The output folder whose journal is lost, empty or damaged."
+    ),
     shard: str | None = typer.Option(None, "--shard", help="K/N: rebuild that shard's journal instead."),
 ) -> None:
     """Rebuild the journal from the outputs' .color.json records (the old journal is kept aside)."""

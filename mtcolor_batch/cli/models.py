@@ -153,7 +153,7 @@ def list_bundles(
 @app.command("verify")
 def verify(
     directory: Path | None = typer.Argument(
-        None, help="Bundle folder (default: the cache's default bundle)."
+        None, metavar="DIRECTORY", help="Bundle folder (default: the cache's default bundle)."
     ),
 ) -> None:
     """Check every file of a bundle against the sha256 in its mtcolor.json."""
@@ -180,7 +180,9 @@ def verify(
 
 @app.command("tiny")
 def tiny(
-    directory: Path = typer.Argument(..., help="New (or empty) folder to write the tiny bundle into."),
+    directory: Path = typer.Argument(
+        ..., metavar="DIRECTORY", help="New (or empty) folder to write the tiny bundle into."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
@@ -189,8 +191,8 @@ def tiny(
     t0 = time.perf_counter()
     try:
         path = write_tiny_bundle(directory, seed=seed)
-    except UserError as exc:
-        raise fail(exc, EXIT_FAILED) from None
+    except UserError as exc:  # a folder that is not empty is a setup error, like any other (exit 2)
+        raise fail(exc) from None
     typer.echo(
         f"wrote tiny random bundle {path} in {time.perf_counter() - t0:.1f} s (colours are meaningless)"
     )

@@ -30,7 +30,9 @@ _DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def run_command(
-    scans: Path = typer.Argument(..., help="Folder of scans (searched recursively) or one image file."),
+    scans: Path = typer.Argument(
+        ..., metavar="SCANS", help="Folder of scans (searched recursively) or one image file."
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder [default: <SCANS>-colorized beside it]."
     ),

@@ -65,6 +65,10 @@ def _norm_label(text: str) -> str:
     return " ".join(text.strip().lower().replace("_", " ").split())
 
 
+NO_SEGMENTER_NOTE = "no segmentation model, so the whole box is used as the region"
+"""The note of a box hint drawn without a segmenter (one per hint; the instances stage counts them)."""
+
+
 def _where(sidecar_path: Path | None, hint: InstanceHint) -> str:
     name = sidecar_path.name if sidecar_path is not None else "sidecar"
     return f"{name}:{hint.line} (instance {hint.position})"
@@ -170,7 +174,7 @@ def _region(
     if hint.box is not None:
         box = _box_pixels(hint.box, size)
         if segmenter is None:
-            notes.append(f"{where}: no segmentation model, so the whole box is used as the region")
+            notes.append(f"{where}: {NO_SEGMENTER_NOTE}")
             return _box_region(box), 1.0
         # The drawn box is the user's bound: SAM's mask may spill past it (a tram's shadow, the kerb),
         # so only the part inside the box is kept.

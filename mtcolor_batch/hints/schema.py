@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import logging
 import math
 import os
 from collections.abc import Iterable
@@ -41,11 +40,11 @@ __all__ = [
     "find_sidecar",
     "load_sidecar",
     "read_yaml",
+    "shadow_message",
     "shadowed_sidecar",
     "sidecar_candidates",
 ]
 
-log = logging.getLogger(__name__)
 
 MAX_DEPTH = 16
 """Deepest YAML nesting accepted (a sidecar needs 4: top, instances, item, point)."""
@@ -183,14 +182,13 @@ def sidecar_candidates(image_path: Path) -> list[Path]:
 def find_sidecar(image_path: Path) -> Path | None:
     """The sidecar that applies to ``image_path``, or None.
 
-    When both forms exist the first (``photo.jpg.yaml``) wins and a warning names the ignored one;
-    resolve_hints repeats it into the file's warnings so it reaches the provenance record.
+    When both forms exist the first (``photo.jpg.yaml``) wins. Not logged here: this is asked several
+    times per file (planning, hashing, the hints stage); the run's discovery warns once per scan
+    (:func:`shadow_message`) and resolve_hints puts it into the file's provenance record.
     """
     # lexists, not is_file: a FIFO or a link to a device named photo.jpg.yaml must fail the scan with
     # its reason (the reader refuses it unopened), not vanish as "no sidecar".
     found = [p for p in sidecar_candidates(image_path) if os.path.lexists(p)]
-    if len(found) > 1:
-        log.warning("%s", _shadow_message(found[0], found[1]))
     return found[0] if found else None
 
 
@@ -200,7 +198,7 @@ def shadowed_sidecar(image_path: Path) -> Path | None:
     return found[1] if len(found) > 1 else None
 
 
-def _shadow_message(used: Path, ignored: Path) -> str:
+def shadow_message(used: Path, ignored: Path) -> str:
     return f"both {used.name} and {ignored.name} exist; using {used.name} ({ignored.name} is ignored)"
 
 

@@ -133,11 +133,13 @@ def discover_report(
     if root.is_file() or (root.suffix.lower() in IMAGE_EXTENSIONS and not root.is_dir()):
         if root.suffix.lower() not in IMAGE_EXTENSIONS:
             raise UserError("not a supported image file", path=root, hint=", ".join(sorted(IMAGE_EXTENSIONS)))
-        return Discovery([ScanFile(root, path_text(root.name))])
+        single = [ScanFile(root, path_text(root.name))]
+        return Discovery(single, _sidecar_warnings(single, []))
     excluded = {_real(p) for p in (exclude or [])}
     seen_dirs: set[tuple[int, int]] = set()
     candidates: list[tuple[Path, str]] = []
     masks: dict[Path, Path] = {}  # mask file -> first sidecar naming it
+    mask_named: list[tuple[Path, str]] = []  # images named *_mask / *.mask: hint masks, never scans
     unreadable: list[str] = []
     output_folders: list[str] = []
 
@@ -170,8 +172,9 @@ def discover_report(
             if suffix in SIDECAR_EXTENSIONS:
                 for ref in _mask_refs(path, max_sidecar_bytes):
                     masks.setdefault(ref, path)
-            elif suffix in IMAGE_EXTENSIONS and not _is_mask_name(name):
-                candidates.append((path, path.relative_to(root).as_posix()))
+            elif suffix in IMAGE_EXTENSIONS:
+                rel = path.relative_to(root).as_posix()
+                (mask_named if _is_mask_name(name) else candidates).append((path, rel))
     warnings: list[str] = []
     if unreadable:
         warnings.append(
@@ -206,7 +209,35 @@ def discover_report(
     taken = {(Path(f.relpath).parent.as_posix(), f.stem.lower()) for f in files}
     if shard is not None:
         files = [f for f in files if shard_of(f.relpath, shard[1]) == shard[0]]
+        mask_named = [m for m in mask_named if shard_of(m[1], shard[1]) == shard[0]]
+    warnings += _sidecar_warnings(files, sorted(mask_named, key=lambda m: m[1]))
     return Discovery(files, warnings, taken)
+
+
+def _sidecar_warnings(files: list[ScanFile], mask_named: list[tuple[Path, str]]) -> list[str]:
+    """Sidecar surprises, said once per file in the run's warnings rather than at every lookup.
+
+    - both ``photo.jpg.yaml`` and ``photo.yaml`` exist: the first is used;
+    - a ``*_mask`` image has a sidecar of its own: by the naming rule it is a hint mask and is not
+      colorized, but a sidecar says the user meant it as a scan.
+    """
+    from mtcolor_batch.hints.schema import find_sidecar, shadow_message, shadowed_sidecar
+
+    out: list[str] = []
+    for f in files:
+        other = shadowed_sidecar(f.path)
+        used = find_sidecar(f.path)
+        if other is not None and used is not None:
+            out.append(f"{f.relpath}: {shadow_message(used, other)}")
+    for path, rel in mask_named:
+        own = find_sidecar(path)
+        if own is not None:
+            out.append(
+                f"{path_text(rel)}: not colorized: its name ends in _mask/.mask, which marks a hint mask, "
+                f"but it has its own sidecar {path_text(own.name)} (rename it without the _mask ending "
+                "to colorize it)"
+            )
+    return out
 
 
 def _mask_only(path: Path) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.types import Instance, Scan
-from mtcolor_batch.hints.resolve import resolve_hints
+from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, resolve_hints
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, find_sidecar, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
@@ -64,10 +64,28 @@ def find_instances(
     sam = perception.segmenter if perception is not None else None
     segmenter = sam.at(profile.perception.size) if sam is not None else None
     resolved = resolve_hints(sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints)
-    warnings = list(resolved.warnings)
+    warnings = _count_box_only(list(resolved.warnings))
     instances = finalize(resolved.instances, scan.size, profile.perception, warnings)
     seed = int(resolved.seed) if resolved.seed is not None else None
     return ScanInstances(instances, warnings, seed, resolved.prompt)
+
+
+def _count_box_only(warnings: list[str]) -> list[str]:
+    """One line with a count, where the first box hint drawn without a segmenter stood, instead of
+    one line per box: a 300-box sidecar without SAM said the same thing 300 times."""
+    suffix = f": {NO_SEGMENTER_NOTE}"
+    boxes = [w for w in warnings if w.endswith(suffix)]
+    if len(boxes) < 2:
+        return warnings
+    first = warnings.index(boxes[0])
+    rest = [w for w in warnings if not w.endswith(suffix)]
+    where = boxes[0].removesuffix(suffix)
+    rest.insert(
+        first,
+        f"{len(boxes)} box hints ({where} and {len(boxes) - 1} more): no segmentation model, "
+        "so each whole box is used as its region",
+    )
+    return rest
 
 
 def scan_instances(
