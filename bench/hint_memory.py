@@ -12,8 +12,11 @@ box areas (printed: the floor any representation pays) grows with the canvas too
     git archive <old-commit> | tar -x -C /tmp/before              # the code to compare against
     python bench/hint_memory.py --before /tmp/before --e2e        # side by side, + `mtcolor-batch run`
 
-``--e2e`` also runs the real CLI (tiny bundle, ``mtcolor-batch models tiny``) on a 600x450 scan with
-a 256-box sidecar under ``/usr/bin/time -v`` and prints the maximum resident set size.
+``--e2e`` also runs the real CLI (tiny bundle, ``mtcolor-batch models tiny``) under ``/usr/bin/time
+-v`` and prints the maximum resident set size: 1, 64 and 256 boxes on a 600x450 scan (working size
+600) and on a 1600x1200 scan at ``--working-size 1024``. Sampling keeps each hint as box + crop too,
+so these should grow with the hint count by latent-sized planes only (``--e2e-only`` skips the
+resolve cases).
 """
 
 from __future__ import annotations
@@ -111,22 +114,34 @@ def run_case(code: Path, n: int, h: int, w: int, cap_gb: float, timeout: int) ->
     return json.loads(lines[-1])
 
 
-def e2e(code: Path, workdir: Path, profile: str) -> dict[str, object]:
-    """``mtcolor-batch run`` on a 600x450 scan with a 256-box sidecar; max RSS from /usr/bin/time -v."""
+E2E_CASES = [(n, (450, 600), 600) for n in (1, 64, 256)] + [(n, (1200, 1600), 1024) for n in (1, 64, 256)]
+"""(boxes, scan (h, w), --working-size) of the ``mtcolor-batch run`` cases."""
+
+
+def e2e(
+    code: Path, workdir: Path, profile: str, n: int, scan: tuple[int, int], working: int
+) -> dict[str, object]:
+    """``mtcolor-batch run`` on one scan with an ``n``-box sidecar; max RSS from /usr/bin/time -v.
+
+    ``--alpha 0.5`` with 2 steps gives one multi-instance step, so every hint also gets its branch
+    (the default alpha rounds to no branch step at 2 steps).
+    """
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
     bundle = workdir / "tiny"
     if not bundle.exists():
         subprocess.run(
             ["mtcolor-batch", "models", "tiny", str(bundle)], env=env, check=True, capture_output=True
         )
-    scans = workdir / "scans"
-    scans.mkdir(exist_ok=True)
-    from PIL import Image
+    h, w = scan
+    scans = workdir / f"scans-{n}-{w}x{h}"
+    if not scans.exists():
+        scans.mkdir()
+        from PIL import Image
 
-    yy, xx = np.mgrid[0:450, 0:600]
-    Image.fromarray(((0.2 + 0.6 * xx / 600) * 255).astype(np.uint8)).save(scans / "street.png")
-    write_sidecar(scans / "street.png.yaml", boxes_for(256, 450, 600))
-    out = workdir / f"out-{abs(hash(str(code)))}"
+        yy, xx = np.mgrid[0:h, 0:w]
+        Image.fromarray(((0.2 + 0.6 * xx / w) * 255).astype(np.uint8)).save(scans / "street.png")
+        write_sidecar(scans / "street.png.yaml", boxes_for(n, h, w))
+    out = workdir / f"out-{abs(hash(str(code)))}-{n}-{w}"
     cmd = [
         "/usr/bin/time",
         "-v",
@@ -138,7 +153,7 @@ def e2e(code: Path, workdir: Path, profile: str) -> dict[str, object]:
         "--model",
         str(bundle),
     ]
-    cmd += ["--steps", "2", "--force", "--profile", profile]
+    cmd += ["--steps", "2", "--alpha", "0.5", "--working-size", str(working), "--force", "--profile", profile]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", proc.stderr)
@@ -159,7 +174,7 @@ def main() -> None:
     parser.add_argument("--cap-gb", type=float, default=6.0, help="address-space cap per case (GB)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per case")
     parser.add_argument(
-        "--e2e", action="store_true", help="also time `mtcolor-batch run` (256 boxes, 600x450)"
+        "--e2e", action="store_true", help="also measure `mtcolor-batch run` (1/64/256 boxes, two sizes)"
     )
     parser.add_argument("--e2e-only", action="store_true", help="only the `mtcolor-batch run` figures")
     parser.add_argument("--profile", default="default", help="profile for --e2e (archival: strict hints)")
@@ -188,14 +203,18 @@ def main() -> None:
     if args.e2e or args.e2e_only:
         with tempfile.TemporaryDirectory() as tmp:
             print(
-                f"mtcolor-batch run --profile {args.profile}, tiny bundle, 600x450 scan, 256-box sidecar, "
-                "--steps 2 (/usr/bin/time -v)"
+                f"mtcolor-batch run --profile {args.profile}, tiny bundle, one scan with an N-box sidecar, "
+                "--steps 2 --alpha 0.5 (/usr/bin/time -v, max RSS)"
             )
-            for name, code in codes:
-                r = e2e(code, Path(tmp), args.profile)
-                print(
-                    f"{name:>6}: exit {r['exit']}, max RSS {r['max_rss_mb']} MB, wall {r['wall']}", flush=True
-                )
+            print(f"{'case':>40} | " + " | ".join(f"{name:>6} RSS MB   wall" for name, _ in codes))
+            for n, (h, w), working in E2E_CASES:
+                cells = []
+                for _, code in codes:
+                    r = e2e(code, Path(tmp), args.profile, n, (h, w), working)
+                    bad = "" if r["exit"] == 0 else f" exit {r['exit']}"
+                    cells.append(f"{r['max_rss_mb']!s:>13} {r['wall']!s:>6}{bad}")
+                case = f"{n} boxes, {w}x{h} scan, working {working}"
+                print(f"{case:>40} | " + " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

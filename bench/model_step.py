@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size import full_size_engine  # noqa: E402
 
 from mtcolor_batch.core.config import load_profile  # noqa: E402
-from mtcolor_batch.core.types import Instance, Plan, stack_masks  # noqa: E402
+from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
 from mtcolor_batch.model.sampler import build_canvas, fusion_steps  # noqa: E402
 from mtcolor_batch.stages.plan import make_plan  # noqa: E402
@@ -270,11 +270,10 @@ class Bench:
         luma, insts = scene(self.size, n)
         sampler = self.engine.sampler
         plan = dataclasses.replace(self.plan, branch_crop=crop)
-        masks = stack_masks(insts, (self.size, self.size))
         texts = sampler.texts(plan, insts)
         canvas = build_canvas(
             luma,
-            masks,
+            insts,
             texts.inst_pooled,
             lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
             self.engine.device,

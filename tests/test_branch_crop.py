@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtcolor_batch.core.config import SamplingSettings
-from mtcolor_batch.core.types import Instance, Plan, stack_masks
+from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.engine import MTColorEngine
 from mtcolor_batch.model.sampler import build_canvas, crop_boxes
 from mtcolor_batch.stages.plan import make_plan
@@ -98,11 +98,10 @@ def _fused(engine: MTColorEngine, size: int, crop: int, shapes: list[tuple[int, 
     sampler = engine.sampler
     plan = _plan(size, branch_crop=crop)
     luma, insts = _scene(size)
-    masks = stack_masks(insts, (size, size))
     texts = sampler.texts(plan, insts)
     canvas = build_canvas(
         luma,
-        masks,
+        insts,
         texts.inst_pooled,
         lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
         engine.device,

@@ -442,7 +442,7 @@ def test_save_load_round_trip_and_strict_errors(models, inputs, tmp_path) -> Non
 
 def test_region_batch_from_masks_labels_and_padding(inputs) -> None:
     rb = two_instances(inputs, slots=3)
-    assert rb.label_map.shape == (1, 16, 16) and rb.inst_masks.shape == (1, 3, 128, 128)
+    assert rb.label_map.shape == (1, 16, 16) and rb.inst_masks.shape == (1, 3, 64, 64)
     assert rb.inst_valid.tolist() == [[True, True, False]]
     assert rb.label_map[0, :8, :8].eq(1).all() and rb.label_map[0, 8:, 4:].eq(2).all()
     assert rb.label_map[0, 8:, :4].eq(0).all() and rb.label_map[0, :8, 8:].eq(0).all()
@@ -537,6 +537,7 @@ def test_cfg_unconditional_half_keeps_the_masks(models, inputs) -> None:
     """
     import numpy as np
 
+    from mtcolor_batch.core.types import Instance
     from mtcolor_batch.model.sampler import MTColorSampler, build_canvas
 
     size = 64
@@ -545,7 +546,7 @@ def test_cfg_unconditional_half_keeps_the_masks(models, inputs) -> None:
     masks[1, 32:, 24:] = 1
     canvas = build_canvas(
         np.full((size, size), 0.5, np.float32),
-        masks,
+        [Instance.from_full_mask(k + 1, "x", "x", m) for k, m in enumerate(masks)],
         inputs["inst_text"],
         lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
         torch.device("cpu"),

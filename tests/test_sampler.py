@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtcolor_batch.core.config import SamplingSettings
-from mtcolor_batch.core.types import Instance, Plan, stack_masks
+from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.sampler import fuse_latents, fusion_steps
 from mtcolor_batch.stages.plan import make_plan
 
@@ -170,10 +170,9 @@ def test_shared_unconditional_half_is_exact(tiny_bundle: Path, side: int, crop: 
     plan = _plan((side, side), alpha=1.0, branch_crop=crop)
     sampler = engine.sampler
     texts = sampler.texts(plan, insts)
-    masks = stack_masks(insts, (side, side))
     canvas = build_canvas(
         luma,
-        masks,
+        insts,
         texts.inst_pooled,
         lambda h, w: plan_latent_tiles(plan, h, w),
         engine.device,

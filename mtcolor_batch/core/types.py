@@ -155,10 +155,10 @@ def nearest_index(src: int, dst: int) -> np.ndarray:
 
 
 def stack_masks(instances: Sequence[Instance], size: tuple[int, ...]) -> np.ndarray:
-    """float32 (N, h, w) 0/1 masks of ``instances`` on an (h, w) canvas: what the sampler conditions on.
+    """float32 (N, h, w) 0/1 masks of ``instances`` on an (h, w) canvas: N canvas-sized planes.
 
-    Meant for the working / latent canvas (at most ``sampling.working_long_side`` on a side), never
-    for a full-resolution scan.
+    For small canvases only (references in tests, training crops): the sampler never stacks
+    instances, it works box by box (``model.sampler.build_canvas``).
     """
     h, w = size
     out = np.zeros((len(instances), h, w), dtype=np.float32)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtcolor_batch.model.region_attention import RegionLayout
-from mtcolor_batch.model.regions import RegionMaps, masked_attention
+from mtcolor_batch.model.regions import MASK_INPUT_SIZE, RegionMaps, masked_attention
 
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
@@ -54,9 +54,11 @@ class MaskEncoder(nn.Module):
 
     Masks are first area-resized to ``size`` x ``size`` so cost and output size do not depend on the
     working resolution; the final map is pooled to 4x4 (not 1x1) so *where* the instance is survives.
+    Region batches carry masks already resized to ``MASK_INPUT_SIZE`` (``regions.mask_input``), for
+    which the resize here is the identity.
     """
 
-    def __init__(self, size: int = 64, channels: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(self, size: int = MASK_INPUT_SIZE, channels: tuple[int, int, int] = (16, 32, 64)) -> None:
         super().__init__()
         self.size = size
         c1, c2, c3 = channels
@@ -211,7 +213,7 @@ class InstanceGuidance(nn.Module):
         return cast(GuidedLayer, self.layers[key])
 
     def encode(self, inst_text: torch.Tensor, inst_masks: torch.Tensor) -> torch.Tensor:
-        """(B, N, D_text) texts + (B, N, H, W) masks -> (B, N, token_dim) instance tokens."""
+        """(B, N, D_text) texts + (B, N, H, W) masks (a batch's ``inst_masks``) -> (B, N, token_dim)."""
         b, n = inst_text.shape[:2]
         dtype = cast(nn.Linear, self.mlp[0]).weight.dtype
         mask_feat = self.mask_encoder(inst_masks.flatten(0, 1).to(dtype)).view(b, n, -1)

@@ -12,7 +12,7 @@ the one that covers most of its 8x8 pixels, even where instance masks overlap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 from mtcolor_batch.core.types import LATENT_FACTOR
 from mtcolor_batch.model.region_attention import RegionLayout, region_attention
+
+MASK_INPUT_SIZE = 64
+"""Side of the mask encoder's input: every instance mask is area-resized to this square first, so
+what the encoder reads does not depend on the image's resolution (nor does its memory)."""
 
 
 def label_map(masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -35,6 +39,46 @@ def label_map(masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor
     coverage = F.adaptive_avg_pool2d(masks.float(), (h, w))
     background = (1 - coverage.sum(0, keepdim=True)).clamp(min=0)
     return torch.cat([background, coverage]).argmax(0)
+
+
+def cell_coverage(mask: torch.Tensor) -> torch.Tensor:
+    """(8h, 8w) 0/1 mask -> (h, w) share of each 8x8 cell it covers (multiples of 1/64, exact)."""
+    h, w = mask.shape[-2] // LATENT_FACTOR, mask.shape[-1] // LATENT_FACTOR
+    return F.adaptive_avg_pool2d(mask.float()[None], (h, w))[0]
+
+
+def label_map_of_boxes(
+    coverages: Iterable[tuple[tuple[int, int, int, int], torch.Tensor]], latent_size: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`label_map` from each instance's :func:`cell_coverage` inside its latent box only.
+
+    ``coverages`` yields (latent box, coverage) for slots 1..n in order (an empty box for an empty
+    instance). Coverages of 0/1 masks are multiples of 1/64, so their sum is exact in any order, and
+    a strict ``>`` keeps the first maximum as ``argmax`` does: the same labels as :func:`label_map`
+    on the full masks, with one latent-sized plane however many instances there are.
+    """
+    h, w = latent_size
+    items = list(coverages)
+    total = torch.zeros(h, w)
+    for (x0, y0, x1, y1), cov in items:
+        total[y0:y1, x0:x1] += cov
+    best = (1 - total).clamp(min=0)
+    labels = torch.zeros(h, w, dtype=torch.long)
+    for k, ((x0, y0, x1, y1), cov) in enumerate(items, start=1):
+        win = best[y0:y1, x0:x1]
+        better = cov > win
+        win[better] = cov[better]
+        labels[y0:y1, x0:x1][better] = k
+    return labels
+
+
+def mask_input(masks: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) 0/1 masks -> (M, S, S) float32, S = :data:`MASK_INPUT_SIZE`: the mask encoder's input.
+
+    The same area resize the encoder applies (its own resize of an S x S input is the identity), done
+    where the full mask is at hand so that a region batch carries S x S per slot, not the image.
+    """
+    return F.adaptive_avg_pool2d(masks.float()[:, None], MASK_INPUT_SIZE)[:, 0]
 
 
 def one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -83,8 +127,10 @@ class RegionBatch:
 
     label_map: (B, h, w) long, 0 = background, k = slot k (1..N); exclusive regions (PMAM and the
         instance branch's masks).
-    inst_masks: (B, N, 8h, 8w) float, instance masks at image (working) resolution, input of the
-        mask encoder.
+    inst_masks: (B, N, S, S) float32, S = :data:`MASK_INPUT_SIZE`: each slot's mask over this image
+        (or window), area-resized for the mask encoder (:func:`mask_input`); zero for empty slots.
+        It stays float32 whatever the batch's dtype, so the encoder reads the values it would have
+        computed from the full-resolution mask itself.
     inst_text: (B, N, D_text) float, pooled CLIP text embedding of each instance's text.
     inst_valid: (B, N) bool: slot k carries an instance token. False for padding slots and for the
         null condition (classifier-free guidance), which keeps the regions and drops only the texts.
@@ -113,8 +159,9 @@ class RegionBatch:
     ) -> RegionBatch:
         """One image (B=1) from its instance masks (H, W bool/float, any size) and texts (N, D_text).
 
-        Masks are resized to 8h x 8w (nearest) for the mask encoder; :func:`label_map` gives each
-        latent cell its owner. ``slots`` pads to a fixed N with invalid, empty slots.
+        Masks are resized to 8h x 8w (nearest), then to the mask encoder's input (:func:`mask_input`);
+        :func:`label_map` gives each latent cell its owner. ``slots`` pads to a fixed N with invalid,
+        empty slots.
         """
         h, w = latent_size
         n = len(masks)
@@ -125,7 +172,8 @@ class RegionBatch:
             raise ValueError(f"{n} instances do not fit in {slots} slots")
         size = (LATENT_FACTOR * h, LATENT_FACTOR * w)
         device = texts.device
-        inst_masks = torch.zeros(1, slots, *size, device=device)
+        inst_masks = torch.zeros(1, slots, MASK_INPUT_SIZE, MASK_INPUT_SIZE, device=device)
+        full = torch.zeros(0, *size, device=device)
         if n:
             stacked = torch.stack(
                 [torch.as_tensor(np.asarray(m) if not torch.is_tensor(m) else m) for m in masks]
@@ -133,8 +181,9 @@ class RegionBatch:
             stacked = stacked.float().to(device)
             if tuple(stacked.shape[-2:]) != size:
                 stacked = F.interpolate(stacked[None], size=size, mode="nearest")[0]
-            inst_masks[0, :n] = stacked.clamp(0, 1)
-        labels = label_map(inst_masks[0, :n], latent_size)[None]
+            full = stacked.clamp(0, 1)
+            inst_masks[0, :n] = mask_input(full)
+        labels = label_map(full, latent_size)[None]
         inst_text = torch.zeros(1, slots, texts.shape[-1], dtype=texts.dtype, device=device)
         inst_text[0, :n] = texts
         valid = torch.zeros(1, slots, dtype=torch.bool, device=device)
@@ -176,27 +225,12 @@ class RegionBatch:
         keep = ~drop.to(device=self.inst_valid.device, dtype=torch.bool)
         return replace(self, inst_valid=self.inst_valid & keep[:, None])
 
-    def crop(self, box: tuple[int, int, int, int], present: Sequence[int] | None = None) -> RegionBatch:
-        """The part inside latent box (x0, y0, x1, y1); only slots in ``present`` (0-based) stay valid."""
-        x0, y0, x1, y1 = box
-        s = LATENT_FACTOR
-        valid = self.inst_valid
-        if present is not None:
-            keep = torch.zeros_like(valid)
-            keep[:, list(present)] = True
-            valid = valid & keep
-        return RegionBatch(
-            self.label_map[:, y0:y1, x0:x1],
-            self.inst_masks[:, :, y0 * s : y1 * s, x0 * s : x1 * s],
-            self.inst_text,
-            valid,
-        )
-
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RegionBatch:
-        """Move every field; ``dtype`` applies to the float fields only (masks stay long/bool)."""
+        """Move every field; ``dtype`` applies to the texts only (labels stay long, valid bool and
+        the mask encoder's input float32: a half dtype would round its fractions)."""
         return RegionBatch(
             self.label_map.to(device=device),
-            self.inst_masks.to(device=device, dtype=dtype),
+            self.inst_masks.to(device=device),
             self.inst_text.to(device=device, dtype=dtype),
             self.inst_valid.to(device=device),
         )
@@ -207,7 +241,7 @@ class RegionBatch:
         h, w = latent_size
         want = {
             "label_map": (b, h, w),
-            "inst_masks": (b, n, LATENT_FACTOR * h, LATENT_FACTOR * w),
+            "inst_masks": (b, n, MASK_INPUT_SIZE, MASK_INPUT_SIZE),
             "inst_valid": (b, n),
         }
         for name, shape in want.items():
