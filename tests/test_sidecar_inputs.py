@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_hints_cli import write_scan
@@ -110,35 +111,58 @@ def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast
     assert all(any(inside(b, d) for d in drawn) for b in boxes), (boxes, drawn)
 
 
-@pytest.mark.parametrize(
-    ("tiles", "extra", "words"),
-    [
-        ((64, 0), ("--tile-size", "100"), "sampling.tile_size must be a multiple of 8 (got 100)"),
-        ((256, 256), (), "sampling.tile_overlap must be a multiple of 8 below tile_size (got 256"),
-        ((64, 12), (), "sampling.tile_overlap must be a multiple of 8 below tile_size (got 12"),
-    ],
-)
-def test_bad_tiles_are_a_setup_error_before_any_file(
-    tmp_path: Path, tiny_bundle: Path, tiles: tuple[int, int], extra: tuple[str, ...], words: str
-) -> None:
+def paint(path: Path, x1: int) -> None:
+    """A 96x72 mask, white from x=0 to ``x1`` over rows 10..40."""
+    mask = np.zeros((72, 96), dtype=np.uint8)
+    mask[10:40, :x1] = 255
+    Image.fromarray(mask).save(path)
+
+
+def test_repainting_a_mask_redoes_the_file(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
+    import json
+    import os
+
     scans = tmp_path / "scans"
-    write_scan(scans / "a.png")
-    profile = tmp_path / "tiles.yaml"
-    text = FAST_PROFILE.format(mp=50).replace("tile_size: 64", f"tile_size: {tiles[0]}")
-    profile.write_text(text.replace("tile_overlap: 0", f"tile_overlap: {tiles[1]}"), encoding="utf-8")
+    write_scan(scans / "p1.png")
+    write_scan(scans / "plain.png")  # no sidecar: never redone
+    (scans / "masks").mkdir()
+    mask = scans / "masks" / "p1_paint.png"
+    paint(mask, 20)
+    sidecar = scans / "p1.png.yaml"
+    sidecar.write_text("version: 1\ninstances:\n  - mask: masks/p1_paint.png\n    color: navy\n")
     out = tmp_path / "out"
-    args = ("--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu", *extra)
-    run = invoke("run", scans, *args)
-    assert run.exit_code == 2, run.output
-    assert words in run.output and len(run.output.strip().splitlines()) == 1, run.output
-    assert not out.exists()  # nothing journaled, no folder made
+    args = ("--out", out, "--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu")
 
+    def run(*extra: str) -> dict[str, sqlite3.Row]:
+        result = invoke("run", scans, *args, "--no-auto-instances", *extra)
+        assert result.exit_code == 0, result.output
+        return journal(out)
 
-def test_bad_tiles_in_a_profile_file_are_refused_when_loaded(tmp_path: Path) -> None:
-    from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.core.errors import UserError
+    def area() -> int:
+        record = json.loads((out / "p1.color.json").read_text())
+        return sum(i["area"] for i in record["instances"] if i["source"] == "sidecar")
 
-    prof = tmp_path / "p.yaml"
-    prof.write_text("sampling:\n  tile_size: 256\n  tile_overlap: 256\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"tile_overlap must be a multiple of 8 below tile_size \(got 256"):
-        load_profile(prof)
+    def repaint(x1: int) -> None:  # as an editor that keeps the file's mtime might
+        before = mask.stat()
+        paint(mask, x1)
+        os.utime(mask, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    assert run()["p1.png"]["completions"] == 1 and area() == 30 * 20
+    assert run()["p1.png"]["completions"] == 1  # nothing changed: skipped
+    repaint(60)
+    rows = run()
+    assert rows["p1.png"]["completions"] == 2 and rows["plain.png"]["completions"] == 1
+    assert area() == 30 * 60
+    repaint(40)
+    rows = run("--verify-inputs")
+    assert rows["p1.png"]["completions"] == 3 and rows["plain.png"]["completions"] == 1
+    assert area() == 30 * 40
+    sidecar_record = json.loads((out / "p1.color.json").read_text())["sidecar"]
+    assert list(sidecar_record["masks"]) == ["masks/p1_paint.png"]
+
+    # the record holds the masks' hashes, so a journal rebuilt from records still skips what is done
+    record_before = (out / "p1.color.json").read_bytes()
+    (out / ".mtcolor" / "journal.sqlite").unlink()
+    assert invoke("journal", "rebuild", out).exit_code == 0
+    run()
+    assert (out / "p1.color.json").read_bytes() == record_before

@@ -7,13 +7,18 @@ the schema) and ``run`` (through resolve) apply the same rules from here.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.errors import HintError, UserError
+from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.core.regular import open_regular
+
+UNREADABLE = "unreadable"
+"""Stands for a mask's hash when it cannot be found or read: the hints stage fails the file with why."""
 
 
 def resolve_mask_path(raw: str, sidecar_path: Path, scan_root: Path) -> Path:
@@ -128,3 +133,37 @@ def load_mask_file(path: Path, size: tuple[int, int], sidecar_path: Path, raw: s
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise HintError(f"cannot read mask '{raw}': {exc}", path=sidecar_path) from None
+
+
+def sidecar_mask_paths(sidecar_path: Path, max_bytes: int) -> list[str]:
+    """The ``mask:`` paths a sidecar names, as written, without validating the rest of it.
+
+    Read with the sidecar parser's guarded loader (size cap, no aliases, bounded nesting). A sidecar
+    that does not parse names no mask here: the hints stage fails its file with file:line.
+    """
+    from mtcolor_batch.hints.schema import read_yaml  # schema imports this module
+
+    try:
+        data = read_yaml(sidecar_path, max_bytes=max_bytes)
+    except UserError:
+        return []
+    items = data.get("instances") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [i["mask"] for i in items if isinstance(i, dict) and isinstance(i.get("mask"), str)]
+
+
+def mask_digests(raws: Iterable[str], sidecar_path: Path, scan_root: Path) -> dict[str, str]:
+    """sha256 of each named mask file, by its path as written: part of the file's fingerprint.
+
+    Why: repainting a mask changes the output as surely as editing the sidecar, yet leaves the
+    sidecar's bytes alone. Masks are always hashed (no size + mtime shortcut), as sidecars are. A
+    path the tree rules refuse, or a file that cannot be read, gets :data:`UNREADABLE`.
+    """
+    digests: dict[str, str] = {}
+    for raw in raws:
+        try:
+            digests[raw] = sha256_file(resolve_mask_path(raw, sidecar_path, scan_root))
+        except (HintError, OSError):
+            digests[raw] = UNREADABLE
+    return digests

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.jobs.journal import journal_state, rebuild_hint
 from mtcolor_batch.jobs.merge import shard_journals
@@ -23,6 +24,18 @@ def check_seed(seed: int | None) -> None:
     """``--seed`` must fit the generators (and match what sidecars accept): 0 to 2**63-1."""
     if seed is not None and not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed {seed} is out of range", hint="use a whole number from 0 to 2**63-1")
+
+
+def check_profile_packages(profile: Profile) -> None:
+    """An optional package the profile names (``perception.tagger: ram``) must be installed.
+
+    Why here: missing, it would fail every file alike; it is a setup error (one line, exit 2) before
+    anything is created or journaled.
+    """
+    if profile.perception.auto_instances and profile.perception.tagger == "ram":
+        from mtcolor_batch.perception.tagger import require_ram
+
+        require_ram()
 
 
 def check_out_folder(out_dir: Path) -> None:

@@ -25,7 +25,13 @@ from mtcolor_batch.jobs.batch import ExecContext, Executor, Outcome, PlannedFile
 from mtcolor_batch.jobs.executors.local import LocalExecutor, PipelineFactory
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path
 from mtcolor_batch.jobs.lock import RunLock
-from mtcolor_batch.jobs.preflight import check_journal, check_out_folder, check_seed, make_out_folder
+from mtcolor_batch.jobs.preflight import (
+    check_journal,
+    check_out_folder,
+    check_profile_packages,
+    check_seed,
+    make_out_folder,
+)
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import ScanFile, discover_report
 
@@ -71,15 +77,19 @@ def plan_files(
     force: bool = False,
     retry_failed: bool = False,
     verify_inputs: bool = False,
+    scan_root: Path | None = None,
+    max_sidecar_bytes: int = 256 * 1024,
 ) -> list[PlannedFile]:
     """Decide, per file, whether this run does it.
 
     Fast path: a journal row's input hash is reused when size and mtime (ns) match, so an unchanged
     archive is re-planned without reading it; ``verify_inputs`` always rehashes (a same-size edit
-    with its mtime restored is then caught). FIFOs, devices and non-images are never hashed:
-    loading fails them with their reason.
+    with its mtime restored is then caught). Sidecars and the mask files they name (inside
+    ``scan_root``) are small and always hashed, so a repainted mask redoes its file. FIFOs, devices
+    and non-images are never hashed: loading fails them with their reason.
     """
     from mtcolor_batch.core.regular import not_regular_reason
+    from mtcolor_batch.hints.mask_files import mask_digests, sidecar_mask_paths
     from mtcolor_batch.hints.schema import find_sidecar
     from mtcolor_batch.scan.imageio import looks_like_image
     from mtcolor_batch.stages.pipeline import fingerprint
@@ -104,15 +114,19 @@ def plan_files(
                 sha = sha256_file(item.path)
             except OSError:
                 sha = None  # unreadable: loading reports why, as a failed row
+        masks: dict[str, str] = {}
         try:
             sidecar = find_sidecar(item.path)
             if sidecar is not None and not_regular_reason(sidecar) is not None:
                 sidecar_sha: str | None = "unreadable"  # never opened; the hints stage says why
             else:
                 sidecar_sha = sha256_file(sidecar) if sidecar else None
+                if sidecar is not None:
+                    root = scan_root if scan_root is not None else item.path.parent
+                    masks = mask_digests(sidecar_mask_paths(sidecar, max_sidecar_bytes), sidecar, root)
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
-        fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?")
+        fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?", masks)
         if row is None:
             action = "new"
         elif force:
@@ -283,6 +297,7 @@ def run_batch(
             "--out must not be the scan folder itself", path=out_dir, hint="use a sub- or sibling folder"
         )
     check_seed(req.profile.seed)
+    check_profile_packages(req.profile)
     check_out_folder(out_dir)
     found = discover_report(
         scans, exclude=[out_dir], shard=req.shard, max_sidecar_bytes=req.profile.hints.max_sidecar_bytes
@@ -313,6 +328,8 @@ def run_batch(
                 force=req.force,
                 retry_failed=req.retry_failed,
                 verify_inputs=req.verify_inputs,
+                scan_root=root,
+                max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
             )
         finally:
             if journal:
@@ -350,6 +367,8 @@ def run_batch(
             force=req.force,
             retry_failed=req.retry_failed,
             verify_inputs=req.verify_inputs,
+            scan_root=root,
+            max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
         )
         _cap_crashes(planned, journal, req.profile.jobs.crash_retries)
         renamed = _avoid_recorded_outputs(planned, journal, found.taken, out_dir, req.profile.output.suffix)

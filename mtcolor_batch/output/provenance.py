@@ -138,8 +138,13 @@ def build_record(
     timings: dict[str, float],
     warnings: list[str],
     out_dir: Path,
+    sidecar_masks: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON provenance record (every field docs/design.md names)."""
+    """The JSON provenance record (every field docs/design.md names).
+
+    ``sidecar_masks`` (the sidecar's mask files' sha256, by path as written) is part of the file's
+    fingerprint, so ``journal rebuild`` needs it; it is left out when the sidecar names no mask.
+    """
     plan_dict = asdict(plan)
     plan_dict["tiles"] = [list(t) for t in plan.tiles]
     return {
@@ -171,7 +176,11 @@ def build_record(
             "instances": [i["text"] for i in instances],
         },
         "instances": instances,
-        "sidecar": {"path": path_text(sidecar_path.name) if sidecar_path else None, "sha256": sidecar_sha256},
+        "sidecar": {
+            "path": path_text(sidecar_path.name) if sidecar_path else None,
+            "sha256": sidecar_sha256,
+            **({"masks": dict(sidecar_masks)} if sidecar_masks else {}),
+        },
         "input": {
             "relpath": scan.relpath,
             "path": path_text(scan.source),  # path: eval/report find the scan

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.hints.mask_files import mask_digests
 from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, resolve_hints
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, find_sidecar, load_sidecar
 from mtcolor_batch.perception import perceive
@@ -52,6 +53,14 @@ def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
     hints = load_sidecar(path, max_bytes=settings.max_sidecar_bytes, scan_size=scan.size)
     check_instance_count(hints, path, settings.max_sidecar_instances)
     return SidecarInput(path=path, hints=hints, sha256=hints.sha256)
+
+
+def sidecar_masks(sidecar: SidecarInput, scan_root: Path) -> dict[str, str]:
+    """sha256 of each mask file the sidecar names (its fingerprint part; empty without masks)."""
+    if sidecar.hints is None or sidecar.path is None:
+        return {}
+    raws = [h.mask for h in sidecar.hints.instances if h.mask is not None]
+    return mask_digests(raws, sidecar.path, scan_root)
 
 
 def find_instances(

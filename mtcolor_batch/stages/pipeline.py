@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -37,9 +37,19 @@ def derive_seed(input_sha256: str) -> int:
     return int(input_sha256[:8], 16) & 0x7FFFFFFF
 
 
-def fingerprint(input_sha256: str, sidecar_sha256: str | None, profile_fp: str, model_fp: str) -> str:
-    """What must match for a done file to be skipped: input, sidecar, profile and model."""
+def fingerprint(
+    input_sha256: str,
+    sidecar_sha256: str | None,
+    profile_fp: str,
+    model_fp: str,
+    masks: Mapping[str, str] | None = None,
+) -> str:
+    """What must match for a done file to be skipped: input, sidecar, the sidecar's mask files
+    (``{path as written: sha256}``), profile and model. Without masks it is what it always was, so
+    files whose sidecars name none are not redone after an upgrade."""
     text = f"{input_sha256}|{sidecar_sha256 or '-'}|{profile_fp}|{model_fp}"
+    if masks:
+        text += "|masks:" + "|".join(f"{raw}={sha}" for raw, sha in sorted(masks.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -102,7 +112,7 @@ class Pipeline:
         from mtcolor_batch.model.engine import rgb_to_ab
         from mtcolor_batch.perception.instances import resize_instances
         from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
-        from mtcolor_batch.stages.instances import find_instances, read_sidecar
+        from mtcolor_batch.stages.instances import find_instances, read_sidecar, sidecar_masks
         from mtcolor_batch.stages.plan import make_plan
 
         prof = self.profile
@@ -120,6 +130,7 @@ class Pipeline:
         lap("load")
         stage("hints")
         sidecar = read_sidecar(scan, prof.hints)
+        masks = sidecar_masks(sidecar, self.scan_root)  # recorded, so `journal rebuild` has the fingerprint
         lap("hints")
         stage("perceive")
         found = find_instances(scan, sidecar, self.perception, prof, self.scan_root)
@@ -191,6 +202,7 @@ class Pipeline:
                     instances=[instance_record(i, stats_by_id.get(i.id), scan.size) for i in instances],
                     sidecar_path=sidecar.path,
                     sidecar_sha256=sidecar.sha256,
+                    sidecar_masks=masks,
                     output_path=img_path,
                     output_sha256=out_sha,
                     output_format=fmt,
