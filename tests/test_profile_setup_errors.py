@@ -64,3 +64,19 @@ def test_a_missing_ram_package_is_a_setup_error(
     assert run.exit_code == 2, run.output
     assert "perception.tagger=ram needs the 'ram' package" in run.output, run.output
     assert len(run.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_an_output_suffix_with_a_path_is_a_setup_error(tmp_path: Path, tiny_bundle: Path) -> None:
+    """`output.suffix: /../../x` used to write every output outside --out."""
+    scans = tmp_path / "scans"
+    write_scan(scans / "a.png")
+    profile = tmp_path / "suffix.yaml"
+    profile.write_text(FAST_PROFILE.format(mp=50) + "output:\n  suffix: /../../escaped\n", encoding="utf-8")
+    out = tmp_path / "deep" / "out"
+    run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu")
+    assert run.exit_code == 2, run.output
+    assert (
+        "output.suffix must be part of a file name" in run.output
+        and len(run.output.strip().splitlines()) == 1
+    )
+    assert not out.exists() and not list(tmp_path.rglob("*escaped*"))

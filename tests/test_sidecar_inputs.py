@@ -3,6 +3,7 @@ by ``hints check`` and ``run``, and box hints bounded by the drawn box."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def test_mask_error_has_one_place_in_check_and_run(
 
 
 def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
-    """The tiny bundle's SAM spills past boxes; the record's box must still lie inside the drawn one."""
+    """The tiny bundle's SAM spills past boxes; the record's box must still lie inside the drawn one,
+    and `hints show` (the same resolve code) reports the very boxes `run` recorded."""
     import json
 
     scans = tmp_path / "scans"
@@ -97,9 +99,11 @@ def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast
     drawn = [(10, 8, 60, 50), (2, 30, 40, 70), (50, 2, 95, 40)]
     body = "".join(f"  - box: {list(b)}\n    color: navy\n" for b in drawn)
     (scans / "tram.png.yaml").write_text(f"version: 1\ninstances:\n{body}", encoding="utf-8")
+    profile = tmp_path / "no-auto.yaml"
+    text = fast_profile.read_text().replace("perception:\n", "perception:\n  auto_instances: false\n")
+    profile.write_text(text, encoding="utf-8")
     out = tmp_path / "out"
-    args = ("--model", tiny_bundle, "--profile", fast_profile, "--device", "cpu", "--no-auto-instances")
-    run = invoke("run", scans, "--out", out, *args)
+    run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu")
     assert run.exit_code == 0, run.output
     record = json.loads((out / "tram.color.json").read_text())
     boxes = [i["box"] for i in record["instances"] if i["source"] == "sidecar"]
@@ -109,6 +113,14 @@ def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast
         return d[0] <= b[0] < b[2] <= d[2] and d[1] <= b[1] < b[3] <= d[3]
 
     assert all(any(inside(b, d) for d in drawn) for b in boxes), (boxes, drawn)
+
+    show = invoke(
+        "hints", "show", scans / "tram.png", "-o", tmp_path / "show.png",
+        "--model", tiny_bundle, "--profile", profile, "--device", "cpu", "--root", scans,
+    )  # fmt: skip
+    assert show.exit_code == 0, show.output
+    shown = [json.loads(m) for m in re.findall(r"\(sidecar\) box (\[[\d, ]+\])", show.output)]
+    assert sorted(shown) == sorted(boxes), (shown, boxes)
 
 
 def paint(path: Path, x1: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.types import LATENT_FACTOR
@@ -135,6 +135,14 @@ class OutputSettings(_Section):
     )
     jpeg_quality: int = Field(95, ge=1, le=100)
     write_json: bool = True
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_is_part_of_a_name(cls, value: str) -> str:
+        """A suffix with a path separator would put outputs in other folders, even outside ``--out``."""
+        if any(c in value for c in "/\\\0"):
+            raise ValueError(f"output.suffix must be part of a file name, without / or \\ (got {value!r})")
+        return value
 
 
 class Profile(_Section):
