@@ -310,9 +310,9 @@ def check_stage_data(dataset: ManifestDataset, stage: int) -> None:
     """Stage 1 learns only from instances: a dataset without any is a setup error, not a long no-op."""
     if stage == 1 and not any(entry.get("instances") for entry in dataset.entries):
         raise UserError(
-            "dataset has no instances: stage 1 trains the instance branch and would learn nothing",
+            "dataset has no instances, so stage 1 (the instance branch) would learn nothing: build it "
+            "with `mtcolor-batch dataset build PHOTOS OUT --model BUNDLE` or --annotations FILE",
             path=dataset.folder,
-            hint="build it with `mtcolor-batch dataset build PHOTOS OUT --model BUNDLE` (or --annotations)",
         )
 
 
