@@ -19,6 +19,7 @@ from mtcolor_batch.cli import app
         (["journal", "rebuild"], "OUT"),
         (["report"], "OUT_DIR"),
         (["models", "tiny"], "DIRECTORY"),
+        (["dataset", "build"], "PHOTOS"),
     ],
 )
 def test_usage_line_shows_the_argument_in_capitals(command: list[str], metavar: str) -> None:

@@ -20,8 +20,10 @@ _err = Console(stderr=True)
 
 @dataset_app.command("build")
 def dataset_build(
-    color_images: Path = typer.Argument(..., help="Folder (or file) of colour photos."),
-    out: Path = typer.Argument(..., help="Dataset folder (created; resumed when it has a manifest)."),
+    color_images: Path = typer.Argument(..., metavar="PHOTOS", help="Folder (or file) of colour photos."),
+    out: Path = typer.Argument(
+        ..., metavar="OUT", help="Dataset folder (created; resumed when it has a manifest)."
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N photos (sorted paths)."),
     model: Path | None = typer.Option(
         None, "--model", help="Bundle whose sam/ + detector/ find the instances (none: no instances)."

@@ -29,8 +29,9 @@ import numpy as np
 import yaml
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 
-from mtcolor_batch.core.config import Profile, builtin_profiles, load_profile
+from mtcolor_batch.core.config import Profile, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.core.fs import atomic_write_bytes, atomic_write_text
 from mtcolor_batch.evaluate import metrics
@@ -221,12 +222,10 @@ def prepare_inputs(
 
 
 def choose_profile(name: str | None) -> tuple[str, str]:
-    """(profile to use, note for the table): the paper profile when shipped, else the default."""
+    """(profile to use, note for the table): the one given, else the paper's setting."""
     if name is not None:
         return name, f"profile {name}"
-    if PAPER_PROFILE in builtin_profiles():
-        return PAPER_PROFILE, f"profile {PAPER_PROFILE}"
-    return "default", "profile default (this version ships no 'paper' profile yet)"
+    return PAPER_PROFILE, f"profile {PAPER_PROFILE}"
 
 
 AUTO_INSTANCES = "perception.auto_instances"
@@ -433,7 +432,7 @@ def run_protocol(
     refs = prepare_inputs(refs_dir, out_dir, settings.annotations, base.scan.gray_tolerance)
     for ref in refs:
         if ref.error:
-            console.print(f"[red]error:[/red] {ref.error}", highlight=False, markup=True)
+            console.print(f"[red]error:[/red] {escape(ref.error)}", highlight=False, markup=True)
     run_dir = out_dir / COLORIZED
     code, profile = colorize(out_dir, run_dir, settings, {}, console)
     if code == EXIT_INTERRUPTED:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
@@ -111,7 +112,7 @@ def run_sweep(
     refs = prepare_inputs(refs_dir, out_dir, settings.annotations, base.scan.gray_tolerance)
     for ref in refs:
         if ref.error:
-            console.print(f"[red]error:[/red] {ref.error}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(ref.error)}", highlight=False)
     inputs_fp = _inputs_digest(out_dir, refs)
     grid = [Setting(a, b) for a in alphas for b in betas]
     done: list[tuple[Setting, dict[str, float | None]]] = []
