@@ -18,17 +18,8 @@ from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
 from mtcolor_batch.output.mask_rle import encode_mask
+from mtcolor_batch.testing.profiles import write_fast_profile
 
-FAST_PROFILE = """\
-name: test-fast
-sampling:
-  steps: 2
-  working_long_side: 32
-  tile_size: 64
-  tile_overlap: 0
-perception:
-  size: 64
-"""
 SIZE = (40, 56)  # (h, w)
 GOOD = ["red_car.png", "street/green_tram.jpg", "blue_boat.png"]
 
@@ -79,7 +70,7 @@ def refs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         json.dumps({"images": images, "annotations": anns, "categories": [{"id": 3, "name": "car"}]})
     )
     profile = root / "fast.yaml"
-    profile.write_text(FAST_PROFILE)
+    write_fast_profile(profile)
     return {"refs": folder, "annotations": ann_path, "profile": profile, "root": root}
 
 

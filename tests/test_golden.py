@@ -21,6 +21,7 @@ from mtcolor_batch.cli import app
 # fusion or composition maths. Update it then, in the same commit, and say why in the message.
 GOLDEN_TINY_OUTPUT_SHA256 = "2823928f9f0284d8f127e6b9f320b4c8f7bbadb6e4170e4581fb203a07e51582"
 
+# A deliberate copy of mtcolor_batch.testing.profiles.fast_profile_yaml("golden"): pinned with the hash.
 PROFILE = """\
 name: golden
 sampling:

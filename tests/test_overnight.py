@@ -26,11 +26,9 @@ from mtcolor_batch.core.errors import ScanError, UserError
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.testing.profiles import fast_profile_yaml
 
-PROFILE = (
-    "sampling:\n  steps: 2\n  working_long_side: 32\n  tile_size: 64\n  tile_overlap: 0\n"
-    "perception:\n  size: 64\n  auto_instances: false\n"
-)
+PROFILE = fast_profile_yaml(None, auto_instances=False)
 
 
 def gray(path: Path, value: int = 90, size: tuple[int, int] = (40, 32)) -> Path:
@@ -595,7 +593,7 @@ def test_sidecar_instance_cap(tmp_path: Path, tiny_bundle: Path, profile: Path) 
     assert check.exit_code == 1 and "over the limit of 256" in check.output
 
 
-DOUBLE_CTRL_C_PROFILE = PROFILE.replace("steps: 2", "steps: 6")
+DOUBLE_CTRL_C_PROFILE = fast_profile_yaml(None, steps=6, auto_instances=False)
 
 
 @pytest.mark.slow

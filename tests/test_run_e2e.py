@@ -20,19 +20,7 @@ from test_scan_loading import BOMB_LIMIT_MP, make_input_zoo
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-
-FAST_PROFILE = """\
-name: test-fast
-sampling:
-  steps: 2
-  working_long_side: 32
-  tile_size: 64
-  tile_overlap: 0
-perception:
-  size: 64
-scan:
-  max_megapixels: {mp}
-"""
+from mtcolor_batch.testing.profiles import write_fast_profile
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +38,7 @@ def one_torch_thread():
 def fast_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny working size and 2 steps: the pipeline is exercised in full, in a fraction of a second."""
     path = tmp_path_factory.mktemp("profiles") / "fast.yaml"
-    path.write_text(FAST_PROFILE.format(mp=BOMB_LIMIT_MP))
+    write_fast_profile(path, max_megapixels=BOMB_LIMIT_MP)
     return path
 
 

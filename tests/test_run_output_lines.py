@@ -14,17 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
-
-PROFILE = """\
-name: test-fast
-sampling:
-  steps: 2
-  working_long_side: 32
-  tile_size: 64
-  tile_overlap: 0
-perception:
-  size: 64
-"""
+from mtcolor_batch.testing.profiles import write_fast_profile
 
 
 @pytest.fixture
@@ -50,7 +40,7 @@ def test_names_and_reasons_keep_brackets_and_lines_stay_whole_at_80_columns(
     scans: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     profile = tmp_path / "fast.yaml"
-    profile.write_text(PROFILE)
+    write_fast_profile(profile)
     broken = "archive_box_17_[bold]_" + "x" * 70 + ".png"
     (scans / broken).write_bytes(b"not an image at all")
     out = tmp_path / "out"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_hints_cli import write_scan
-from test_run_e2e import FAST_PROFILE
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
+from mtcolor_batch.testing.profiles import write_fast_profile
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def fast_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("profiles") / "fast.yaml"
-    path.write_text(FAST_PROFILE.format(mp=50))
+    write_fast_profile(path, max_megapixels=50)
     return path
 
 
