@@ -66,7 +66,8 @@ OLD_FULL = {
 OLD_TINY = {"fresh-0": (3.00, 1.00), "trained-4": (21.2, 7.07)}
 TABLE = [("fresh", 0, 0), ("fresh", 4, 0), ("trained", 0, 0), ("trained", 4, 0), ("trained", 4, 64)]
 """(modules, instances, branch_crop px): the issue's four settings, then the cheaper instance branches.
-``--rows`` replaces it, e.g. ``trained:0:0,trained:4:0,trained:4:32``."""
+``--rows`` replaces it, e.g. ``trained:0:0,trained:4:0,trained:4:32``; a fourth field sets
+``sampling.branch_uncond`` (``trained:4:64:global``; default ``own``)."""
 
 
 def scene(size: int, n: int) -> tuple[np.ndarray, list[Instance]]:
@@ -259,17 +260,18 @@ class Bench:
         return 1
 
     # ---------------------------------------------------------------------------------- MT-Color
-    def mt_image(self, n: int, crop: int) -> int:
+    def mt_image(self, n: int, crop: int, uncond: str = "own") -> int:
         luma, insts = scene(self.size, n)
         c0 = self.engine.unet_calls
-        self.engine.colorize(luma, insts, dataclasses.replace(self.plan, branch_crop=crop))
+        plan = dataclasses.replace(self.plan, branch_crop=crop, branch_uncond=uncond)
+        self.engine.colorize(luma, insts, plan)
         return self.engine.unet_calls - c0
 
-    def mt_setup(self, n: int, crop: int) -> tuple[Plan, Any, Any, torch.Tensor]:
+    def mt_setup(self, n: int, crop: int, uncond: str = "own") -> tuple[Plan, Any, Any, torch.Tensor]:
         """What the sampler does once per image before its steps: texts, canvas (region maps), noise."""
         luma, insts = scene(self.size, n)
         sampler = self.engine.sampler
-        plan = dataclasses.replace(self.plan, branch_crop=crop)
+        plan = dataclasses.replace(self.plan, branch_crop=crop, branch_uncond=uncond)
         texts = sampler.texts(plan, insts)
         canvas = build_canvas(
             luma,
@@ -318,26 +320,29 @@ class Bench:
         s, c, calls, peak = self.measure(self.plain_image)
         return Row("plain SD+ControlNet (diffusers)", "plain", s, c, calls, peak)
 
-    def row_mt(self, kind: str, n: int, one_call: bool, crop: int = 0) -> Row:
+    def row_mt(self, kind: str, n: int, one_call: bool, crop: int = 0, uncond: str = "own") -> Row:
         self.states.use(kind)
         label = "trained-like" if kind == "trained" else "fresh"
         name = f"MT-Color {label}, {n} inst" + (f", crop {crop}" if crop and n else "")
         key = f"{kind}-{n}" if not crop else f"{kind}-{n}-crop{crop}"
+        if uncond != "own" and n:
+            name, key = f"{name}, uncond {uncond}", f"{key}-{uncond}"
         if not one_call:
-            s, c, calls, peak = self.measure(lambda: self.mt_image(n, crop))
+            s, c, calls, peak = self.measure(lambda: self.mt_image(n, crop, uncond))
             return Row(name, key, s, c, calls, peak)
-        setup = self.mt_setup(n, crop)
-        ph = {"setup": self.measure(lambda: (self.mt_setup(n, crop), 0)[1])}
+        setup = self.mt_setup(n, crop, uncond)
+        ph = {"setup": self.measure(lambda: (self.mt_setup(n, crop, uncond), 0)[1])}
         fused_key = (kind, n)  # the fused step does not depend on the crop: measured once
         if fused_key not in self.fused:
             self.fused[fused_key] = self.measure(lambda: self.mt_step(setup, "fused"))
         ph["fused"] = self.fused[fused_key]
         if n:
             ph["first"] = self.measure(lambda: self.mt_step(setup, "first"))
-            # A later branch step differs from the first only where the first shares work (uncropped).
+            # A later branch step differs from the first only where the first shares work (uncropped,
+            # own unconditional halves); with the global branch's unconditional it never does.
             crops = setup[1].crops
-            cropped = bool(crops) and all(c != setup[1].boxes[0] for c in crops)
-            ph["branch"] = ph["first"] if cropped else self.measure(lambda: self.mt_step(setup, "branch"))
+            same = uncond == "global" or (bool(crops) and all(c != setup[1].boxes[0] for c in crops))
+            ph["branch"] = ph["first"] if same else self.measure(lambda: self.mt_step(setup, "branch"))
         peaks = [v[3] for v in ph.values() if not np.isnan(v[3])]
         row = Row(
             name, key, 0, 0, 0, max(peaks) if peaks else float("nan"), {k: v[:3] for k, v in ph.items()}, n
@@ -349,18 +354,26 @@ def print_rows(rows: list[Row], old: dict[str, tuple[float, float]] | None, one_
     base = rows[0]
     unit = "s/image (composed)" if one_call else "s/image"
     print(
-        f"\n{'setting':<40} {unit:>18} {'x plain':>8} {'cpu s':>8} {'x cpu':>6} {'calls':>6} {'peak GiB':>9}"
+        f"\n{'setting':<52} {unit:>18} {'x plain':>8} {'cpu s':>8} {'x cpu':>6} {'calls':>6} {'peak GiB':>9}"
         + (f" | {'old cpu-s':>9} {'old x':>6}" if old else "")
     )
     for r in rows:
         line = (
-            f"{r.name:<40} {r.seconds:>18.2f} {r.seconds / base.seconds:>8.2f} {r.cpu:>8.2f} "
+            f"{r.name:<52} {r.seconds:>18.2f} {r.seconds / base.seconds:>8.2f} {r.cpu:>8.2f} "
             f"{r.cpu / base.cpu:>6.2f} {r.calls:>6d} {r.peak_gib:>9.2f}"
         )
         if old:
             o = old.get(r.key)
             line += f" | {o[0]:>9.2f} {o[1]:>5.2f}x" if o else f" | {'-':>9} {'-':>6}"
         print(line)
+
+
+def parse_row(text: str) -> tuple[str, int, int, str]:
+    """``modules:instances:crop[:own|global]`` -> (modules, instances, crop, branch_uncond)."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("own", "global")):
+        raise SystemExit(f"--rows: '{text}' is not modules:instances:crop[:own|global]")
+    return parts[0], int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else "own"
 
 
 def main() -> None:
@@ -383,7 +396,9 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--attention", default="auto", help="auto | sparse | flex | dense (the reference)")
     ap.add_argument("--branch-crop", type=int, help="sampling.branch_crop px for the MT-Color rows")
-    ap.add_argument("--rows", help="settings as modules:instances:crop,... (replaces --table's list)")
+    ap.add_argument(
+        "--rows", help="settings as modules:instances:crop[:own|global],... (replaces --table's list)"
+    )
     ap.add_argument("--compose", default="", help="one-call: also compose at these step counts (5,20)")
     args = ap.parse_args()
 
@@ -424,15 +439,19 @@ def main() -> None:
             f"mode {'one-call (composed)' if args.one_call else 'full image'}, "
             f"{args.repeats} timed + {args.warmup} warm-up runs each"
         )
-        crop = plan.branch_crop
-        settings = TABLE if args.table else [(args.modules, int(v), crop) for v in args.instances.split(",")]
+        crop, uncond = plan.branch_crop, plan.branch_uncond
+        settings = (
+            [(m, n, c, uncond) for m, n, c in TABLE]
+            if args.table
+            else [(args.modules, int(v), crop, uncond) for v in args.instances.split(",")]
+        )
         if args.rows:
-            settings = [(m, int(n), int(c)) for m, n, c in (r.split(":") for r in args.rows.split(","))]
+            settings = [parse_row(r) for r in args.rows.split(",")]
         if args.one_call and not args.warmup:
             bench.plain_step()  # one untimed step first: the first call of a process pays set-up costs
         rows = [bench.row_plain(args.one_call)]
-        for kind, n, crop in settings:
-            rows.append(bench.row_mt(kind, n, args.one_call, crop))
+        for kind, n, crop, uncond in settings:
+            rows.append(bench.row_mt(kind, n, args.one_call, crop, uncond))
             phases = ", ".join(f"{name} {v[1]:.2f}" for name, v in rows[-1].phases.items())
             print(f"  measured {rows[-1].name}: {rows[-1].cpu:.2f} cpu-s ({phases})", flush=True)
         if args.one_call:  # the base again: a shared machine drifts over minutes; their mean is the base

@@ -71,6 +71,9 @@ def run_command(
     branch_crop: int | None = typer.Option(
         None, "--branch-crop", help="Instance branches on box + PX of context (0 = whole tile)."
     ),
+    branch_uncond: str | None = typer.Option(
+        None, "--branch-uncond", help="own | global: whose unconditional half guides instance branches."
+    ),
     attention: str | None = typer.Option(
         None, "--attention", help="auto | sparse | flex | dense: region attention (dense = reference)."
     ),
@@ -128,6 +131,7 @@ def run_command(
             "sampling.compile": compile_models,
             "sampling.attention": attention,
             "sampling.branch_crop": branch_crop,
+            "sampling.branch_uncond": branch_uncond,
             "perception.max_instances": max_instances,
             "perception.auto_instances": auto_instances,
             "hints.strict": strict_hints,

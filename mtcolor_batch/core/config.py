@@ -79,6 +79,12 @@ class SamplingSettings(_Section):
         description="Instance branches run on their box + this many px of context, grown to a multiple "
         "of 64 px (0 = on the whole tile, as the paper; the paper profile sets 0).",
     )
+    branch_uncond: Literal["own", "global"] = Field(
+        "own",
+        description="Classifier-free guidance of the instance branches in the first alpha*T steps: own "
+        "(each branch runs its unconditional half, as the paper) or global (the global branch's "
+        "unconditional prediction over the branch's window: half the branch latents, an approximation).",
+    )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
         False,

@@ -201,6 +201,7 @@ class Plan:
     max_batch: int = 8  # UNet batch cap; larger batches are chunked
     fusion: str = "paste"  # multi-instance fusion after step K: paper | paste | blend (sampling.fusion)
     branch_crop: int = 0  # px of context around an instance its branch runs on; 0 = whole tile
+    branch_uncond: str = "own"  # own | global: whose unconditional half guides an instance branch
 
 
 @dataclass

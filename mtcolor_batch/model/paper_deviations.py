@@ -77,6 +77,8 @@ SETTING_WHY: dict[str, str] = {
     "sampling.beta": "another background weight than the paper's 0.2",
     "sampling.branch_crop": "instance branches run on their box plus context, not the whole image, "
     "in the first alpha*T steps (faster; fused latents move by a few percent)",
+    "sampling.branch_uncond": "instance branches guided by the global branch's unconditional prediction "
+    "instead of their own in the first alpha*T steps (faster; an approximation)",
     "perception.auto_instances": "instances found automatically besides the sidecar's",
     "hints.strict": "hinted instances shifted to their hint colour after sampling",
     "output.luminance_lock": "the scan's own full-resolution lightness under the model's colour "

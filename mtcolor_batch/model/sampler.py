@@ -470,15 +470,23 @@ class MTColorSampler:
         by the global branch, and used by all: the same values for a fraction of the work. Not for
         a branch on a crop (``branch_crop``): its two halves must see the same crop, or the crop's
         error would no longer cancel in ``cond - uncond`` and guidance would amplify it.
+
+        ``plan.branch_uncond == "global"`` (an approximation, opt-in): at every multi-instance step
+        an instance branch runs its conditional half only and is guided by the global branch's
+        unconditional prediction over its window (its crop, with ``branch_crop``). That half has no
+        instance text and no tokens, so it differs from the global one only through the branch
+        latent, which stays near the global latent in the first alpha*T steps; the cost is that the
+        branch's own deviation (and its crop's error) no longer cancels in ``cond - uncond``.
         """
         cfg = plan.guidance_scale > 1.0
         halves = (False, True) if cfg else (True,)
+        global_uncond = plan.branch_uncond == "global"
         entries: list[_Entry] = []
         for ti in range(len(canvas.boxes)):
             for b in branches:
                 if b == 0 or (b - 1) in canvas.present[ti]:
                     box = self._entry_box(canvas, ti, b)
-                    own_uncond = b == 0 or not shared or box != canvas.boxes[ti]
+                    own_uncond = b == 0 or not (global_uncond or (shared and box == canvas.boxes[ti]))
                     entries.extend(_Entry(ti, b, c, box) for c in halves if c or own_uncond)
         model_in = scheduler.scale_model_input(z, t)  # type: ignore[attr-defined]
         slot = {b: i for i, b in enumerate(branches)}
@@ -530,7 +538,7 @@ class MTColorSampler:
                 cond = outputs[(ti, b, True)]
                 if cfg:
                     uncond = outputs.get((ti, b, False))
-                    if uncond is None:  # shared: the global branch's, inside this entry's box
+                    if uncond is None:  # shared or global: the global branch's, inside this entry's box
                         (x0, y0, x1, y1), (tx0, ty0) = boxes[(ti, b)], boxes[(ti, 0)][:2]
                         uncond = outputs[(ti, 0, False)][:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
                     eps = uncond + plan.guidance_scale * (cond - uncond)
