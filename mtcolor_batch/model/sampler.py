@@ -11,8 +11,10 @@ One call colours one working-resolution image. What happens, in order:
    denoised from that same noise, each with its own text; all branches, both halves of classifier-
    free guidance and all tiles go through the UNet together, chunked to ``plan.max_batch`` latents
    per call (at the first of these steps every branch still holds the noise, so their identical
-   unconditional halves are computed once). After step K the branches are fused (paper Eq. 10;
-   ``sampling.fusion``, see :func:`fuse_latents`) and the remaining steps run on ``z`` alone.
+   unconditional halves are computed once; ``sampling.branch_uncond: global``, an opt-in
+   approximation, borrows the global branch's unconditional half at every one of these steps).
+   After step K the branches are fused (paper Eq. 10; ``sampling.fusion``, see
+   :func:`fuse_latents`) and the remaining steps run on ``z`` alone.
    ``alpha = 0`` never creates a branch, so it is the plain loop, bit for bit.
 4. Tiling (working image larger than one tile): a low-resolution pass of the whole picture runs
    first; its colours, put on the full-resolution luminance and encoded by the VAE, are re-noised to
