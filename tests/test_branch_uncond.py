@@ -77,6 +77,8 @@ def test_own_is_the_default_and_the_paper_setting() -> None:
     for name in ("default", "fast", "quality", "archival", "paper"):
         assert load_profile(name).sampling.branch_uncond == "own", name
     assert not load_profile("paper", {"sampling.branch_uncond": "global"}).follows("paper")
+    chosen = load_profile("default", {"sampling.branch_uncond": "global"}).sampling
+    assert make_plan((64, 64), chosen, seed=1).branch_uncond == "global"  # the plan, so the record
 
 
 def test_global_with_one_uncropped_branch_step_is_own_bit_for_bit(engine: MTColorEngine) -> None:
