@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from test_hints_cli import write_scan
-from test_run_e2e import FAST_PROFILE
 from test_sidecar_inputs import invoke
+
+from mtcolor_batch.testing.profiles import fast_profile_yaml
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def test_bad_tiles_are_a_setup_error_before_any_file(
     scans = tmp_path / "scans"
     write_scan(scans / "a.png")
     profile = tmp_path / "tiles.yaml"
-    text = FAST_PROFILE.format(mp=50).replace("tile_size: 64", f"tile_size: {tiles[0]}")
+    text = fast_profile_yaml(max_megapixels=50).replace("tile_size: 64", f"tile_size: {tiles[0]}")
     profile.write_text(text.replace("tile_overlap: 0", f"tile_overlap: {tiles[1]}"), encoding="utf-8")
     out = tmp_path / "out"
     args = ("--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu", *extra)
@@ -58,7 +59,8 @@ def test_a_missing_ram_package_is_a_setup_error(
     scans = tmp_path / "scans"
     write_scan(scans / "a.png")
     profile = tmp_path / "ram.yaml"
-    profile.write_text(FAST_PROFILE.format(mp=50).replace("perception:\n", "perception:\n  tagger: ram\n"))
+    text = fast_profile_yaml(max_megapixels=50)
+    profile.write_text(text.replace("perception:\n", "perception:\n  tagger: ram\n"))
     out = tmp_path / "out"
     run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu")
     assert run.exit_code == 2, run.output
@@ -71,7 +73,8 @@ def test_an_output_suffix_with_a_path_is_a_setup_error(tmp_path: Path, tiny_bund
     scans = tmp_path / "scans"
     write_scan(scans / "a.png")
     profile = tmp_path / "suffix.yaml"
-    profile.write_text(FAST_PROFILE.format(mp=50) + "output:\n  suffix: /../../escaped\n", encoding="utf-8")
+    text = fast_profile_yaml(max_megapixels=50) + "output:\n  suffix: /../../escaped\n"
+    profile.write_text(text, encoding="utf-8")
     out = tmp_path / "deep" / "out"
     run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu")
     assert run.exit_code == 2, run.output
