@@ -59,9 +59,8 @@ def test_a_missing_ram_package_is_a_setup_error(
     scans = tmp_path / "scans"
     write_scan(scans / "a.png")
     profile = tmp_path / "ram.yaml"
-    profile.write_text(
-        fast_profile_yaml(max_megapixels=50).replace("perception:\n", "perception:\n  tagger: ram\n")
-    )
+    text = fast_profile_yaml(max_megapixels=50)
+    profile.write_text(text.replace("perception:\n", "perception:\n  tagger: ram\n"))
     out = tmp_path / "out"
     run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu")
     assert run.exit_code == 2, run.output
@@ -74,9 +73,8 @@ def test_an_output_suffix_with_a_path_is_a_setup_error(tmp_path: Path, tiny_bund
     scans = tmp_path / "scans"
     write_scan(scans / "a.png")
     profile = tmp_path / "suffix.yaml"
-    profile.write_text(
-        fast_profile_yaml(max_megapixels=50) + "output:\n  suffix: /../../escaped\n", encoding="utf-8"
-    )
+    text = fast_profile_yaml(max_megapixels=50) + "output:\n  suffix: /../../escaped\n"
+    profile.write_text(text, encoding="utf-8")
     out = tmp_path / "deep" / "out"
     run = invoke("run", scans, "--out", out, "--model", tiny_bundle, "--profile", profile, "--device", "cpu")
     assert run.exit_code == 2, run.output
