@@ -50,7 +50,7 @@ from full_size import full_size_engine  # noqa: E402
 from mtcolor_batch.core.config import load_profile  # noqa: E402
 from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
-from mtcolor_batch.model.sampler import build_canvas, fusion_steps  # noqa: E402
+from mtcolor_batch.model.sampler import fusion_steps  # noqa: E402
 from mtcolor_batch.stages.plan import make_plan  # noqa: E402
 from mtcolor_batch.testing.trained_like import trained_like  # noqa: E402
 
@@ -273,15 +273,7 @@ class Bench:
         sampler = self.engine.sampler
         plan = dataclasses.replace(self.plan, branch_crop=crop, branch_uncond=uncond)
         texts = sampler.texts(plan, insts)
-        canvas = build_canvas(
-            luma,
-            insts,
-            texts.inst_pooled,
-            lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
-            self.engine.device,
-            self.engine.dtype,
-            crop,
-        )
+        canvas = sampler.canvas(luma, insts, texts, plan, tiled=False)
         z0 = sampler.initial_noise(torch.Generator().manual_seed(0), canvas.latent_size)
         return plan, canvas, texts, z0
 

@@ -12,7 +12,7 @@ import torch
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.engine import MTColorEngine
-from mtcolor_batch.model.sampler import build_canvas, crop_boxes
+from mtcolor_batch.model.sampler import crop_boxes
 from mtcolor_batch.stages.plan import make_plan
 from mtcolor_batch.testing.trained_like import trained_like
 
@@ -99,15 +99,7 @@ def _fused(engine: MTColorEngine, size: int, crop: int, shapes: list[tuple[int, 
     plan = _plan(size, branch_crop=crop)
     luma, insts = _scene(size)
     texts = sampler.texts(plan, insts)
-    canvas = build_canvas(
-        luma,
-        insts,
-        texts.inst_pooled,
-        lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
-        engine.device,
-        engine.dtype,
-        crop,
-    )
+    canvas = sampler.canvas(luma, insts, texts, plan, tiled=False)
     z0 = sampler.initial_noise(torch.Generator().manual_seed(0), canvas.latent_size)
     inner = sampler.denoiser
 

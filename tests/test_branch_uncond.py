@@ -13,7 +13,6 @@ import torch
 from mtcolor_batch.core.config import SamplingSettings, load_profile
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.engine import MTColorEngine
-from mtcolor_batch.model.sampler import build_canvas, plan_latent_tiles
 from mtcolor_batch.stages.plan import make_plan
 from mtcolor_batch.testing.trained_like import trained_like
 
@@ -48,15 +47,7 @@ def _final(engine: MTColorEngine, size: int, plan: Plan, latents: list[int]) -> 
     sampler = engine.sampler
     luma, insts = _scene(size)
     texts = sampler.texts(plan, insts)
-    canvas = build_canvas(
-        luma,
-        insts,
-        texts.inst_pooled,
-        lambda h, w: plan_latent_tiles(plan, h, w),
-        engine.device,
-        engine.dtype,
-        plan.branch_crop,
-    )
+    canvas = sampler.canvas(luma, insts, texts, plan)
     z0 = sampler.initial_noise(torch.Generator().manual_seed(0), canvas.latent_size)
     inner = sampler.denoiser
 

@@ -538,7 +538,7 @@ def test_cfg_unconditional_half_keeps_the_masks(models, inputs) -> None:
     import numpy as np
 
     from mtcolor_batch.core.types import Instance
-    from mtcolor_batch.model.sampler import MTColorSampler, build_canvas
+    from mtcolor_batch.model.sampler import MTColorSampler, build_canvas, whole_canvas
 
     size = 64
     masks = np.zeros((2, size, size), np.float32)
@@ -548,7 +548,7 @@ def test_cfg_unconditional_half_keeps_the_masks(models, inputs) -> None:
         np.full((size, size), 0.5, np.float32),
         [Instance.from_full_mask(k + 1, "x", "x", m) for k, m in enumerate(masks)],
         inputs["inst_text"],
-        lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
+        whole_canvas,
         torch.device("cpu"),
         torch.float32,
     )

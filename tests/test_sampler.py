@@ -161,7 +161,6 @@ def test_shared_unconditional_half_is_exact(tiny_bundle: Path, side: int, crop: 
     it gives the values computing it per branch gives (fp tolerance: other batch compositions).
     """
     from mtcolor_batch.model.engine import MTColorEngine
-    from mtcolor_batch.model.sampler import build_canvas, plan_latent_tiles
     from mtcolor_batch.testing.trained_like import trained_like
 
     engine = MTColorEngine.load(tiny_bundle, device="cpu")
@@ -170,15 +169,7 @@ def test_shared_unconditional_half_is_exact(tiny_bundle: Path, side: int, crop: 
     plan = _plan((side, side), alpha=1.0, branch_crop=crop)
     sampler = engine.sampler
     texts = sampler.texts(plan, insts)
-    canvas = build_canvas(
-        luma,
-        insts,
-        texts.inst_pooled,
-        lambda h, w: plan_latent_tiles(plan, h, w),
-        engine.device,
-        engine.dtype,
-        crop,
-    )
+    canvas = sampler.canvas(luma, insts, texts, plan)
     assert len(canvas.boxes) == (1 if side == 64 else 4) and bool(canvas.crops) == bool(crop)
     z = sampler.initial_noise(torch.Generator().manual_seed(1), canvas.latent_size).repeat(4, 1, 1, 1)
     scheduler = sampler.scheduler_factory()

@@ -22,7 +22,7 @@ from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance, stack_masks
 from mtcolor_batch.model.instance_guidance import MaskEncoder
 from mtcolor_batch.model.regions import MASK_INPUT_SIZE, RegionBatch, label_map, mask_input
-from mtcolor_batch.model.sampler import area_resized, build_canvas, crop_boxes, resize_plane
+from mtcolor_batch.model.sampler import area_resized, build_canvas, crop_boxes, resize_plane, whole_canvas
 from mtcolor_batch.stages.plan import make_plan
 
 
@@ -64,7 +64,7 @@ def test_canvas_regions_equal_the_full_canvas_reference(h: int, w: int, seed: in
         np.full((h, w), 0.5, np.float32),
         insts,
         torch.zeros(len(insts), 4),
-        lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
+        whole_canvas,
         torch.device("cpu"),
         torch.float32,
         branch_crop=16,
@@ -89,7 +89,7 @@ def test_window_mask_input_equals_resizing_the_window(h: int, w: int, seed: int)
         np.full((h, w), 0.5, np.float32),
         insts,
         torch.zeros(len(insts), 4),
-        lambda hp, wp: [(0, 0, wp // 8, hp // 8)],
+        whole_canvas,
         torch.device("cpu"),
         torch.float32,
     )

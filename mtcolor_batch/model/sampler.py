@@ -233,6 +233,11 @@ def plan_latent_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     return scale_boxes(tiles, LATENT_FACTOR)
 
 
+def whole_canvas(height: int, width: int) -> list[Box]:
+    """One latent box over a padded canvas of ``height`` x ``width`` pixels: sampling without tiles."""
+    return [(0, 0, width // LATENT_FACTOR, height // LATENT_FACTOR)]
+
+
 def _tiles_cover(tiles: list[Box], height: int, width: int) -> bool:
     """Several 8-aligned boxes inside the canvas that together cover every pixel of it."""
     ok = len(tiles) > 1 and all(
@@ -414,6 +419,17 @@ class MTColorSampler:
             inst_seq=seq[ids],
             inst_pooled=pooled[ids],
         )
+
+    def canvas(
+        self, luma: np.ndarray, instances: Sequence[Instance], texts: TextBank, plan: Plan, tiled: bool = True
+    ) -> Canvas:
+        """The canvas this sampler runs ``plan`` on: the plan's latent tiles (or one box) and branch crop."""
+
+        def tiles(height: int, width: int) -> list[Box]:
+            return plan_latent_tiles(plan, height, width) if tiled else whole_canvas(height, width)
+
+        pooled = texts.inst_pooled
+        return build_canvas(luma, instances, pooled, tiles, self.device, self.dtype, plan.branch_crop)
 
     # ------------------------------------------------------------------------------ one step
     @staticmethod
@@ -664,20 +680,9 @@ class MTColorSampler:
         luma = np.asarray(luma, dtype=np.float32)
         if luma.ndim != 2 or luma.size == 0:
             raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
-        for inst in instances:
-            check_box_inside(inst, luma.shape)  # a box outside the luma raises ValueError
         texts = self.texts(plan, instances)
         generator = torch.Generator("cpu").manual_seed(int(plan.seed))
-
-        def tiled_boxes(hp: int, wp: int) -> list[Box]:
-            return plan_latent_tiles(plan, hp, wp)
-
-        def one_box(hp: int, wp: int) -> list[Box]:
-            return [(0, 0, wp // LATENT_FACTOR, hp // LATENT_FACTOR)]
-
-        full = build_canvas(
-            luma, instances, texts.inst_pooled, tiled_boxes, self.device, self.dtype, plan.branch_crop
-        )
+        full = self.canvas(luma, instances, texts, plan)  # a box outside the luma raises ValueError
         if len(full.boxes) == 1:
             z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
             return self.decode_rgb(z, full)
@@ -686,15 +691,8 @@ class MTColorSampler:
         h, w = luma.shape
         scale = plan.tile_size / max(_ceil8(h), _ceil8(w))
         lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
-        low = build_canvas(
-            resize_plane(luma, (lh, lw)),
-            [area_resized(inst, (h, w), (lh, lw)) for inst in instances],
-            texts.inst_pooled,
-            one_box,
-            self.device,
-            self.dtype,
-            plan.branch_crop,
-        )
+        low_instances = [area_resized(inst, (h, w), (lh, lw)) for inst in instances]
+        low = self.canvas(resize_plane(luma, (lh, lw)), low_instances, texts, plan, tiled=False)
         z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
         rgb_low = self.decode_rgb(z_low, low)
         ab_low = rgb2lab(rgb_low)[..., 1:].transpose(2, 0, 1)
