@@ -166,13 +166,18 @@ class Profile(_Section):
     output: OutputSettings = Field(default_factory=OutputSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
 
-    def follows(self, builtin: str) -> bool:
-        """Whether every value the built-in profile ``builtin`` sets holds here (e.g. the paper setting).
+    def departures(self, builtin: str) -> dict[str, tuple[Any, Any]]:
+        """{dotted key: (value here, the built-in's)} for each value the built-in profile sets otherwise.
 
-        Provenance uses it to label outputs made in the paper's setting, whatever the profile's name.
+        Provenance labels outputs made in the paper's setting (none) and lists what differs from it.
         """
         mine = dotted(self.model_dump(mode="json"))
-        return all(mine.get(key) == want for key, want in builtin_values(builtin).items())
+        wanted = builtin_values(builtin)
+        return {key: (mine.get(key), want) for key, want in wanted.items() if mine.get(key) != want}
+
+    def follows(self, builtin: str) -> bool:
+        """Whether every value the built-in profile ``builtin`` sets holds here (e.g. the paper setting)."""
+        return not self.departures(builtin)
 
     def fingerprint(self) -> str:
         """Hash of every value that changes output bytes (device excluded: it is recorded apart).

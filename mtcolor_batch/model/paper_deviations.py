@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mtcolor_batch.core.config import Profile, builtin_values, dotted
+from mtcolor_batch.core.config import Profile
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,9 @@ SETTING_WHY: dict[str, str] = {
 
 def deviations(profile: Profile) -> dict[str, Any]:
     """The record's ``paper_deviations``: the built-in departures, and the profile's, with values."""
-    mine = dotted(profile.model_dump(mode="json"))
     chosen = [
-        {"key": key, "value": mine.get(key), "paper": want, "why": SETTING_WHY.get(key, "")}
-        for key, want in builtin_values("paper").items()
-        if mine.get(key) != want
+        {"key": key, "value": mine, "paper": want, "why": SETTING_WHY.get(key, "")}
+        for key, (mine, want) in profile.departures("paper").items()
     ]
     return {
         "built_in": [{"id": d.id, "element": d.element, "why": d.why} for d in BUILT_IN],

@@ -147,6 +147,7 @@ def build_record(
     """
     plan_dict = asdict(plan)
     plan_dict["tiles"] = [list(t) for t in plan.tiles]
+    departures = deviations(profile)
     return {
         "schema": 1,
         "tool": {"name": "mtcolor-batch", "version": __version__},
@@ -160,8 +161,8 @@ def build_record(
             "path": str(model_dir),
             "info": engine_info,
         },
-        "paper_profile": profile.follows("paper"),  # made in the MT-Color paper's setting
-        "paper_deviations": deviations(profile),  # where this output departs from the paper, and why
+        "paper_profile": not departures["profile"],  # made in the paper's setting: Profile.follows("paper")
+        "paper_deviations": departures,  # where this output departs from the paper, and why
         "profile": {
             "name": profile.name,
             "fingerprint": profile.fingerprint(),
