@@ -215,3 +215,26 @@ def test_second_ctrl_c_stops_mid_write_with_nothing_half_written(
         assert j.check() == []
     assert states == {"f0.png": "done", "f1.png": "pending", "f2.png": "pending"}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_second_ctrl_c_inside_a_finalizer_is_not_lost() -> None:
+    """A hard stop that lands in a garbage collector's ``__del__`` (where Python would swallow it and
+    print "Exception ignored") is asked again once the finalizer has returned."""
+    from rich.console import Console
+
+    from mtcolor_batch.jobs.batch import StopController
+
+    class Finalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C arrives during collection
+            time.sleep(0.05)  # the handler has run in here (between bytecodes) and must not raise
+
+    with StopController(Console(file=io.StringIO())) as stop:
+        stop.requested = True  # the first Ctrl-C
+        obj = Finalized()
+        with pytest.raises(KeyboardInterrupt):
+            del obj  # the finalizer returns normally; the stop arrives right after
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

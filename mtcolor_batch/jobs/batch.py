@@ -8,6 +8,7 @@ planned files with :func:`mtcolor_batch.stages.pipeline.process_one` and records
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,12 @@ class StopController:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
+            if _in_finalizer(frame):
+                # Python runs a signal handler wherever the main thread is, and a garbage
+                # collector's ``__del__`` swallows what it raises ("Exception ignored in ...",
+                # a traceback on screen, the hard stop lost). Ask again once it has returned.
+                threading.Timer(0.005, self._ask_again).start()
+                return
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third Ctrl-C must not break the cleanup
             raise KeyboardInterrupt
         self.requested = True
@@ -90,6 +97,10 @@ class StopController:
             "[yellow]Stopping after the current file's write (or rolling it back); "
             "press Ctrl-C again to stop at once.[/yellow]"
         )
+
+    def _ask_again(self) -> None:
+        if signal.getsignal(signal.SIGINT) == self._handle:  # still inside the run
+            signal.raise_signal(signal.SIGINT)
 
     def checkpoint(self, stage: str) -> None:
         """Abandon the file at any stage before ``write``; once writing, finish it."""
@@ -104,6 +115,15 @@ class StopController:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """True when the interrupted code runs inside an object's ``__del__``, where an exception is lost."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 Executor = Callable[[list[PlannedFile], ExecContext], bool]
