@@ -13,10 +13,14 @@ Modes:
   full image (default): whole images, VAE decode included, ``--repeats`` timed runs after a warm-up.
   ``--one-call``: one denoising step per phase, timed apart from the per-image set-up (text
       encoding, region maps), and composed into seconds per image: plain ``setup + T*step``;
-      MT-Color ``setup + first + (K-1)*branch + (T-K)*fused`` (K = round(alpha*T); ``first`` is the
-      first branch step, whose unconditional halves are shared, ``branch`` a later one), at the
-      profile's steps and at every ``--compose`` step count. VAE excluded on both sides. Makes the
-      full-size ratio measurable on a CPU in minutes.
+      MT-Color ``setup + first + (R-1)*branch + (T-R)*fused`` (K = round(alpha*T) branch steps, of
+      which R = ceil(K/N) run the instance branches with ``branch_refresh`` N, the others cost a
+      global-only ``fused`` step; ``first`` is the first branch step, whose unconditional halves are
+      shared when uncropped, ``branch`` a later one), at the profile's steps and at every
+      ``--compose`` step count. VAE excluded on both sides. Makes the full-size ratio measurable on
+      a CPU in minutes. Every timed MT-Color step runs right after a timed plain step, and the base
+      is the median of those plain steps: a shared machine drifts by several percent over minutes,
+      and a pair sees the same drift.
   ``--table``: the settings of the speed issue (fresh/trained-like x 0/4 instances), printed with the
       figures measured before this benchmark existed beside the new ones.
 
@@ -67,7 +71,8 @@ OLD_TINY = {"fresh-0": (3.00, 1.00), "trained-4": (21.2, 7.07)}
 TABLE = [("fresh", 0, 0), ("fresh", 4, 0), ("trained", 0, 0), ("trained", 4, 0), ("trained", 4, 64)]
 """(modules, instances, branch_crop px): the issue's four settings, then the cheaper instance branches.
 ``--rows`` replaces it, e.g. ``trained:0:0,trained:4:0,trained:4:32``; a fourth field sets
-``sampling.branch_uncond`` (``trained:4:64:global``; default ``own``)."""
+``sampling.branch_uncond`` (``trained:4:64:global``; default ``own``), a fifth
+``sampling.branch_refresh`` (``trained:4:64:own:1``; default the profile's)."""
 
 
 def scene(size: int, n: int) -> tuple[np.ndarray, list[Instance]]:
@@ -130,6 +135,7 @@ class Row:
     # one-call mode: (wall s, cpu s, calls) per phase, composed per step count by ``at``
     phases: dict[str, tuple[float, float, int]] = dataclasses.field(default_factory=dict)
     instances: int = 0
+    refresh: int = 1  # sampling.branch_refresh: the instance branches run at every Nth branch step
 
     def at(self, steps: int, alpha: float) -> Row:
         """This row composed for ``steps`` denoising steps (one-call rows; others as measured)."""
@@ -140,7 +146,8 @@ class Row:
             counts = {"setup": 1, "plain": steps}
         else:
             k = fusion_steps(alpha, steps) if self.instances else 0
-            counts = {"setup": 1, "first": min(k, 1), "branch": max(k - 1, 0), "fused": steps - k}
+            runs = -(-k // self.refresh)  # branch steps that run the branches; the rest are global-only
+            counts = {"setup": 1, "first": min(runs, 1), "branch": max(runs - 1, 0), "fused": steps - runs}
         total = [sum(n * ph.get(name, (0.0, 0.0, 0))[i] for name, n in counts.items()) for i in range(3)]
         return dataclasses.replace(self, seconds=total[0], cpu=total[1], calls=int(total[2]))
 
@@ -173,6 +180,8 @@ class Bench:
         self.states = ModuleStates(engine)
         self.k = fusion_steps(plan.alpha, plan.steps)
         self.fused: dict[tuple[str, int], tuple[float, float, int, float]] = {}
+        self.steps: dict[tuple[str, int, int, str], Row] = {}  # one-call rows by what their steps run
+        self.paired: list[tuple[float, float, int]] = []  # plain steps timed next to MT-Color ones
 
     # ----------------------------------------------------------------------- plain SD+ControlNet
     def _plain_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -260,10 +269,10 @@ class Bench:
         return 1
 
     # ---------------------------------------------------------------------------------- MT-Color
-    def mt_image(self, n: int, crop: int, uncond: str = "own") -> int:
+    def mt_image(self, n: int, crop: int, uncond: str = "own", refresh: int = 1) -> int:
         luma, insts = scene(self.size, n)
         c0 = self.engine.unet_calls
-        plan = dataclasses.replace(self.plan, branch_crop=crop, branch_uncond=uncond)
+        plan = dataclasses.replace(self.plan, branch_crop=crop, branch_uncond=uncond, branch_refresh=refresh)
         self.engine.colorize(luma, insts, plan)
         return self.engine.unet_calls - c0
 
@@ -300,6 +309,22 @@ class Bench:
             fn()
         return _timed(fn, self.engine.device, self.repeats)
 
+    def measure_paired(self, fn: Callable[[], int]) -> tuple[float, float, int, float]:
+        """A one-call MT-Color step, each timed run right after a timed plain step.
+
+        A shared machine drifts by several percent over minutes; a plain step next to every
+        MT-Color one sees the same drift, so the median of those pairs (:attr:`paired`) is the base.
+        """
+        inputs = self._plain_inputs()
+        for _ in range(self.warmup):
+            fn()
+        runs = []
+        for _ in range(self.repeats):
+            self.paired.append(_timed(lambda: self.plain_step(inputs), self.engine.device, 1)[:3])
+            runs.append(_timed(fn, self.engine.device, 1))
+        walls, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        return float(np.median(walls)), float(np.median(cpus)), runs[-1][2], max(r[3] for r in runs)
+
     def row_plain(self, one_call: bool) -> Row:
         if one_call:
             inputs = self._plain_inputs()
@@ -312,33 +337,41 @@ class Bench:
         s, c, calls, peak = self.measure(self.plain_image)
         return Row("plain SD+ControlNet (diffusers)", "plain", s, c, calls, peak)
 
-    def row_mt(self, kind: str, n: int, one_call: bool, crop: int = 0, uncond: str = "own") -> Row:
+    def row_mt(
+        self, kind: str, n: int, one_call: bool, crop: int = 0, uncond: str = "own", refresh: int = 1
+    ) -> Row:
         self.states.use(kind)
         label = "trained-like" if kind == "trained" else "fresh"
         name = f"MT-Color {label}, {n} inst" + (f", crop {crop}" if crop and n else "")
         key = f"{kind}-{n}" if not crop else f"{kind}-{n}-crop{crop}"
         if uncond != "own" and n:
             name, key = f"{name}, uncond {uncond}", f"{key}-{uncond}"
+        if refresh != 1 and n:
+            name, key = f"{name}, refresh {refresh}", f"{key}-refresh{refresh}"
         if not one_call:
-            s, c, calls, peak = self.measure(lambda: self.mt_image(n, crop, uncond))
+            s, c, calls, peak = self.measure(lambda: self.mt_image(n, crop, uncond, refresh))
             return Row(name, key, s, c, calls, peak)
+        measured = self.steps.get((kind, n, crop, uncond))  # refresh changes only the composition
+        if measured is not None:
+            row = dataclasses.replace(measured, name=name, key=key, refresh=refresh)
+            return row.at(self.plan.steps, self.plan.alpha)
         setup = self.mt_setup(n, crop, uncond)
         ph = {"setup": self.measure(lambda: (self.mt_setup(n, crop, uncond), 0)[1])}
         fused_key = (kind, n)  # the fused step does not depend on the crop: measured once
         if fused_key not in self.fused:
-            self.fused[fused_key] = self.measure(lambda: self.mt_step(setup, "fused"))
+            self.fused[fused_key] = self.measure_paired(lambda: self.mt_step(setup, "fused"))
         ph["fused"] = self.fused[fused_key]
         if n:
-            ph["first"] = self.measure(lambda: self.mt_step(setup, "first"))
+            ph["first"] = self.measure_paired(lambda: self.mt_step(setup, "first"))
             # A later branch step differs from the first only where the first shares work (uncropped,
             # own unconditional halves); with the global branch's unconditional it never does.
             crops = setup[1].crops
             same = uncond == "global" or (bool(crops) and all(c != setup[1].boxes[0] for c in crops))
-            ph["branch"] = ph["first"] if same else self.measure(lambda: self.mt_step(setup, "branch"))
+            ph["branch"] = ph["first"] if same else self.measure_paired(lambda: self.mt_step(setup, "branch"))
         peaks = [v[3] for v in ph.values() if not np.isnan(v[3])]
-        row = Row(
-            name, key, 0, 0, 0, max(peaks) if peaks else float("nan"), {k: v[:3] for k, v in ph.items()}, n
-        )
+        phases = {k: v[:3] for k, v in ph.items()}
+        row = Row(name, key, 0, 0, 0, max(peaks) if peaks else float("nan"), phases, n, refresh)
+        self.steps[(kind, n, crop, uncond)] = row
         return row.at(self.plan.steps, self.plan.alpha)
 
 
@@ -360,12 +393,13 @@ def print_rows(rows: list[Row], old: dict[str, tuple[float, float]] | None, one_
         print(line)
 
 
-def parse_row(text: str) -> tuple[str, int, int, str]:
-    """``modules:instances:crop[:own|global]`` -> (modules, instances, crop, branch_uncond)."""
+def parse_row(text: str, refresh: int) -> tuple[str, int, int, str, int]:
+    """``modules:instances:crop[:own|global[:refresh]]`` -> (modules, n, crop, branch_uncond, refresh)."""
     parts = text.split(":")
-    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("own", "global")):
-        raise SystemExit(f"--rows: '{text}' is not modules:instances:crop[:own|global]")
-    return parts[0], int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else "own"
+    if len(parts) not in (3, 4, 5) or (len(parts) >= 4 and parts[3] not in ("own", "global")):
+        raise SystemExit(f"--rows: '{text}' is not modules:instances:crop[:own|global[:refresh]]")
+    uncond = parts[3] if len(parts) >= 4 else "own"
+    return parts[0], int(parts[1]), int(parts[2]), uncond, int(parts[4]) if len(parts) == 5 else refresh
 
 
 def main() -> None:
@@ -388,6 +422,7 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--attention", default="auto", help="auto | sparse | flex | dense (the reference)")
     ap.add_argument("--branch-crop", type=int, help="sampling.branch_crop px for the MT-Color rows")
+    ap.add_argument("--branch-refresh", type=int, help="sampling.branch_refresh for the MT-Color rows")
     ap.add_argument(
         "--rows", help="settings as modules:instances:crop[:own|global],... (replaces --table's list)"
     )
@@ -396,7 +431,12 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     profile = load_profile(
-        args.profile, {"sampling.steps": args.steps, "sampling.branch_crop": args.branch_crop}
+        args.profile,
+        {
+            "sampling.steps": args.steps,
+            "sampling.branch_crop": args.branch_crop,
+            "sampling.branch_refresh": args.branch_refresh,
+        },
     )
     sampling = profile.sampling.model_copy(update={"working_long_side": max(args.size, 8)})
     options = EngineOptions(
@@ -431,33 +471,37 @@ def main() -> None:
             f"mode {'one-call (composed)' if args.one_call else 'full image'}, "
             f"{args.repeats} timed + {args.warmup} warm-up runs each"
         )
-        crop, uncond = plan.branch_crop, plan.branch_uncond
+        crop, uncond, refresh = plan.branch_crop, plan.branch_uncond, plan.branch_refresh
         settings = (
-            [(m, n, c, uncond) for m, n, c in TABLE]
+            [(m, n, c, uncond, refresh) for m, n, c in TABLE]
             if args.table
-            else [(args.modules, int(v), crop, uncond) for v in args.instances.split(",")]
+            else [(args.modules, int(v), crop, uncond, refresh) for v in args.instances.split(",")]
         )
         if args.rows:
-            settings = [parse_row(r) for r in args.rows.split(",")]
+            settings = [parse_row(r, refresh) for r in args.rows.split(",")]
         if args.one_call and not args.warmup:
             bench.plain_step()  # one untimed step first: the first call of a process pays set-up costs
         rows = [bench.row_plain(args.one_call)]
-        for kind, n, crop, uncond in settings:
-            rows.append(bench.row_mt(kind, n, args.one_call, crop, uncond))
+        for kind, n, crop, uncond, refresh in settings:
+            rows.append(bench.row_mt(kind, n, args.one_call, crop, uncond, refresh))
             phases = ", ".join(f"{name} {v[1]:.2f}" for name, v in rows[-1].phases.items())
             print(f"  measured {rows[-1].name}: {rows[-1].cpu:.2f} cpu-s ({phases})", flush=True)
-        if args.one_call:  # the base again: a shared machine drifts over minutes; their mean is the base
-            before, after = rows[0].phases, bench.row_plain(True).phases
+        if args.one_call and bench.paired:  # a shared machine drifts over minutes: pair the base
+            before = rows[0].phases["plain"]
+            paired = bench.paired
+            base = (
+                float(np.median([p[0] for p in paired])),
+                float(np.median([p[1] for p in paired])),
+                paired[0][2],
+            )
             print(
-                f"  plain step before / after the MT-Color rows: {before['plain'][1]:.2f} / "
-                f"{after['plain'][1]:.2f} cpu-s; the base is their mean",
+                f"  plain step before the MT-Color rows {before[1]:.2f} cpu-s; beside each MT-Color step "
+                f"{min(p[1] for p in paired):.2f}-{max(p[1] for p in paired):.2f} ({len(paired)} runs); "
+                f"the base is their median, {base[1]:.2f}",
                 flush=True,
             )
-            mean = {
-                k: (float((v[0] + after[k][0]) / 2), float((v[1] + after[k][1]) / 2), v[2])
-                for k, v in before.items()
-            }
-            rows[0] = dataclasses.replace(rows[0], phases=mean).at(plan.steps, plan.alpha)
+            rows[0] = dataclasses.replace(rows[0], phases={**rows[0].phases, "plain": base})
+            rows[0] = rows[0].at(plan.steps, plan.alpha)
     old_steps = 5 if args.full_size else 20
     old = (OLD_FULL if args.full_size else OLD_TINY) if args.table else None
     compose = [int(v) for v in args.compose.split(",") if v] if args.one_call else []

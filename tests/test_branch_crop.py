@@ -37,7 +37,13 @@ def _scene(size: int) -> tuple[np.ndarray, list[Instance]]:
 
 def _plan(size: int, **changes: object) -> Plan:
     settings = SamplingSettings(
-        steps=3, working_long_side=size, tile_size=256, tile_overlap=64, alpha=1.0, branch_crop=0
+        steps=3,
+        working_long_side=size,
+        tile_size=256,
+        tile_overlap=64,
+        alpha=1.0,
+        branch_crop=0,
+        branch_refresh=1,
     )
     return dataclasses.replace(make_plan((size, size), settings, seed=4, prompt="a street"), **changes)
 

@@ -52,5 +52,6 @@ def test_the_paper_profile_departs_only_by_construction() -> None:
     default = {d["key"]: (d["value"], d["paper"]) for d in deviations(load_profile("default"))["profile"]}
     assert default["sampling.fusion"] == ("paste", "paper")
     assert default["sampling.branch_crop"] == (64, 0)
+    assert default["sampling.branch_refresh"] == (2, 1)
     assert default["output.luminance_lock"] == (True, False)
     assert "sampling.tile_size" not in default  # 512 either way

@@ -140,7 +140,7 @@ def test_seed_determinism(engine) -> None:  # noqa: ANN001
 
 def test_batched_equals_unbatched_branches(engine) -> None:  # noqa: ANN001
     luma, insts = _scene(64, 64, n=3)
-    plan = _plan((64, 64), alpha=1.0)  # every step has 4 branches x 2 CFG halves
+    plan = _plan((64, 64), alpha=1.0, branch_refresh=1)  # every step: 4 branches x 2 CFG halves
     engine.unet_calls = 0
     one = engine.colorize(luma, insts, dataclasses.replace(plan, max_batch=1))
     # First step: one shared unconditional half + 4 conditional ones; second: 4 branches x 2 halves.

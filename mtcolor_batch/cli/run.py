@@ -74,6 +74,11 @@ def run_command(
     branch_uncond: str | None = typer.Option(
         None, "--branch-uncond", help="own | global: whose unconditional half guides instance branches."
     ),
+    branch_refresh: int | None = typer.Option(
+        None,
+        "--branch-refresh",
+        help="Instance branches run at every Nth of the first alpha*T steps (1 = every step).",
+    ),
     attention: str | None = typer.Option(
         None, "--attention", help="auto | sparse | flex | dense: region attention (dense = reference)."
     ),
@@ -132,6 +137,7 @@ def run_command(
             "sampling.attention": attention,
             "sampling.branch_crop": branch_crop,
             "sampling.branch_uncond": branch_uncond,
+            "sampling.branch_refresh": branch_refresh,
             "perception.max_instances": max_instances,
             "perception.auto_instances": auto_instances,
             "hints.strict": strict_hints,

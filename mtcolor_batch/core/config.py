@@ -85,6 +85,13 @@ class SamplingSettings(_Section):
         "(each branch runs its unconditional half, as the paper) or global (the global branch's "
         "unconditional prediction over the branch's window: half the branch latents, an approximation).",
     )
+    branch_refresh: int = Field(
+        2,
+        ge=1,
+        description="In the first alpha*T steps the instance branches run at every Nth step; in "
+        "between, each takes the global branch's prediction plus its own deviation from it at its last "
+        "run (1 = every step, as the paper; the paper profile sets 1).",
+    )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
         False,

@@ -202,6 +202,7 @@ class Plan:
     fusion: str = "paste"  # multi-instance fusion after step K: paper | paste | blend (sampling.fusion)
     branch_crop: int = 0  # px of context around an instance its branch runs on; 0 = whole tile
     branch_uncond: str = "own"  # own | global: whose unconditional half guides an instance branch
+    branch_refresh: int = 1  # instance branches run at every Nth of the first K steps; 1 = every one
 
 
 @dataclass

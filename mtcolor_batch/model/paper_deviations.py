@@ -79,6 +79,9 @@ SETTING_WHY: dict[str, str] = {
     "in the first alpha*T steps (faster; fused latents move by a few percent)",
     "sampling.branch_uncond": "instance branches guided by the global branch's unconditional prediction "
     "instead of their own in the first alpha*T steps (faster; an approximation)",
+    "sampling.branch_refresh": "instance branches run at every Nth of the first alpha*T steps and carry "
+    "their last deviation from the global branch in between, instead of running at every step (faster; "
+    "an approximation)",
     "perception.auto_instances": "instances found automatically besides the sidecar's",
     "hints.strict": "hinted instances shifted to their hint colour after sampling",
     "output.luminance_lock": "the scan's own full-resolution lightness under the model's colour "

@@ -627,7 +627,16 @@ class MTColorSampler:
         z0: torch.Tensor,
         start: int = 0,
     ) -> torch.Tensor:
-        """Run steps ``start..T-1`` from latent ``z0`` (1, 4, h, w) (float32); return the final latent."""
+        """Run steps ``start..T-1`` from latent ``z0`` (1, 4, h, w) (float32); return the final latent.
+
+        ``plan.branch_refresh`` N > 1 (an approximation): in the first K steps the instance branches
+        run at every Nth step only; in between, each takes the global branch's prediction (run, as
+        always) plus the branch's deviation from it at its last run. That deviation is what the
+        instance's text and tokens do; it changes slowly over the first, noisiest steps, so carrying
+        it for a step costs a few percent of the branches' effect on the latent for half of their
+        work (README, "Speed and memory"). Outside its crop a branch's deviation is zero, so it
+        still follows the global branch exactly there. N = 1 is the paper's sampling, unchanged.
+        """
         scheduler = self.scheduler_factory()
         scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
         timesteps = scheduler.timesteps[start:]  # type: ignore[attr-defined]
@@ -636,8 +645,16 @@ class MTColorSampler:
         multi = n > 0 and k > start
         branches = [0, *range(1, n + 1)] if multi else [0]
         z = z0.repeat(len(branches), 1, 1, 1) if multi else z0
+        delta: torch.Tensor | None = None  # each branch's guided deviation from the global branch
         for i, t in enumerate(timesteps, start=start):
-            eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=multi and i == start)
+            if multi and delta is not None and (i - start) % plan.branch_refresh:
+                eps_g = self.predict(z[:1], [0], t, canvas, texts, plan, scheduler)
+                eps = torch.cat([eps_g, eps_g + delta])
+            else:
+                shared = multi and i == start
+                eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=shared)
+                if multi and plan.branch_refresh > 1:
+                    delta = eps[1:] - eps[:1]
             z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
             if multi and i + 1 == k:
                 z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
