@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -182,6 +183,7 @@ class Bench:
         self.fused: dict[tuple[str, int], tuple[float, float, int, float]] = {}
         self.steps: dict[tuple[str, int, int, str], Row] = {}  # one-call rows by what their steps run
         self.paired: list[tuple[float, float, int]] = []  # plain steps timed next to MT-Color ones
+        self.image_run = ExitStack()  # the sampling run of the image mt_setup last prepared
 
     # ----------------------------------------------------------------------- plain SD+ControlNet
     def _plain_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,9 +279,14 @@ class Bench:
         return self.engine.unet_calls - c0
 
     def mt_setup(self, n: int, crop: int, uncond: str = "own") -> tuple[Plan, Any, Any, torch.Tensor]:
-        """What the sampler does once per image before its steps: texts, canvas (region maps), noise."""
+        """What the sampler does once per image before its steps: texts, canvas (region maps), noise,
+        and a new sampling run, within which the steps reuse the hints' ControlNet embeddings (the
+        step that first shows a window pays for embedding it: the warm-up run, with ``--warmup``)."""
         luma, insts = scene(self.size, n)
         sampler = self.engine.sampler
+        self.image_run.close()  # the previous image's run
+        if sampler.hints is not None:
+            self.image_run.enter_context(sampler.hints.reuse())
         plan = dataclasses.replace(self.plan, branch_crop=crop, branch_uncond=uncond)
         texts = sampler.texts(plan, insts)
         canvas = sampler.canvas(luma, insts, texts, plan, tiled=False)

@@ -13,7 +13,7 @@ from one call (or one image) into the next, and the UNet is a plain diffusers UN
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ from torch import nn
 
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import staged_file
+from mtcolor_batch.model.hint_embedding import HintEmbeddings
 from mtcolor_batch.model.instance_guidance import (
     CALL_KEY,
     CallArgFilter,
@@ -216,6 +217,7 @@ class MTColorDenoiser(nn.Module):
         self.controlnet = controlnet
         self.mtcolor = modules
         self.skip_zero_modules = skip_zero_modules
+        self.hints = HintEmbeddings(controlnet)  # reused within a sampling run (``hints.reuse()``)
         self.install()
 
     def install(self) -> None:
@@ -249,11 +251,14 @@ class MTColorDenoiser(nn.Module):
         controlnet_scale: float = 1.0,
         *,
         use_controlnet: bool = True,
+        control_keys: Sequence[Hashable] | None = None,
     ) -> torch.Tensor:
         """latents (B,4,h,w), text_embeds (B,77,D), control_image (B,3,8h,8w) in [0,1] -> noise (B,4,h,w).
 
         ``use_controlnet=False`` is training stage 1: the UNet alone with the instance branch, no
-        ControlNet call and no PMAM (``control_image`` is then ignored).
+        ControlNet call and no PMAM (``control_image`` is then ignored). ``control_keys`` names the
+        window each hint shows (the sampler's latent boxes): inside ``self.hints.reuse()`` a window's
+        ControlNet embedding is then computed once per run.
         """
         b, _, h, w = latents.shape
         regions = regions.to(device=latents.device, dtype=latents.dtype)
@@ -278,14 +283,15 @@ class MTColorDenoiser(nn.Module):
             )[0]
         if control_image is None:
             raise ValueError("control_image is required unless use_controlnet=False")
-        down, mid = self.controlnet(
-            latents,
-            timestep,
-            encoder_hidden_states=text_embeds,
-            controlnet_cond=control_image.to(latents.dtype),
-            conditioning_scale=1.0,
-            return_dict=False,
-        )
+        with self.hints.call(control_keys):
+            down, mid = self.controlnet(
+                latents,
+                timestep,
+                encoder_hidden_states=text_embeds,
+                controlnet_cond=control_image.to(latents.dtype),
+                conditioning_scale=1.0,
+                return_dict=False,
+            )
         scale = float(controlnet_scale)
         # The very operation diffusers' ControlNet applies for conditioning_scale: bit-identical.
         down_scaled = [r * scale for r in down]

@@ -213,6 +213,7 @@ class MTColorEngine:
             encode_text=self.encode_text,
             device=device,
             dtype=dtype,
+            hints=self.denoiser.hints,
         )
         self.last_timings: dict[str, float] = {}
 

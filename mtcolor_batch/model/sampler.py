@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,8 @@ from mtcolor_batch.stages.plan import canvas_tiles
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
+
+    from mtcolor_batch.model.hint_embedding import HintEmbeddings
 
 FUSION_MODES = ("paper", "paste", "blend")
 TILE_SEED_STRENGTH = 0.6
@@ -397,8 +400,10 @@ class MTColorSampler:
         encode_text: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
         device: torch.device,
         dtype: torch.dtype,
+        hints: HintEmbeddings | None = None,
     ) -> None:
         self.denoiser = denoiser
+        self.hints = hints  # the denoiser's ControlNet hint embeddings, reused within one denoise()
         self.scheduler_factory = scheduler_factory
         self.vae = vae
         self.encode_text = encode_text
@@ -542,6 +547,7 @@ class MTColorSampler:
                     torch.stack(ctl),
                     regions,
                     controlnet_scale=plan.controlnet_scale,
+                    control_keys=[e.box for e in chunk],  # the window each hint shows
                 )
                 self.unet_calls += 1
                 for e, p in zip(chunk, pred.float(), strict=True):
@@ -646,20 +652,22 @@ class MTColorSampler:
         branches = [0, *range(1, n + 1)] if multi else [0]
         z = z0.repeat(len(branches), 1, 1, 1) if multi else z0
         delta: torch.Tensor | None = None  # each branch's guided deviation from the global branch
-        for i, t in enumerate(timesteps, start=start):
-            if multi and delta is not None and (i - start) % plan.branch_refresh:
-                eps_g = self.predict(z[:1], [0], t, canvas, texts, plan, scheduler)
-                eps = torch.cat([eps_g, eps_g + delta])
-            else:
-                shared = multi and i == start
-                eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=shared)
-                if multi and plan.branch_refresh > 1:
-                    delta = eps[1:] - eps[:1]
-            z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
-            if multi and i + 1 == k:
-                z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
-                branches = [0]
-                multi = False
+        # The hints' ControlNet embeddings are the same at every step: computed once per window.
+        with self.hints.reuse() if self.hints is not None else nullcontext():
+            for i, t in enumerate(timesteps, start=start):
+                if multi and delta is not None and (i - start) % plan.branch_refresh:
+                    eps_g = self.predict(z[:1], [0], t, canvas, texts, plan, scheduler)
+                    eps = torch.cat([eps_g, eps_g + delta])
+                else:
+                    shared = multi and i == start
+                    eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=shared)
+                    if multi and plan.branch_refresh > 1:
+                        delta = eps[1:] - eps[:1]
+                z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
+                if multi and i + 1 == k:
+                    z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
+                    branches = [0]
+                    multi = False
         return z
 
     def initial_noise(self, generator: torch.Generator, latent_size: tuple[int, int]) -> torch.Tensor:
