@@ -90,3 +90,25 @@ def test_the_controlnet_is_plain_diffusers_between_calls(engine: MTColorEngine) 
         assert "forward" not in vars(embedding)
     with hints.call([(0, 0, 8, 8)]):  # outside a run nothing is kept
         assert "forward" not in vars(embedding)
+
+
+def test_an_instance_level_forward_is_put_back(engine: MTColorEngine) -> None:
+    """A ``forward`` set on the embedding module by someone else (an offloading hook does that) is
+    what the call wraps and what stays afterwards."""
+    hints = engine.denoiser.hints
+    embedding = engine.controlnet.controlnet_cond_embedding
+    seen: list[int] = []
+    class_forward = embedding.forward
+
+    def hooked(cond: torch.Tensor) -> torch.Tensor:
+        seen.append(cond.shape[0])
+        return class_forward(cond)
+
+    embedding.forward = hooked
+    try:
+        with torch.no_grad(), hints.reuse(), hints.call([(0, 0, 8, 8)]):
+            embedding(torch.rand(1, 3, 64, 64))
+        assert seen == [1]
+        assert vars(embedding)["forward"] is hooked
+    finally:
+        del embedding.forward

@@ -12,8 +12,9 @@ bit; otherwise a reused embedding may come from another batch than the call's (f
 
 The ControlNet offers no argument for a precomputed embedding, so for one call its embedding
 module's ``forward`` is replaced on the instance and restored in a ``finally``; between calls the
-ControlNet is plain diffusers. A compiled ControlNet (``--compile``) is left alone: its graph
-already holds the embedding.
+ControlNet is as it was (an instance-level ``forward`` set by someone else, such as an offloading
+hook, is put back). A compiled ControlNet (``--compile``) is left alone: its graph already holds
+the embedding.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class HintEmbeddings:
             return
         module: Any = self.controlnet.controlnet_cond_embedding
         original = module.forward
+        patched_before = vars(module).get("forward")  # an instance-level forward (e.g. a hook) stays
 
         def forward(cond: torch.Tensor) -> torch.Tensor:
             if len(keys) != cond.shape[0]:
@@ -72,4 +74,7 @@ class HintEmbeddings:
         try:
             yield
         finally:
-            del module.forward  # the class's forward again
+            if patched_before is None:
+                del module.forward  # the class's forward again
+            else:
+                module.forward = patched_before
