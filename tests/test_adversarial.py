@@ -208,3 +208,57 @@ def test_one_archive_with_every_attack(tmp_path: Path, tiny_bundle: Path) -> Non
     finally:
         for s in socks:
             s.close()
+
+
+# ---- overnight (issue 22): setup errors, stale results, stop requests --------------------------
+# Each case below is run through the CLI; a setup error is exit 2 with one line, and leaves no
+# journal behind (nothing was journaled, so nothing to untangle).
+
+SETUP_ERRORS = {  # case -> (extra CLI args, profile YAML or None, what the one line must say)
+    "guidance inf": (["--guidance", "inf"], None, "sampling.guidance_scale: Input should be a finite"),
+    "guidance 1e308": (["--guidance", "1e308"], None, "sampling.guidance_scale: Input should be less"),
+    "controlnet inf": (["--controlnet-scale", "inf"], None, "sampling.controlnet_scale: Input should be a"),
+    "megapixels inf": (["--max-megapixels", "inf"], None, "scan.max_megapixels: Input should be a finite"),
+    "megapixels 1e308": (["--max-megapixels", "1e308"], None, "scan.max_megapixels: Input should be less"),
+    "seed 5000 digits": ([], "seed: " + "9" * 5000 + "\n", "Exceeds the limit (4300 digits)"),
+    "suffix 300 chars": ([], "output:\n  suffix: " + "x" * 300 + "\n", "output.suffix is 300 characters"),
+    "suffix newline": ([], 'output:\n  suffix: ".a\\nb"\n', "control characters"),
+    "suffix dots": ([], 'output:\n  suffix: ".."\n', "must not contain '..'"),
+    "shard empty": (["--shard", ""], None, "--shard is empty"),
+    "gpus nan": (["--executor", "ray", "--gpus-per-worker", "nan"], None, "bad --gpus-per-worker nan"),
+    "address empty": (["--executor", "ray", "--address", ""], None, "--address is empty"),
+    "address http": (["--executor", "ray", "--address", "http://head:8265"], None, "is a web address"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SETUP_ERRORS))
+def test_overnight_absurd_settings_are_setup_errors(case: str, tmp_path: Path, tiny_bundle: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtcolor_batch.cli import app
+
+    args, profile_text, why = SETUP_ERRORS[case]
+    _gray(tmp_path / "arc" / "a.png", 1)
+    out = tmp_path / "out"
+    cmd = ["run", str(tmp_path / "arc"), "--out", str(out), "--model", str(tiny_bundle), "--device", "cpu"]
+    if profile_text is not None:
+        (tmp_path / "p.yaml").write_text(profile_text)
+        cmd += ["--profile", str(tmp_path / "p.yaml")]
+    result = CliRunner().invoke(app, [*cmd, *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and why in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (out / ".mtcolor").exists()  # nothing journaled
+
+
+def test_overnight_model_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtcolor_batch.cli import app
+
+    _gray(tmp_path / "arc" / "a.png", 1)
+    (tmp_path / "weights").mkdir()
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "arc"), "--model", str(tmp_path / "weights")])
+    assert result.exit_code == 2
+    assert "not a model bundle: mtcolor.json is missing" in result.output, result.output

@@ -210,7 +210,9 @@ _ANN = typer.Option(
 )
 _CLIP = typer.Option(None, "--clip", help="Bundle with clip/ or a CLIP folder (default: the model bundle).")
 _FID = typer.Option(
-    None, "--fid-weights", help="Inception weights for FID (.pth or .safetensors) [default: torch hub cache]."
+    None,
+    "--fid-weights",
+    help="Inception weights for FID (.pth or .safetensors) \\[default: torch hub cache].",
 )
 _IQA = typer.Option(True, "--iqa/--no-iqa", help="NR-IQA columns through pyiqa (pip extra: iqa).")
 _IQA_METRIC = typer.Option(list(DEFAULT_IQA), "--iqa-metric", help="pyiqa metric names.")

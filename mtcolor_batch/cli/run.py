@@ -34,7 +34,7 @@ def run_command(
         ..., metavar="SCANS", help="Folder of scans (searched recursively) or one image file."
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output folder [default: <SCANS>-colorized beside it]."
+        None, "--out", "-o", help="Output folder \\[default: <SCANS>-colorized beside it]."
     ),
     profile: str = typer.Option("default", "--profile", "-p", help="Built-in profile name or a YAML file."),
     model: str | None = typer.Option(None, "--model", "-m", help="Bundle folder or cached bundle id."),
@@ -51,7 +51,7 @@ def run_command(
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
-    seed: int | None = typer.Option(None, "--seed", help="Fixed seed [default: from each file's sha256]."),
+    seed: int | None = typer.Option(None, "--seed", help="Fixed seed \\[default: from each file's sha256]."),
     prompt: str | None = typer.Option(None, "--prompt", help="Global text when a sidecar gives none."),
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     controlnet_scale: float | None = typer.Option(None, "--controlnet-scale", help="ControlNet strength."),

@@ -21,15 +21,20 @@ from mtcolor_batch.core.types import LATENT_FACTOR
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a setting: refused here, they are one line and exit 2 before anything is
+    # journaled, instead of failing every file (or overflowing an int() deep in a stage).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ScanSettings(_Section):
     max_megapixels: float = Field(
-        400.0, gt=0, description="Decompression-bomb limit; larger files fail with a clear error."
+        400.0,
+        gt=0,
+        le=1_000_000,
+        description="Decompression-bomb limit; larger files fail with a clear error.",
     )
     gray_tolerance: float = Field(
-        0.03, ge=0, description="Mean chroma (0-1) under which an RGB scan is treated as gray/sepia."
+        0.03, ge=0, le=1, description="Mean chroma (0-1) under which an RGB scan is treated as gray/sepia."
     )
 
 
@@ -64,8 +69,8 @@ def tile_problem(tile_size: int, tile_overlap: int) -> str | None:
 
 class SamplingSettings(_Section):
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0)
-    controlnet_scale: float = Field(1.0, ge=0)
+    guidance_scale: float = Field(7.5, ge=0, le=100, description="Classifier-free guidance (7.5 typical).")
+    controlnet_scale: float = Field(1.0, ge=0, le=10, description="ControlNet strength (1 typical).")
     alpha: float = Field(0.2, ge=0, le=1, description="Fraction of steps sampled per instance.")
     beta: float = Field(0.2, ge=0, le=1, description="Weight of the global branch in the fusion.")
     fusion: Literal["paper", "paste", "blend"] = Field(
@@ -139,6 +144,10 @@ class JobSettings(_Section):
     )
 
 
+MAX_SUFFIX_CHARS = 32
+"""An output name is stem + suffix + extension, and must fit 255 bytes with the longest stems."""
+
+
 class OutputSettings(_Section):
     suffix: str = ".color"
     luminance_lock: bool = Field(
@@ -152,9 +161,18 @@ class OutputSettings(_Section):
     @field_validator("suffix")
     @classmethod
     def _suffix_is_part_of_a_name(cls, value: str) -> str:
-        """A suffix with a path separator would put outputs in other folders, even outside ``--out``."""
-        if any(c in value for c in "/\\\0"):
-            raise ValueError(f"output.suffix must be part of a file name, without / or \\ (got {value!r})")
+        """A suffix with a path separator would put outputs in other folders, even outside ``--out``;
+        ``..``, control characters or a long suffix make names that other tools (and 255-byte file
+        systems) refuse, which would fail every file of the run instead of the run's setup."""
+        if any(c in value for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(
+                f"output.suffix must be part of a file name, without /, \\ or control characters "
+                f"(got {value!r})"
+            )
+        if ".." in value:
+            raise ValueError(f"output.suffix must not contain '..' (got {value!r})")
+        if len(value) > MAX_SUFFIX_CHARS:
+            raise ValueError(f"output.suffix is {len(value)} characters; at most {MAX_SUFFIX_CHARS}")
         return value
 
 
@@ -245,6 +263,8 @@ def _read_profile_file(path: Path) -> dict[str, Any]:
         data = read_yaml(path, max_bytes=MAX_PROFILE_BYTES, what="profile") or {}
     except UserError as exc:
         raise UserError(exc.message, path=exc.path, line=exc.line, column=exc.column, hint=exc.hint) from None
+    except ValueError as exc:  # a number too long for Python to convert (over 4300 digits)
+        raise UserError(f"a value cannot be read: {exc}".split(";")[0], path=path) from None
     if not isinstance(data, dict):
         raise UserError("a profile must be a YAML mapping", path=path)
     return data

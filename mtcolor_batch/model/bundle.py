@@ -21,7 +21,7 @@ from huggingface_hub import snapshot_download
 
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import atomic_write_text, sha256_file, staged_dir
-from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
+from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS, not_a_bundle
 
 FORMAT_VERSION = 1
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx")
@@ -154,11 +154,7 @@ def read_manifest(root: Path) -> Bundle:
     if not root.is_dir():
         raise ModelError("model bundle folder not found", path=root, hint="run `mtcolor-batch models pull`")
     if not mpath.is_file():
-        raise ModelError(
-            f"not a model bundle: {MANIFEST_FILE} is missing",
-            path=root,
-            hint="run `mtcolor-batch models pull` or `mtcolor-batch models tiny DIR`",
-        )
+        raise not_a_bundle(root)
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

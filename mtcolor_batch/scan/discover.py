@@ -35,9 +35,19 @@ class ScanFile:
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` -> (K, N) with 1 <= K <= N; ``None`` -> no sharding."""
-    if spec is None or spec == "":
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; ``None`` -> no sharding.
+
+    An empty or blank spec is refused: it is what ``--shard "$SLURM_SHARD"`` gives when the job
+    script's variable is unset, and running the whole archive in every array task is the worst
+    reading of it.
+    """
+    if spec is None:
         return None
+    if not spec.strip():
+        raise UserError(
+            "--shard is empty (an unset variable in the job script?)",
+            hint="use K/N, e.g. --shard 2/8, or leave out --shard to run every file",
+        )
     try:
         k_text, n_text = spec.split("/")
         k, n = int(k_text), int(n_text)

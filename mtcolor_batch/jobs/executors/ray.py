@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import warnings
@@ -148,6 +149,27 @@ def _quiet_ray_data(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
+def check_ray_options(address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:
+    """The Ray options, checked when the command line is read: before the journal exists, and
+    before Ray is imported (a bad value is a setup error, not a traceback halfway into the run)."""
+    if workers is not None and workers < 1:
+        raise UserError(f"bad --workers {workers}", hint="need at least 1")
+    if gpus_per_worker is not None and not (math.isfinite(gpus_per_worker) and gpus_per_worker >= 0):
+        raise UserError(f"bad --gpus-per-worker {gpus_per_worker}", hint="0 (CPU), a fraction, or 1+")
+    if address is None:
+        return
+    if not address.strip():
+        raise UserError(
+            "--address is empty (an unset variable in the job script?)",
+            hint="give the head node as HOST:PORT, auto for the running cluster, or leave out --address",
+        )
+    if address.lower().startswith(("http://", "https://")):
+        raise UserError(
+            f"--address {address} is a web address (the dashboard or jobs API), not the cluster's",
+            hint="give the head node as HOST:PORT (port 6379 by default), ray://HOST:10001, or auto",
+        )
+
+
 class RayExecutor:
     """The ``executor`` that ``run_batch`` calls with the planned files (see module docstring)."""
 
@@ -159,10 +181,7 @@ class RayExecutor:
         gpus_per_worker: float | None = None,
         fault: FaultHook | None = None,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise UserError(f"bad --workers {workers}", hint="need at least 1")
-        if gpus_per_worker is not None and gpus_per_worker < 0:
-            raise UserError(f"bad --gpus-per-worker {gpus_per_worker}", hint="0 (CPU), a fraction, or 1+")
+        check_ray_options(address, workers, gpus_per_worker)
         if address is None:
             # A Ray started by this command serves this machine alone: bind it to the loopback
             # address rather than the public interface (Ray reads this switch at import time).
