@@ -262,3 +262,193 @@ def test_overnight_model_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(tmp_path / "arc"), "--model", str(tmp_path / "weights")])
     assert result.exit_code == 2
     assert "not a model bundle: mtcolor.json is missing" in result.output, result.output
+
+
+def _overnight_cli(*args: str | Path) -> tuple[int, str]:
+    """The CLI in this process (a tiny model loads in a second, a subprocess costs five)."""
+    from typer.testing import CliRunner
+
+    from mtcolor_batch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def _overnight_run(scans: Path, out: Path, bundle: Path, tmp: Path, *extra: str | Path) -> tuple[int, str]:
+    profile = tmp / "p.yaml"
+    profile.write_text(PROFILE)
+    return _overnight_cli(
+        "run", scans, "--out", out, "--model", bundle, "--profile", profile, "--device", "cpu", *extra
+    )
+
+
+def test_overnight_second_archive_never_replaces_the_first(tmp_path: Path, tiny_bundle: Path) -> None:
+    arc1, arc2, out = tmp_path / "arc1", tmp_path / "arc2", tmp_path / "out"
+    _gray(arc1 / "scan_01.png", 1)
+    _gray(arc2 / "scan_01.png", 2)
+    _gray(arc2 / "scan_02.png", 3)
+    assert _overnight_run(arc1, out, tiny_bundle, tmp_path)[0] == 0
+    first = {p.name: p.read_bytes() for p in out.glob("scan_01.*")}
+    journal = out / ".mtcolor" / "journal.sqlite"
+    before = rows(journal)
+
+    code, text = _overnight_run(arc2, out, tiny_bundle, tmp_path)  # another archive: refused
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "--allow-other-scans" in errors[0], text
+    assert str(arc1.resolve()) in errors[0]
+    assert rows(journal) == before and {p.name: p.read_bytes() for p in out.glob("scan_01.*")} == first
+
+    code, text = _overnight_run(arc2, out, tiny_bundle, tmp_path, "--allow-other-scans")  # asked for
+    assert code == 1, text
+    got = rows(journal)
+    assert got["scan_01.png"] == before["scan_01.png"]  # arc1's row and outputs stay arc1's
+    assert {p.name: p.read_bytes() for p in out.glob("scan_01.*")} == first
+    assert got["scan_02.png"]["state"] == "done"
+    assert "scan_01.png: the output folder holds a file of this name from" in text
+
+    assert _overnight_run(arc1, out, tiny_bundle, tmp_path)[0] == 0  # arc1 again: nothing redone
+    assert rows(journal)["scan_01.png"]["completions"] == 1
+
+
+def test_overnight_done_means_the_output_is_still_what_was_written(tmp_path: Path, tiny_bundle: Path) -> None:
+    arc, out = tmp_path / "arc", tmp_path / "out"
+    _gray(arc / "a.png", 1)
+    _gray(arc / "b.png", 2)
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0
+    journal = out / ".mtcolor" / "journal.sqlite"
+    a_out, b_out = out / "a.color.png", out / "b.color.png"
+    good_a = a_out.read_bytes()
+    a_out.write_bytes(good_a[: len(good_a) // 2])  # truncated: redone by a plain rerun
+    data = bytearray(b_out.read_bytes())  # same size, same mtime, other bytes: only a rehash sees it
+    st = b_out.stat()
+    data[-20] ^= 0xFF
+    b_out.write_bytes(bytes(data))
+    os.utime(b_out, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0
+    got = rows(journal)
+    assert got["a.png"]["completions"] == 2 and a_out.read_bytes() == good_a
+    assert got["b.png"]["completions"] == 1  # the cheap check trusts an unchanged size + mtime
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path, "--verify-outputs")[0] == 0
+    assert rows(journal)["b.png"]["completions"] == 2
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path, "--verify-outputs")[0] == 0
+    assert {k: v["completions"] for k, v in rows(journal).items()} == {"a.png": 2, "b.png": 2}
+
+
+def test_overnight_merge_refuses_another_folders_or_settings_rows(tmp_path: Path, tiny_bundle: Path) -> None:
+    arc = tmp_path / "arc"
+    for i in range(4):
+        _gray(arc / f"s{i}.png", i)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _overnight_run(arc, a, tiny_bundle, tmp_path, "--seed", "1")[0] == 0
+    assert _overnight_run(arc, b, tiny_bundle, tmp_path, "--seed", "2")[0] == 0
+    code, text = _overnight_cli(
+        "journal", "merge", b / ".mtcolor" / "journal.sqlite", "--into", a / ".mtcolor" / "journal.sqlite"
+    )
+    assert code == 2 and "belongs to the output folder" in text, text
+    assert _overnight_run(arc, a, tiny_bundle, tmp_path, "--seed", "2")[0] == 0  # seed 2: all redone
+    assert all(r["completions"] == 2 for r in rows(a / ".mtcolor" / "journal.sqlite").values())
+
+    c = tmp_path / "c"  # the shards of one folder, one of them run with another seed
+    assert _overnight_run(arc, c, tiny_bundle, tmp_path, "--seed", "1", "--shard", "1/2")[0] == 0
+    assert _overnight_run(arc, c, tiny_bundle, tmp_path, "--seed", "2", "--shard", "2/2")[0] == 0
+    code, text = _overnight_cli("journal", "merge", c)
+    assert code == 2 and "other settings" in text, text
+    assert not (c / ".mtcolor" / "journal.sqlite").exists()
+
+
+def test_overnight_sidecar_edited_while_its_file_runs(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtcolor_batch.stages.pipeline import Pipeline
+
+    arc, out = tmp_path / "arc", tmp_path / "out"
+    _gray(arc / "a.png", 1)
+    sidecar = arc / "a.png.yaml"
+    planned_text, edited_text = "prompt: a red barn\n", "prompt: a blue barn\n"
+    sidecar.write_text(planned_text)
+    real = Pipeline.process
+
+    def edit_then_process(self, item, stage):  # the user saves the sidecar between planning and reading
+        def on_stage(name: str) -> None:
+            if name == "hints":
+                sidecar.write_text(edited_text)
+            stage(name)
+
+        return real(self, item, on_stage)
+
+    monkeypatch.setattr(Pipeline, "process", edit_then_process)
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0
+    monkeypatch.setattr(Pipeline, "process", real)
+    record = json.loads((out / "a.color.json").read_text())
+    assert record["sidecar"]["sha256"] == hashlib.sha256(edited_text.encode()).hexdigest()
+
+    sidecar.write_text(planned_text)  # the edit is reverted: the output (made from it) is stale
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0
+    assert rows(out / ".mtcolor" / "journal.sqlite")["a.png"]["completions"] == 2
+    record = json.loads((out / "a.color.json").read_text())
+    assert record["sidecar"]["sha256"] == hashlib.sha256(planned_text.encode()).hexdigest()
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0  # and now it is done for good
+    assert rows(out / ".mtcolor" / "journal.sqlite")["a.png"]["completions"] == 2
+
+
+def test_overnight_disk_full_stops_the_run_and_a_plain_rerun_resumes(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from mtcolor_batch.core.fs import OutputBatch
+
+    arc, out = tmp_path / "arc", tmp_path / "out"
+    for i in range(4):
+        _gray(arc / f"s{i}.png", i)
+    real_add, written = OutputBatch.add, []
+
+    def fills_up(self, target, write):  # room for one file's outputs, then the disk is full
+        if len(written) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        written.append(target)
+        return real_add(self, target, write)
+
+    monkeypatch.setattr(OutputBatch, "add", fills_up)
+    code, text = _overnight_run(arc, out, tiny_bundle, tmp_path)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, text
+    assert "the disk is full" in errors[0] and "the 3 file(s) left need about" in errors[0], errors
+    assert "run the same command again" in errors[0]
+    assert "failed s" not in text  # no file was failed for it
+    journal = out / ".mtcolor" / "journal.sqlite"
+    states = sorted(r["state"] for r in rows(journal).values())
+    assert states.count("done") == 1 and "failed" not in states and "running" not in states, states
+
+    monkeypatch.setattr(OutputBatch, "add", real_add)  # space freed: a plain rerun resumes
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0
+    got = rows(journal)
+    assert all(r["state"] == "done" and r["completions"] == 1 for r in got.values()), got
+
+
+def test_overnight_only_a_file_in_flight_counts_a_crash(tmp_path: Path, tiny_bundle: Path) -> None:
+    """A killed Ray driver leaves every dispatched file ``running``; one worker was on s0.png."""
+    from mtcolor_batch.jobs.inflight import marker
+
+    arc, out = tmp_path / "arc", tmp_path / "out"
+    for i in range(4):
+        _gray(arc / f"s{i}.png", i)
+    assert _overnight_run(arc, out, tiny_bundle, tmp_path)[0] == 0
+    journal = out / ".mtcolor" / "journal.sqlite"
+    db = sqlite3.connect(journal)
+    db.execute("UPDATE files SET state = 'running', crashes = 1")  # the second kill of the driver
+    db.commit()
+    db.close()
+    marker(out, "s0.png").parent.mkdir(parents=True, exist_ok=True)
+    marker(out, "s0.png").touch()  # the file its worker was colorizing
+    code, text = _overnight_run(arc, out, tiny_bundle, tmp_path)
+    assert code == 1, text
+    got = rows(journal)
+    assert got["s0.png"]["state"] == "failed" and "crashed the process 2 times" in got["s0.png"]["error"]
+    assert all(got[f"s{i}.png"]["state"] == "done" for i in (1, 2, 3)), got
+    assert not list(marker(out, "s0.png").parent.iterdir())
+

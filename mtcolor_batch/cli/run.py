@@ -49,6 +49,16 @@ def run_command(
         "--verify-inputs",
         help="Rehash every input (default: trust an unchanged size + mtime, see README).",
     ),
+    verify_outputs: bool = typer.Option(
+        False,
+        "--verify-outputs",
+        help="Rehash every done output; one that differs is redone (default: size + mtime).",
+    ),
+    allow_other_scans: bool = typer.Option(
+        False,
+        "--allow-other-scans",
+        help="Add another scan folder's files to an output folder that holds an earlier archive.",
+    ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
     seed: int | None = typer.Option(None, "--seed", help="Fixed seed \\[default: from each file's sha256]."),
@@ -156,6 +166,8 @@ def run_command(
             retry_failed=retry_failed,
             force=force,
             verify_inputs=verify_inputs,
+            verify_outputs=verify_outputs,
+            allow_other_scans=allow_other_scans,
             argv=sys.argv[1:],
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))

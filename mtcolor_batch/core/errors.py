@@ -78,3 +78,23 @@ class HintError(UserError):
 
 class ModelError(UserError):
     """A model bundle is missing, incomplete, or fails verification."""
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota: the folder's fault, not a file's.
+
+    Why its own question: a full disk fails every later file alike, so the run stops and resumes
+    once space is freed, instead of failing each file (and leaving them to ``--retry-failed``).
+    """
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(current).lower():  # SQLite: "database or disk is full"
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -15,15 +15,18 @@ requests. Safety rules live here too, because they are about files, not HTTP:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
+import os
 import secrets
 import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,29 @@ MAX_POINTS = 64
 
 class ConflictError(UserError):
     """The sidecar changed on disk since this page loaded it: saving would lose someone's edit."""
+
+
+SAVE_LOCK_NAME = ".mtcolor-edit.lock"
+"""In the scan folder: every ``hints edit`` server on that folder takes it for each save."""
+
+
+@contextlib.contextmanager
+def _save_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the scan folder's save lock file while one save checks and writes.
+
+    Why across processes: two ``hints edit`` servers on one folder each have their own thread lock,
+    so both saw the etag their page loaded and both wrote, each reporting "saved", one edit lost.
+    Blocking (a save takes milliseconds); the kernel drops the lock if the server dies.
+    """
+    try:
+        fd = os.open(root / SAVE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise HintError(f"cannot save: {exc.strerror or exc}", path=root / SAVE_LOCK_NAME) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 class NotFound(UserError):
@@ -418,6 +444,14 @@ class EditorSession:
         on = arr[:, :, 3] >= 128
         return _png(Image.fromarray(np.where(on, 255, 0).astype(np.uint8), mode="L"))
 
+    def _check_etag(self, rel: str, current: str, etag: str) -> None:
+        if current != etag:
+            raise ConflictError(
+                "the sidecar changed since this page loaded it (another tab or program saved it)",
+                path=self.sidecar_path(rel),
+                hint="nothing was written; reload to see the other version, then redo your change",
+            )
+
     def save(
         self, rel: str, etag: str, doc: Mapping[str, Any], uploads: Mapping[str, bytes]
     ) -> dict[str, Any]:
@@ -429,14 +463,9 @@ class EditorSession:
         if len(uploads) > MAX_UPLOAD_MASKS:
             raise HintError(f"at most {MAX_UPLOAD_MASKS} painted masks per save")
         scan = self.scan_path(rel)
-        with self._write_lock:
+        with self._write_lock, _save_lock(self.root):
             text, current = self.read_sidecar(rel)
-            if current != etag:
-                raise ConflictError(
-                    "the sidecar changed since this page loaded it (another tab or program saved it)",
-                    path=self.sidecar_path(rel),
-                    hint="nothing was written; reload to see the other version, then redo your change",
-                )
+            self._check_etag(rel, current, etag)
             sidecar = self.sidecar_path(rel)
             self._inside(sidecar)
             target = sidecar
@@ -474,6 +503,12 @@ class EditorSession:
                     path.unlink(missing_ok=True)
                 lines = instance_lines(new_text)
                 return {"saved": False, "problems": [_problem_dict(p, lines) for p in problems]}
+            try:  # a program that ignores the lock (a text editor) may have saved meanwhile
+                self._check_etag(rel, self.read_sidecar(rel)[1], etag)
+            except ConflictError:
+                for path in masks:
+                    path.unlink(missing_ok=True)
+                raise
             digest = atomic_write_bytes(target, new_text.encode("utf-8"))
             with self._load_lock:
                 self._cache.pop(rel, None)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.errors import UserError, is_out_of_space
 from mtcolor_batch.core.fs import OutputBatch
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
@@ -65,6 +65,8 @@ class FileResult:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     engine_seconds: float = 0.0
+    fingerprint: str = ""  # of the input, sidecar and masks as read for this output (not as planned)
+    output_sha256: dict[str, str] = field(default_factory=dict)  # output relpath -> sha256 written
 
 
 @dataclass
@@ -184,10 +186,12 @@ class Pipeline:
             icc_profile=srgb_icc_bytes() if scan.icc_profile else None,
         )
         outputs = [img_path.relative_to(self.out_dir).as_posix()]
+        hashes: dict[str, str] = {}
         with OutputBatch() as batch:  # image + record renamed into place together
             out_sha = batch.add(
                 img_path, lambda fh: encode_image(fh, rgb, fmt, bit_depth, meta, prof.output.jpeg_quality)
             )
+            hashes[outputs[0]] = out_sha
             lap("write")
             if prof.output.write_json:
                 stats_by_id = _stats_by_id(stats)
@@ -213,14 +217,18 @@ class Pipeline:
                     out_dir=self.out_dir,
                 )
                 data = record_bytes(record)
-                batch.add(rec_path, lambda fh: _put(fh, data))
                 outputs.append(rec_path.relative_to(self.out_dir).as_posix())
+                hashes[outputs[-1]] = batch.add(rec_path, lambda fh: _put(fh, data))
         lap("write")
         return FileResult(
             outputs=outputs,
             timings=timings,
             warnings=warnings + list(scan.notes),
             engine_seconds=timings.get("colorize", 0.0),
+            # What the journal must hold for this output: the bytes read here, which a sidecar
+            # edited after planning (and reverted later) would otherwise leave out of step for good.
+            fingerprint=fingerprint(scan.sha256, sidecar.sha256, prof.fingerprint(), self.model_fp, masks),
+            output_sha256=hashes,
         )
 
 
@@ -252,12 +260,14 @@ class WorkResult:
     """One file's result as every executor records it (plain fields: it crosses process boundaries)."""
 
     relpath: str
-    state: str  # done | failed
+    state: str  # done | failed | no-space (the disk is full: the file is not at fault, the run stops)
     error: str = ""
     outputs: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     engine_seconds: float = 0.0
+    fingerprint: str = ""  # of what was read for this output (empty: the planned one stands)
+    output_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -> WorkResult:
@@ -266,17 +276,20 @@ def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -
     A :class:`UserError` fails the file with its own one-line reason; any other exception is an
     engine or library bug, which fails this file (never the whole overnight run) with a one-line
     ``internal error``. :class:`Interrupted` raised by ``stage`` propagates: the executor rolls the
-    file back.
+    file back. A full disk is no file's fault: ``no-space``, and the executor stops the run.
     """
     started = time.perf_counter()
+    state = "failed"
     try:
         result = pipeline.process(item, stage)
     except Interrupted:
         raise
     except UserError as exc:
         reason = exc.one_line()
+        state = "no-space" if is_out_of_space(exc) else state
     except Exception as exc:  # an engine/library bug must not end an overnight run
         reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        state = "no-space" if is_out_of_space(exc) else state
     else:
         seconds = time.perf_counter() - started
         return WorkResult(
@@ -286,6 +299,8 @@ def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -
             timings={**{k: float(v) for k, v in result.timings.items()}, "total": seconds},
             seconds=seconds,
             engine_seconds=float(result.engine_seconds),
+            fingerprint=result.fingerprint,
+            output_sha256=dict(result.output_sha256),
         )
     seconds = time.perf_counter() - started
-    return WorkResult(item.relpath, "failed", reason, timings={"total": seconds}, seconds=seconds)
+    return WorkResult(item.relpath, state, reason, timings={"total": seconds}, seconds=seconds)

@@ -36,9 +36,16 @@ from rich.markup import escape
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
+from mtcolor_batch.jobs.batch import (
+    ExecContext,
+    Outcome,
+    PlannedFile,
+    file_progress,
+    record_result,
+    run_one,
+)
 from mtcolor_batch.scan.discover import ScanFile
-from mtcolor_batch.stages.pipeline import WorkResult, process_one
+from mtcolor_batch.stages.pipeline import WorkResult
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -47,7 +54,18 @@ RAY_MISSING = (
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
-RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+RESULT_KEYS = (
+    "relpath",
+    "state",
+    "error",
+    "outputs",
+    "timings",
+    "seconds",
+    "engine_seconds",
+    "fingerprint",
+    "output_sha256",
+    "worker",
+)
 FaultHook = Callable[[str, int, str], None]
 """``fault(stage, files_started, worker)``: a test hook (see ``mtcolor_batch.testing.faults``)."""
 
@@ -85,6 +103,7 @@ class FileWorker:
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)
+        self.out_dir = Path(out_dir)
         self.pipeline = Pipeline.load(profile, Path(bundle_dir), self.scan_root, Path(out_dir))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.fault = fault
@@ -104,10 +123,11 @@ class FileWorker:
             self.count += 1
             # The real path travels as hex of its bytes: an old archive's non-UTF-8 name has no text form.
             item = ScanFile(Path(os.fsdecode(bytes.fromhex(str(raw)))), rel, stem, str(note))
-            work = process_one(self.pipeline, item, self._on_stage)
+            work = run_one(self.pipeline, item, self._on_stage, self.out_dir)
             res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
+            res["output_sha256"] = json.dumps(res["output_sha256"], sort_keys=True)
             res["worker"] = self.worker
             for key in RESULT_KEYS:
                 out[key].append(res[key])
@@ -255,7 +275,7 @@ class RayExecutor:
                         record_result(_work_result(res), ctx)
                         progress.update(task, description=f"{res['relpath']} [dim]{res['worker']}[/dim]")
                         progress.advance(task)
-                    if ctx.stop.requested:
+                    if ctx.stop.requested or ctx.halted:  # Ctrl-C, or the disk is full
                         interrupted = True
                         break
             except KeyboardInterrupt:  # second Ctrl-C: stop at once; unrecorded files go back to pending
@@ -335,6 +355,8 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 "timings": json.loads(str(batch["timings"][i])),
                 "seconds": float(batch["seconds"][i]),
                 "engine_seconds": float(batch["engine_seconds"][i]),
+                "fingerprint": str(batch["fingerprint"][i]),
+                "output_sha256": json.loads(str(batch["output_sha256"][i])),
                 "worker": str(batch["worker"][i]),
             }
         )
