@@ -51,8 +51,7 @@ from mtcolor_batch.model.regions import (
     one_hot,
 )
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
-from mtcolor_batch.render.tiling import TileBlender, crop_masks, scale_boxes
-from mtcolor_batch.stages.plan import canvas_tiles
+from mtcolor_batch.render.tiling import TileBlender, canvas_tiles, crop_masks, scale_boxes
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -226,7 +225,7 @@ def plan_latent_tiles(plan: Plan, height: int, width: int) -> list[Box]:
     """Latent tile boxes for a padded canvas of ``height`` x ``width`` pixels.
 
     The plan's own tiles when they fit this canvas exactly (aligned to 8, inside, covering it), so
-    provenance describes what ran; otherwise the plan's tiling rule (``stages.plan.canvas_tiles``)
+    provenance describes what ran; otherwise the plan's tiling rule (``render.tiling.canvas_tiles``)
     applied to this canvas, e.g. a caller's luma at another size.
     """
     tiles: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in plan.tiles]
