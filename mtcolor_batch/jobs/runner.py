@@ -107,9 +107,9 @@ def plan_files(
     and their sha256); a row another scan folder wrote is never taken over (``other-scan``).
     """
     from mtcolor_batch.core.regular import not_regular_reason
-    from mtcolor_batch.hints.mask_files import mask_digests, sidecar_mask_paths
-    from mtcolor_batch.hints.schema import find_sidecar
+    from mtcolor_batch.hints.mask_files import mask_digests
     from mtcolor_batch.scan.imageio import looks_like_image
+    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
     from mtcolor_batch.stages.pipeline import fingerprint
 
     here = folder_key(scan_root) if scan_root is not None else None
