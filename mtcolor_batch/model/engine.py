@@ -30,7 +30,7 @@ from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.bundle import Bundle, load_bundle
 from mtcolor_batch.model.registry import MODULES_FILE
-from mtcolor_batch.model.sampler import MTColorSampler
+from mtcolor_batch.model.sampler import MTColorSampler, StepCallback
 
 VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -301,15 +301,22 @@ class MTColorEngine:
 
     # ------------------------------------------------------------------------------ colorize
     @torch.no_grad()
-    def colorize_rgb(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
+    def colorize_rgb(
+        self,
+        luma_w: np.ndarray,
+        instances_w: Sequence[Instance],
+        plan: Plan,
+        on_step: StepCallback | None = None,
+    ) -> np.ndarray:
         """The decoded sRGB (H, W, 3) float64 in [0, 1] at working resolution (before any lock).
 
-        What the paper profile writes as is (``output.luminance_lock: false``).
+        What the paper profile writes as is (``output.luminance_lock: false``). ``on_step(i)`` runs
+        before every denoising step (a stop check that may raise; see ``MTColorSampler.denoise``).
         """
         t0 = time.perf_counter()
         calls0 = self.unet_calls
         fallbacks0 = getattr(self.vae, "fallbacks", 0)
-        rgb = self.sampler.sample(luma_w, instances_w, plan)
+        rgb = self.sampler.sample(luma_w, instances_w, plan, on_step)
         self.last_timings = {
             "sample_s": time.perf_counter() - t0,
             "unet_calls": float(self.unet_calls - calls0),
@@ -319,9 +326,15 @@ class MTColorEngine:
         return rgb
 
     @torch.no_grad()
-    def colorize(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
+    def colorize(
+        self,
+        luma_w: np.ndarray,
+        instances_w: Sequence[Instance],
+        plan: Plan,
+        on_step: StepCallback | None = None,
+    ) -> np.ndarray:
         """Luma (H, W) float32 in [0, 1] at working resolution -> CIELAB a*, b* (2, H, W) float32."""
-        return rgb_to_ab(self.colorize_rgb(luma_w, instances_w, plan))
+        return rgb_to_ab(self.colorize_rgb(luma_w, instances_w, plan, on_step))
 
 
 def rgb_to_ab(rgb: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -76,6 +76,24 @@ class TextBank:
 
 
 DenoiseFn = Callable[..., torch.Tensor]
+StepCallback = Callable[[int], None]
+"""``on_step(i)`` before denoising step ``i``: a stop check (it may raise to abandon the image)."""
+
+
+def set_timesteps(scheduler: object, steps: int, device: torch.device) -> None:
+    """``scheduler.set_timesteps`` kept inside the trained timesteps at every step count.
+
+    SD 1.5's DDIM config ("leading" spacing, ``steps_offset`` 1) puts its first timestep at 1000 for
+    1000 steps, one past the last trained one (an IndexError in ``step``). Only there, the spacing
+    becomes "trailing" (999 down to 0: every trained timestep once); other step counts are unchanged.
+    """
+    config: Any = getattr(scheduler, "config", {})
+    offset = int(config.get("steps_offset", 0) or 0)
+    trained = int(config.get("num_train_timesteps", 1000))
+    last = (steps - 1) * (trained // max(1, steps)) + offset  # the first timestep, leading spacing
+    if config.get("timestep_spacing") == "leading" and last > trained - 1:
+        scheduler.register_to_config(timestep_spacing="trailing")  # type: ignore[attr-defined]
+    scheduler.set_timesteps(steps, device=device)  # type: ignore[attr-defined]
 """``denoiser(latents, timestep, text_embeds, control_image, regions, controlnet_scale=...)``."""
 
 
@@ -332,8 +350,12 @@ class MTColorSampler:
         plan: Plan,
         z0: torch.Tensor,
         start: int = 0,
+        on_step: StepCallback | None = None,
     ) -> torch.Tensor:
         """Run steps ``start..T-1`` from latent ``z0`` (1, 4, h, w) (float32); return the final latent.
+
+        ``on_step(i)`` is called before each step (as diffusers' ``callback_on_step_end``): a batch
+        runner's stop check, which may raise to abandon the image within one step.
 
         ``plan.branch_refresh`` N > 1 (an approximation): in the first K steps the instance branches
         run at every Nth step only; in between, each takes the global branch's prediction (run, as
@@ -344,7 +366,7 @@ class MTColorSampler:
         still follows the global branch exactly there. N = 1 is the paper's sampling, unchanged.
         """
         scheduler = self.scheduler_factory()
-        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
+        set_timesteps(scheduler, plan.steps, self.device)
         timesteps = scheduler.timesteps[start:]  # type: ignore[attr-defined]
         k = fusion_steps(plan.alpha, plan.steps)
         n = canvas.n_instances
@@ -355,6 +377,8 @@ class MTColorSampler:
         # The hints' ControlNet embeddings are the same at every step: computed once per window.
         with self.hints.reuse() if self.hints is not None else nullcontext():
             for i, t in enumerate(timesteps, start=start):
+                if on_step is not None:
+                    on_step(i)
                 if multi and delta is not None and (i - start) % plan.branch_refresh:
                     eps_g = self.predict(z[:1], [0], t, canvas, texts, plan, scheduler)
                     eps = torch.cat([eps_g, eps_g + delta])
@@ -398,8 +422,12 @@ class MTColorSampler:
 
     # --------------------------------------------------------------------------------- sample
     @torch.no_grad()
-    def sample(self, luma: np.ndarray, instances: Sequence[Instance], plan: Plan) -> np.ndarray:
-        """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1]."""
+    def sample(
+        self, luma: np.ndarray, instances: Sequence[Instance], plan: Plan, on_step: StepCallback | None = None
+    ) -> np.ndarray:
+        """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1].
+
+        ``on_step``: see :meth:`denoise` (called at every step of every pass)."""
         from skimage.color import rgb2lab
 
         luma = np.asarray(luma, dtype=np.float32)
@@ -409,7 +437,7 @@ class MTColorSampler:
         generator = torch.Generator("cpu").manual_seed(int(plan.seed))
         full = self.canvas(luma, instances, texts, plan)  # a box outside the luma raises ValueError
         if len(full.boxes) == 1:
-            z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
+            z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size), 0, on_step)
             return self.decode_rgb(z, full)
 
         # Tiled: a low-resolution pass of the whole picture fixes the colours ...
@@ -418,7 +446,7 @@ class MTColorSampler:
         lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
         low_instances = [area_resized(inst, (h, w), (lh, lw)) for inst in instances]
         low = self.canvas(resize_plane(luma, (lh, lw)), low_instances, texts, plan, tiled=False)
-        z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
+        z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size), 0, on_step)
         rgb_low = self.decode_rgb(z_low, low)
         ab_low = rgb2lab(rgb_low)[..., 1:].transpose(2, 0, 1)
         ab = resize_plane(ab_low, (h, w))
@@ -428,9 +456,9 @@ class MTColorSampler:
         start = min(plan.steps - 1, plan.steps - steps_fraction(TILE_SEED_STRENGTH, plan.steps))
         start = max(0, start)
         scheduler = self.scheduler_factory()
-        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
+        set_timesteps(scheduler, plan.steps, self.device)
         noise = self.initial_noise(generator, full.latent_size)
         t_start = scheduler.timesteps[start : start + 1]  # type: ignore[attr-defined]
         z_start = scheduler.add_noise(x0, noise, t_start)  # type: ignore[attr-defined]
-        z = self.denoise(full, texts, plan, z_start, start=start)
+        z = self.denoise(full, texts, plan, z_start, start=start, on_step=on_step)
         return self.decode_rgb(z, full)

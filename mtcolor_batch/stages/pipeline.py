@@ -153,10 +153,15 @@ class Pipeline:
         lap("plan")
         stage("colorize")
         decoded = None
+        # Asked at every denoising step, so a Ctrl-C or SIGTERM abandons the file within one step
+        # rather than after the whole sampling (minutes for hundreds of steps on a tiled scan).
+        def on_step(_step: int) -> None:
+            stage("colorize")
+
         if prof.output.luminance_lock:
-            ab = self.engine.colorize(luma_w, insts_w, plan)
+            ab = self.engine.colorize(luma_w, insts_w, plan, on_step)
         else:  # the paper profile: the decoded RGB is the output; a*, b* only for adherence stats
-            decoded = self.engine.colorize_rgb(luma_w, insts_w, plan)
+            decoded = self.engine.colorize_rgb(luma_w, insts_w, plan, on_step)
             ab = rgb_to_ab(decoded)
         lap("colorize")
         ab, stats = enforce(ab, luma_w, insts_w, prof.hints)
