@@ -577,7 +577,15 @@ def _check_instance(
                 "remove index: or the box/points/polygon/mask",
             )
         )
-    if hint.color is None and hint.text is None and (*base, "color") not in located.null_scalars:
+    # A drawn region with a label and no colour takes the folder rule's for that label (resolve and
+    # `hints check` fail it, at this line, when no rule applies).
+    colour_from_rule = bool(regions) and hint.label is not None
+    if (
+        hint.color is None
+        and hint.text is None
+        and not colour_from_rule
+        and (*base, "color") not in located.null_scalars
+    ):
         problems.append(
             _error(
                 path,
