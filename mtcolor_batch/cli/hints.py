@@ -101,20 +101,23 @@ def check_command(
     ),
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
-    """Validate every sidecar; print file:line:col: problem for each; exit 1 if there is any."""
+    """Validate every sidecar and mtcolor-folder.yaml; print file:line:col: problem; exit 1 if any."""
     from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.hints.check import check_sidecars
+    from mtcolor_batch.hints.check import check_folder_files, check_sidecars
 
     try:
         settings = load_profile(profile)
+        rule_problems, rule_warnings, rule_files = check_folder_files(scans, settings.hints.max_sidecar_bytes)
         problems, warnings, checked = check_sidecars(
             scans, settings.hints.max_sidecar_bytes, settings.hints.max_sidecar_instances
         )
     except UserError as exc:
         raise fail(exc) from None
+    problems, warnings = rule_problems + problems, rule_warnings + warnings
     for line in [*warnings, *problems]:
         typer.echo(line)
-    typer.echo(f"{checked} sidecar(s) checked, {len(problems)} problem(s)")
+    also = f" and {rule_files} folder rules file(s)" if rule_files else ""
+    typer.echo(f"{checked} sidecar(s){also} checked, {len(problems)} problem(s)")
     if problems:
         raise typer.Exit(EXIT_FAILED)
 
@@ -154,7 +157,8 @@ def show_command(
         typer.echo(f"warning: {warning}", err=True)
     for inst in instances:
         color = inst.color.name if inst.color is not None else "-"
-        typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {fmt_box(inst.box)} colour {color}")
+        origin = f" from {inst.hint_from}" if inst.hint_from else ""
+        typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {fmt_box(inst.box)} colour {color}{origin}")
     typer.echo(f"wrote {target} ({len(instances)} instance(s))")
 
 
