@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_hints_resolve import auto, make_scan
 
 from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import Instance
@@ -14,7 +15,6 @@ from mtcolor_batch.hints.folder_rules import check_folder_file, folder_chain, pa
 from mtcolor_batch.hints.resolve import resolve_hints
 from mtcolor_batch.hints.schema import load_sidecar
 from mtcolor_batch.scan.folder_files import FOLDER_RULES_NAME, folder_file_digests, folder_rule_files
-from tests.test_hints_resolve import auto, make_scan
 
 MAX = 64 * 1024
 
@@ -287,3 +287,50 @@ def test_rule_labels_are_added_to_the_detector_queries(tmp_path: Path) -> None:
     finally:
         perception_module.detect = original  # type: ignore[assignment]
     assert seen and seen[0][-1] == "Tram Livery" and "sky" not in seen[0]
+
+
+# -- discovery and names ----------------------------------------------------------------------------
+
+
+def test_discovery_never_takes_the_rules_file_for_a_scan_or_a_sidecar(tmp_path: Path) -> None:
+    from test_hints_cli import write_scan
+
+    from mtcolor_batch.scan.discover import discover_report
+    from mtcolor_batch.scan.sidecars import find_sidecar
+
+    write_scan(tmp_path / "a" / "photo.png")
+    write_scan(tmp_path / "a" / "mtcolor-folder.png")
+    rules(tmp_path / "a", "instances:\n  - label: tram\n    color: red\n")
+    found = discover_report(tmp_path)
+    assert [f.relpath for f in found.files] == ["a/mtcolor-folder.png", "a/photo.png"]
+    assert found.warnings == []
+    # the scan named like the rules file has only the long sidecar name
+    assert find_sidecar(tmp_path / "a" / "mtcolor-folder.png") is None
+    (tmp_path / "a" / "mtcolor-folder.png.yaml").write_text("version: 1\n", encoding="utf-8")
+    assert find_sidecar(tmp_path / "a" / "mtcolor-folder.png") == tmp_path / "a" / "mtcolor-folder.png.yaml"
+
+
+def test_check_reports_the_colliding_scan_and_rules_file_problems(tmp_path: Path) -> None:
+    from test_hints_cli import write_scan
+
+    from mtcolor_batch.hints.check import check_folder_files, check_sidecars
+
+    write_scan(tmp_path / "a" / "mtcolor-folder.png")
+    write_scan(tmp_path / "a" / "photo.png")
+    bad = rules(tmp_path / "a", "instances:\n  - label: tram\n    colour: red\n")
+    problems_, warnings, n = check_folder_files(tmp_path, MAX)
+    assert n == 1
+    assert problems_ == [f"{bad}:3:5: unknown key 'colour' in instance 1 (did you mean 'color'?)"]
+    assert len(warnings) == 1 and "mtcolor-folder.png: warning: this scan's short sidecar name" in warnings[0]
+    # the rules file is never an orphan sidecar; a drawn label-only hint without a rule is a problem
+    rules(tmp_path / "a", "instances:\n  - label: tram\n    color: red\n")
+    (tmp_path / "a" / "photo.png.yaml").write_text(
+        "instances:\n  - box: [1, 1, 9, 9]\n    label: tram\n  - box: [1, 1, 9, 9]\n    label: bus\n",
+        encoding="utf-8",
+    )
+    side_problems, side_warnings, checked = check_sidecars(tmp_path, MAX)
+    assert checked == 1 and side_warnings == []
+    assert side_problems == [
+        f"{tmp_path / 'a' / 'photo.png.yaml'}:4:5: instance 2: 'bus' has neither color nor text, and no "
+        "folder rule colours 'bus' (add color: or text:, or a rule for this label in mtcolor-folder.yaml)"
+    ]

@@ -27,18 +27,8 @@ from pydantic import Field, ValidationError, create_model
 
 from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import ColorHint
-from mtcolor_batch.hints.schema import (
-    REGION_KEYS,
-    InstanceHint,
-    _check_instance,
-    _decode,
-    _error,
-    _Located,
-    _parse,
-    _read_capped,
-    _Strict,
-    _translate,
-)
+from mtcolor_batch.core.yaml_guarded import Located, decode_utf8, error_at, parse_marked, read_capped
+from mtcolor_batch.hints.schema import REGION_KEYS, InstanceHint, _check_instance, _Strict, _translate
 from mtcolor_batch.scan.folder_files import folder_rule_files, rules_relpath
 
 __all__ = [
@@ -172,14 +162,14 @@ def folder_chain(image_path: Path, scan_root: Path, max_bytes: int) -> FolderCha
 
 
 def _validate(
-    path: Path, relpath: str, data: Any, located: _Located, sha256: str
+    path: Path, relpath: str, data: Any, located: Located, sha256: str
 ) -> tuple[FolderFile | None, list[HintError]]:
-    problems = [_error(path, mark, msg, hint) for mark, msg, hint in located.problems]
+    problems = [error_at(path, mark, msg, hint) for mark, msg, hint in located.problems]
     if data is None:
         data = {}
     if not isinstance(data, dict):
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for(()),
                 f"a {WHAT} must be a block of 'key: value' lines",
@@ -191,7 +181,7 @@ def _validate(
     if "seed" in top:
         del top["seed"]
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for(("seed",), key=True),
                 f"seed is not allowed in a {WHAT}",
@@ -207,7 +197,7 @@ def _validate(
     raw = data.get("instances")
     if raw is not None and not isinstance(raw, list):
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for(("instances",)),
                 "'instances' must be a list",
@@ -223,7 +213,7 @@ def _validate(
             drawn = [k for k in REGION_KEYS if k in item]
             for key in drawn:
                 problems.append(
-                    _error(
+                    error_at(
                         path,
                         located.mark_for((*base, key), key=True),
                         f"instance {i + 1}: {key} is not allowed in a {WHAT}",
@@ -235,7 +225,7 @@ def _validate(
                 continue
             if "label" not in item:
                 problems.append(
-                    _error(
+                    error_at(
                         path,
                         located.mark_for(base),
                         f"instance {i + 1} has no label",
@@ -259,7 +249,7 @@ def _validate(
         which = (norm_label(hint.label), hint.index)
         if which in seen:
             problems.append(
-                _error(
+                error_at(
                     path,
                     mark,
                     f"instance {i + 1}: '{hint.label}'"
@@ -284,7 +274,7 @@ def _validate(
     for j, label in enumerate(excluded):
         if not label.strip():
             problems.append(
-                _error(
+                error_at(
                     path,
                     located.mark_for(("exclude", j)),
                     "exclude has an empty label",
@@ -293,7 +283,7 @@ def _validate(
             )
         elif any(norm_label(r.label) == norm_label(label) for r in rules):
             problems.append(
-                _error(
+                error_at(
                     path,
                     located.mark_for(("exclude", j)),
                     f"'{label}' is both excluded and given a rule in this file",
@@ -326,7 +316,7 @@ def parse_folder_text(
     """(rules file or None, problems) for text not yet on disk, as if it were ``path`` (the editor)."""
     path = Path(path)
     try:
-        data, located = _parse(path, text, WHAT)
+        data, located = parse_marked(path, text, WHAT)
     except HintError as exc:
         return None, [exc]
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -340,9 +330,9 @@ def check_folder_file(
     """Every problem of a rules file on disk, in line order (the file itself when there is none)."""
     path = Path(path)
     try:
-        data_bytes = _read_capped(path, max_bytes, WHAT)
-        text = _decode(path, data_bytes, WHAT)
-        data, located = _parse(path, text, WHAT)
+        data_bytes = read_capped(path, max_bytes, WHAT)
+        text = decode_utf8(path, data_bytes, WHAT)
+        data, located = parse_marked(path, text, WHAT)
     except HintError as exc:
         return None, [exc]
     sha = hashlib.sha256(data_bytes).hexdigest()
