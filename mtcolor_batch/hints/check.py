@@ -10,7 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtcolor_batch.core.errors import HintError, UserError
-from mtcolor_batch.hints.folder_rules import check_folder_file, folder_chain, norm_label
+from mtcolor_batch.hints.folder_rules import (
+    check_folder_file,
+    folder_chain,
+    missing_colour_errors,
+    needs_colour,
+)
 from mtcolor_batch.hints.mask_files import resolve_mask_path
 from mtcolor_batch.hints.schema import check_instance_count, check_sidecar, load_sidecar
 from mtcolor_batch.scan.discover import IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, discover
@@ -116,31 +121,16 @@ def check_sidecars(
 
 
 def _rule_colour_problems(sidecar_path: Path, image: Path, scan_root: Path, max_bytes: int) -> list[str]:
-    """Drawn hints with a label and no colour, which no folder rule (nor label hint) colours: the
-    run would fail them at this line, so check says so now."""
+    """Drawn hints with a label and no colour that no folder rule (nor label hint) colours: the run
+    would fail them at this line, so check says so now."""
     sidecar = load_sidecar(sidecar_path, max_bytes=max_bytes)
-    bare = [h for h in sidecar.instances if h.region != "label" and h.color is None and h.text is None]
-    if not bare:
+    if not any(needs_colour(h) for h in sidecar.instances):
         return []
     try:
         chain = folder_chain(image, scan_root, max_bytes)
     except HintError:
         return []  # the rules file's own problems are reported with its lines
-    named = {norm_label(h.label or "") for h in sidecar.instances if h.region == "label" and h.index is None}
-    out = []
-    for hint in bare:
-        label = hint.label or ""
-        if norm_label(label) not in named and chain.colour_rule(label) is None:
-            err = HintError(
-                f"instance {hint.position}: '{label}' has neither color nor text, and no folder rule "
-                f"colours '{label}'",
-                path=sidecar_path,
-                line=hint.line,
-                column=hint.column,
-                hint=f"add color: or text:, or a rule for this label in {FOLDER_RULES_NAME}",
-            )
-            out.append(err.one_line())
-    return out
+    return [e.one_line() for e in missing_colour_errors(sidecar.instances, sidecar_path, chain)]
 
 
 def folder_files_under(scans: Path) -> list[Path]:

@@ -29,7 +29,7 @@ from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import ColorHint
 from mtcolor_batch.core.yaml_guarded import Located, decode_utf8, error_at, parse_marked, read_capped
 from mtcolor_batch.hints.schema import REGION_KEYS, InstanceHint, _check_instance, _Strict, _translate
-from mtcolor_batch.scan.folder_files import folder_rule_files, rules_relpath
+from mtcolor_batch.scan.folder_files import FOLDER_RULES_NAME, folder_rule_files, rules_relpath
 
 __all__ = [
     "FolderChain",
@@ -37,7 +37,11 @@ __all__ = [
     "Rule",
     "check_folder_file",
     "folder_chain",
+    "label_colour",
     "load_folder_file",
+    "missing_colour_errors",
+    "needs_colour",
+    "no_colour_error",
     "norm_label",
     "parse_folder_text",
 ]
@@ -126,6 +130,46 @@ class FolderChain:
 
 
 NO_FOLDER_RULES = FolderChain()
+
+
+def label_colour(
+    hint: InstanceHint, hints: Sequence[InstanceHint], chain: FolderChain
+) -> InstanceHint | Rule | None:
+    """Where a drawn hint with only a ``label`` takes its colour and text from: the same sidecar's
+    label hint for that label (without ``index``: the sidecar wins), else the folder rule; None
+    when neither exists (:func:`no_colour_error`)."""
+    key = norm_label(hint.label or "")
+    for other in hints:
+        if other.region == "label" and other.index is None and norm_label(other.label or "") == key:
+            return other
+    return chain.colour_rule(hint.label or "")
+
+
+def needs_colour(hint: InstanceHint) -> bool:
+    """A drawn region with a label and no colour or text: the folder rule (or label hint) colours it."""
+    return hint.region != "label" and hint.color is None and hint.text is None
+
+
+def no_colour_error(hint: InstanceHint, path: Path | None) -> HintError:
+    """The one message ``run``, ``hints check`` and the editor give a label-only region nothing colours."""
+    label = (hint.label or "").strip()
+    return HintError(
+        f"instance {hint.position}: '{label}' has neither color nor text, "
+        f"and no folder rule colours '{label}'",
+        path=path,
+        line=hint.line,
+        column=hint.column,
+        hint=f"add color: or text:, or a rule for this label in {FOLDER_RULES_NAME}",
+    )
+
+
+def missing_colour_errors(
+    hints: Sequence[InstanceHint], path: Path | None, chain: FolderChain
+) -> list[HintError]:
+    """Every drawn label-only hint of a sidecar that nothing colours."""
+    return [
+        no_colour_error(h, path) for h in hints if needs_colour(h) and label_colour(h, hints, chain) is None
+    ]
 
 
 def _chain(files: Sequence[FolderFile]) -> FolderChain:

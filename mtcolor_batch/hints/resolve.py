@@ -22,7 +22,14 @@ from mtcolor_batch.core.config import HintSettings
 from mtcolor_batch.core.errors import HintError, path_text
 from mtcolor_batch.core.types import Box, ColorHint, Instance, Scan, box_from_mask
 from mtcolor_batch.hints.colors import describe
-from mtcolor_batch.hints.folder_rules import NO_FOLDER_RULES, FolderChain, norm_label
+from mtcolor_batch.hints.folder_rules import (
+    NO_FOLDER_RULES,
+    FolderChain,
+    label_colour,
+    needs_colour,
+    no_colour_error,
+    norm_label,
+)
 from mtcolor_batch.hints.mask_files import load_mask_file, resolve_mask_path
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar, mask_error
 from mtcolor_batch.scan.sidecars import shadowed_sidecar
@@ -363,25 +370,15 @@ def resolve_hints(
             continue
         label = hint.label.strip() if hint.label else DEFAULT_LABEL
         color, text = hint.color_hint, hint.text
-        if color is None and text is None:  # drawn with a label only: its label's hint or rule colours it
-            own = [
-                h
-                for h in hints
-                if h.region == "label" and h.index is None and norm_label(h.label or "") == norm_label(label)
-            ]
-            rule = chain.colour_rule(label)
-            if own:
-                color, text = own[0].color_hint, own[0].text
-                origin = _origin(sidecar_path, scan_root, own[0])
-            elif rule is None:
-                raise _fail(
-                    sidecar_path,
-                    hint,
-                    f"'{label}' has neither color nor text, and no folder rule colours '{label}'",
-                    "add color: or text:, or a rule for this label in mtcolor-folder.yaml",
-                )
+        if needs_colour(hint):  # drawn with a label only: its label hint or the folder rule colours it
+            source_of = label_colour(hint, hints, chain)
+            if source_of is None:
+                raise no_colour_error(hint, sidecar_path)
+            if isinstance(source_of, InstanceHint):
+                color, text = source_of.color_hint, source_of.text
+                origin = _origin(sidecar_path, scan_root, source_of)
             else:
-                color, text, origin = rule.color, rule.text, rule.origin
+                color, text, origin = source_of.color, source_of.text, source_of.origin
         region, score = _region(hint, scan, segmenter, sidecar_path, scan_root, notes)
         if region is None:
             continue
