@@ -6,50 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
-import pytest
 from test_hints_cli import write_scan
-from typer.testing import CliRunner
+from test_sidecar_inputs import _no_cached_bundle, fast_profile, invoke, journal, one_torch_thread
 
-from mtcolor_batch.cli import app
-from mtcolor_batch.testing.profiles import write_fast_profile
-
-
-@pytest.fixture(autouse=True)
-def _no_cached_bundle(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MTCOLOR_HOME", str(tmp_path_factory.mktemp("mtcolor-home")))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def fast_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("profiles") / "fast.yaml"
-    write_fast_profile(path, max_megapixels=50)
-    return path
-
-
-def invoke(*args: str | Path):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def journal(out: Path) -> dict[str, sqlite3.Row]:
-    db = sqlite3.connect(out / ".mtcolor" / "journal.sqlite")
-    db.row_factory = sqlite3.Row
-    return {r["relpath"]: r for r in db.execute("SELECT * FROM files")}
+# the same setup as the other run tests: no cached bundle, one torch thread, the fast profile
+__all__ = ["_no_cached_bundle", "fast_profile", "one_torch_thread"]
 
 
 TOP = "version: 1\ninstances:\n  - label: tram\n    color: dark green\n  - label: coat\n    color: navy\n"

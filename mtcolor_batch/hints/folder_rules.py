@@ -28,7 +28,15 @@ from pydantic import Field, ValidationError, create_model
 from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import ColorHint
 from mtcolor_batch.core.yaml_guarded import Located, decode_utf8, error_at, parse_marked, read_capped
-from mtcolor_batch.hints.schema import REGION_KEYS, InstanceHint, _check_instance, _Strict, _translate
+from mtcolor_batch.hints.schema import (
+    REGION_KEYS,
+    InstanceHint,
+    _check_instance,
+    _Strict,
+    _translate,
+    first_problem,
+    top_mapping,
+)
 from mtcolor_batch.scan.folder_files import FOLDER_RULES_NAME, folder_rule_files, rules_relpath
 
 __all__ = [
@@ -208,18 +216,8 @@ def folder_chain(image_path: Path, scan_root: Path, max_bytes: int) -> FolderCha
 def _validate(
     path: Path, relpath: str, data: Any, located: Located, sha256: str
 ) -> tuple[FolderFile | None, list[HintError]]:
-    problems = [error_at(path, mark, msg, hint) for mark, msg, hint in located.problems]
+    data, problems = top_mapping(path, data, located, WHAT)
     if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        problems.append(
-            error_at(
-                path,
-                located.mark_for(()),
-                f"a {WHAT} must be a block of 'key: value' lines",
-                "start with version: 1",
-            )
-        )
         return None, problems
     top = {k: v for k, v in data.items() if k != "instances"}
     if "seed" in top:
@@ -388,16 +386,6 @@ def load_folder_file(path: Path, scan_root: Path | None = None, *, max_bytes: in
     """A validated rules file; its first problem raised (with a pointer to ``hints check`` for more)."""
     found, problems = check_folder_file(path, max_bytes=max_bytes, scan_root=scan_root)
     if problems:
-        first = problems[0]
-        if len(problems) > 1:
-            more = f"{len(problems) - 1} more problem(s) in this file: run `mtcolor-batch hints check {path}`"
-            first = HintError(
-                first.message,
-                path=first.path,
-                line=first.line,
-                column=first.column,
-                hint=f"{first.hint}; {more}" if first.hint else more,
-            )
-        raise first
+        raise first_problem(problems, path)
     assert found is not None
     return found
