@@ -334,3 +334,14 @@ def test_check_reports_the_colliding_scan_and_rules_file_problems(tmp_path: Path
         f"{tmp_path / 'a' / 'photo.png.yaml'}:4:5: instance 2: 'bus' has neither color nor text, and no "
         "folder rule colours 'bus' (add color: or text:, or a rule for this label in mtcolor-folder.yaml)"
     ]
+
+
+def test_a_fifo_named_like_the_rules_file_is_refused_unopened(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / FOLDER_RULES_NAME)
+    scan = tmp_path / "photo.png"
+    assert folder_file_digests(scan, tmp_path) == {"mtcolor-folder.yaml": "unreadable"}
+    with pytest.raises(HintError) as err:
+        folder_chain(scan, tmp_path, MAX)
+    assert err.value.path == str(tmp_path / FOLDER_RULES_NAME) and "folder rules file" in err.value.message

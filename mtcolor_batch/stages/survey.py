@@ -96,7 +96,15 @@ def survey(
     per_scan: list[dict[str, int]] = []
     failed: list[str] = []
     reused = 0
-    with open(state_path, "a", encoding="utf-8") as state:
+    try:
+        state = open(state_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below, after the loop
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the survey state: {exc.strerror or exc}",
+            path=state_path,
+            hint="survey a folder you can write to (the state and the template go there)",
+        ) from None
+    with state:
         for path, root in files:
             rel = path_text(path.relative_to(root).as_posix())
             try:
