@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,31 +58,34 @@ def fenced_blocks(path: Path) -> list[tuple[str, int, str]]:
 
 
 def shell_commands(path: Path) -> list[Command]:
-    """Commands of the shell blocks: continuation lines joined, comments dropped, split at && | ;."""
+    """Commands of the page's shell blocks."""
+    where = str(path.relative_to(ROOT))
+    blocks = [(first, body) for lang, first, body in fenced_blocks(path) if lang in SHELL]
+    return [c for first, body in blocks for c in block_commands(where, first, body)]
+
+
+def block_commands(where: str, first: int, body: str) -> list[Command]:
+    """One block's commands: continuation lines joined, comments dropped, split at && | ;."""
     found = []
-    for lang, first, body in fenced_blocks(path):
-        if lang not in SHELL:
+    logical: list[tuple[int, str]] = []
+    pending = ""
+    for offset, line in enumerate(body.splitlines()):
+        if not pending and line.lstrip().startswith("#"):
             continue
-        logical: list[tuple[int, str]] = []
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical.append((first + offset, pending + line))
         pending = ""
-        for offset, line in enumerate(body.splitlines()):
-            if not pending and line.lstrip().startswith("#"):
-                continue
-            if line.rstrip().endswith("\\"):
-                pending += line.rstrip()[:-1] + " "
-                continue
-            logical.append((first + offset, pending + line))
-            pending = ""
-        for number, text in logical:
-            tokens = shlex.split(text, comments=True)
-            argv: list[str] = []
-            for token in [*tokens, ";"]:
-                if token in SEPARATORS:
-                    if argv:
-                        found.append(Command(f"{path.relative_to(ROOT)}:{number}", tuple(argv)))
-                    argv = []
-                else:
-                    argv.append(token)
+    for number, text in logical:
+        argv: list[str] = []
+        for token in [*shlex.split(text, comments=True), ";"]:
+            if token in SEPARATORS:
+                if argv:
+                    found.append(Command(f"{where}:{number}", tuple(argv)))
+                argv = []
+            else:
+                argv.append(token)
     return found
 
 
@@ -228,3 +235,26 @@ def test_readme_links_into_docs_are_relative_and_resolve() -> None:
     for link in local:
         assert (ROOT / link).exists(), link
     assert len(text.splitlines()) <= 300
+
+
+@pytest.mark.slow
+def test_the_readme_main_job_runs_as_written(tmp_path: Path) -> None:
+    # The newcomer's first run, command for command (the tiny bundle: no download), in a scratch
+    # folder holding a copy of examples/scans.
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## The main job") :]
+    block = re.search(r"```bash\n(.*?)\n```", section, re.S)
+    assert block is not None
+    commands = block_commands("README.md", 0, block.group(1))
+    assert [c.argv[:2] for c in commands] == [
+        ("mtcolor-batch", "models"), ("mtcolor-batch", "run"), ("mtcolor-batch", "report")
+    ]
+    shutil.copytree(ROOT / "examples" / "scans", tmp_path / "examples" / "scans")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MTCOLOR_HOME": str(tmp_path / "home")}
+    for command in commands:
+        argv = [sys.executable, "-m", "mtcolor_batch", *command.argv[1:]]
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{' '.join(command.argv)}\n{done.stdout}\n{done.stderr}"
+    out = tmp_path / "examples-out"
+    assert len(list(out.rglob("*.color.json"))) == 3
+    assert (out / "report.html").is_file()
