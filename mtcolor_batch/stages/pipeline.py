@@ -243,7 +243,9 @@ class Pipeline:
             engine_seconds=timings.get("colorize", 0.0),
             # What the journal must hold for this output: the bytes read here, which a sidecar
             # edited after planning (and reverted later) would otherwise leave out of step for good.
-            fingerprint=fingerprint(scan.sha256, sidecar.sha256, prof.fingerprint(), self.model_fp, masks),
+            fingerprint=fingerprint(
+                scan.sha256, sidecar.sha256, prof.fingerprint(), self.model_fp, masks, found.folder_files
+            ),
             output_sha256=hashes,
         )
 
