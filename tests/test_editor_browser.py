@@ -3,6 +3,8 @@
 A new user's whole loop without typing YAML: open the editor on a copy of examples/scans, drag a
 box and pick "dark green" from the colour search, click a polygon and type a colour name, save;
 then ``hints check`` passes and ``run`` on the tiny bundle records both hints in provenance.
+And the "Folder rules" panel: a rule added to the survey's template with the colour search, saved
+with its comments kept, marked on the canvas; a stale save refused.
 It skips locally without chromium/chromedriver but FAILS in CI (CI=true), like the report test.
 The screenshot is kept as an artifact: ``$MTCOLOR_EDITOR_SCREENSHOT`` or the test's tmp folder.
 """
