@@ -92,6 +92,21 @@ class SamplingSettings(_Section):
         "between, each takes the global branch's prediction plus its own deviation from it at its last "
         "run (1 = every step, as the paper; the paper profile sets 1).",
     )
+    scheduler: Literal["ddim", "ddim-trailing", "lcm", "tcd", "dpmpp-2m", "unipc"] = Field(
+        "ddim",
+        description="Denoising scheduler, built from the bundle's scheduler config (docs/few-step.md); "
+        "an accelerator sets its own unless this is given.",
+    )
+    tcd_gamma: float = Field(0.3, ge=0, le=1, description="TCD's gamma (stochasticity) with scheduler tcd.")
+    accelerator: str = Field(
+        "none",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Distilled LoRA of the bundle to fuse into the UNet (`models pull --accelerator`): "
+        "its name, none, or auto (the bundle's own if it has one).",
+    )
+    accelerator_steps: int | None = Field(
+        None, ge=1, le=1000, description="Steps with an accelerator (default: the one its authors recommend)."
+    )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
         False,
