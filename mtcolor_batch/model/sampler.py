@@ -653,6 +653,8 @@ class MTColorSampler:
         scheduler = self.scheduler_factory(plan.scheduler)
         scheduler.set_timesteps(plan.steps, device=self.device)
         timesteps = scheduler.timesteps[start:]
+        if start == 0:  # as diffusers' pipelines do (1.0 for every scheduler offered here)
+            z0 = z0 * scheduler.init_noise_sigma
         k = fusion_steps(plan.alpha, plan.steps)
         n = canvas.n_instances
         multi = n > 0 and k > start
