@@ -275,6 +275,20 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def explicit_keys(name_or_path: str | Path | None, overrides: dict[str, Any] | None = None) -> set[str]:
+    """The dotted keys the user set: a YAML file's (not a built-in profile's) and the non-None overrides.
+
+    An accelerator's recommended scheduler, steps and guidance give way to these only: a built-in
+    profile's values for them are its choice for runs without an accelerator.
+    """
+    spec = str(name_or_path or "default")
+    keys = {k for k, v in (overrides or {}).items() if v is not None}
+    path = Path(spec)
+    if spec not in builtin_profiles() and path.is_file():
+        keys |= set(dotted(_read_profile_file(path)))
+    return keys
+
+
 def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Profile:
     """Build the effective profile.
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mtcolor_batch.core.config import Profile, SamplingSettings
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.model.bundle import Bundle, read_manifest, save_bundle
@@ -79,10 +80,10 @@ KNOWN: dict[str, Known] = {
             "pcm-4",
             "wangfuyun/PCM_Weights",
             "sd15/pcm_sd15_smallcfg_4step_converted.safetensors",
-            "main",
+            "be60d4c3b22ff74dc88b8701d6745ef921896cc2",
             None,
             Recipe("ddim-trailing", 4, 1.0),
-            "model card: small-CFG 4-step LoRA with DDIM trailing; no full commit hash found (main)",
+            "model card: small-CFG 4-step LoRA, DDIM trailing; pinned to the upload of the 135 MB files",
         ),
         Known(
             "tcd",
@@ -346,8 +347,54 @@ def _holder(unet: Any, text_encoder: Any) -> Any:
     return AcceleratorLoader()
 
 
+def pull_accelerator(
+    bundle_dir: Path, name: str, *, download: Callable[..., str] | None = None, cache_dir: Path | None = None
+) -> Accelerator:
+    """Fetch a known accelerator at its pinned revision (network) and add it to the bundle.
+
+    The file's sha256 is checked against the hub's LFS digest where one is pinned; ``download`` is
+    ``hf_hub_download`` (tests pass a stand-in).
+    """
+    from mtcolor_batch.model.bundle import _commit_of
+    from mtcolor_batch.model.registry import hub_cache_dir
+
+    if name not in KNOWN:
+        raise ModelError(f"unknown accelerator '{name}'", hint=f"use one of {', '.join(KNOWN)}")
+    known = KNOWN[name]
+    if download is None:
+        from huggingface_hub import hf_hub_download
+
+        download = hf_hub_download
+    cache = str(cache_dir or hub_cache_dir())
+    where = f"{known.repo_id}@{known.revision} {known.filename}"
+    try:
+        local = Path(download(known.repo_id, known.filename, revision=known.revision, cache_dir=cache))
+    except Exception as exc:  # hub errors are many unrelated types
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelError(
+            f"cannot download {where}: {type(exc).__name__}: {first}",
+            hint="`models pull --accelerator` needs the network; "
+            "or use `models accelerator add` with a local file",
+        ) from exc
+    digest = sha256_file(local)
+    if known.sha256 and digest != known.sha256:
+        raise ModelError(
+            f"{known.repo_id}@{known.revision} {known.filename} has sha256 {digest[:16]}..., "
+            f"the pinned file has {known.sha256[:16]}...",
+            path=local,
+            hint="the download is not the pinned file; delete it from the hub cache and pull again",
+        )
+    snapshot = local.parents[len(Path(known.filename).parts) - 1]
+    commit = _commit_of(snapshot, known.revision)
+    return add_accelerator(bundle_dir, local, name, known.recipe, repo_id=known.repo_id, revision=commit)
+
+
 def recipe_of(name: str, scheduler: str | None, steps: int | None, guidance: float | None) -> Recipe:
     """The recipe ``accelerator add`` records: a known accelerator's, or the one given in full."""
+    from mtcolor_batch.model.schedulers import SCHEDULERS
+
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ModelError(f"unknown scheduler '{scheduler}'", hint=f"use one of {', '.join(SCHEDULERS)}")
     if name in KNOWN and scheduler is None and steps is None and guidance is None:
         return KNOWN[name].recipe
     if scheduler is None or steps is None or guidance is None:
@@ -363,3 +410,39 @@ def recipe_of(name: str, scheduler: str | None, steps: int | None, guidance: flo
             base.recipe.guidance if guidance is None else guidance,
         )
     return Recipe(scheduler, steps, guidance)
+
+
+# ------------------------------------------------------------------------------- the profile
+def apply_accelerator(profile: Profile, bundle_dir: Path, explicit: set[str]) -> tuple[Profile, str | None]:
+    """The profile a run uses with ``sampling.accelerator`` resolved against the bundle, and a note.
+
+    ``auto`` takes the bundle's accelerator (:func:`preferred`) or, with none, runs without one and
+    says so (the note). A named accelerator must be in the bundle (one-line ModelError otherwise).
+    The accelerator's recommended scheduler, steps (``sampling.accelerator_steps`` if set) and
+    guidance replace the profile's, except for the keys in ``explicit`` (what the user set).
+    """
+    settings = profile.sampling
+    if settings.accelerator == NONE:
+        return profile, None
+    bundle = read_manifest(bundle_dir)
+    if settings.accelerator == AUTO:
+        acc = preferred(bundle_accelerators(bundle))
+        if acc is None:
+            note = (
+                f"no accelerator in {bundle.path.name}: profile '{profile.name}' runs {settings.scheduler} "
+                f"at {settings.steps} steps (add one with `mtcolor-batch models pull --accelerator lcm`)"
+            )
+            return profile.model_copy(
+                update={"sampling": settings.model_copy(update={"accelerator": NONE})}
+            ), note
+    else:
+        acc = find(bundle, settings.accelerator)
+    update: dict[str, Any] = {"accelerator": acc.name}
+    if "sampling.scheduler" not in explicit:
+        update["scheduler"] = acc.recipe.scheduler
+    if "sampling.steps" not in explicit:
+        update["steps"] = settings.accelerator_steps or acc.recipe.steps
+    if "sampling.guidance_scale" not in explicit:
+        update["guidance_scale"] = acc.recipe.guidance
+    sampling = SamplingSettings.model_validate({**settings.model_dump(), **update})
+    return profile.model_copy(update={"sampling": sampling}), None

@@ -239,6 +239,9 @@ def verify_problems(bundle: Bundle) -> list[str]:
                 f"{modules}: MT-Color modules are format {found}, "
                 f"this version needs {FORMAT_VERSION} ({hint})"
             )
+    from mtcolor_batch.model.accelerators import accelerator_problems  # it builds on this module
+
+    problems += accelerator_problems(bundle)
     return problems
 
 
