@@ -20,7 +20,7 @@ from mtcolor_batch.core.config import SamplingSettings, load_profile
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model import schedulers
-from mtcolor_batch.model.sampler import fuse_latents, fusion_steps
+from mtcolor_batch.model.fusion import fuse_latents, fusion_steps
 from mtcolor_batch.stages.plan import make_plan
 
 NAMES = list(schedulers.SCHEDULERS)

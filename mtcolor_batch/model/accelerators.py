@@ -208,22 +208,6 @@ def add_accelerator(
     return acc
 
 
-def accelerator_problems(bundle: Bundle) -> list[str]:
-    """Accelerators whose file is not the one the manifest's accelerators section names (for verify)."""
-    problems = []
-    try:
-        listed = bundle_accelerators(bundle)
-    except ModelError as exc:
-        return [exc.message]
-    for acc in listed.values():
-        if bundle.files.get(acc.file) != acc.sha256:
-            problems.append(
-                f"{bundle.path / acc.file}: accelerator '{acc.name}' sha256 differs from the files list "
-                "(re-add it with `mtcolor-batch models accelerator add`)"
-            )
-    return problems
-
-
 # ------------------------------------------------------------------------------------ loading
 def _loader() -> Any:
     """diffusers' SD 1.5 LoRA loader mixin (lazy: diffusers is heavy)."""
