@@ -305,6 +305,10 @@ def fuse_accelerator(unet: Any, text_encoder: Any, file: Path) -> None:
     )
     holder = _holder(unet, text_encoder)
     components = ["unet"] + (["text_encoder"] if any(k.startswith("text_encoder.") for k in state) else [])
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # "no text encoder keys" is expected for a UNet LoRA
     try:
         holder.load_lora_weights(str(file), adapter_name="accelerator")
         holder.fuse_lora(components=components, lora_scale=1.0)
@@ -312,6 +316,8 @@ def fuse_accelerator(unet: Any, text_encoder: Any, file: Path) -> None:
     except (ValueError, RuntimeError, KeyError) as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
         raise ModelError(f"cannot fuse the accelerator: {type(exc).__name__}: {first}", path=file) from exc
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _holder(unet: Any, text_encoder: Any) -> Any:
