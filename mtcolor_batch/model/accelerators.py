@@ -23,7 +23,7 @@ import torch
 
 from mtcolor_batch.core.config import Profile, SamplingSettings
 from mtcolor_batch.core.errors import ModelError
-from mtcolor_batch.core.fs import sha256_file
+from mtcolor_batch.core.fs import sha256_file, staged_file
 from mtcolor_batch.model.bundle import Bundle, read_manifest, save_bundle
 
 FOLDER = "accelerators"
@@ -164,8 +164,10 @@ def find(bundle: Bundle, name: str) -> Accelerator:
         raise ModelError(
             f"accelerator '{name}' is not in the bundle (it has: {listed})",
             path=bundle.path,
-            hint=f"add it with `mtcolor-batch models pull --accelerator {name}` or "
-            f"`mtcolor-batch models accelerator add BUNDLE FILE --name {name}`",
+            hint=f"add it with `mtcolor-batch models pull --accelerator {name}`"
+            if name in KNOWN
+            else f"add a local LoRA with `mtcolor-batch models accelerator add BUNDLE FILE --name {name}`, "
+            f"or pull one of {', '.join(KNOWN)}",
         )
     return have[name]
 
@@ -195,10 +197,8 @@ def add_accelerator(
     (check or (lambda f: check_fits(bundle.path, f)))(file)
     rel = f"{FOLDER}/{name}{SUFFIX}"
     target = bundle.path / rel
-    target.parent.mkdir(exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(file, tmp)
-    tmp.replace(target)
+    with staged_file(target) as tmp:  # fsynced, then renamed into place
+        shutil.copyfile(file, tmp)
     acc = Accelerator(name, rel, sha256_file(target), recipe, repo_id, revision)
     sources = dict(bundle.sources)
     listed = dict(sources.get(MANIFEST_KEY) or {})
