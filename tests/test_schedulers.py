@@ -231,3 +231,24 @@ def test_tiled_runs_with_every_scheduler(engine, name: str) -> None:  # noqa: AN
         assert not np.array_equal(
             ab, engine.colorize(luma, insts, dataclasses.replace(plan, scheduler="ddim"))
         )
+
+
+def test_few_step_keys_at_their_defaults_leave_fingerprints_unchanged() -> None:
+    """Journals written before sampling.scheduler existed stay done; another value redoes the files."""
+    import hashlib
+    import json
+
+    default = load_profile("default")
+    data = default.model_dump(
+        mode="json", exclude={"name": True, "device": True, "jobs": True, "hints": {"max_sidecar_instances"}}
+    )
+    for key in ("scheduler", "tcd_gamma", "accelerator", "accelerator_steps"):
+        del data["sampling"][key]
+    before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    assert default.fingerprint() == before
+    for change in (
+        {"sampling.scheduler": "unipc"},
+        {"sampling.accelerator": "lcm"},
+        {"sampling.tcd_gamma": 0.5},
+    ):
+        assert load_profile("default", change).fingerprint() != before, change

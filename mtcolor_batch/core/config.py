@@ -216,7 +216,22 @@ class Profile(_Section):
             "hints": {"max_sidecar_instances"},
         }
         data = self.model_dump(mode="json", exclude=exclude)
+        sampling = data["sampling"]
+        for key, neutral in FEW_STEP_NEUTRAL.items():
+            if sampling.get(key) == neutral:
+                del sampling[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FEW_STEP_NEUTRAL: dict[str, Any] = {
+    "scheduler": "ddim",
+    "tcd_gamma": 0.3,
+    "accelerator": "none",
+    "accelerator_steps": None,
+}
+"""Sampling keys of few-step sampling (docs/few-step.md) at the values that compute exactly what was
+computed before they existed: left out of the fingerprint there, so files finished before them are
+not redone. Any other value is hashed like every key."""
 
 
 def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
