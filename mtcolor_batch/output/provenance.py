@@ -131,7 +131,7 @@ def build_record(
     sidecar_path: Path | None,
     sidecar_sha256: str | None,
     output_path: Path,
-    output_sha256: str,
+    output_sha256: str | None,
     output_format: str,
     output_bit_depth: int,
     device: str,
