@@ -56,13 +56,15 @@ def invoke(*args: object):
 
 
 def make_scans(root: Path) -> None:
-    """One scan per output format: 8-bit PNG, JPEG, 16-bit TIFF, WebP, and BMP (sidecar manifest)."""
+    """One scan per output format: 8/16-bit PNG, JPEG, 8/16-bit TIFF, WebP, BMP (sidecar manifest)."""
     root.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:32, 0:40]
     gray = ((xx * 5 + yy * 3) % 256).astype(np.uint8)
     Image.fromarray(gray, "L").save(root / "a.png")
     Image.fromarray(255 - gray, "L").save(root / "b.jpg", quality=95)
     tifffile.imwrite(root / "c16.tif", (gray.astype(np.uint16) * 257 + 3))
+    tifffile.imwrite(root / "c8.tif", gray)
+    Image.fromarray(gray.astype(np.uint16) * 200 + 7).save(root / "f16.png")
     Image.fromarray(gray // 2 + 60, "L").convert("RGB").save(root / "d.webp", quality=95)
     Image.fromarray(gray // 3 + 90, "L").save(root / "e.bmp")
 
@@ -105,7 +107,9 @@ def test_every_output_reads_valid_with_the_scan_as_ingredient(signed_run) -> Non
         ("a.color.png", "a.png"),
         ("b.color.jpg", "b.jpg"),
         ("c16.color.tif", "c16.tif"),
+        ("c8.color.tif", "c8.tif"),
         ("d.color.webp", "d.webp"),
+        ("f16.color.png", "f16.png"),
     ):
         with c2pa.Reader(str(out / rel)) as reader:
             store = json.loads(reader.json())
@@ -191,11 +195,14 @@ def test_verify_passes_a_fresh_run(signed_run) -> None:
     result = verify(out)
     assert result.exit_code == 0, result.output
     rows = results(result)
-    assert sorted(rows) == ["a.color.png", "b.color.jpg", "c16.color.tif", "d.color.webp", "e.color.bmp"]
+    assert sorted(rows) == [
+        "a.color.png", "b.color.jpg", "c16.color.tif", "c8.color.tif", "d.color.webp", "e.color.bmp",
+        "f16.color.png",
+    ]
     assert all(r["valid"] and r["original"] == "match" and r["record"] == "match" for r in rows.values())
     assert {r["c2pa_trust"] for r in rows.values()} == {"untrusted"}
     table = invoke("verify", out)
-    assert table.exit_code == 0 and "5 valid, 0 not valid" in table.output
+    assert table.exit_code == 0 and "7 valid, 0 not valid" in table.output
 
 
 def test_verify_reports_a_flipped_pixel_byte(signed_run, tmp_path) -> None:
@@ -278,7 +285,7 @@ def test_report_shows_a_credentials_badge_per_image(signed_run, tmp_path) -> Non
     _, out = copy_run(signed_run, tmp_path)
     (out / "b.color.jpg").write_bytes(without_manifest((out / "b.color.jpg").read_bytes()))
     page = build_report(out, with_metrics=False).read_text()
-    assert page.count(">Content Credentials: valid<") == 4
+    assert page.count(">Content Credentials: valid<") == 6
     assert page.count(">Content Credentials: absent<") == 1
 
 
@@ -431,4 +438,25 @@ def test_kill_9_during_a_signed_run_then_resume_leaves_only_signed_outputs(
     assert not any(".mtcolor-tmp" in p.name for p in out.rglob("*"))
     result = verify(out)
     assert result.exit_code == 0, result.output
-    assert len(results(result)) == 5
+    assert len(results(result)) == 7
+
+
+def test_ray_workers_get_credential_paths_never_the_key() -> None:
+    import pickle
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from mtcolor_batch.core.config import load_profile
+    from mtcolor_batch.jobs.executors.ray import worker_profile
+
+    profile = load_profile(None)
+    pinned = worker_profile(profile)
+    paths = ensure_local_credentials()[0]
+    assert (pinned.output.c2pa_cert, pinned.output.c2pa_key) == (str(paths.cert), str(paths.key))
+    assert profile.output.c2pa_key is None and pinned.fingerprint() == profile.fingerprint()
+    key_pem = paths.key.read_bytes()
+    secret = load_pem_private_key(key_pem, None).private_numbers().private_value.to_bytes(32, "big")
+    sent = pickle.dumps(pinned)
+    assert secret not in sent and key_pem not in sent
+    with pytest.raises(TypeError, match="never pickled"):
+        pickle.dumps(load_credentials(paths))
