@@ -178,7 +178,7 @@ def test_unsigned_runs_stay_byte_identical(signed_run, tiny_bundle, tmp_path) ->
     """With output.c2pa off nothing random enters a file: two runs write the same bytes."""
     scans, _, _ = signed_run
     off = tmp_path / "off.yaml"
-    off.write_text(PROFILE + "output:\n  c2pa: 'off'\n")
+    off.write_text(PROFILE + "output:\n  c2pa: off\n")  # YAML's unquoted off (false) means off
     outs = []
     for name in ("one", "two"):
         args = ("--model", tiny_bundle, "--profile", off, "--device", "cpu", "--seed", "5")

@@ -157,6 +157,12 @@ class OutputSettings(_Section):
     )
     c2pa_key: str | None = Field(None, description="The private key (PEM) of c2pa_cert's leaf certificate.")
 
+    @field_validator("c2pa", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: object) -> object:
+        """YAML reads an unquoted ``c2pa: off`` as false (and ``on`` as true)."""
+        return {False: "off", True: "sign"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("suffix")
     @classmethod
     def _suffix_is_part_of_a_name(cls, value: str) -> str:
