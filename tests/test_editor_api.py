@@ -435,3 +435,88 @@ def test_the_per_sidecar_hint_cap_is_applied_as_hints_check_does(scans: Path) ->
     assert listed[STREET]["problems"] == 1 and listed["portrait.png"]["problems"] == 0
     checked, _, _ = check_sidecars(scans, 256 * 1024, 2)
     assert [p["text"] for p in load(client)["problems"]] == checked
+
+
+# -- hostile requests and files (issue 22): one-line 400s, nothing served from outside ------------------
+
+
+def lenient(session: EditorSession) -> TestClient:
+    """A client that turns a server exception into the 500 a browser would get."""
+    return TestClient(create_app(session, allowed_hosts(PORT)), base_url=BASE, raise_server_exceptions=False)
+
+
+def one_line_400(r) -> str:
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    message = r.json()["error"]
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"instances": 5},
+        {"instances": [5]},
+        {"instances": [[1, 2]]},
+        {"extra": 5, "instances": []},
+        {"prompt": ["x"], "instances": []},
+        {"seed": {"a": 1}},
+        {"instances": [{**hint(box=[0, 0, 5, 5], color="red"), "orig": "x"}]},
+        {"instances": [{**hint(color="red"), "upload": ["k"]}]},
+        {"instances": [hint(mask="a\0b.png", color="red")]},
+        {"instances": [hint(label="a\0b", box=[0, 0, 5, 5], color="red")]},
+        {"exclude": ["sky\0"]},
+        {"instances": [hint(polygon=[[[[[[[[[[1]]]]]]]]]], color="red")]},
+    ],
+)
+def test_wrong_shapes_nul_and_deep_values_are_one_line_400s(scans: Path, doc: dict) -> None:
+    client = lenient(make_client(scans)[1])
+    data = load(client)
+    before = sha(scans / "street_1910.jpg.yaml")
+    one_line_400(client.post("/api/check", json={"path": STREET, "doc": doc}, headers=H))
+    one_line_400(save(client, data, doc))
+    assert sha(scans / "street_1910.jpg.yaml") == before
+
+
+def test_a_100k_deep_body_is_a_400(scans: Path) -> None:
+    client = lenient(make_client(scans)[1])
+    deep = "[" * 100_000 + "]" * 100_000
+    body = ('{"path": "street_1910.jpg", "doc": ' + deep + "}").encode()
+    for url in ("/api/check", "/api/save", "/api/segment", "/api/preview"):
+        r = client.post(url, content=body, headers={**H, "Content-Type": "application/json"})
+        assert "nested too deeply" in one_line_400(r), url
+
+
+def test_token_in_the_query_string_only_for_images(client: TestClient) -> None:
+    query = {"token": TOKEN}
+    assert client.get("/api/image", params={"path": STREET, **query}).status_code == 200
+    for url in ("/api/scans", "/api/colors"):
+        assert client.get(url, params=query).status_code == 403, url
+    assert client.get("/api/scan", params={"path": STREET, **query}).status_code == 403
+
+
+def test_one_upload_named_by_many_hints_counts_against_the_mask_cap(scans: Path) -> None:
+    from mtcolor_batch.editor.session import MAX_UPLOAD_MASKS
+
+    client = lenient(make_client(scans)[1])
+    data = load(client)
+    h, w = data["size"]
+    mask = np.zeros((h, w), bool)
+    mask[5:20, 5:20] = True
+    hints = [{**hint(color="red"), "upload": "k"} for _ in range(MAX_UPLOAD_MASKS + 1)]
+    r = save(client, data, {**data["doc"], "instances": hints}, uploads={"k": png_data_url(mask)})
+    assert f"at most {MAX_UPLOAD_MASKS}" in one_line_400(r)
+    assert not (scans / "masks").exists()
+
+
+def test_a_scan_swapped_for_an_outside_link_after_start_up_is_not_served(scans: Path, tmp_path: Path) -> None:
+    client = lenient(make_client(scans)[1])
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((40, 50), 200, np.uint8)).save(secret)
+    (scans / STREET).unlink()
+    (scans / STREET).symlink_to(secret)
+    for r in (
+        client.get("/api/image", params={"path": STREET}, headers=H),
+        client.get("/api/scan", params={"path": STREET}, headers=H),
+    ):
+        assert r.status_code == 404 and "replaced by a link" in r.json()["error"], r.text[:200]

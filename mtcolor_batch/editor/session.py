@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import secrets
 import tempfile
 import threading
@@ -142,9 +143,16 @@ class EditorSession:
 
     # -- names ------------------------------------------------------------------------------
     def scan_path(self, rel: str) -> Path:
+        """The scan's path, re-checked now: a scan (or a folder above it) swapped for a symlink
+        after start-up must not make the server read a file outside the scan folder."""
         path = self.scans.get(rel)
         if path is None:
             raise NotFound(f"no scan '{rel}' in this session", hint="pick one from the list")
+        if Path(os.path.realpath(path)) != path:
+            raise NotFound(
+                f"scan '{rel}' was replaced by a link since the editor started; it is not served",
+                hint="restart `hints edit` if the change was yours",
+            )
         return path
 
     def sidecar_path(self, rel: str) -> Path:
