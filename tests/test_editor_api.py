@@ -520,3 +520,20 @@ def test_a_scan_swapped_for_an_outside_link_after_start_up_is_not_served(scans: 
         client.get("/api/scan", params={"path": STREET}, headers=H),
     ):
         assert r.status_code == 404 and "replaced by a link" in r.json()["error"], r.text[:200]
+
+
+def test_the_editor_picture_carries_one_numbering(scans: Path) -> None:
+    """The page numbers hints #1, #2... on the picture; the overlay it shows under them leaves the
+    run's ids out of its tags (it used to show both numberings on one picture)."""
+    from mtcolor_batch.perception.overlay import render_overlay
+
+    client, session = make_client(scans)
+    load(client)
+    loaded = session._loaded(STREET)
+    assert loaded.instances
+    png = client.get("/api/image", params={"path": STREET, "kind": "overlay"}, headers=H).content
+    with Image.open(io.BytesIO(png)) as shown:
+        pixels = np.asarray(shown.convert("RGB"))
+    plain = np.asarray(render_overlay(loaded.scan.luma, loaded.instances, numbered=False))
+    ids = np.asarray(render_overlay(loaded.scan.luma, loaded.instances, numbered=True))
+    assert (pixels == plain).all() and (pixels != ids).any()

@@ -301,9 +301,10 @@ class EditorSession:
         return _png(Image.fromarray(np.round(np.clip(luma, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L"))
 
     def overlay_png(self, rel: str) -> bytes:
-        """The ``hints show`` picture of the saved sidecar."""
+        """The ``hints show`` picture of the saved sidecar, without the run's ids: the page numbers
+        the hints, and one picture shows one numbering."""
         loaded = self._loaded(rel)
-        return _png(render_overlay(loaded.scan.luma, loaded.instances))
+        return _png(render_overlay(loaded.scan.luma, loaded.instances, numbered=False))
 
     # -- live help while editing ----------------------------------------------------------------
     def check(self, rel: str, doc: Mapping[str, Any]) -> dict[str, Any]:
