@@ -221,11 +221,16 @@ def _region(
 
 
 WORN_BY = frozenset(
-    "man woman person boy girl child baby kid lady gentleman soldier sailor officer policeman worker "
-    "nurse bride groom priest nun student teacher player rider farmer fisherman".split()
-)
+    {
+        "man", "woman", "person", "boy", "girl", "child", "baby", "kid", "lady", "gentleman",
+        "soldier", "sailor", "officer", "policeman", "worker", "nurse", "bride", "groom", "priest",
+        "nun", "student", "teacher", "player", "rider", "farmer", "fisherman",
+    }
+)  # fmt: skip
 """Labels whose colour is what they wear: "a navy man" reads wrong, "a man in navy" right."""
-WORN_BY_PLURAL = frozenset("people men women children boys girls soldiers sailors workers crowd".split())
+WORN_BY_PLURAL = frozenset(
+    {"people", "men", "women", "children", "boys", "girls", "soldiers", "sailors", "workers", "crowd"}
+)
 
 
 def default_text(hint: InstanceHint, label: str) -> str:
