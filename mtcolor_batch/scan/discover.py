@@ -185,6 +185,14 @@ def discover_report(
             f"{len(output_folders)} earlier output folder(s) inside the tree (they hold .mtcolor/) were not "
             f"scanned: {', '.join(sorted(output_folders))}"
         )
+    ours = [(path, rel) for path, rel in candidates if _is_our_output(path)]
+    if ours:
+        candidates = [c for c in candidates if c not in ours]
+        shown = ", ".join(path_text(rel) for _, rel in sorted(ours, key=lambda c: c[1])[:5])
+        warnings.append(
+            f"{len(ours)} file(s) are outputs of mtcolor-batch (they carry its XMP mark) and were not "
+            f"colorized again: {shown}{', ...' if len(ours) > 5 else ''} (give the folder of the originals)"
+        )
     files: list[ScanFile] = []
     by_key: dict[str, Path] = {}
     for path, rel in sorted(candidates, key=lambda c: os.fsencode(c[1])):
@@ -238,6 +246,33 @@ def _sidecar_warnings(files: list[ScanFile], mask_named: list[tuple[Path, str]])
                 "to colorize it)"
             )
     return out
+
+
+OUTPUT_XMP_MARK = b'xmp:CreatorTool="mtcolor-batch '
+"""What ``output.provenance.build_xmp`` writes into every output (all formats but BMP carry XMP)."""
+
+
+def _is_our_output(path: Path) -> bool:
+    """True for an image an earlier run wrote (its XMP names this tool), from the header alone.
+
+    Why: a folder of outputs passed as SCANS (or outputs copied among the originals) would be
+    colorized a second time, a colorized image read as gray. Pillow reads XMP while opening (JPEG
+    APP1, PNG iTXt before the pixels, TIFF tag 700, WebP chunk), so no pixel is decoded.
+    """
+    import warnings as _warnings
+
+    from PIL import Image
+
+    from mtcolor_batch.core.regular import open_regular
+
+    try:
+        with open_regular(path) as fh, _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            with Image.open(fh) as img:
+                xmp = img.info.get("xmp")
+    except Exception:  # unreadable or not an image: loading reports it as a scan
+        return False
+    return isinstance(xmp, bytes) and OUTPUT_XMP_MARK in xmp
 
 
 def _mask_only(path: Path) -> bool:

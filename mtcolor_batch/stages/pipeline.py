@@ -20,7 +20,7 @@ from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import OutputBatch
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
-from mtcolor_batch.output.writer import encode_image, format_for, output_path
+from mtcolor_batch.output.writer import check_output_names, encode_image, format_for, output_path
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
@@ -126,6 +126,7 @@ class Pipeline:
             clock = now
 
         stage("load")
+        check_output_names(self.out_dir, item.relpath, prof.output.suffix, item.stem)
         scan = load_scan(item.path, self.scan_root, prof.scan)
         lap("load")
         stage("hints")
