@@ -537,3 +537,69 @@ def test_the_editor_picture_carries_one_numbering(scans: Path) -> None:
     plain = np.asarray(render_overlay(loaded.scan.luma, loaded.instances, numbered=False))
     ids = np.asarray(render_overlay(loaded.scan.luma, loaded.instances, numbered=True))
     assert (pixels == plain).all() and (pixels != ids).any()
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, n in zip("abcde", "bcdef", strict=True)
+)  # 1,000,000 strings once expanded, from a 300-byte file
+
+
+def test_an_alias_bomb_sidecar_is_refused_by_the_runs_own_loader(scans: Path) -> None:
+    (scans / "street_1910.jpg.yaml").write_text("version: 1\n" + LAUGHS + "instances: []\n")
+    client = lenient(make_client(scans)[1])
+    r = client.get("/api/scan", params={"path": STREET}, headers=H)
+    assert r.status_code == 200 and len(r.content) < 100_000, len(r.content)  # nothing was expanded
+    data = r.json()
+    assert "alias" in data["doc_error"] and "\n" not in data["doc_error"]
+    assert data["problems"] and "alias" in data["problems"][0]["message"]
+    listing = client.get("/api/scans", headers=H).json()["scans"]
+    assert {s["path"]: s["problems"] for s in listing}[STREET] == 1
+    saved = save(client, data, {"instances": [hint(box=[0, 0, 5, 5], color="red")]})
+    assert saved.status_code == 422 and "alias" in saved.json()["problems"][0]["message"]
+
+
+def _listing_within(client: TestClient, seconds: float) -> dict | None:
+    """GET /api/scans in a daemon thread: None when it hangs (a FIFO opened for reading blocks)."""
+    import threading
+
+    out: dict = {}
+    thread = threading.Thread(
+        target=lambda: out.update(r=client.get("/api/scans", headers=H)), daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    return None if thread.is_alive() else out
+
+
+def test_a_hostile_sidecar_or_scan_fails_alone_in_the_listing(scans: Path, tmp_path: Path) -> None:
+    """A FIFO sidecar hung /api/scans; a directory sidecar or a decompression-bomb scan with a
+    sidecar made it a 500 for every scan. Now each counts as that scan's problem."""
+    import os
+
+    for name in ("fifo.png", "dir.png", "bomb.png"):
+        Image.fromarray(np.full((40, 50), 90, np.uint8)).save(scans / name)
+    os.mkfifo(scans / "fifo.png.yaml")
+    (scans / "dir.png.yaml").mkdir()
+    Image.new("1", (20000, 20000)).save(scans / "bomb.png")  # 400 MP declared, 50 KB on disk
+    (scans / "bomb.png.yaml").write_text("version: 1\ninstances:\n  - box: [0, 0, 5, 5]\n    color: red\n")
+    client = lenient(make_client(scans)[1])
+    got = _listing_within(client, 20)
+    assert got is not None, "the listing hung on the FIFO sidecar"
+    assert got["r"].status_code == 200, got["r"].text[:300]
+    problems = {s["path"]: s["problems"] for s in got["r"].json()["scans"]}
+    assert problems["fifo.png"] == problems["dir.png"] == problems["bomb.png"] == 1
+    assert problems[STREET] == 0  # the others are listed as before
+    fifo = client.get("/api/scan", params={"path": "fifo.png"}, headers=H)
+    assert "FIFO" in one_line_400(fifo)
+
+
+def test_a_600_deep_sidecar_is_one_line_not_a_500(scans: Path) -> None:
+    (scans / "street_1910.jpg.yaml").write_text("instances:\n  - " + "[" * 600 + "]" * 600 + "\n")
+    client = lenient(make_client(scans)[1])
+    r = client.get("/api/scan", params={"path": STREET}, headers=H)
+    assert r.status_code == 200, r.text[:300]  # the scan opens, showing the problem, like a syntax error
+    assert "nesting deeper than" in r.json()["doc_error"] and "\n" not in r.json()["doc_error"]
+    assert client.get("/api/scans", headers=H).status_code == 200
+    check = client.post("/api/check", json={"path": STREET, "doc": {"instances": []}}, headers=H)
+    assert check.status_code == 200 and "nesting deeper than" in check.json()["problems"][0]["message"]

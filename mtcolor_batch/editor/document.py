@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -19,6 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.yaml_guarded import parse_marked
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar
 
 HINT_KEYS: tuple[str, ...] = tuple(InstanceHint.model_fields)
@@ -119,7 +121,22 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _guard(text: str, path: str) -> None:
+    """Parse ``text`` with the guarded loader (:mod:`mtcolor_batch.core.yaml_guarded`) before ruamel
+    sees it: an alias bomb ("billion laughs"), deep nesting or a syntax error stops here as one line.
+
+    Why: ruamel's round-trip loader keeps aliases as shared nodes, and turning them into the page's
+    JSON expands them; a 600-byte sidecar grew the server past 1.7 GB. ``run``, ``hints check`` and
+    the editor thus accept exactly the same files; ruamel only carries the layout of accepted ones.
+    """
+    try:
+        parse_marked(Path(path), text)
+    except HintError as exc:
+        raise DocumentError(exc.message, path=path, line=exc.line, column=exc.column, hint=exc.hint) from None
+
+
 def _load_root(text: str, path: str) -> CommentedMap | None:
+    _guard(text, path)
     try:
         root = _yaml().load(text) if text.strip() else None
     except YAMLError as exc:
@@ -251,8 +268,9 @@ def apply_document(text: str, doc: Mapping[str, Any], path: str = "sidecar") -> 
 def instance_lines(text: str) -> list[int]:
     """1-based first line of each ``instances`` item in ``text`` (to pin an error to its hint)."""
     try:
+        _guard(text, "sidecar")
         root = _yaml().load(text)
-    except YAMLError:
+    except (YAMLError, DocumentError):
         return []
     seq = root.get("instances") if isinstance(root, CommentedMap) else None
     if not isinstance(seq, CommentedSeq):

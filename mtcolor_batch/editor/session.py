@@ -38,6 +38,7 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import HintError, UserError
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.core.yaml_guarded import decode_utf8, read_capped
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
 from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
@@ -172,19 +173,10 @@ class EditorSession:
         if not path.exists():
             return "", NO_FILE
         self._inside(path)
-        size = path.stat().st_size
-        if size > self.max_sidecar_bytes:
-            raise HintError(
-                f"sidecar is {size} bytes, over the {self.max_sidecar_bytes}-byte limit",
-                path=path,
-                hint="edit it in a text editor",
-            )
-        data = path.read_bytes()[: self.max_sidecar_bytes + 1]
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise HintError("sidecar is not UTF-8 text", path=path, hint="save the file as UTF-8") from None
-        return text, hashlib.sha256(data).hexdigest()
+        # The run's own reader: size cap before reading, and a FIFO, directory or device is refused
+        # unopened (reading a FIFO hung the listing, and a directory made it a 500).
+        data = read_capped(path, self.max_sidecar_bytes)
+        return decode_utf8(path, data), hashlib.sha256(data).hexdigest()
 
     def _loaded(self, rel: str) -> _Loaded:
         """The run's view of a scan (cached: the scan array also keys SAM's embedding cache)."""
@@ -239,7 +231,7 @@ class EditorSession:
                 try:
                     text, _ = self.read_sidecar(rel)
                     problems = len(self._problems(rel, text))
-                except UserError:
+                except (UserError, OSError):  # this scan's problem: the listing goes on
                     problems = 1
             out.append(
                 {
