@@ -57,8 +57,11 @@ def shard_of(relpath: str, n: int) -> int:
 
 
 def _mask_refs(sidecar: Path, max_bytes: int) -> set[Path]:
-    """Mask files a sidecar points at, so the walk can tell masks from scans."""
-    return {_real(sidecar.parent / raw) for raw in sidecar_mask_paths(sidecar, max_bytes)}
+    """Mask files a sidecar points at, so the walk can tell masks from scans.
+
+    A path no file can have (a NUL byte) names nothing here; the hints stage fails that scan with
+    the sidecar's line. It must not stop discovery, and with it every file of the run."""
+    return {_real(sidecar.parent / raw) for raw in sidecar_mask_paths(sidecar, max_bytes) if "\0" not in raw}
 
 
 def _real(path: Path) -> Path:
