@@ -355,7 +355,7 @@ def test_hostile_tree_opens_in_hints_edit(tmp_path: Path) -> None:
         request = urllib.request.Request(f"{match[1]}/api/scans", headers={"X-Editor-Token": match[2]})
         with urllib.request.urlopen(request, timeout=60) as answer:
             scans = {s["path"]: s["problems"] for s in json.load(answer)["scans"]}
-        assert scans["bomb.png"] == scans["laughs.png"] == scans["nul.png"] == 1, scans
+        assert scans["bomb.png"] == scans["laughs.png"] == scans["nul.png"] == scans["digits.png"] == 1, scans
         assert scans["good.png"] == 0
     finally:
         server.terminate()

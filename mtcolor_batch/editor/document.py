@@ -147,6 +147,12 @@ def _load_root(text: str, path: str) -> CommentedMap | None:
             line=mark.line + 1 if mark is not None else None,
             hint="fix that line in a text editor (`mtcolor-batch hints check` shows it), then reload",
         ) from None
+    except ValueError as exc:  # a value ruamel cannot build (an integer of over 4300 digits)
+        raise DocumentError(
+            f"the sidecar has a value the editor cannot carry through a save ({str(exc)[:80]})",
+            path=path,
+            hint="fix it in a text editor (`mtcolor-batch hints check` shows the line), then reload",
+        ) from None
     if root is not None and not isinstance(root, CommentedMap):
         raise DocumentError(
             "the sidecar is not a block of 'key: value' lines", path=path, hint="start it with version: 1"
@@ -270,7 +276,7 @@ def instance_lines(text: str) -> list[int]:
     try:
         _guard(text, "sidecar")
         root = _yaml().load(text)
-    except (YAMLError, DocumentError):
+    except (YAMLError, DocumentError, ValueError):
         return []
     seq = root.get("instances") if isinstance(root, CommentedMap) else None
     if not isinstance(seq, CommentedSeq):

@@ -34,10 +34,10 @@ from mtcolor_batch.evaluate.evaluation import (
     score_arrays,
 )
 from mtcolor_batch.evaluate.records import FailedRow, FileRecord, find_records, read_failures
-from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK
+from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK, REPORT_FOLDER
 
 REPORT_HTML = "report.html"
-REPORT_DIR = "report_files"
+REPORT_DIR = REPORT_FOLDER
 THUMB_LONG_SIDE = 640
 ASSETS = ("errortrap.js", "report.css", "report.js")
 _PALETTE = ("#ff4d4d", "#4dd2ff", "#ffd24d", "#7dff4d", "#ff4dd2", "#b84dff", "#ff944d", "#4dffb8")

@@ -76,6 +76,8 @@ def _is_mask_name(name: str) -> bool:
 
 OUTPUT_FOLDER_MARK = ".mtcolor"
 """A folder holding this is an mtcolor-batch output folder: never scanned as originals."""
+REPORT_FOLDER = "report_files"
+"""The report's folder (thumbnails) beside ``.mtcolor/`` in an output folder: never scanned."""
 MASK_FOLDER_SUFFIXES = ("mask", "masks")
 DEFAULT_MAX_SIDECAR_BYTES = 256 * 1024
 
@@ -150,6 +152,9 @@ def discover_report(
             dirnames[:] = []
             output_folders.append(path_text(here.relative_to(root).as_posix()))
             continue
+        if OUTPUT_FOLDER_MARK in dirnames and REPORT_FOLDER in dirnames:  # SCANS is an output folder:
+            dirnames.remove(REPORT_FOLDER)  # its report's thumbnails carry no XMP mark to skip them by
+            output_folders.append(path_text((here / REPORT_FOLDER).relative_to(root).as_posix()))
         seen_dirs.add(key)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
