@@ -237,15 +237,11 @@ def _png16(path: Path, arr: np.ndarray) -> None:
 
 
 def build_hostile_tree(root: Path) -> dict[str, str]:
-    """The archive; returns journal key -> what its one-line failure must say ("" for a good file)."""
+    """The archive of hostile files (items 8-12) beside a good scan; returns journal key -> what its
+    one-line failure must say ("" for the good file)."""
     seed = iter(range(100, 200))
-    for name in ("good.png", HOSTILE_CTRL, HOSTILE_RTL):
-        _gray(root / name, next(seed))
-    expect = {"good.png": "", HOSTILE_CTRL: "", HOSTILE_RTL: ""}
-    gray16 = np.random.default_rng(7).integers(0, 65536, (32, 40), dtype=np.uint16)
-    rgba = np.stack([gray16, gray16, gray16, np.full_like(gray16, 65535)], axis=-1)
-    _png16(root / "alpha16.png", rgba)  # item: 16-bit PNG with alpha keeps 16 bits
-    expect["alpha16.png"] = ""
+    _gray(root / "good.png", next(seed))
+    expect = {"good.png": ""}
     _gray(root / HOSTILE_LONG, next(seed))  # item 11
     expect[HOSTILE_LONG] = "over the 255-byte limit"
     Image.new("1", (20000, 20000)).save(root / "bomb.png")  # items 9/12: 400 MP declared, 50 KB
@@ -273,14 +269,19 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _run_args(tmp_path: Path, tiny_bundle: Path) -> list[str]:
+    profile = tmp_path / "p.yaml"
+    profile.write_text(PROFILE)
+    return ["--model", str(tiny_bundle), "--profile", str(profile), "--device", "cpu", "--seed", "3"]
+
+
 def test_hostile_files_fail_alone_through_every_command(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Items 8, 10, 11, 12: `hints check`, `run --dry-run` and a first `run` into a fresh --out."""
     root = tmp_path / "archive"
     root.mkdir()
     expect = build_hostile_tree(root)
-    profile = tmp_path / "p.yaml"
-    profile.write_text(PROFILE)
     out = tmp_path / "out"
-    common = ["--model", str(tiny_bundle), "--profile", str(profile), "--device", "cpu", "--seed", "3"]
+    common = _run_args(tmp_path, tiny_bundle)
 
     check = _cli("hints", "check", str(root))  # items 10, 12: no traceback, each sidecar its line
     assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr[-2000:]
@@ -301,21 +302,37 @@ def test_hostile_files_fail_alone_through_every_command(tmp_path: Path, tiny_bun
         else:
             assert got[rel]["state"] == "done", (rel, got[rel])
 
+
+def test_hostile_names_depth_records_and_earlier_outputs(tmp_path: Path, tiny_bundle: Path) -> None:
+    """16-bit PNG with alpha keeps 16 bits; control characters keep the XMP valid; an RTL override
+    is shown escaped in the report; a hand-edited record of the wrong type is skipped with a note;
+    the output folder passed back as SCANS colorizes nothing again."""
+    import xml.dom.minidom
+
+    root = tmp_path / "archive"
+    for k, name in enumerate(("good.png", HOSTILE_CTRL, HOSTILE_RTL)):
+        _gray(root / name, 300 + k)
+    gray16 = np.random.default_rng(7).integers(0, 65536, (32, 40), dtype=np.uint16)
+    _png16(root / "alpha16.png", np.stack([gray16, gray16, gray16, np.full_like(gray16, 65535)], -1))
+    out = tmp_path / "out"
+    common = _run_args(tmp_path, tiny_bundle)
+    first = _cli("run", str(root), "--out", str(out), *common)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    got = rows(out / ".mtcolor" / "journal.sqlite")
+
     alpha = json.loads((out / got["alpha16.png"]["outputs"][1]).read_text(encoding="utf-8"))
     assert alpha["input"]["bit_depth"] == 16 and alpha["output"]["bit_depth"] == 16, alpha["input"]
     assert (out / got["alpha16.png"]["outputs"][0]).read_bytes()[24] == 16  # IHDR bit depth
-
-    import xml.dom.minidom
 
     with Image.open(out / got[HOSTILE_CTRL]["outputs"][0]) as img:
         packet = img.info["xmp"]
     text = xml.dom.minidom.parseString(packet).getElementsByTagName("stRef:filePath")[0].firstChild.data
     assert text == "ctl\\x01\\x1b[31m.png"  # valid XML, the name still readable
 
-    records = sorted(out.glob("*.color.json"))
-    edited = json.loads(records[0].read_text(encoding="utf-8"))
+    record = out / got["good.png"]["outputs"][1]
+    edited = json.loads(record.read_text(encoding="utf-8"))
     edited["seed"] = "not a number"
-    records[0].write_text(json.dumps(edited), encoding="utf-8")
+    record.write_text(json.dumps(edited), encoding="utf-8")
     report = _cli("report", str(out), "--no-metrics")
     assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr[-2000:]
     page = (out / "report.html").read_text(encoding="utf-8")
