@@ -145,10 +145,13 @@ class Located:
                     continue
                 try:
                     key = self.loader.construct_object(key_node)
-                except (yaml.YAMLError, ValueError) as exc:
+                except yaml.YAMLError as exc:
                     self.problems.append(
                         (key_node.start_mark, f"cannot read key: {_problem(exc)}", "write plain words")
                     )
+                    continue
+                except ValueError:  # an integer key of over 4300 digits
+                    self.problems.append((key_node.start_mark, "key is a number too long", "write a word"))
                     continue
                 if not isinstance(key, str):
                     self.problems.append(

@@ -122,7 +122,7 @@ def with_legend(image: Image.Image, instances: Sequence[Instance]) -> Image.Imag
     w, h = image.size
     font = _font(max(10, min(14, w // 30)))
     probe = ImageDraw.Draw(image)
-    line_h = max(probe.textbbox((0, 0), "Ag", font=font)[3] + 6, 12)
+    line_h = max(int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 6, 12)
     lines = [legend_line(inst) for inst in instances] or ["no instances"]
     out = Image.new("RGB", (w, h + line_h * len(lines) + 4), (255, 255, 255))
     out.paste(image, (0, 0))

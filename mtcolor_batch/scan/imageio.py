@@ -86,9 +86,10 @@ pixel is as wide as an 8-bit RGBA one, so plain RGBA yields all four bytes)."""
 
 def _png16_rawmode(img: Image.Image) -> str | None:
     """The raw mode of a 16-bit multi-channel PNG that Pillow would narrow to 8 bits, else None."""
-    if img.format != "PNG" or len(img.tile) != 1:
+    tile = getattr(img, "tile", [])  # an ImageFile's, before load()
+    if img.format != "PNG" or len(tile) != 1:
         return None
-    rawmode = img.tile[0].args
+    rawmode = tile[0].args
     return rawmode if isinstance(rawmode, str) and rawmode in _PNG16_LOW_BYTES else None
 
 
@@ -101,9 +102,9 @@ def _read_png_16bit(data: bytes, rawmode: str) -> np.ndarray:
     """
     with Image.open(io.BytesIO(data)) as img:
         hi = np.asarray(img, dtype=np.uint16)
-    with Image.open(io.BytesIO(data)) as img:
-        img.tile = [img.tile[0]._replace(args=_PNG16_LOW_BYTES[rawmode])]
-        lo = np.asarray(img, dtype=np.uint16)
+    with Image.open(io.BytesIO(data)) as low:
+        low.tile = [low.tile[0]._replace(args=_PNG16_LOW_BYTES[rawmode])]
+        lo = np.asarray(low, dtype=np.uint16)
     if rawmode == "LA;16B":  # hi: (L, L, L, A) high bytes; lo: the raw bytes (L hi, L lo, A hi, A lo)
         return np.stack([lo[..., 0] << 8 | lo[..., 1], lo[..., 2] << 8 | lo[..., 3]], axis=-1)
     return hi << 8 | lo
