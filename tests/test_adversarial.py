@@ -221,19 +221,9 @@ HOSTILE_RTL = "evil\u202egnp.exe.png"  # a right-to-left override: shown escaped
 
 def _png16(path: Path, arr: np.ndarray) -> None:
     """A 16-bit PNG of any channel count (Pillow cannot write one with alpha)."""
-    import struct
-    import zlib
+    from test_hostile_inputs import png16
 
-    h, w, c = arr.shape
-    raw = np.zeros((h, 1 + w * c * 2), np.uint8)
-    raw[:, 1:].view(">u2").reshape(h, w, c)[...] = arr
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, {2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes())) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    path.write_bytes(png16(arr))
 
 
 def build_hostile_tree(root: Path) -> dict[str, str]:
