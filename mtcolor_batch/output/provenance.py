@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from mtcolor_batch import __version__
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import path_text
+from mtcolor_batch.core.errors import path_text, visible_text
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Plan, Scan
 from mtcolor_batch.model.paper_deviations import deviations
@@ -28,6 +28,12 @@ from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 TOOL = f"mtcolor-batch {__version__}"
+
+
+def _xml_text(text: str) -> str:
+    """``text`` as XML 1.0 character data: characters XML cannot hold at all (control characters
+    a file name may contain) are written visibly (:func:`visible_text`), the rest escaped."""
+    return escape(visible_text(text))
 
 
 def build_xmp(
@@ -47,7 +53,7 @@ def build_xmp(
     Iptc4xmpExt:DigitalSourceType={quoteattr(DIGITAL_SOURCE_TYPE)}
     xmp:CreatorTool={quoteattr(TOOL)}>
    <xmpMM:DerivedFrom rdf:parseType="Resource">
-    <stRef:filePath>{escape(relpath)}</stRef:filePath>
+    <stRef:filePath>{_xml_text(relpath)}</stRef:filePath>
     <stRef:documentID>sha256:{input_sha256}</stRef:documentID>
    </xmpMM:DerivedFrom>
    <xmpMM:History>
@@ -55,7 +61,7 @@ def build_xmp(
      <rdf:li rdf:parseType="Resource">
       <stEvt:action>derived</stEvt:action>
       <stEvt:softwareAgent>{escape(TOOL)}</stEvt:softwareAgent>
-      <stEvt:parameters>{escape(params)}</stEvt:parameters>
+      <stEvt:parameters>{_xml_text(params)}</stEvt:parameters>
      </rdf:li>
     </rdf:Seq>
    </xmpMM:History>

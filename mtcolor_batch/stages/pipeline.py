@@ -28,7 +28,7 @@ from mtcolor_batch.output.content_credentials import (
 )
 from mtcolor_batch.output.credentials import signing_paths
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
-from mtcolor_batch.output.writer import encode_image, format_for, output_path
+from mtcolor_batch.output.writer import check_output_names, encode_image, format_for, output_path
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
@@ -153,6 +153,7 @@ class Pipeline:
             clock = now
 
         stage("load")
+        check_output_names(self.out_dir, item.relpath, prof.output.suffix, item.stem)
         scan = load_scan(item.path, self.scan_root, prof.scan)
         lap("load")
         stage("hints")

@@ -154,7 +154,8 @@ function renderInstances() {
     const li = document.createElement("li");
     const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = inst.color;
     li.appendChild(sw);
-    li.appendChild(document.createTextNode(`[${inst.id}] ${inst.label} (${inst.source}): “${inst.text}”`));
+    // No run id here: the hint cards' #N is the one numbering the page shows.
+    li.appendChild(document.createTextNode(`${inst.label} (${inst.source}): “${inst.text}”`));
     if (isRule(inst)) {
       const from = document.createElement("span"); from.className = "from-rule";
       from.textContent = "folder rule " + inst.hint_from; li.appendChild(from);
