@@ -490,3 +490,178 @@ def test_overnight_sigterm_stops_within_one_denoising_step(
     got = rows(out / ".mtcolor" / "journal.sqlite")
     assert {r["state"] for r in got.values()} == {"pending"}, got
     assert not [p for p in out.iterdir() if p.name != ".mtcolor"]
+
+
+# == Section "hostile" (issue 22: items 8-12 and the weak spots on names, reports, profiles, inputs) ==
+# Every case goes through the real CLI in a subprocess. Each hostile file or sidecar must fail alone
+# with one line (or be skipped with a note) while every other file of the archive goes on.
+
+HOSTILE_LONG = "L" * 246 + ".png"  # its output name (246 + .color.json) is over 255 bytes
+HOSTILE_CTRL = "ctl\x01\x1b[31m.png"  # control characters: the XMP must stay valid XML
+HOSTILE_RTL = "evil\u202egnp.exe.png"  # a right-to-left override: shown escaped in the report
+
+
+def _png16(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit PNG of any channel count (Pillow cannot write one with alpha)."""
+    from test_hostile_inputs import png16
+
+    path.write_bytes(png16(arr))
+
+
+def build_hostile_tree(root: Path) -> dict[str, str]:
+    """The archive of hostile files (items 8-12) beside a good scan; returns journal key -> what its
+    one-line failure must say ("" for the good file)."""
+    seed = iter(range(100, 200))
+    _gray(root / "good.png", next(seed))
+    expect = {"good.png": ""}
+    _gray(root / HOSTILE_LONG, next(seed))  # item 11
+    expect[HOSTILE_LONG] = "over the 255-byte limit"
+    Image.new("1", (20000, 20000)).save(root / "bomb.png")  # items 9/12: 400 MP declared, 50 KB
+    (root / "bomb.png.yaml").write_text("instances:\n  - box: [0, 0, 5, 5]\n    color: red\n")
+    expect["bomb.png"] = "image too large"
+    _gray(root / "nul.png", next(seed))  # item 10: a NUL byte in a mask path
+    (root / "nul.png.yaml").write_text('instances:\n  - mask: "x\\0y.png"\n    color: red\n')
+    expect["nul.png"] = "holds a NUL character"
+    _gray(root / "digits.png", next(seed))  # item 10: an integer of 5000 digits
+    (root / "digits.png.yaml").write_text("seed: " + "9" * 5000 + "\ninstances: []\n")
+    expect["digits.png"] = "number too long"
+    _gray(root / "laughs.png", next(seed))  # item 8: alias bomb (refused by every reader)
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, n in zip("abcdefg", "bcdefgh", strict=True)
+    )
+    (root / "laughs.png.yaml").write_text(laughs)
+    expect["laughs.png"] = "alias"
+    return expect
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="300")
+    cmd = [sys.executable, "-m", "mtcolor_batch", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _run_args(tmp_path: Path, tiny_bundle: Path) -> list[str]:
+    profile = tmp_path / "p.yaml"
+    profile.write_text(PROFILE)
+    return ["--model", str(tiny_bundle), "--profile", str(profile), "--device", "cpu", "--seed", "3"]
+
+
+def test_hostile_files_fail_alone_through_every_command(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Items 8, 10, 11, 12: `hints check`, `run --dry-run` and a first `run` into a fresh --out."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    expect = build_hostile_tree(root)
+    out = tmp_path / "out"
+    common = _run_args(tmp_path, tiny_bundle)
+
+    check = _cli("hints", "check", str(root))  # items 10, 12: no traceback, each sidecar its line
+    assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr[-2000:]
+    for name, why in (("bomb.png", "image too large"), ("nul.png", "NUL"), ("digits", "number too long")):
+        assert any(name in line and why in line for line in check.stdout.splitlines()), (name, check.stdout)
+
+    dry = _cli("run", str(root), "--out", str(out), *common, "--dry-run")  # item 10: discovery survives
+    assert dry.returncode == 0 and "Traceback" not in dry.stderr, dry.stderr[-2000:]
+
+    first = _cli("run", str(root), "--out", str(out), *common)  # item 11: a fresh --out
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    got = rows(out / ".mtcolor" / "journal.sqlite")
+    assert set(got) == set(expect), sorted(set(got) ^ set(expect))
+    for rel, why in expect.items():
+        if why:
+            assert got[rel]["state"] == "failed" and why in got[rel]["error"], (rel, got[rel])
+            assert "\n" not in got[rel]["error"] and "internal error" not in got[rel]["error"]
+        else:
+            assert got[rel]["state"] == "done", (rel, got[rel])
+
+
+def test_hostile_names_depth_records_and_earlier_outputs(tmp_path: Path, tiny_bundle: Path) -> None:
+    """16-bit PNG with alpha keeps 16 bits; control characters keep the XMP valid; an RTL override
+    is shown escaped in the report; a hand-edited record of the wrong type is skipped with a note;
+    the output folder passed back as SCANS colorizes nothing again."""
+    import xml.dom.minidom
+
+    root = tmp_path / "archive"
+    for k, name in enumerate(("good.png", HOSTILE_CTRL, HOSTILE_RTL)):
+        _gray(root / name, 300 + k)
+    gray16 = np.random.default_rng(7).integers(0, 65536, (32, 40), dtype=np.uint16)
+    _png16(root / "alpha16.png", np.stack([gray16, gray16, gray16, np.full_like(gray16, 65535)], -1))
+    out = tmp_path / "out"
+    common = _run_args(tmp_path, tiny_bundle)
+    first = _cli("run", str(root), "--out", str(out), *common)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    got = rows(out / ".mtcolor" / "journal.sqlite")
+
+    alpha = json.loads((out / got["alpha16.png"]["outputs"][1]).read_text(encoding="utf-8"))
+    assert alpha["input"]["bit_depth"] == 16 and alpha["output"]["bit_depth"] == 16, alpha["input"]
+    assert (out / got["alpha16.png"]["outputs"][0]).read_bytes()[24] == 16  # IHDR bit depth
+
+    with Image.open(out / got[HOSTILE_CTRL]["outputs"][0]) as img:
+        packet = img.info["xmp"]
+    text = xml.dom.minidom.parseString(packet).getElementsByTagName("stRef:filePath")[0].firstChild.data
+    assert text == "ctl\\x01\\x1b[31m.png"  # valid XML, the name still readable
+
+    record = out / got["good.png"]["outputs"][1]
+    edited = json.loads(record.read_text(encoding="utf-8"))
+    edited["seed"] = "not a number"
+    record.write_text(json.dumps(edited), encoding="utf-8")
+    report = _cli("report", str(out), "--no-metrics")
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr[-2000:]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "wrong type" in page  # the hand-edited record is skipped with a note, the rest shown
+    assert "\u202e" not in page and "evil\\u202egnp.exe.png" in page  # the RTL override, escaped
+
+    again = _cli("run", str(out), "--out", str(tmp_path / "again"), *common)  # outputs as SCANS
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert "outputs of mtcolor-batch" in again.stderr and "not colorized again" in again.stderr
+    assert not (tmp_path / "again").exists() or not rows(tmp_path / "again" / ".mtcolor" / "journal.sqlite")
+
+
+def test_hostile_tree_opens_in_hints_edit(tmp_path: Path) -> None:
+    """`hints edit` on the same archive: discovery survives, /api/scans lists every scan (the
+    bomb's and the alias bomb's as that scan's problem), and the server stays small."""
+    import re
+    import urllib.request
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    build_hostile_tree(root)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mtcolor_batch", "hints", "edit", str(root), "--no-browser"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = ""
+        for _ in range(20):
+            line = server.stdout.readline()
+            if line.startswith("Open "):
+                url = line.split()[1]
+                break
+        match = re.match(r"(http://127\.0\.0\.1:\d+)/#token=(\S+)", url)
+        assert match, url
+        request = urllib.request.Request(f"{match[1]}/api/scans", headers={"X-Editor-Token": match[2]})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            scans = {s["path"]: s["problems"] for s in json.load(answer)["scans"]}
+        assert scans["bomb.png"] == scans["laughs.png"] == scans["nul.png"] == scans["digits.png"] == 1, scans
+        assert scans["good.png"] == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_hostile_profile_tags_on_collections_are_refused(tmp_path: Path, tiny_bundle: Path) -> None:
+    """`!!python/object/apply` or `!!set` on a block was silently dropped; now a setup error."""
+    root = tmp_path / "s"
+    _gray(root / "a.png", 1)
+    for body in (
+        "sampling: !!python/object/apply:collections.OrderedDict\n  steps: 2\n",
+        "perception: !!set {auto_instances}\n",
+    ):
+        profile = tmp_path / "tagged.yaml"
+        profile.write_text(body)
+        r = _cli("run", str(root), "--model", str(tiny_bundle), "--profile", str(profile), "--dry-run")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "tagged.yaml:1:" in r.stderr and "YAML tag" in r.stderr, r.stderr
+# == end of section "hostile" ==

@@ -51,10 +51,15 @@ def init_command(
     except UserError as exc:
         raise fail(exc) from None
     note = None
-    if ctx.perception is None or not ctx.perception.can_auto_segment:
-        note = "no detector/SAM in the model bundle: nothing detected; add regions by hand"
+    how = "pass --model BUNDLE (`mtcolor-batch models pull` fetches one) to list what it finds"
+    if ctx.bundle_dir is None:
+        note = f"detection skipped: no model bundle; add regions by hand, or {how}"
+    elif ctx.perception is None or not ctx.perception.can_auto_segment:
+        note = f"detection skipped: no detector/SAM in the model bundle; add regions by hand, or {how}"
     elif not ctx.profile.perception.auto_instances:
-        note = "perception.auto_instances is off in this profile: nothing detected"
+        note = "detection skipped: perception.auto_instances is off in this profile"
+    if note is not None:
+        typer.echo(f"note: {note}", err=True)
     written = skipped = failed = 0
     for path, root in files:
         existing = find_sidecar(path)
@@ -81,7 +86,8 @@ def init_command(
             failed += 1
             continue
         if created:
-            typer.echo(f"wrote {target} ({len(instances)} detected instance(s))")
+            found = "detection skipped" if note else f"{len(instances)} detected instance(s)"
+            typer.echo(f"wrote {target} ({found})")
             written += 1
         else:
             typer.echo(f"kept {target} (already exists)")
@@ -218,8 +224,9 @@ def show_command(
         help="Scan folder mask paths must stay inside (the run's SCANS; default: the photo's).",
     ),
 ) -> None:
-    """Draw each instance of a scan (auto + sidecar): outlined, numbered, labelled, filled with its colour."""
-    from mtcolor_batch.perception.overlay import render_overlay, write_png
+    """Draw each instance of a scan (auto + sidecar), numbered and labelled, with a legend below:
+    hinted ones filled with their colour, the rest outlined in black-and-white dashes."""
+    from mtcolor_batch.perception.overlay import render_overlay, with_legend, write_png
     from mtcolor_batch.stages.instances import scan_instances
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
@@ -227,16 +234,16 @@ def show_command(
         ctx = load_hints_context(model, profile, device)
         scan, found = scan_instances(photo, root or photo.parent, ctx.profile, ctx.perception)
         instances, warnings = found.instances, found.warnings
-        image = render_overlay(scan.luma, instances)
+        image = with_legend(render_overlay(scan.luma, instances), instances)
         write_png(target, image)
     except UserError as exc:
         raise fail(exc) from None
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     for inst in instances:
-        color = inst.color.name if inst.color is not None else "-"
+        color = f"colour {inst.color.name}" if inst.color is not None else "no colour hint"
         origin = f" from {inst.hint_from}" if inst.hint_from else ""
-        typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {fmt_box(inst.box)} colour {color}{origin}")
+        typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {fmt_box(inst.box)} {color}{origin}")
     typer.echo(f"wrote {target} ({len(instances)} instance(s))")
 
 

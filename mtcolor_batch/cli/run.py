@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.config import OutputSettings, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
@@ -24,6 +25,7 @@ from mtcolor_batch.jobs.runner import (
     default_out_dir,
     run_batch,
 )
+from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import parse_shard
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -61,6 +63,17 @@ def run_command(
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="ddim | ddim-trailing | lcm | tcd | dpmpp-2m | unipc (sampling.scheduler; docs/few-step.md).",
+    ),
+    accelerator: str | None = typer.Option(
+        None,
+        "--accelerator",
+        help="Distilled LoRA of the bundle to fuse (its name, auto or none); sets its recommended "
+        "scheduler, steps and guidance unless given.",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Fixed seed \\[default: from each file's sha256]."),
     prompt: str | None = typer.Option(None, "--prompt", help="Global text when a sidecar gives none."),
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
@@ -107,6 +120,10 @@ def run_command(
     ),
     jpeg_quality: int | None = typer.Option(None, "--jpeg-quality", help="JPEG/WebP output quality."),
     no_json: bool = typer.Option(False, "--no-json", help="Do not write <stem>.color.json records."),
+    c2pa_cert: Path | None = typer.Option(
+        None, "--c2pa-cert", help="Sign Content Credentials with this certificate chain (PEM, leaf first)."
+    ),
+    c2pa_key: Path | None = typer.Option(None, "--c2pa-key", help="The private key (PEM) of --c2pa-cert."),
     executor: str = typer.Option("local", "--executor", help="local (this process) | ray (a Ray cluster)."),
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster; auto = the running one (default: start Ray here)."
@@ -145,6 +162,8 @@ def run_command(
             "sampling.channels_last": channels_last,
             "sampling.compile": compile_models,
             "sampling.attention": attention,
+            "sampling.scheduler": scheduler,
+            "sampling.accelerator": accelerator,
             "sampling.branch_crop": branch_crop,
             "sampling.branch_uncond": branch_uncond,
             "sampling.branch_refresh": branch_refresh,
@@ -154,8 +173,22 @@ def run_command(
             "scan.max_megapixels": max_megapixels,
             "output.jpeg_quality": jpeg_quality,
             "output.write_json": False if no_json else None,
+            "output.c2pa_cert": str(c2pa_cert) if c2pa_cert else None,
+            "output.c2pa_key": str(c2pa_key) if c2pa_key else None,
         }
         effective = load_profile(profile, overrides)
+        if effective.sampling.accelerator != "none":
+            from mtcolor_batch.core.config import explicit_keys
+            from mtcolor_batch.model.accelerators import apply_accelerator
+            from mtcolor_batch.model.registry import find_bundle
+
+            effective, note = apply_accelerator(
+                effective, find_bundle(model), explicit_keys(profile, overrides)
+            )
+            if note:
+                console.print(escape(note), highlight=False)
+        if effective.output.c2pa == "sign" and not dry_run:
+            _credentials(console, effective.output)
         request = RunRequest(
             scans=scans,
             profile=effective,
@@ -184,6 +217,19 @@ def run_command(
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
+
+
+def _credentials(console: Console, settings: OutputSettings) -> None:
+    """Check the signing credentials before any file is touched; say once where generated ones lie."""
+    paths, created = prepare_credentials(settings)
+    if created:
+        console.print(
+            "Content Credentials: generated a local signing certificate in "
+            f"{escape(str(paths.cert.parent))}; "
+            "outputs signed with it read as \"untrusted\" until you configure your archive's own "
+            "(--c2pa-cert/--c2pa-key, see docs/content-credentials.md).",
+            highlight=False,
+        )
 
 
 def _executor(

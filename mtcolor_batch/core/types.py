@@ -204,6 +204,9 @@ class Plan:
     branch_crop: int = 0  # px of context around an instance its branch runs on; 0 = whole tile
     branch_uncond: str = "own"  # own | global: whose unconditional half guides an instance branch
     branch_refresh: int = 1  # instance branches run at every Nth of the first K steps; 1 = every one
+    scheduler: str = "ddim"  # sampling.scheduler: the denoising scheduler (model/schedulers.py)
+    tcd_gamma: float = 0.3  # sampling.tcd_gamma: TCD's stochasticity (diffusers' eta of TCDScheduler.step)
+    accelerator: str = "none"  # sampling.accelerator: the distilled LoRA fused into the UNet (recorded)
 
 
 @dataclass

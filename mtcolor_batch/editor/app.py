@@ -32,8 +32,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.editor.document import check_document
 from mtcolor_batch.editor.folder_panel import FolderPanel
-from mtcolor_batch.editor.session import ConflictError, EditorSession, NotFound
+from mtcolor_batch.editor.session import MAX_UPLOAD_MASKS, ConflictError, EditorSession, NotFound
 
 MAX_JSON_BYTES = 1024 * 1024
 """Body limit for check/segment requests (a sidecar is capped far below this)."""
@@ -51,6 +52,8 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 TOKEN_HEADER = "x-editor-token"
+IMAGE_PATH = "/api/image"
+"""The one API path that takes the token as ``?token=`` (and only on GET): images for ``<img>``."""
 
 
 def allowed_hosts(port: int) -> set[str]:
@@ -101,7 +104,7 @@ class Guard:
         if not path.startswith("/api/"):
             return None if method in ("GET", "HEAD") else (405, "method not allowed")
         token = headers.get(TOKEN_HEADER)
-        if token is None and method == "GET":
+        if token is None and method == "GET" and path == IMAGE_PATH:  # an <img> cannot send headers
             token = _query_token(query)
         if token is None or not hmac.compare_digest(token.encode(), self.session.token.encode()):
             return 403, "missing or wrong session token: reopen the address `hints edit` printed"
@@ -142,6 +145,8 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise _HttpError(400, "the request is not valid JSON") from None
+    except RecursionError:  # json recurses per level: a 1 MB body can nest 500,000 deep
+        raise _HttpError(400, "the request is nested too deeply") from None
     if not isinstance(body, dict):
         raise _HttpError(400, "the request must be a JSON object")
     return body
@@ -230,9 +235,7 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
     @_handled
     async def check(request: Request) -> Response:
         body = await _json_body(request, MAX_JSON_BYTES)
-        doc = body.get("doc")
-        if not isinstance(doc, dict):
-            raise _HttpError(400, "'doc' must be an object")
+        doc = check_document(body.get("doc"), MAX_UPLOAD_MASKS)
         return JSONResponse(await run_in_threadpool(session.check, _path_arg(body.get("path")), doc))
 
     @_handled
@@ -259,6 +262,7 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         doc, etag = body.get("doc"), body.get("etag")
         if not isinstance(doc, dict) or not isinstance(etag, str):
             raise _HttpError(400, "a save needs 'doc' and the 'etag' the page loaded")
+        check_document(doc, MAX_UPLOAD_MASKS)
         result = await run_in_threadpool(
             session.save, _path_arg(body.get("path")), etag, doc, _uploads(body.get("uploads"))
         )
@@ -301,7 +305,7 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         Route("/static/{name}", static, methods=["GET"]),
         Route("/api/scans", scans, methods=["GET"]),
         Route("/api/scan", scan, methods=["GET"]),
-        Route("/api/image", image, methods=["GET"]),
+        Route(IMAGE_PATH, image, methods=["GET"]),
         Route("/api/colors", colors, methods=["GET"]),
         Route("/api/check", check, methods=["POST"]),
         Route("/api/segment", segment, methods=["POST"]),

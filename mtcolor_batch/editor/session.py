@@ -40,6 +40,7 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import HintError, UserError
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.core.yaml_guarded import decode_utf8, read_capped
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
 from mtcolor_batch.hints.folder_rules import folder_chain, missing_colour_errors, needs_colour
@@ -164,9 +165,16 @@ class EditorSession:
 
     # -- names ------------------------------------------------------------------------------
     def scan_path(self, rel: str) -> Path:
+        """The scan's path, re-checked now: a scan (or a folder above it) swapped for a symlink
+        after start-up must not make the server read a file outside the scan folder."""
         path = self.scans.get(rel)
         if path is None:
             raise NotFound(f"no scan '{rel}' in this session", hint="pick one from the list")
+        if Path(os.path.realpath(path)) != path:
+            raise NotFound(
+                f"scan '{rel}' was replaced by a link since the editor started; it is not served",
+                hint="restart `hints edit` if the change was yours",
+            )
         return path
 
     def sidecar_path(self, rel: str) -> Path:
@@ -213,19 +221,10 @@ class EditorSession:
         if not path.exists():
             return "", NO_FILE
         self._inside(path)
-        size = path.stat().st_size
-        if size > self.max_sidecar_bytes:
-            raise HintError(
-                f"sidecar is {size} bytes, over the {self.max_sidecar_bytes}-byte limit",
-                path=path,
-                hint="edit it in a text editor",
-            )
-        data = path.read_bytes()[: self.max_sidecar_bytes + 1]
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise HintError("sidecar is not UTF-8 text", path=path, hint="save the file as UTF-8") from None
-        return text, hashlib.sha256(data).hexdigest()
+        # The run's own reader: size cap before reading, and a FIFO, directory or device is refused
+        # unopened (reading a FIFO hung the listing, and a directory made it a 500).
+        data = read_capped(path, self.max_sidecar_bytes)
+        return decode_utf8(path, data), hashlib.sha256(data).hexdigest()
 
     def _loaded(self, rel: str) -> _Loaded:
         """The run's view of a scan (cached: the scan array also keys SAM's embedding cache)."""
@@ -284,7 +283,7 @@ class EditorSession:
                 try:
                     text, _ = self.read_sidecar(rel)
                     problems = len(self._problems(rel, text))
-                except UserError:
+                except (UserError, OSError):  # this scan's problem: the listing goes on
                     problems = 1
             out.append(
                 {
@@ -342,9 +341,10 @@ class EditorSession:
         return _png(Image.fromarray(np.round(np.clip(luma, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L"))
 
     def overlay_png(self, rel: str) -> bytes:
-        """The ``hints show`` picture of the saved sidecar."""
+        """The ``hints show`` picture of the saved sidecar, without the run's ids: the page numbers
+        the hints, and one picture shows one numbering."""
         loaded = self._loaded(rel)
-        return _png(render_overlay(loaded.scan.luma, loaded.instances))
+        return _png(render_overlay(loaded.scan.luma, loaded.instances, numbered=False))
 
     # -- live help while editing ----------------------------------------------------------------
     def check(self, rel: str, doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -228,12 +228,34 @@ def _region(
     raise AssertionError("label hints are bound, not drawn")  # pragma: no cover
 
 
+WORN_BY = frozenset(
+    {
+        "man", "woman", "person", "boy", "girl", "child", "baby", "kid", "lady", "gentleman",
+        "soldier", "sailor", "officer", "policeman", "worker", "nurse", "bride", "groom", "priest",
+        "nun", "student", "teacher", "player", "rider", "farmer", "fisherman",
+    }
+)  # fmt: skip
+"""Labels whose colour is what they wear: "a navy man" reads wrong, "a man in navy" right."""
+WORN_BY_PLURAL = frozenset(
+    {"people", "men", "women", "children", "boys", "girls", "soldiers", "sailors", "workers", "crowd"}
+)
+
+
 def hint_text(color: ColorHint | None, text: str | None, label: str) -> str:
-    """'a {color} {label}' as in the MT-Color paper, or the archivist's own text."""
+    """The archivist's own text, else the colour and label as one phrase (docs/hints-texts.md):
+    'a {color} {label}' as in the MT-Color paper ("a navy coat"), but for people, whose colour is
+    their clothes, '{label} in {color}' ("a man in navy", "people in red")."""
     if text:
         return text
     assert color is not None  # schema: color and/or text
-    return f"a {describe(color)} {label}"
+    words = describe(color)
+    head = label.lower().split()[-1] if label.split() else ""
+    if head in WORN_BY_PLURAL:
+        return f"{label} in {words}"
+    if head in WORN_BY:
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        return f"{article} {label} in {words}"
+    return f"a {words} {label}"
 
 
 def default_text(hint: InstanceHint, label: str) -> str:

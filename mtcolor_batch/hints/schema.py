@@ -93,7 +93,11 @@ class InstanceHint(_Strict):
     polygon: list[Point] | None = Field(None, min_length=3, description="Exact region corners [[x, y], ...].")
     mask: str | None = Field(None, min_length=1, description="Mask image path relative to the sidecar.")
     color: str | None = Field(None, description="CSS/X11/archival name, #rrggbb, rgb(...), lab(L, a, b).")
-    text: str | None = Field(None, min_length=1, description="Instance text; default 'a {color} {label}'.")
+    text: str | None = Field(
+        None,
+        min_length=1,
+        description="Instance text; default 'a {color} {label}' ('a {label} in {color}' for people).",
+    )
 
     _line: int = PrivateAttr(0)
     _column: int = PrivateAttr(0)
