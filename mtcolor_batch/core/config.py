@@ -325,8 +325,6 @@ def _read_profile_file(path: Path) -> dict[str, Any]:
         data = read_yaml(path, max_bytes=MAX_PROFILE_BYTES, what="profile") or {}
     except UserError as exc:
         raise UserError(exc.message, path=exc.path, line=exc.line, column=exc.column, hint=exc.hint) from None
-    except ValueError as exc:  # a number too long for Python to convert (over 4300 digits)
-        raise UserError(f"a value cannot be read: {exc}".split(";")[0], path=path) from None
     if not isinstance(data, dict):
         raise UserError("a profile must be a YAML mapping", path=path)
     return data
