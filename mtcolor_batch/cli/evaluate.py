@@ -184,7 +184,7 @@ def _settings(
     fid_weights: Path | None, iqa: bool, iqa_metric: list[str], device: str, steps: int | None,
     seed: int | None,
 ) -> ProtocolSettings:
-    from mtcolor_batch.core.device import resolve_device
+    from mtcolor_batch.core.device import resolve_device  # deferred: loads torch
 
     overrides = {"device": device, "sampling.steps": steps, "seed": seed}
     return ProtocolSettings(

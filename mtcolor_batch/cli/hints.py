@@ -15,9 +15,13 @@ import typer
 
 from mtcolor_batch.cli._common import fail, print_error
 from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
+from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 from mtcolor_batch.core.fs import write_new_file
+from mtcolor_batch.hints.check import check_sidecars
 from mtcolor_batch.hints.template import fmt_box, template_text
+from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
 
 hints_app = typer.Typer(
     name="hints",
@@ -41,9 +45,7 @@ def init_command(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: profile)."),
 ) -> None:
     """Write a template sidecar next to every scan that has none (existing sidecars are left alone)."""
-    from mtcolor_batch.scan.imageio import load_scan
-    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
-    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
+    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances  # deferred: loads torch
 
     try:
         files = scan_files(scans)
@@ -102,8 +104,6 @@ def check_command(
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
     """Validate every sidecar; print file:line:col: problem for each; exit 1 if there is any."""
-    from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.hints.check import check_sidecars
 
     try:
         settings = load_profile(profile)
@@ -138,8 +138,8 @@ def show_command(
     ),
 ) -> None:
     """Draw each instance of a scan (auto + sidecar): outlined, numbered, labelled, filled with its colour."""
-    from mtcolor_batch.perception.overlay import render_overlay, write_png
-    from mtcolor_batch.stages.instances import scan_instances
+    from mtcolor_batch.perception.overlay import render_overlay, write_png  # deferred: loads torch
+    from mtcolor_batch.stages.instances import scan_instances  # deferred: loads torch
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
     try:

@@ -9,6 +9,9 @@ import typer
 
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
+from mtcolor_batch.model.bundle import pull_bundle, read_manifest, verify_problems
+from mtcolor_batch.model.pull_plan import human_size, plan_pull
+from mtcolor_batch.model.registry import COMPONENTS, bundles_dir, default_bundle_dir
 
 app = typer.Typer(
     help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
@@ -49,7 +52,6 @@ def pull(
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
     from huggingface_hub.utils import enable_progress_bars
 
-    from mtcolor_batch.model.bundle import pull_bundle
 
     revisions = _parse_revisions(revision)
     chosen_variant = None if variant.lower() in ("", "none", "fp32") else variant
@@ -72,8 +74,6 @@ def pull(
 
 def _dry_run(revisions: dict[str, str], variant: str | None, perception: bool) -> None:
     """Print the pull plan; exit 1 when the configs do not fit together (nothing is written)."""
-    from mtcolor_batch.model.pull_plan import human_size, plan_pull
-    from mtcolor_batch.model.registry import COMPONENTS
 
     unknown = set(revisions) - {c.key for c in COMPONENTS}
     if unknown:
@@ -117,8 +117,6 @@ def list_bundles(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip hashing (fast; shows '-' for verified)."),
 ) -> None:
     """Bundles in the cache ($MTCOLOR_HOME/bundles): name, revision, tiny flag, verified."""
-    from mtcolor_batch.model.bundle import read_manifest, verify_problems
-    from mtcolor_batch.model.registry import bundles_dir
 
     root = bundles_dir()
     folders = (
@@ -157,8 +155,6 @@ def verify(
     ),
 ) -> None:
     """Check every file of a bundle against the sha256 in its mtcolor.json."""
-    from mtcolor_batch.model.bundle import read_manifest, verify_problems
-    from mtcolor_batch.model.registry import default_bundle_dir
 
     folder = directory or default_bundle_dir()
     try:
@@ -186,7 +182,7 @@ def tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
-    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle  # deferred: loads torch
 
     t0 = time.perf_counter()
     try:

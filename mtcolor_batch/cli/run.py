@@ -17,6 +17,8 @@ from rich.markup import escape
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
+from mtcolor_batch.jobs.executors.ray import RayExecutor
 from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
     RunRequest,
@@ -160,7 +162,6 @@ def run_command(
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
         if report and not dry_run and code in (EXIT_OK, EXIT_FAILED):
-            from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
 
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
             console.print(f"report: {escape(str(build_report(out_dir)))}", highlight=False)
@@ -179,7 +180,6 @@ def _executor(
 ) -> Callable[..., bool] | None:
     """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
     if kind == "ray":
-        from mtcolor_batch.jobs.executors.ray import RayExecutor
 
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
     if kind != "local":

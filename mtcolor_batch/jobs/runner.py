@@ -21,6 +21,8 @@ from rich.table import Table
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.core.fs import clean_stale_temps, sha256_file
+from mtcolor_batch.core.regular import not_regular_reason
+from mtcolor_batch.hints.mask_files import mask_digests
 from mtcolor_batch.jobs.batch import ExecContext, Executor, Outcome, PlannedFile, StopController
 from mtcolor_batch.jobs.executors.local import LocalExecutor, PipelineFactory
 from mtcolor_batch.jobs.journal import Journal, Row, journal_path
@@ -32,8 +34,13 @@ from mtcolor_batch.jobs.preflight import (
     check_seed,
     make_out_folder,
 )
+from mtcolor_batch.model.bundle import read_manifest
+from mtcolor_batch.model.registry import find_bundle
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import ScanFile, discover_report
+from mtcolor_batch.scan.imageio import looks_like_image
+from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
+from mtcolor_batch.stages.pipeline import fingerprint, model_hash
 
 
 @dataclass
@@ -88,11 +95,6 @@ def plan_files(
     ``scan_root``) are small and always hashed, so a repainted mask redoes its file. FIFOs, devices
     and non-images are never hashed: loading fails them with their reason.
     """
-    from mtcolor_batch.core.regular import not_regular_reason
-    from mtcolor_batch.hints.mask_files import mask_digests
-    from mtcolor_batch.scan.imageio import looks_like_image
-    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
-    from mtcolor_batch.stages.pipeline import fingerprint
 
     planned: list[PlannedFile] = []
     for item in files:
@@ -282,9 +284,6 @@ def run_batch(
     ``executor`` defaults to :class:`~mtcolor_batch.jobs.executors.local.LocalExecutor` (this process,
     loading the pipeline with ``pipeline_factory``). UserErrors propagate to the CLI (exit 2).
     """
-    from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.model.registry import find_bundle
-    from mtcolor_batch.stages.pipeline import model_hash
 
     console = console or console_for_run()
     scans = Path(req.scans)

@@ -29,6 +29,7 @@ from mtcolor_batch.core.device import describe_device, resolve_device, resolve_d
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.bundle import Bundle, load_bundle
+from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler
 
@@ -179,7 +180,6 @@ class MTColorEngine:
         dtype: torch.dtype,
         options: EngineOptions | None = None,
     ) -> None:
-        from mtcolor_batch.model.denoiser import MTColorDenoiser
 
         self.bundle = bundle
         self.device = device
@@ -228,7 +228,6 @@ class MTColorEngine:
         options: EngineOptions | None = None,
     ) -> MTColorEngine:
         """Verify and load a bundle; raises :class:`ModelError` with the failing file on problems."""
-        from mtcolor_batch.model.denoiser import MTColorModules
 
         bundle = load_bundle(Path(bundle_dir), verify=verify)
         dev = resolve_device(device)

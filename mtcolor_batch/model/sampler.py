@@ -51,14 +51,13 @@ from mtcolor_batch.model.canvas import (
     whole_canvas,
 )
 from mtcolor_batch.model.fusion import fuse_latents, fusion_steps, steps_fraction
+from mtcolor_batch.model.hint_embedding import HintEmbeddings
 from mtcolor_batch.model.regions import RegionBatch
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import crop_masks
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
-
-    from mtcolor_batch.model.hint_embedding import HintEmbeddings
 
 TILE_SEED_STRENGTH = 0.6
 """Fraction of the steps re-run on the tiles after the low-resolution pass seeds them: enough to

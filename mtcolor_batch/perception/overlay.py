@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from mtcolor_batch.core.color import lab_to_srgb
+from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, check_box_inside
 
 FILL_ALPHA = 0.45
@@ -34,7 +36,6 @@ def instance_rgb(inst: Instance, k: int) -> tuple[int, int, int]:
     """The hint colour in sRGB 0-255, or a palette colour when the instance has no hint."""
     if inst.color is None:
         return PALETTE[k % len(PALETTE)]
-    from mtcolor_batch.core.color import lab_to_srgb
 
     r, g, b = lab_to_srgb(inst.color.lab)
     return round(r * 255), round(g * 255), round(b * 255)
@@ -95,7 +96,6 @@ def render_overlay(luma: np.ndarray, instances: Sequence[Instance]) -> Image.Ima
 
 def write_png(target: Path, image: Image.Image) -> None:
     """PNG written atomically (temp file, fsync, rename): a crash never leaves half a picture."""
-    from mtcolor_batch.core.fs import atomic_write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -18,9 +18,11 @@ from typing import Any, BinaryIO, Protocol
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import OutputBatch
+from mtcolor_batch.hints.adherence import enforce
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
 from mtcolor_batch.output.writer import encode_image, format_for, output_path
+from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
@@ -83,8 +85,8 @@ class Pipeline:
     @classmethod
     def load(cls, profile: Profile, bundle_dir: Path, scan_root: Path, out_dir: Path) -> Pipeline:
         """Load the engine and the perception models from the bundle on the profile's device."""
-        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine
-        from mtcolor_batch.perception.models import load_perception
+        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # deferred: loads torch
+        from mtcolor_batch.perception.models import load_perception  # deferred: loads torch
 
         engine = MTColorEngine.load(
             bundle_dir,
@@ -108,12 +110,14 @@ class Pipeline:
 
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
         """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
-        from mtcolor_batch.hints.adherence import enforce
-        from mtcolor_batch.model.engine import rgb_to_ab
-        from mtcolor_batch.perception.instances import resize_instances
-        from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
-        from mtcolor_batch.stages.instances import find_instances, read_sidecar, sidecar_masks
-        from mtcolor_batch.stages.plan import make_plan
+        from mtcolor_batch.model.engine import rgb_to_ab  # deferred: loads torch
+        from mtcolor_batch.perception.instances import resize_instances  # deferred: loads torch
+        from mtcolor_batch.stages.instances import (  # deferred: loads torch
+            find_instances,
+            read_sidecar,
+            sidecar_masks,
+        )
+        from mtcolor_batch.stages.plan import make_plan  # deferred: loads torch
 
         prof = self.profile
         timings: dict[str, float] = {}

@@ -49,6 +49,8 @@ from mtcolor_batch.core.device import resolve_device
 from mtcolor_batch.core.errors import ModelError, UserError
 from mtcolor_batch.core.fs import atomic_write_text, staged_dir
 from mtcolor_batch.model.bundle import load_bundle, save_bundle
+from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
+from mtcolor_batch.model.regions import RegionBatch
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
 from mtcolor_batch.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mtcolor_batch.train.config import TrainConfig
@@ -57,8 +59,6 @@ from mtcolor_batch.train.data import Batch, ManifestDataset, OrderedBatches, col
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel
-
-    from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 
 LOSS_LOG = "loss.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -103,7 +103,6 @@ def load_components(bundle_dir: Path, device: torch.device, controlnet_init: str
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 
     load_bundle(bundle_dir)  # hashes verified: training on a corrupted bundle wastes a GPU-day
     try:
@@ -235,7 +234,6 @@ def make_regions(batch: Batch, pooled: torch.Tensor, keep: torch.Tensor, latent_
     ``keep[b] == False`` is the null condition: the regions stay, only the instance texts (tokens)
     are dropped, exactly as classifier-free guidance's unconditional half at inference.
     """
-    from mtcolor_batch.model.regions import RegionBatch
 
     slots = batch.valid.shape[1]
     per_image = []

@@ -37,7 +37,7 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
 from mtcolor_batch.scan.discover import ScanFile
-from mtcolor_batch.stages.pipeline import WorkResult, process_one
+from mtcolor_batch.stages.pipeline import Pipeline, WorkResult, process_one
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -80,7 +80,6 @@ class FileWorker:
         out_dir: str,
         fault: FaultHook | None = None,
     ) -> None:
-        from mtcolor_batch.stages.pipeline import Pipeline
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)
