@@ -52,7 +52,6 @@ def pull(
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
     from huggingface_hub.utils import enable_progress_bars
 
-
     revisions = _parse_revisions(revision)
     chosen_variant = None if variant.lower() in ("", "none", "fp32") else variant
     if dry_run:

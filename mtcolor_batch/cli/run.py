@@ -162,7 +162,6 @@ def run_command(
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
         if report and not dry_run and code in (EXIT_OK, EXIT_FAILED):
-
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
             console.print(f"report: {escape(str(build_report(out_dir)))}", highlight=False)
     except UserError as exc:
@@ -180,7 +179,6 @@ def _executor(
 ) -> Callable[..., bool] | None:
     """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
     if kind == "ray":
-
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
     if kind != "local":
         raise UserError(f"unknown --executor '{kind}'", hint="local or ray")

@@ -205,17 +205,6 @@ class Plan:
     branch_refresh: int = 1  # instance branches run at every Nth of the first K steps; 1 = every one
 
 
-@dataclass
-class Result:
-    """The colorized picture at full resolution plus what provenance needs to say about it."""
-
-    rgb: np.ndarray  # float32 HxWx3 in [0, 1], sRGB, full resolution
-    chroma: np.ndarray  # float32 2xhxw CIELAB a*, b* at working resolution
-    instance_stats: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
 def box_from_mask(mask: np.ndarray) -> Box | None:
     """Tight (x0, y0, x1, y1) box, exclusive ends; ``None`` for an empty mask."""
     rows = np.flatnonzero(mask.any(axis=1))

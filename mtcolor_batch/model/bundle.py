@@ -333,7 +333,6 @@ def pull_bundle(
     ``dest`` and moved into place at the end, so a failed pull never leaves a half bundle behind.
     """
 
-
     say = log or (lambda _msg: None)
     dest = Path(dest) if dest else default_bundle_dir()
     revisions = dict(revisions or {})

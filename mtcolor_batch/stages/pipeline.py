@@ -26,8 +26,8 @@ from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, re
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
-STAGES = ("load", "hints", "perceive", "plan", "colorize", "compose", "write")
 StageCallback = Callable[[str], None]
+
 
 def model_hash(bundle_dir: Path) -> str:
     """Digest of every weight file's sha256 (from the manifest: cheap, no weights read)."""

@@ -158,7 +158,6 @@ def fit_tiny_vae(
     import torch
     from diffusers import AutoencoderKL
 
-
     bundle = load_bundle(bundle_dir)
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_pretrained(bundle_dir / "vae", use_safetensors=True)
@@ -212,7 +211,6 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
 
     import torch
     from transformers import CLIPTokenizer
-
 
     original = load_bundle(source)
     shutil.copytree(

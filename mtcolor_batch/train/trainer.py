@@ -103,7 +103,6 @@ def load_components(bundle_dir: Path, device: torch.device, controlnet_init: str
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-
     load_bundle(bundle_dir)  # hashes verified: training on a corrupted bundle wastes a GPU-day
     try:
         tokenizer = CLIPTokenizer.from_pretrained(bundle_dir / "tokenizer")
