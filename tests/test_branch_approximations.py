@@ -18,14 +18,9 @@ from mtcolor_batch.core.config import SamplingSettings, load_profile
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.engine import MTColorEngine
 from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.testing.trained_like import trained_like
 
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path) -> MTColorEngine:
-    eng = MTColorEngine.load(tiny_bundle, device="cpu")
-    trained_like(eng.modules, seed=11)  # every module runs, as in a trained bundle
-    return eng
+TRAINED_LIKE_SEED = 11
+"""The shared ``engine`` fixture (conftest) fills the MT-Color modules with this seed."""
 
 
 def _scene(size: int) -> tuple[np.ndarray, list[Instance]]:
@@ -87,7 +82,7 @@ def _against_the_paper(
 
 
 def test_own_is_the_default_and_the_paper_setting() -> None:
-    assert Plan.__dataclass_fields__["branch_uncond"].default == "own"
+    assert SamplingSettings().branch_uncond == "own"
     for name in ("default", "fast", "quality", "archival", "paper"):
         assert load_profile(name).sampling.branch_uncond == "own", name
     assert not load_profile("paper", {"sampling.branch_uncond": "global"}).follows("paper")
@@ -138,7 +133,7 @@ def test_cli_refuses_an_unknown_value_in_one_line(tmp_path: Path) -> None:
 
 
 def test_refresh_default_is_two_and_the_paper_runs_every_step() -> None:
-    assert Plan.__dataclass_fields__["branch_refresh"].default == 1
+    assert SamplingSettings().branch_refresh == 2
     assert load_profile("default").sampling.branch_refresh == 2
     assert load_profile("paper").sampling.branch_refresh == 1
     assert not load_profile("paper", {"sampling.branch_refresh": 2}).follows("paper")

@@ -249,6 +249,10 @@ def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, mode
     )
 
 
+MAX_FILE_WARNINGS = 50
+"""Per-file warnings the run's summary lists; the rest are counted (every record keeps its own)."""
+
+
 def _summary(
     console: Console, outcomes: list[Outcome], out_dir: Path, warnings: list[str] | None = None
 ) -> None:
@@ -271,6 +275,15 @@ def _summary(
         console.print(ft)
     for warning in warnings or []:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    per_file = [f"{o.relpath}: {w}" for o in outcomes for w in o.warnings]
+    for warning in per_file[:MAX_FILE_WARNINGS]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    if len(per_file) > MAX_FILE_WARNINGS:
+        console.print(
+            f"[yellow]warning:[/yellow] {len(per_file) - MAX_FILE_WARNINGS} more file warning(s): "
+            "each file's record (.json) lists its own",
+            highlight=False,
+        )
 
 
 def run_batch(
@@ -308,6 +321,21 @@ def run_batch(
     jpath = journal_path(out_dir, req.shard)
     suffix = req.profile.output.suffix
 
+    def plan(journal: Journal | None, model_fp: str | None) -> list[PlannedFile]:
+        """The dry run and the run plan alike; only the journal and the model's hash differ."""
+        return plan_files(
+            files,
+            journal,
+            profile_fp=profile_fp,
+            model_fp=model_fp,
+            out_dir=out_dir,
+            force=req.force,
+            retry_failed=req.retry_failed,
+            verify_inputs=req.verify_inputs,
+            scan_root=root,
+            max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
+        )
+
     if req.dry_run:
         check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
         try:
@@ -318,18 +346,7 @@ def run_batch(
             model_fp, note = None, f"[yellow]Model: {escape(exc.one_line())}[/yellow]"
         journal = Journal.open_existing(jpath)
         try:
-            planned = plan_files(
-                files,
-                journal,
-                profile_fp=profile_fp,
-                model_fp=model_fp,
-                out_dir=out_dir,
-                force=req.force,
-                retry_failed=req.retry_failed,
-                verify_inputs=req.verify_inputs,
-                scan_root=root,
-                max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
-            )
+            planned = plan(journal, model_fp)
         finally:
             if journal:
                 journal.close()
@@ -357,18 +374,7 @@ def run_batch(
         removed = clean_stale_temps(out_dir)
         if removed:
             console.print(f"Removed {len(removed)} temp file(s) left by an interrupted run.")
-        planned = plan_files(
-            files,
-            journal,
-            profile_fp=profile_fp,
-            model_fp=model_fp,
-            out_dir=out_dir,
-            force=req.force,
-            retry_failed=req.retry_failed,
-            verify_inputs=req.verify_inputs,
-            scan_root=root,
-            max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
-        )
+        planned = plan(journal, model_fp)
         _cap_crashes(planned, journal, req.profile.jobs.crash_retries)
         renamed = _avoid_recorded_outputs(planned, journal, found.taken, out_dir, req.profile.output.suffix)
         for note in renamed:

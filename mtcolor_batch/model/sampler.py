@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
 from mtcolor_batch.model.canvas import (
     Canvas,
@@ -399,8 +400,6 @@ class MTColorSampler:
     @torch.no_grad()
     def sample(self, luma: np.ndarray, instances: Sequence[Instance], plan: Plan) -> np.ndarray:
         """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1]."""
-        from skimage.color import rgb2lab
-
         luma = np.asarray(luma, dtype=np.float32)
         if luma.ndim != 2 or luma.size == 0:
             raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
@@ -419,7 +418,7 @@ class MTColorSampler:
         low = self.canvas(resize_plane(luma, (lh, lw)), low_instances, texts, plan, tiled=False)
         z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
         rgb_low = self.decode_rgb(z_low, low)
-        ab_low = rgb2lab(rgb_low)[..., 1:].transpose(2, 0, 1)
+        ab_low = rgb_to_ab(rgb_low)
         ab = resize_plane(ab_low, (h, w))
         seed_rgb = lab_to_srgb_locked(luma, ab[0], ab[1])
         # ... and the tiles re-run the last TILE_SEED_STRENGTH of the steps from it, re-noised.

@@ -22,6 +22,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from mtcolor_batch.core.fs import HashingFile
+from mtcolor_batch.render.chroma import to_output_array
 
 _EXT_FORMAT = {
     ".jpg": "JPEG",
@@ -54,13 +55,6 @@ def output_path(out_dir: Path, relpath: str, suffix: str, json_record: bool = Fa
     ext = ".json" if json_record else rel.suffix.lower()
     return Path(out_dir) / rel.parent / f"{stem or rel.stem}{suffix}{ext}"
 
-
-
-def quantize(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
-    """float [0,1] -> uint8/uint16 with rounding (the same on every machine)."""
-    top = 65535.0 if bit_depth == 16 else 255.0
-    arr = np.rint(np.clip(rgb, 0.0, 1.0) * top)
-    return arr.astype(np.uint16 if bit_depth == 16 else np.uint8)
 
 
 def _ascii(text: str) -> str:
@@ -165,7 +159,7 @@ def output_array(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
         if rgb.dtype != want:
             raise ValueError(f"{rgb.dtype} pixels given for a {bit_depth}-bit output")
         return rgb
-    return quantize(rgb, bit_depth)
+    return to_output_array(rgb, bit_depth)
 
 
 def encode_image(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import OutputBatch
@@ -61,7 +62,11 @@ class Interrupted(Exception):
 
 @dataclass
 class FileResult:
-    """What one processed file produced (paths relative to the output folder)."""
+    """What one processed file produced (paths relative to the output folder).
+
+    ``warnings``: the record's ``warnings`` then its ``notes`` (what loading the scan noticed); the
+    run's summary lists them under the file's name.
+    """
 
     outputs: list[str]
     timings: dict[str, float]
@@ -110,7 +115,6 @@ class Pipeline:
 
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
         """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
-        from mtcolor_batch.model.engine import rgb_to_ab  # deferred: loads torch
         from mtcolor_batch.perception.instances import resize_instances  # deferred: loads torch
         from mtcolor_batch.stages.instances import (  # deferred: loads torch
             find_instances,
@@ -262,6 +266,7 @@ class WorkResult:
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     engine_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -> WorkResult:
@@ -290,6 +295,7 @@ def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -
             timings={**{k: float(v) for k, v in result.timings.items()}, "total": seconds},
             seconds=seconds,
             engine_seconds=float(result.engine_seconds),
+            warnings=list(result.warnings),
         )
     seconds = time.perf_counter() - started
     return WorkResult(item.relpath, "failed", reason, timings={"total": seconds}, seconds=seconds)

@@ -52,6 +52,7 @@ from mtcolor_batch.model.bundle import load_bundle, save_bundle
 from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 from mtcolor_batch.model.regions import RegionBatch
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+from mtcolor_batch.model.text import encode_texts
 from mtcolor_batch.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mtcolor_batch.train.config import TrainConfig
 from mtcolor_batch.train.data import Batch, ManifestDataset, OrderedBatches, collate
@@ -170,21 +171,6 @@ def param_groups(
     return [{"params": rest}, {"params": slow, "lr": cfg.lr * cfg.projection_lr_scale}]
 
 
-def encode_text(
-    parts: Components, texts: list[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states (B, 77, D), pooled (B, D)) from the frozen CLIP text encoder."""
-    tok = parts.tokenizer(
-        texts,
-        padding="max_length",
-        max_length=parts.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    out = parts.text_encoder(tok.input_ids.to(device), return_dict=True)
-    return out.last_hidden_state, out.pooler_output
-
-
 class FrozenCache:
     """Outputs of the frozen text encoder (and optionally the VAE encoder), computed once per key.
 
@@ -204,7 +190,7 @@ class FrozenCache:
             if text in self.texts:
                 self.texts.move_to_end(text)
             else:
-                h, p = encode_text(self.parts, [text], self.device)
+                h, p = encode_texts(self.parts.tokenizer, self.parts.text_encoder, [text], self.device)
                 self.texts[text] = (h[0], p[0])
                 if len(self.texts) > self.max_texts:
                     self.texts.popitem(last=False)

@@ -46,7 +46,17 @@ RAY_MISSING = (
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
-RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+RESULT_KEYS = (
+    "relpath",
+    "state",
+    "error",
+    "outputs",
+    "timings",
+    "seconds",
+    "engine_seconds",
+    "warnings",
+    "worker",
+)
 FaultHook = Callable[[str, int, str], None]
 """``fault(stage, files_started, worker)``: a test hook (see ``mtcolor_batch.testing.faults``)."""
 
@@ -105,6 +115,7 @@ class FileWorker:
             work = process_one(self.pipeline, item, self._on_stage)
             res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
+            res["warnings"] = json.dumps(res["warnings"])
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
             res["worker"] = self.worker
             for key in RESULT_KEYS:
@@ -315,6 +326,7 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 "timings": json.loads(str(batch["timings"][i])),
                 "seconds": float(batch["seconds"][i]),
                 "engine_seconds": float(batch["engine_seconds"][i]),
+                "warnings": json.loads(str(batch["warnings"][i])),
                 "worker": str(batch["worker"][i]),
             }
         )
