@@ -43,7 +43,7 @@ def _plan(size: int, **changes: object) -> Plan:
 
 
 def test_default_crops_the_paper_profile_does_not() -> None:
-    """64 px is the default (its measured effect is in the README); the paper's sampling has none."""
+    """64 px is the default (its measured effect is in docs/speed.md); the paper's sampling has none."""
     from mtcolor_batch.core.config import load_profile
 
     assert load_profile("default").sampling.branch_crop == 64

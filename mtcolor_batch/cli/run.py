@@ -49,7 +49,7 @@ def run_command(
     verify_inputs: bool = typer.Option(
         False,
         "--verify-inputs",
-        help="Rehash every input (default: trust an unchanged size + mtime, see README).",
+        help="Rehash every input (default: trust an unchanged size + mtime, see docs/resume.md).",
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),

@@ -1,6 +1,6 @@
 """Profiles: one validated set of every knob that changes an output.
 
-A profile is ``profiles/<name>.yaml`` (shipped in the package) or any YAML file, overlaid on the
+A profile is ``profiles/<name>.yaml`` (built in; see ``builtin_dir``) or any YAML file, overlaid on the
 defaults, then overridden by CLI options given as dotted keys. Its hash goes into every file's
 fingerprint, so changing a knob redoes exactly the files it affects.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,9 +215,23 @@ def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def builtin_dir() -> Traversable:
+    """The built-in profiles (run profiles, and the training and dataset defaults).
+
+    Their one home in git is the checkout's top-level ``profiles/``, the folder users browse and copy
+    from; a wheel ships that folder as ``mtcolor_batch/profiles/`` (pyproject's ``package-dir``), so an
+    installed package finds them inside itself and a checkout (editable install or ``PYTHONPATH``)
+    beside itself.
+    """
+    shipped = resources.files("mtcolor_batch") / "profiles"
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "profiles"
+
+
 def _builtin_data(name: str) -> dict[str, Any]:
     """A built-in profile's YAML as written (only the keys it sets)."""
-    text = (resources.files("mtcolor_batch") / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
+    text = (builtin_dir() / f"{name}.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     return data if isinstance(data, dict) else {}
 
@@ -227,10 +242,13 @@ def builtin_values(name: str) -> dict[str, Any]:
 
 
 def builtin_profiles() -> list[str]:
-    folder = resources.files("mtcolor_batch") / "profiles"
-    # train.yaml holds training defaults (mtcolor_batch/train/config.py), not a run profile.
-    names = (p.name for p in folder.iterdir())
-    return sorted(n[:-5] for n in names if n.endswith(".yaml") and n != "train.yaml")
+    # train.yaml and dataset.yaml hold training and dataset defaults (train/config.py,
+    # train/dataset_config.py), not run profiles.
+    names = (p.name for p in builtin_dir().iterdir())
+    return sorted(n[:-5] for n in names if n.endswith(".yaml") and n not in NOT_RUN_PROFILES)
+
+
+NOT_RUN_PROFILES = frozenset({"train.yaml", "dataset.yaml"})
 
 
 MAX_PROFILE_BYTES = 64 * 1024

@@ -75,6 +75,7 @@ class Instance:
     score: float = 1.0
     color: ColorHint | None = None
     prompt_box: Box | None = None  # a detection's box from the detector; it need not bound the mask
+    hint_from: str | None = None  # where its colour/text is written: "a/photo.png.yaml:4" (file:line)
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.box

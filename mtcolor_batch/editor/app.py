@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.editor.folder_panel import FolderPanel
 from mtcolor_batch.editor.session import ConflictError, EditorSession, NotFound
 
 MAX_JSON_BYTES = 1024 * 1024
@@ -263,6 +264,38 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         )
         return JSONResponse(result, status_code=200 if result.get("saved") else 422)
 
+    # The "Folder rules" panel (editor/folder_panel.py): the nearest mtcolor-folder.yaml of a scan.
+    panel = FolderPanel(session)
+
+    def _text_arg(value: object) -> str:
+        if not isinstance(value, str):
+            raise _HttpError(400, "'text' must be the rules file's text")
+        return value
+
+    @_handled
+    async def folder(request: Request) -> Response:
+        rel = _path_arg(request.query_params.get("path"))
+        return JSONResponse(await run_in_threadpool(panel.load, rel))
+
+    @_handled
+    async def folder_check(request: Request) -> Response:
+        body = await _json_body(request, MAX_JSON_BYTES)
+        add = body.get("add")
+        if add is not None and not isinstance(add, dict):
+            raise _HttpError(400, "'add' must be an object")
+        rel, text = _path_arg(body.get("path")), _text_arg(body.get("text"))
+        return JSONResponse(await run_in_threadpool(panel.check, rel, text, add))
+
+    @_handled
+    async def folder_save(request: Request) -> Response:
+        body = await _json_body(request, MAX_JSON_BYTES)
+        etag = body.get("etag")
+        if not isinstance(etag, str):
+            raise _HttpError(400, "a save needs the 'etag' the page loaded")
+        rel, text = _path_arg(body.get("path")), _text_arg(body.get("text"))
+        result = await run_in_threadpool(panel.save, rel, etag, text)
+        return JSONResponse(result, status_code=200 if result.get("saved") else 422)
+
     routes = [
         Route("/", static, methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),
@@ -274,5 +307,8 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         Route("/api/segment", segment, methods=["POST"]),
         Route("/api/save", save, methods=["POST"]),
         Route("/api/preview", preview, methods=["POST"]),
+        Route("/api/folder", folder, methods=["GET"]),
+        Route("/api/folder/check", folder_check, methods=["POST"]),
+        Route("/api/folder/save", folder_save, methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), session, hosts)

@@ -39,6 +39,7 @@ from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
+from mtcolor_batch.hints.folder_rules import folder_chain, missing_colour_errors, needs_colour
 from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, parse_sidecar_text
 from mtcolor_batch.perception.models import Perception
@@ -159,6 +160,28 @@ class EditorSession:
             raise HintError(f"refusing to write outside the scan folder {self.root}", path=path)
         return real
 
+    # -- for the folder rules panel (editor/folder_panel.py) ----------------------------------------
+    @property
+    def write_lock(self) -> threading.Lock:
+        """Held by every save, so an ETag check and its rename pair up across both panels."""
+        return self._write_lock
+
+    def relative(self, path: Path) -> str:
+        return self._rel(path)
+
+    def inside(self, path: Path) -> Path:
+        return self._inside(path)
+
+    def forget(self) -> None:
+        """Drop every cached scan: a folder rule change can recolour any of them."""
+        with self._load_lock:
+            self._cache.clear()
+
+    @staticmethod
+    def swatch(color: object) -> str | None:
+        """The ``#rrggbb`` of a colour as the picker shows it (None if it does not parse)."""
+        return EditorSession._swatch(color)
+
     # -- reading ----------------------------------------------------------------------------
     def read_sidecar(self, rel: str) -> tuple[str, str]:
         """(text, etag) of the scan's sidecar; ("", "none") when there is none yet."""
@@ -209,6 +232,10 @@ class EditorSession:
         if sidecar is not None and not problems:
             try:
                 check_instance_count(sidecar, path, self.profile.hints.max_sidecar_instances)
+                # a region with only a label needs a folder rule (or label hint) for its colour
+                if any(needs_colour(h) for h in sidecar.instances):
+                    chain = folder_chain(path, self.root, self.max_sidecar_bytes)
+                    problems = missing_colour_errors(sidecar.instances, path, chain)
             except HintError as exc:
                 problems = [exc]
         return sidecar, problems
@@ -281,6 +308,7 @@ class EditorSession:
             "box": [int(v) for v in inst.box],
             "color": f"#{r:02x}{g:02x}{b:02x}",
             "hint_color": inst.color.name if inst.color is not None else None,
+            "hint_from": inst.hint_from,  # "a/mtcolor-folder.yaml:3" marks a folder rule's colour
         }
 
     def image_png(self, rel: str) -> bytes:
@@ -334,6 +362,8 @@ class EditorSession:
         if sidecar is None or problems:
             return None
         item = sidecar.instances[0]
+        if needs_colour(item):
+            return None  # a label-only region: its text is the folder rule's, known once saved
         return default_text(item, item.label.strip() if item.label else DEFAULT_LABEL)
 
     @staticmethod

@@ -38,6 +38,7 @@ from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.model.registry import find_bundle
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import ScanFile, discover_report
+from mtcolor_batch.scan.folder_files import folder_file_digests
 from mtcolor_batch.scan.imageio import looks_like_image
 from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
 from mtcolor_batch.stages.pipeline import fingerprint, model_hash
@@ -97,6 +98,7 @@ def plan_files(
     """
 
     planned: list[PlannedFile] = []
+    rules_seen: dict[Path, str] = {}  # each mtcolor-folder.yaml hashed once per planning pass
     for item in files:
         row: Row | None = journal.get(item.relpath) if journal else None
         size, mtime = _stat(item.path)
@@ -128,7 +130,9 @@ def plan_files(
                     masks = mask_digests(sidecar_mask_paths(sidecar, max_sidecar_bytes), sidecar, root)
         except (OSError, UserError):
             sidecar, sidecar_sha = None, "unreadable"
-        fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?", masks)
+        # The folder rules files above the scan: editing one redoes exactly the scans it covers.
+        rules = folder_file_digests(item.path, scan_root or item.path.parent, rules_seen)
+        fp = fingerprint(sha or f"unreadable:{size}", sidecar_sha, profile_fp, model_fp or "?", masks, rules)
         if row is None:
             action = "new"
         elif force:

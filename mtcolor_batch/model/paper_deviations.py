@@ -4,11 +4,11 @@ Someone comparing a colorized scan with the paper's figures needs to know, from 
 what was not the paper's method. Two kinds of departures exist:
 
 * built into this implementation, whatever the profile (:data:`BUILT_IN`): design choices of the
-  model code, each made on purpose (README, "How this implements MT-Color", has the full reasons);
+  model code, each made on purpose (docs/mtcolor.md, "How this implements MT-Color", has the full reasons);
 * chosen by the profile (:data:`SETTING_WHY`): the keys the built-in ``paper`` profile sets, wherever
   the run's profile holds another value (a key the paper profile does not set cannot depart from it).
 
-The README table is the long form of this list; ``tests/test_paper_deviations.py`` checks that every
+The docs/mtcolor.md table is the long form of this list; ``tests/test_paper_deviations.py`` checks that every
 entry here is named there, and that every key of the paper profile has its reason here.
 """
 

@@ -340,7 +340,7 @@ class MTColorSampler:
         always) plus the branch's deviation from it at its last run. That deviation is what the
         instance's text and tokens do; it changes slowly over the first, noisiest steps, so carrying
         it for a step costs a few percent of the branches' effect on the latent for half of their
-        work (README, "Speed and memory"). Outside its crop a branch's deviation is zero, so it
+        work (docs/speed.md). Outside its crop a branch's deviation is zero, so it
         still follows the global branch exactly there. N = 1 is the paper's sampling, unchanged.
         """
         scheduler = self.scheduler_factory()

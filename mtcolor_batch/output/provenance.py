@@ -110,6 +110,7 @@ def instance_record(
         "score": round(float(inst.score), 4),
         "mask_rle": encode_region(inst.mask, inst.box, scan_size),
         "hint_color": None,
+        "hint_from": inst.hint_from,  # where its colour/text is written: sidecar or folder rules file, :line
     }
     if inst.color is not None:
         rec["hint_color"] = {"name": inst.color.name, "lab": [round(float(v), 3) for v in inst.color.lab]}
@@ -139,11 +140,14 @@ def build_record(
     warnings: list[str],
     out_dir: Path,
     sidecar_masks: dict[str, str] | None = None,
+    folder_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON provenance record (every field docs/design.md names).
 
     ``sidecar_masks`` (the sidecar's mask files' sha256, by path as written) is part of the file's
     fingerprint, so ``journal rebuild`` needs it; it is left out when the sidecar names no mask.
+    ``folder_files`` (the ``mtcolor-folder.yaml`` files that applied, ``{relpath: sha256}``) is too;
+    ``folder_rules`` lists them farthest first, and is left out when none applied.
     """
     plan_dict = asdict(plan)
     plan_dict["tiles"] = [list(t) for t in plan.tiles]
@@ -182,6 +186,11 @@ def build_record(
             "sha256": sidecar_sha256,
             **({"masks": dict(sidecar_masks)} if sidecar_masks else {}),
         },
+        **(
+            {"folder_rules": [{"path": rel, "sha256": sha} for rel, sha in folder_files.items()]}
+            if folder_files
+            else {}
+        ),
         "input": {
             "relpath": scan.relpath,
             "path": path_text(scan.source),  # path: eval/report find the scan

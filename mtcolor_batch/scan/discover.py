@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.core.regular import open_regular
+from mtcolor_batch.scan.folder_files import is_folder_rules_name
 from mtcolor_batch.scan.sidecars import find_sidecar, shadow_message, shadowed_sidecar, sidecar_mask_paths
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
@@ -154,6 +155,8 @@ def discover_report(
                 continue
             path = here / name
             suffix = path.suffix.lower()
+            if is_folder_rules_name(name):
+                continue  # mtcolor-folder.yaml: neither a scan nor a sidecar (it names no mask files)
             if suffix in SIDECAR_EXTENSIONS:
                 for ref in _mask_refs(path, max_sidecar_bytes):
                     masks.setdefault(ref, path)

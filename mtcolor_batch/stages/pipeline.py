@@ -46,13 +46,17 @@ def fingerprint(
     profile_fp: str,
     model_fp: str,
     masks: Mapping[str, str] | None = None,
+    folder_files: Mapping[str, str] | None = None,
 ) -> str:
     """What must match for a done file to be skipped: input, sidecar, the sidecar's mask files
-    (``{path as written: sha256}``), profile and model. Without masks it is what it always was, so
-    files whose sidecars name none are not redone after an upgrade."""
+    (``{path as written: sha256}``), the folder rules files that apply (``{relpath: sha256}``: an
+    edited rule redoes exactly the scans below it), profile and model. Without masks or rules it is
+    what it always was, so files without them are not redone after an upgrade."""
     text = f"{input_sha256}|{sidecar_sha256 or '-'}|{profile_fp}|{model_fp}"
     if masks:
         text += "|masks:" + "|".join(f"{raw}={sha}" for raw, sha in sorted(masks.items()))
+    if folder_files:
+        text += "|folder:" + "|".join(f"{rel}={sha}" for rel, sha in sorted(folder_files.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -118,6 +122,7 @@ class Pipeline:
         from mtcolor_batch.perception.instances import resize_instances  # deferred: loads torch
         from mtcolor_batch.stages.instances import (  # deferred: loads torch
             find_instances,
+            read_folder_rules,
             read_sidecar,
             sidecar_masks,
         )
@@ -139,9 +144,10 @@ class Pipeline:
         stage("hints")
         sidecar = read_sidecar(scan, prof.hints)
         masks = sidecar_masks(sidecar, self.scan_root)  # recorded, so `journal rebuild` has the fingerprint
+        folder = read_folder_rules(scan, self.scan_root, prof.hints)
         lap("hints")
         stage("perceive")
-        found = find_instances(scan, sidecar, self.perception, prof, self.scan_root)
+        found = find_instances(scan, sidecar, self.perception, prof, self.scan_root, folder)
         instances, warnings = found.instances, found.warnings + ([item.name_note] if item.name_note else [])
         lap("perceive")
         stage("plan")
@@ -153,7 +159,7 @@ class Pipeline:
         else:
             seed, seed_source = derive_seed(scan.sha256), "input sha256"
         prompt = found.prompt or prof.sampling.prompt
-        plan = make_plan(scan.size, prof.sampling, seed, prompt)
+        plan = make_plan(scan.size, prof.sampling, seed, prompt, found.negative_prompt)
         luma_w = resize_luma(scan.luma, plan.working_size)
         insts_w = resize_instances(instances, scan.size, plan.working_size)
         lap("plan")
@@ -211,6 +217,7 @@ class Pipeline:
                     sidecar_path=sidecar.path,
                     sidecar_sha256=sidecar.sha256,
                     sidecar_masks=masks,
+                    folder_files=found.folder_files,
                     output_path=img_path,
                     output_sha256=out_sha,
                     output_format=fmt,
