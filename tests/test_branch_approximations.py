@@ -196,8 +196,8 @@ def test_refresh_keeps_a_cropped_branch_on_the_global_latent_outside_its_crop(en
     seen: list[torch.Tensor] = []
     factory = sampler.scheduler_factory
 
-    def spying_scheduler() -> object:
-        scheduler = factory()
+    def spying_scheduler(name: str = "ddim") -> object:
+        scheduler = factory(name)
         step = scheduler.step  # type: ignore[attr-defined]
 
         def spy(eps: torch.Tensor, t: torch.Tensor, z: torch.Tensor, **kw: object) -> object:

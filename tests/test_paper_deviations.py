@@ -55,3 +55,13 @@ def test_the_paper_profile_departs_only_by_construction() -> None:
     assert default["sampling.branch_refresh"] == (2, 1)
     assert default["output.luminance_lock"] == (True, False)
     assert "sampling.tile_size" not in default  # 512 either way
+
+
+def test_few_step_sampling_is_a_departure() -> None:
+    """Another scheduler or an accelerator is listed under paper_deviations (and ends paper_profile)."""
+    plain = {d["key"] for d in deviations(load_profile("paper"))["profile"]}
+    assert "sampling.scheduler" not in plain and "sampling.accelerator" not in plain
+    fast = load_profile("paper", {"sampling.scheduler": "lcm", "sampling.accelerator": "lcm"})
+    listed = {d["key"]: (d["value"], d["paper"]) for d in deviations(fast)["profile"]}
+    assert listed["sampling.scheduler"] == ("lcm", "ddim")
+    assert listed["sampling.accelerator"] == ("lcm", "none")

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.config import explicit_keys, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
 from mtcolor_batch.jobs.executors.ray import RayExecutor
@@ -26,6 +26,7 @@ from mtcolor_batch.jobs.runner import (
     default_out_dir,
     run_batch,
 )
+from mtcolor_batch.model.registry import find_bundle
 from mtcolor_batch.scan.discover import parse_shard
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -53,6 +54,17 @@ def run_command(
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="ddim | ddim-trailing | lcm | tcd | dpmpp-2m | unipc (sampling.scheduler; docs/few-step.md).",
+    ),
+    accelerator: str | None = typer.Option(
+        None,
+        "--accelerator",
+        help="Distilled LoRA of the bundle to fuse (its name, auto or none); sets its recommended "
+        "scheduler, steps and guidance unless given.",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Fixed seed [default: from each file's sha256]."),
     prompt: str | None = typer.Option(None, "--prompt", help="Global text when a sidecar gives none."),
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
@@ -137,6 +149,8 @@ def run_command(
             "sampling.channels_last": channels_last,
             "sampling.compile": compile_models,
             "sampling.attention": attention,
+            "sampling.scheduler": scheduler,
+            "sampling.accelerator": accelerator,
             "sampling.branch_crop": branch_crop,
             "sampling.branch_uncond": branch_uncond,
             "sampling.branch_refresh": branch_refresh,
@@ -148,6 +162,14 @@ def run_command(
             "output.write_json": False if no_json else None,
         }
         effective = load_profile(profile, overrides)
+        if effective.sampling.accelerator != "none":
+            from mtcolor_batch.model.accelerators import apply_accelerator  # deferred: loads torch
+
+            effective, note = apply_accelerator(
+                effective, find_bundle(model), explicit_keys(profile, overrides)
+            )
+            if note:
+                console.print(escape(note), highlight=False)
         request = RunRequest(
             scans=scans,
             profile=effective,

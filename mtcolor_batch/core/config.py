@@ -94,6 +94,21 @@ class SamplingSettings(_Section):
         "between, each takes the global branch's prediction plus its own deviation from it at its last "
         "run (1 = every step, as the paper; the paper profile sets 1).",
     )
+    scheduler: Literal["ddim", "ddim-trailing", "lcm", "tcd", "dpmpp-2m", "unipc"] = Field(
+        "ddim",
+        description="Denoising scheduler, built from the bundle's scheduler config (docs/few-step.md); "
+        "an accelerator sets its own unless this is given.",
+    )
+    tcd_gamma: float = Field(0.3, ge=0, le=1, description="TCD's gamma (stochasticity) with scheduler tcd.")
+    accelerator: str = Field(
+        "none",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Distilled LoRA of the bundle to fuse into the UNet (`models pull --accelerator`): "
+        "its name, none, or auto (the bundle's own if it has one).",
+    )
+    accelerator_steps: int | None = Field(
+        None, ge=1, le=1000, description="Steps with an accelerator (default: the one its authors recommend)."
+    )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
         False,
@@ -201,7 +216,22 @@ class Profile(_Section):
             "hints": {"max_sidecar_instances"},
         }
         data = self.model_dump(mode="json", exclude=exclude)
+        sampling = data["sampling"]
+        for key, neutral in FEW_STEP_NEUTRAL.items():
+            if sampling.get(key) == neutral:
+                del sampling[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FEW_STEP_NEUTRAL: dict[str, Any] = {
+    "scheduler": "ddim",
+    "tcd_gamma": 0.3,
+    "accelerator": "none",
+    "accelerator_steps": None,
+}
+"""Sampling keys of few-step sampling (docs/few-step.md) at the values that compute exactly what was
+computed before they existed: left out of the fingerprint there, so files finished before them are
+not redone. Any other value is hashed like every key."""
 
 
 def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -275,6 +305,20 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def explicit_keys(name_or_path: str | Path | None, overrides: dict[str, Any] | None = None) -> set[str]:
+    """The dotted keys the user set: a YAML file's (not a built-in profile's) and the non-None overrides.
+
+    An accelerator's recommended scheduler, steps and guidance give way to these only: a built-in
+    profile's values for them are its choice for runs without an accelerator.
+    """
+    spec = str(name_or_path or "default")
+    keys = {k for k, v in (overrides or {}).items() if v is not None}
+    path = Path(spec)
+    if spec not in builtin_profiles() and path.is_file():
+        keys |= set(dotted(_read_profile_file(path)))
+    return keys
 
 
 def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Profile:

@@ -208,6 +208,9 @@ class Plan:
     branch_crop: int  # px of context around an instance its branch runs on; 0 = whole tile
     branch_uncond: str  # own | global: whose unconditional half guides an instance branch
     branch_refresh: int  # instance branches run at every Nth of the first K steps; 1 = every one
+    scheduler: str  # sampling.scheduler: the denoising scheduler (model/schedulers.py)
+    tcd_gamma: float  # sampling.tcd_gamma: TCD's stochasticity (diffusers' eta of TCDScheduler.step)
+    accelerator: str  # sampling.accelerator: the distilled LoRA fused into the UNet (recorded)
 
 
 def box_from_mask(mask: np.ndarray) -> Box | None:

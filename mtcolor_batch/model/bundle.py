@@ -258,6 +258,24 @@ def verify_problems(bundle: Bundle) -> list[str]:
                 f"{modules}: MT-Color modules are format {found}, "
                 f"this version needs {FORMAT_VERSION} ({hint})"
             )
+    problems += accelerator_problems(bundle)
+    return problems
+
+
+def accelerator_problems(bundle: Bundle) -> list[str]:
+    """Accelerators (``model/accelerators.py``) the manifest describes with another file or digest
+    than its files list holds: the section names what runs, the files list what was verified."""
+    raw = bundle.sources.get("accelerators") or {}
+    if not isinstance(raw, dict):
+        return [f"{bundle.path / MANIFEST_FILE}: the accelerators section is malformed (re-add them)"]
+    problems = []
+    for name, data in sorted(raw.items()):
+        rel = data.get("file") if isinstance(data, dict) else None
+        if not rel or bundle.files.get(str(rel)) != data.get("sha256"):
+            problems.append(
+                f"{bundle.path / str(rel or name)}: accelerator '{name}' is not the file {MANIFEST_FILE} "
+                "lists (re-add it with `mtcolor-batch models accelerator add`)"
+            )
     return problems
 
 

@@ -29,10 +29,13 @@ from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.device import describe_device, resolve_device, resolve_dtype
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.types import Instance, Plan
+from mtcolor_batch.model.accelerators import AUTO, NONE, Accelerator, fuse_accelerator
+from mtcolor_batch.model.accelerators import find as find_accelerator
 from mtcolor_batch.model.bundle import Bundle, load_bundle
 from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler
+from mtcolor_batch.model.schedulers import scheduler_factory
 from mtcolor_batch.model.text import encode_texts
 
 VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -53,6 +56,8 @@ class EngineOptions:
     attention: how PMAM and the instance branch attend within regions: ``auto``/``sparse`` region by
         region, ``flex`` FlexAttention, ``dense`` one masked SDPA (the reference; see
         ``model.region_attention``).
+    accelerator: the bundle's distilled LoRA fused into the UNet at load (``none``: the base UNet).
+        Unlike the others it changes what is computed; it is here because it is fixed per engine.
     """
 
     vae_dtype: str = "auto"
@@ -60,6 +65,7 @@ class EngineOptions:
     compile: bool = False
     compile_backend: str = "inductor"
     attention: str = "auto"
+    accelerator: str = "none"
 
     @classmethod
     def from_sampling(cls, sampling: Any) -> EngineOptions:
@@ -69,6 +75,7 @@ class EngineOptions:
             channels_last=bool(sampling.channels_last),
             compile=bool(sampling.compile),
             attention=str(sampling.attention),
+            accelerator=str(sampling.accelerator),
         )
 
 
@@ -139,7 +146,7 @@ def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, ba
 
 
 _STEPPABLE = ("DDIMScheduler",)
-"""Schedulers run as shipped; any other is rebuilt as DDIM from its config (see model/sampler.py)."""
+"""What ``sampling.scheduler: ddim`` runs as shipped; any other config is rebuilt as DDIM from it."""
 
 
 def _load_component(kind: str, folder: Path, dtype: torch.dtype) -> Any:
@@ -207,10 +214,11 @@ class MTColorEngine:
             self.compiled_modules = _compile_plain_layers(
                 self.unet, self.controlnet, self.options.compile_backend
             )
-        sched_cls, sched_config, self.scheduler_name = scheduler
+        _, sched_config, self.scheduler_name = scheduler
+        self.accelerator: Accelerator | None = components.get("accelerator")
         self.sampler = MTColorSampler(
             denoiser=self.denoiser,
-            scheduler_factory=lambda: sched_cls.from_config(sched_config),
+            scheduler_factory=scheduler_factory(sched_config),
             vae=self.vae,
             encode_text=self.encode_text,
             device=device,
@@ -251,6 +259,10 @@ class MTColorEngine:
         comps["modules"].to(dt)
         for kind in ("text_encoder", "unet", "controlnet", "vae", "modules"):
             comps[kind].to(dev).eval().requires_grad_(False)
+        if (options or EngineOptions()).accelerator not in (NONE, AUTO):
+            acc = find_accelerator(bundle, (options or EngineOptions()).accelerator)
+            fuse_accelerator(comps["unet"], comps["text_encoder"], root / acc.file)  # once per engine
+            comps["accelerator"] = acc
         for kind in ("unet", "controlnet", "vae"):
             _use_sdpa(comps[kind])
         return cls(bundle, comps, _load_scheduler(root / "scheduler"), dev, dt, options)
@@ -278,6 +290,7 @@ class MTColorEngine:
             "device": describe_device(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "scheduler": self.scheduler_name,
+            "accelerator": self.accelerator.record() if self.accelerator else None,
             "sources": self.bundle.sources,
             "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
             "channels_last": self.channels_last,

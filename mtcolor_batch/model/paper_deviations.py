@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.config import Profile, dotted
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,30 @@ SETTING_WHY: dict[str, str] = {
 }
 
 
+SAMPLING_WHY: dict[str, tuple[Any, str]] = {
+    "sampling.scheduler": (
+        "ddim",
+        "another denoising scheduler than the DDIM sampling this implementation follows the paper with",
+    ),
+    "sampling.accelerator": (
+        "none",
+        "a distilled LoRA fused into the UNet for few-step sampling; MT-Color's modules were trained "
+        "against the base UNet and whether the two compose is unverified with real weights",
+    ),
+}
+"""Few-step sampling (docs/few-step.md): departures whatever the paper profile sets, {key: (paper, why)}."""
+
+
 def deviations(profile: Profile) -> dict[str, Any]:
     """The record's ``paper_deviations``: the built-in departures, and the profile's, with values."""
     chosen = [
         {"key": key, "value": mine, "paper": want, "why": SETTING_WHY.get(key, "")}
         for key, (mine, want) in profile.departures("paper").items()
     ]
+    for key, (want, why) in SAMPLING_WHY.items():
+        mine = dotted(profile.model_dump(mode="json")).get(key)
+        if mine != want and key not in {c["key"] for c in chosen}:
+            chosen.append({"key": key, "value": mine, "paper": want, "why": why})
     return {
         "built_in": [{"id": d.id, "element": d.element, "why": d.why} for d in BUILT_IN],
         "profile": chosen,

@@ -24,9 +24,11 @@ One call colours one working-resolution image. What happens, in order:
    blending the latents (the DDIM update is affine per pixel and the weights sum to 1), so this is
    MultiDiffusion with a single scheduler state.
 
-The scheduler is DDIM (deterministic, no per-step history), which is what makes batching branches
-into one tensor and fusing them mid-trajectory exact; bundles shipping another scheduler are run
-with DDIM built from their config (recorded in the engine's info).
+The scheduler is ``plan.scheduler`` (``model/schedulers.py``: DDIM by default, built from the bundle's
+config like the others). Each updates every batch row from that row alone, so batching branches
+into one tensor keeps one state per branch; at the fusion the multistep solvers' history is fused
+with the latents (``schedulers.fuse_history``), and LCM/TCD draw their step noise from the run's
+seeded generator.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import torch
 
 from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
+from mtcolor_batch.model import schedulers
 from mtcolor_batch.model.canvas import (
     Canvas,
     area_resized,
@@ -54,6 +57,7 @@ from mtcolor_batch.model.canvas import (
 from mtcolor_batch.model.fusion import fuse_latents, fusion_steps, steps_fraction
 from mtcolor_batch.model.hint_embedding import HintEmbeddings
 from mtcolor_batch.model.regions import RegionBatch
+from mtcolor_batch.model.schedulers import Scheduler
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import crop_masks
 
@@ -95,7 +99,7 @@ class MTColorSampler:
     def __init__(
         self,
         denoiser: DenoiseFn,
-        scheduler_factory: Callable[[], object],
+        scheduler_factory: Callable[..., Scheduler],
         vae: AutoencoderKL,
         encode_text: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
         device: torch.device,
@@ -177,7 +181,7 @@ class MTColorSampler:
         canvas: Canvas,
         texts: TextBank,
         plan: Plan,
-        scheduler: object,
+        scheduler: Scheduler,
         *,
         shared: bool = False,
     ) -> torch.Tensor:
@@ -211,7 +215,7 @@ class MTColorSampler:
                     box = self._entry_box(canvas, ti, b)
                     own_uncond = b == 0 or not (global_uncond or (shared and box == canvas.boxes[ti]))
                     entries.extend(_Entry(ti, b, c, box) for c in halves if c or own_uncond)
-        model_in = scheduler.scale_model_input(z, t)  # type: ignore[attr-defined]
+        model_in = scheduler.scale_model_input(z, t)
         slot = {b: i for i, b in enumerate(branches)}
         outputs: dict[tuple[int, int, bool], torch.Tensor] = {}
         by_shape: dict[tuple[int, int], list[_Entry]] = {}
@@ -332,8 +336,11 @@ class MTColorSampler:
         plan: Plan,
         z0: torch.Tensor,
         start: int = 0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Run steps ``start..T-1`` from latent ``z0`` (1, 4, h, w) (float32); return the final latent.
+
+        ``generator``: the run's seeded generator, which LCM and TCD draw their step noise from.
 
         ``plan.branch_refresh`` N > 1 (an approximation): in the first K steps the instance branches
         run at every Nth step only; in between, each takes the global branch's prediction (run, as
@@ -343,9 +350,11 @@ class MTColorSampler:
         work (docs/speed.md). Outside its crop a branch's deviation is zero, so it
         still follows the global branch exactly there. N = 1 is the paper's sampling, unchanged.
         """
-        scheduler = self.scheduler_factory()
-        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
-        timesteps = scheduler.timesteps[start:]  # type: ignore[attr-defined]
+        scheduler = self.scheduler_factory(plan.scheduler)
+        scheduler.set_timesteps(plan.steps, device=self.device)
+        timesteps = scheduler.timesteps[start:]
+        if start == 0:  # as diffusers' pipelines do (1.0 for every scheduler offered here)
+            z0 = z0 * scheduler.init_noise_sigma
         k = fusion_steps(plan.alpha, plan.steps)
         n = canvas.n_instances
         multi = n > 0 and k > start
@@ -363,12 +372,19 @@ class MTColorSampler:
                     eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=shared)
                     if multi and plan.branch_refresh > 1:
                         delta = eps[1:] - eps[:1]
-                z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
+                z = schedulers.step(scheduler, eps, t, z, generator, plan.tcd_gamma)
                 if multi and i + 1 == k:
                     z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
+                    schedulers.fuse_history(scheduler, self._history_fusion(canvas, plan), len(branches))
                     branches = [0]
                     multi = False
         return z
+
+    @staticmethod
+    def _history_fusion(canvas: Canvas, plan: Plan) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How a solver's per-branch history is fused: each pixel keeps the past of the branch that
+        supplied it (the instance's inside its region, the global one elsewhere, never scaled)."""
+        return lambda h: fuse_latents(h[:1], h[1:], canvas.fusion_masks, plan.beta, "paste")
 
     def initial_noise(self, generator: torch.Generator, latent_size: tuple[int, int]) -> torch.Tensor:
         """Seeded on the CPU, then moved: identical noise on every device for one seed."""
@@ -407,7 +423,8 @@ class MTColorSampler:
         generator = torch.Generator("cpu").manual_seed(int(plan.seed))
         full = self.canvas(luma, instances, texts, plan)  # a box outside the luma raises ValueError
         if len(full.boxes) == 1:
-            z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
+            z0 = self.initial_noise(generator, full.latent_size)
+            z = self.denoise(full, texts, plan, z0, generator=generator)
             return self.decode_rgb(z, full)
 
         # Tiled: a low-resolution pass of the whole picture fixes the colours ...
@@ -416,7 +433,7 @@ class MTColorSampler:
         lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
         low_instances = [area_resized(inst, (h, w), (lh, lw)) for inst in instances]
         low = self.canvas(resize_plane(luma, (lh, lw)), low_instances, texts, plan, tiled=False)
-        z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
+        z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size), 0, generator)
         rgb_low = self.decode_rgb(z_low, low)
         ab_low = rgb_to_ab(rgb_low)
         ab = resize_plane(ab_low, (h, w))
@@ -425,10 +442,11 @@ class MTColorSampler:
         x0 = self.encode_rgb(seed_rgb, full)
         start = min(plan.steps - 1, plan.steps - steps_fraction(TILE_SEED_STRENGTH, plan.steps))
         start = max(0, start)
-        scheduler = self.scheduler_factory()
-        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
+        # The run's scheduler re-noises (its own add_noise at the tiles' first timestep).
+        scheduler = self.scheduler_factory(plan.scheduler)
+        scheduler.set_timesteps(plan.steps, device=self.device)
         noise = self.initial_noise(generator, full.latent_size)
-        t_start = scheduler.timesteps[start : start + 1]  # type: ignore[attr-defined]
-        z_start = scheduler.add_noise(x0, noise, t_start)  # type: ignore[attr-defined]
-        z = self.denoise(full, texts, plan, z_start, start=start)
+        t_start = scheduler.timesteps[start : start + 1]
+        z_start = scheduler.add_noise(x0, noise, t_start)
+        z = self.denoise(full, texts, plan, z_start, start=start, generator=generator)
         return self.decode_rgb(z, full)

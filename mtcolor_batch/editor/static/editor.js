@@ -448,7 +448,12 @@ async function checkFolder(add) {
   const r = await api("/api/folder/check", body);
   if (seq !== F.seq) return;
   if (!r.ok) { banner(r.data.error || "cannot check the folder rules"); return; }
-  if (add) { $("#folder-text").value = r.data.text; F.dirty = true; }
+  if (add) {  // show the added rule: it ends the instances block, often below the fold of a long file
+    const ta = $("#folder-text"); F.dirty = true;
+    let at = 0; while (at < body.text.length && body.text[at] === r.data.text[at]) at++;  // where it went
+    ta.value = r.data.text.slice(0, at + 1); const top = ta.scrollHeight;  // how far down it starts, wrapped
+    ta.value = r.data.text; ta.scrollTop = Math.max(0, top - ta.clientHeight / 2);
+  }
   showFolderVerdict(r.data);
 }
 
@@ -458,9 +463,10 @@ async function saveFolder() {
   if (r.status === 422) { showFolderVerdict(r.data); banner("Rules not saved: fix the problems listed under Folder rules."); return; }
   if (!r.ok) { banner(r.data.error || "saving the rules failed"); return; }
   F.etag = r.data.etag; F.dirty = false;
-  banner(`Saved ${r.data.path}: every scan below it follows these rules`, true);
   const again = await api("/api/scan?" + new URLSearchParams({ path: S.current.path }).toString());
   if (again.ok && !S.dirty) { const z = S.zoom; showScan(again.data, false); S.zoom = z; applyZoom(); }
+  banner(`Saved ${r.data.path}: every scan below it follows these rules`, true);  // after showScan, which clears it
+  loadScans();  // a rule can fix (or break) label-only regions in any sidecar below it: fresh badges
 }
 
 function setupFolderPanel() {
@@ -478,6 +484,7 @@ function setupFolderPanel() {
     if (!label) { banner("A rule needs a label (what the detector calls it, e.g. tram)."); return; }
     checkFolder({ label, color: input.value.trim(), text: $("#folder-rule-text").value.trim() });
     $("#folder-label").value = ""; input.value = ""; $("#folder-rule-text").value = "";
+    F.add.color = ""; $(".swatch", card).style.background = "";
   });
   $("#folder-save").addEventListener("click", saveFolder);
 }
