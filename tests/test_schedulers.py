@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,13 +24,6 @@ from mtcolor_batch.stages.plan import make_plan
 
 NAMES = list(schedulers.SCHEDULERS)
 SETTINGS = SamplingSettings(steps=4, working_long_side=64, tile_size=64, tile_overlap=16, alpha=0.5)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path):
-    from mtcolor_batch.model.engine import MTColorEngine
-
-    return MTColorEngine.load(tiny_bundle, device="cpu")
 
 
 def _scene(h: int, w: int) -> tuple[np.ndarray, list[Instance]]:
