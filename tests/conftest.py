@@ -12,6 +12,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # keeps outputs byte-comparable between the local runner and Ray workers (which use one thread each).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Content Credentials: the generated local signing certificate goes to $XDG_CONFIG_HOME, never
+# into the user's own config folder (CLI subprocesses inherit it).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mtcolor-test-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 
 import torch  # noqa: E402
 

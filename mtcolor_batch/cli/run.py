@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.config import explicit_keys, load_profile
+from mtcolor_batch.core.config import OutputSettings, explicit_keys, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
 from mtcolor_batch.jobs.executors.ray import RayExecutor
@@ -27,6 +28,7 @@ from mtcolor_batch.jobs.runner import (
     run_batch,
 )
 from mtcolor_batch.model.registry import find_bundle
+from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import parse_shard
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -111,6 +113,10 @@ def run_command(
     ),
     jpeg_quality: int | None = typer.Option(None, "--jpeg-quality", help="JPEG/WebP output quality."),
     no_json: bool = typer.Option(False, "--no-json", help="Do not write <stem>.color.json records."),
+    c2pa_cert: Path | None = typer.Option(
+        None, "--c2pa-cert", help="Sign Content Credentials with this certificate chain (PEM, leaf first)."
+    ),
+    c2pa_key: Path | None = typer.Option(None, "--c2pa-key", help="The private key (PEM) of --c2pa-cert."),
     executor: str = typer.Option("local", "--executor", help="local (this process) | ray (a Ray cluster)."),
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster; auto = the running one (default: start Ray here)."
@@ -160,6 +166,8 @@ def run_command(
             "scan.max_megapixels": max_megapixels,
             "output.jpeg_quality": jpeg_quality,
             "output.write_json": False if no_json else None,
+            "output.c2pa_cert": str(c2pa_cert) if c2pa_cert else None,
+            "output.c2pa_key": str(c2pa_key) if c2pa_key else None,
         }
         effective = load_profile(profile, overrides)
         if effective.sampling.accelerator != "none":
@@ -170,6 +178,8 @@ def run_command(
             )
             if note:
                 console.print(escape(note), highlight=False)
+        if effective.output.c2pa == "sign" and not dry_run:
+            _credentials(console, effective.output)
         request = RunRequest(
             scans=scans,
             profile=effective,
@@ -194,6 +204,19 @@ def run_command(
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
+
+
+def _credentials(console: Console, settings: OutputSettings) -> None:
+    """Check the signing credentials before any file is touched; say once where generated ones lie."""
+    paths, created = prepare_credentials(settings)
+    if created:
+        console.print(
+            "Content Credentials: generated a local signing certificate in "
+            f"{escape(str(paths.cert.parent))}; "
+            "outputs signed with it read as \"untrusted\" until you configure your archive's own "
+            "(--c2pa-cert/--c2pa-key, see docs/content-credentials.md).",
+            highlight=False,
+        )
 
 
 def _executor(

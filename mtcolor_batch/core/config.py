@@ -165,6 +165,19 @@ class OutputSettings(_Section):
     )
     jpeg_quality: int = Field(95, ge=1, le=100)
     write_json: bool = True
+    c2pa: Literal["sign", "off"] = Field(
+        "sign", description="sign: a C2PA Content Credentials manifest in every output (off: none)."
+    )
+    c2pa_cert: str | None = Field(
+        None, description="The archive's certificate chain (PEM, leaf first) [default: a local one]."
+    )
+    c2pa_key: str | None = Field(None, description="The private key (PEM) of c2pa_cert's leaf certificate.")
+
+    @field_validator("c2pa", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: object) -> object:
+        """YAML reads an unquoted ``c2pa: off`` as false (and ``on`` as true)."""
+        return {False: "off", True: "sign"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("suffix")
     @classmethod
@@ -207,13 +220,15 @@ class Profile(_Section):
         """Hash of every value that changes output bytes (device excluded: it is recorded apart).
 
         Limits that only decide whether a file is tried at all (``jobs``, the sidecar instance cap)
-        are left out, so changing them never redoes finished files.
+        are left out, so changing them never redoes finished files; so are the paths of the C2PA
+        credentials (machine-local, and the signer is recorded apart).
         """
         exclude: dict[str, Any] = {
             "name": True,
             "device": True,
             "jobs": True,
             "hints": {"max_sidecar_instances"},
+            "output": {"c2pa_cert", "c2pa_key"},
         }
         data = self.model_dump(mode="json", exclude=exclude)
         sampling = data["sampling"]

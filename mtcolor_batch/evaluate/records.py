@@ -188,6 +188,11 @@ def find_records(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(out_dir).as_posix())
 
 
+def done_rows(out_dir: Path) -> list[Row]:
+    """Done rows of the journal(s), by relative path: the outputs ``verify`` checks."""
+    return sorted((r for r in _journal_rows(out_dir) if r.state == "done"), key=lambda r: r.relpath)
+
+
 def read_failures(out_dir: Path) -> list[FailedRow]:
     """Failed rows of the journal(s), with the reason the run recorded."""
     rows = [FailedRow(r.relpath, r.state, r.error or "", r.attempts)

@@ -34,6 +34,7 @@ from mtcolor_batch.evaluate.evaluation import (
     score_arrays,
 )
 from mtcolor_batch.evaluate.records import FailedRow, FileRecord, find_records, read_failures
+from mtcolor_batch.evaluate.verify import verify_output
 from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK
 
 REPORT_HTML = "report.html"
@@ -187,6 +188,13 @@ def _href(out_dir: Path, path: Path) -> str:
     return quote(path.relative_to(out_dir).as_posix())
 
 
+def _credentials_badge(rec: FileRecord, image: Path, out_dir: Path) -> str:
+    """Content Credentials: valid / invalid / absent, checked as ``mtcolor-batch verify`` does."""
+    v = verify_output(image, rec.raw, rec.source_path, out_dir=out_dir, source=rec.relpath)
+    title = "; ".join(v.problems) or f"C2PA manifest signed by {v.check.signer} ({v.check.trust})"
+    return f'<span class="badge cc-{v.badge}" title="{e(title)}">Content Credentials: {v.badge}</span>'
+
+
 def _done_html(entry: _Entry, out_dir: Path) -> str:
     rec = entry.pred.record
     assert rec is not None and entry.size is not None
@@ -201,6 +209,7 @@ def _done_html(entry: _Entry, out_dir: Path) -> str:
         badges += f'<span class="badge hinted">{hinted} hinted</span>'
     if warn:
         badges += f'<span class="badge warn">{len(rec.warnings)} warning(s)</span>'
+    badges += _credentials_badge(rec, entry.pred.path, out_dir)
     prompt = e(rec.prompt or "")
     sidecar = (rec.raw.get("sidecar") or {}).get("path")
     meta = [

@@ -4,7 +4,8 @@ Why both: embedded tags travel with the image into any catalogue (and say it was
 algorithm, IPTC DigitalSourceType), while the JSON record holds everything needed to reproduce the
 output on the same device: tool, model bundle and weights hash, every effective parameter, seed,
 prompts, instances, input/sidecar/output hashes. Embedded metadata holds no clock time, so two runs
-with the same seed write byte-identical images; the time lives in the JSON record.
+with the same seed write byte-identical images but for their C2PA manifests (signed anew each time,
+``output.content_credentials``); the time lives in the JSON record.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def build_record(
     sidecar_path: Path | None,
     sidecar_sha256: str | None,
     output_path: Path,
-    output_sha256: str,
+    output_sha256: str | None,
     output_format: str,
     output_bit_depth: int,
     device: str,

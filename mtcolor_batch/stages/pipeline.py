@@ -21,6 +21,14 @@ from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import OutputBatch
 from mtcolor_batch.hints.adherence import enforce
 from mtcolor_batch.model.bundle import read_manifest
+from mtcolor_batch.output.content_credentials import (
+    ContentSigner,
+    Original,
+    plain_temp,
+    provenance_assertion,
+    scan_mime,
+)
+from mtcolor_batch.output.credentials import signing_paths
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
 from mtcolor_batch.output.writer import encode_image, format_for, output_path
 from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
@@ -90,12 +98,21 @@ class Pipeline:
     scan_root: Path
     out_dir: Path
     model_fp: str
+    signer: ContentSigner | None = None  # C2PA Content Credentials (output.c2pa: sign)
 
     @classmethod
     def load(cls, profile: Profile, bundle_dir: Path, scan_root: Path, out_dir: Path) -> Pipeline:
-        """Load the engine and the perception models from the bundle on the profile's device."""
+        """Load the engine and the perception models from the bundle on the profile's device.
+
+        The C2PA key is read here, from the path the profile names, by the process that signs
+        (a Ray worker included): it never travels in a task argument.
+        """
         from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # deferred: loads torch
         from mtcolor_batch.perception.models import load_perception  # deferred: loads torch
+
+        signer = None
+        if profile.output.c2pa == "sign":
+            signer = ContentSigner.from_paths(signing_paths(profile.output))
 
         engine = MTColorEngine.load(
             bundle_dir,
@@ -115,6 +132,7 @@ class Pipeline:
             scan_root=scan_root,
             out_dir=out_dir,
             model_fp=model_hash(bundle_dir),
+            signer=signer,
         )
 
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
@@ -198,36 +216,55 @@ class Pipeline:
             icc_profile=srgb_icc_bytes() if scan.icc_profile else None,
         )
         outputs = [img_path.relative_to(self.out_dir).as_posix()]
-        with OutputBatch() as batch:  # image + record renamed into place together
-            out_sha = batch.add(
-                img_path, lambda fh: encode_image(fh, rgb, fmt, bit_depth, meta, prof.output.jpeg_quality)
+
+        def encode(fh: BinaryIO) -> None:
+            encode_image(fh, rgb, fmt, bit_depth, meta, prof.output.jpeg_quality)
+
+        def record(out_sha: str | None) -> dict[str, Any]:
+            stats_by_id = _stats_by_id(stats)
+            return build_record(
+                scan=scan,
+                profile=prof,
+                plan=plan,
+                seed_source=seed_source,
+                engine_info=info,
+                model_dir=self.bundle_dir,
+                model_hash=self.model_fp,
+                instances=[instance_record(i, stats_by_id.get(i.id), scan.size) for i in instances],
+                sidecar_path=sidecar.path,
+                sidecar_sha256=sidecar.sha256,
+                sidecar_masks=masks,
+                folder_files=found.folder_files,
+                output_path=img_path,
+                output_sha256=out_sha,
+                output_format=fmt,
+                output_bit_depth=bit_depth,
+                device=self.device,
+                timings=timings,
+                warnings=warnings,
+                out_dir=self.out_dir,
             )
-            lap("write")
-            if prof.output.write_json:
-                stats_by_id = _stats_by_id(stats)
-                record = build_record(
-                    scan=scan,
-                    profile=prof,
-                    plan=plan,
-                    seed_source=seed_source,
-                    engine_info=info,
-                    model_dir=self.bundle_dir,
-                    model_hash=self.model_fp,
-                    instances=[instance_record(i, stats_by_id.get(i.id), scan.size) for i in instances],
-                    sidecar_path=sidecar.path,
-                    sidecar_sha256=sidecar.sha256,
-                    sidecar_masks=masks,
-                    folder_files=found.folder_files,
-                    output_path=img_path,
-                    output_sha256=out_sha,
-                    output_format=fmt,
-                    output_bit_depth=bit_depth,
-                    device=self.device,
-                    timings=timings,
-                    warnings=warnings,
-                    out_dir=self.out_dir,
-                )
-                data = record_bytes(record)
+
+        with OutputBatch() as batch:  # image (+ C2PA sidecar) + record renamed into place together
+            if self.signer is None:
+                out_sha = batch.add(img_path, encode)
+                lap("write")
+                rec = record(out_sha) if prof.output.write_json else None
+            else:
+                with plain_temp(img_path.parent, encode) as plain:
+                    lap("write")
+                    # Built before signing: the manifest carries its digest (record_digest).
+                    rec = record(None)
+                    original = Original(Path(scan.relpath).name, scan_mime(scan.format), scan.sha256)
+                    assertion = provenance_assertion(rec, rec_path.name if prof.output.write_json else None)
+                    signed = self.signer.write_signed(batch, img_path, plain, fmt, original, assertion)
+                lap("sign")
+                rec["output"]["sha256"] = signed.sha256
+                rec["content_credentials"] = signed.entry
+                if signed.sidecar is not None:
+                    outputs.append(signed.sidecar.relative_to(self.out_dir).as_posix())
+            if rec is not None and prof.output.write_json:
+                data = record_bytes(rec)
                 batch.add(rec_path, lambda fh: _put(fh, data))
                 outputs.append(rec_path.relative_to(self.out_dir).as_posix())
         lap("write")

@@ -36,6 +36,7 @@ from rich.markup import escape
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
+from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.stages.pipeline import Pipeline, WorkResult, process_one
 
@@ -73,6 +74,19 @@ def require_ray() -> Any:
     except ImportError as exc:
         raise RayMissingError(RAY_MISSING) from exc
     return ray
+
+
+def worker_profile(profile: Profile) -> Profile:
+    """The profile the workers get: with signing on, the C2PA credentials pinned as absolute paths.
+
+    They travel as the bundle does (a path on the shared filesystem); each worker reads and checks
+    the key itself in ``Pipeline.load``, so the key is never pickled into a task argument.
+    """
+    if profile.output.c2pa != "sign":
+        return profile
+    pinned = profile.model_copy(deep=True)
+    prepare_credentials(pinned.output)
+    return pinned
 
 
 class FileWorker:
@@ -269,7 +283,7 @@ class RayExecutor:
         return ds.map_batches(
             FileWorker,
             fn_constructor_kwargs={
-                "profile": ctx.profile,
+                "profile": worker_profile(ctx.profile),
                 "bundle_dir": str(ctx.bundle_dir),
                 "scan_root": str(ctx.scan_root),
                 "out_dir": str(ctx.out_dir),
