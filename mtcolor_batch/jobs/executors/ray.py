@@ -38,7 +38,7 @@ from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
 from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import ScanFile
-from mtcolor_batch.stages.pipeline import WorkResult, process_one
+from mtcolor_batch.stages.pipeline import Pipeline, WorkResult, process_one
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -47,7 +47,17 @@ RAY_MISSING = (
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
-RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+RESULT_KEYS = (
+    "relpath",
+    "state",
+    "error",
+    "outputs",
+    "timings",
+    "seconds",
+    "engine_seconds",
+    "warnings",
+    "worker",
+)
 FaultHook = Callable[[str, int, str], None]
 """``fault(stage, files_started, worker)``: a test hook (see ``mtcolor_batch.testing.faults``)."""
 
@@ -94,7 +104,6 @@ class FileWorker:
         out_dir: str,
         fault: FaultHook | None = None,
     ) -> None:
-        from mtcolor_batch.stages.pipeline import Pipeline
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)
@@ -120,6 +129,7 @@ class FileWorker:
             work = process_one(self.pipeline, item, self._on_stage)
             res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
+            res["warnings"] = json.dumps(res["warnings"])
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
             res["worker"] = self.worker
             for key in RESULT_KEYS:
@@ -330,6 +340,7 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 "timings": json.loads(str(batch["timings"][i])),
                 "seconds": float(batch["seconds"][i]),
                 "engine_seconds": float(batch["engine_seconds"][i]),
+                "warnings": json.loads(str(batch["warnings"][i])),
                 "worker": str(batch["worker"][i]),
             }
         )
