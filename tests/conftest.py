@@ -60,6 +60,24 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
     return write_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_bundle, request: pytest.FixtureRequest):
+    """The engine on the session's tiny bundle (CPU, float32), loaded once per test module.
+
+    A module that sets ``TRAINED_LIKE_SEED = n`` gets its MT-Color modules filled with trained-looking
+    weights (``testing.trained_like``, seed n), so PMAM and instance guidance act as in a trained bundle.
+    """
+    from mtcolor_batch.model.engine import MTColorEngine
+
+    eng = MTColorEngine.load(tiny_bundle, device="cpu")
+    seed = getattr(request.module, "TRAINED_LIKE_SEED", None)
+    if seed is not None:
+        from mtcolor_batch.testing.trained_like import trained_like
+
+        assert trained_like(eng.modules, seed=seed) > 0
+    return eng
+
+
 # -- eval / report (engineer "report") -----------------------------------------------------------
 @pytest.fixture(scope="session")
 def eval_bundle(tmp_path_factory: pytest.TempPathFactory):

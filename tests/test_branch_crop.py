@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,9 @@ from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.canvas import crop_boxes
 from mtcolor_batch.model.engine import MTColorEngine
 from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.testing.trained_like import trained_like
 
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path) -> MTColorEngine:
-    eng = MTColorEngine.load(tiny_bundle, device="cpu")
-    trained_like(eng.modules, seed=11)
-    return eng
+TRAINED_LIKE_SEED = 11
+"""The shared ``engine`` fixture (conftest) fills the MT-Color modules with this seed."""
 
 
 def _scene(size: int) -> tuple[np.ndarray, list[Instance]]:

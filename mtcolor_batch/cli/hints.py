@@ -15,9 +15,15 @@ import typer
 
 from mtcolor_batch.cli._common import fail, print_error
 from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
+from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 from mtcolor_batch.core.fs import write_new_file
+from mtcolor_batch.hints.check import check_folder_files, check_sidecars
 from mtcolor_batch.hints.template import fmt_box, folder_template_text, template_text
+from mtcolor_batch.jobs.batch import file_progress
+from mtcolor_batch.scan.folder_files import FOLDER_RULES_NAME
+from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
 
 hints_app = typer.Typer(
     name="hints",
@@ -41,9 +47,7 @@ def init_command(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: profile)."),
 ) -> None:
     """Write a template sidecar next to every scan that has none (existing sidecars are left alone)."""
-    from mtcolor_batch.scan.imageio import load_scan
-    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
-    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
+    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances  # deferred: loads torch
 
     try:
         files = scan_files(scans)
@@ -108,8 +112,6 @@ def check_command(
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
     """Validate every sidecar and mtcolor-folder.yaml; print file:line:col: problem; exit 1 if any."""
-    from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.hints.check import check_folder_files, check_sidecars
 
     try:
         settings = load_profile(profile)
@@ -147,9 +149,7 @@ def survey_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from mtcolor_batch.jobs.batch import file_progress
-    from mtcolor_batch.scan.folder_files import FOLDER_RULES_NAME
-    from mtcolor_batch.stages.survey import STATE_NAME, survey
+    from mtcolor_batch.stages.survey import STATE_NAME, survey  # deferred: loads torch
 
     if not folder.is_dir():
         raise fail(UserError("not a folder", path=folder, hint="survey a folder of scans"))
@@ -226,8 +226,12 @@ def show_command(
 ) -> None:
     """Draw each instance of a scan (auto + sidecar), numbered and labelled, with a legend below:
     hinted ones filled with their colour, the rest outlined in black-and-white dashes."""
-    from mtcolor_batch.perception.overlay import render_overlay, with_legend, write_png
-    from mtcolor_batch.stages.instances import scan_instances
+    from mtcolor_batch.perception.overlay import (  # deferred: loads torch
+        render_overlay,
+        with_legend,
+        write_png,
+    )
+    from mtcolor_batch.stages.instances import scan_instances  # deferred: loads torch
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
     try:

@@ -8,7 +8,11 @@ from pathlib import Path
 import typer
 
 from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
+from mtcolor_batch.model.bundle import pull_bundle, read_manifest, verify_problems
+from mtcolor_batch.model.pull_plan import human_size, plan_pull
+from mtcolor_batch.model.registry import COMPONENTS, bundles_dir, default_bundle_dir
 
 app = typer.Typer(
     help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
@@ -55,8 +59,6 @@ def pull(
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
     from huggingface_hub.utils import enable_progress_bars
 
-    from mtcolor_batch.model.bundle import pull_bundle
-
     if accelerator is not None:
         _pull_accelerator(accelerator, dest, dry_run)
         return
@@ -83,8 +85,7 @@ def _pull_accelerator(name: str, dest: Path | None, dry_run: bool) -> None:
     """``pull --accelerator``: one pinned LoRA file into an existing bundle (exit 2 on a bad name)."""
     from huggingface_hub.utils import enable_progress_bars
 
-    from mtcolor_batch.model.accelerators import KNOWN, pull_accelerator
-    from mtcolor_batch.model.registry import default_bundle_dir
+    from mtcolor_batch.model.accelerators import KNOWN, pull_accelerator  # deferred: loads torch
 
     if name not in KNOWN:
         raise fail(UserError(f"unknown accelerator '{name}'", hint=f"use one of {', '.join(KNOWN)}"))
@@ -105,8 +106,6 @@ def _pull_accelerator(name: str, dest: Path | None, dry_run: bool) -> None:
 
 def _dry_run(revisions: dict[str, str], variant: str | None, perception: bool) -> None:
     """Print the pull plan; exit 1 when the configs do not fit together (nothing is written)."""
-    from mtcolor_batch.model.pull_plan import human_size, plan_pull
-    from mtcolor_batch.model.registry import COMPONENTS
 
     unknown = set(revisions) - {c.key for c in COMPONENTS}
     if unknown:
@@ -150,8 +149,6 @@ def list_bundles(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip hashing (fast; shows '-' for verified)."),
 ) -> None:
     """Bundles in the cache ($MTCOLOR_HOME/bundles): name, revision, tiny flag, verified."""
-    from mtcolor_batch.model.bundle import read_manifest, verify_problems
-    from mtcolor_batch.model.registry import bundles_dir
 
     root = bundles_dir()
     folders = (
@@ -190,8 +187,6 @@ def verify(
     ),
 ) -> None:
     """Check every file of a bundle against the sha256 in its mtcolor.json."""
-    from mtcolor_batch.model.bundle import read_manifest, verify_problems
-    from mtcolor_batch.model.registry import default_bundle_dir
 
     folder = directory or default_bundle_dir()
     try:
@@ -219,7 +214,7 @@ def tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
-    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle  # deferred: loads torch
 
     t0 = time.perf_counter()
     try:
@@ -247,8 +242,7 @@ def accelerator_add(
     guidance: float | None = typer.Option(None, "--guidance", help="Recommended guidance scale."),
 ) -> None:
     """Copy a local LoRA into the bundle (keys checked against its UNet) and record it in the manifest."""
-    from mtcolor_batch.core.config import SamplingSettings
-    from mtcolor_batch.model.accelerators import add_accelerator, recipe_of
+    from mtcolor_batch.model.accelerators import add_accelerator, recipe_of  # deferred: loads torch
 
     try:
         SamplingSettings(accelerator=name)
@@ -273,9 +267,7 @@ def accelerator_list(
     ),
 ) -> None:
     """The bundle's accelerators and what each recommends."""
-    from mtcolor_batch.model.accelerators import bundle_accelerators
-    from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.model.registry import default_bundle_dir
+    from mtcolor_batch.model.accelerators import bundle_accelerators  # deferred: loads torch
 
     try:
         found = bundle_accelerators(read_manifest(bundle or default_bundle_dir()))

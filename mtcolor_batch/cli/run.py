@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.config import OutputSettings, load_profile
+from mtcolor_batch.core.config import OutputSettings, explicit_keys, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
+from mtcolor_batch.jobs.executors.ray import RayExecutor
 from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
     RunRequest,
@@ -25,6 +27,7 @@ from mtcolor_batch.jobs.runner import (
     default_out_dir,
     run_batch,
 )
+from mtcolor_batch.model.registry import find_bundle
 from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import parse_shard
 
@@ -178,9 +181,7 @@ def run_command(
         }
         effective = load_profile(profile, overrides)
         if effective.sampling.accelerator != "none":
-            from mtcolor_batch.core.config import explicit_keys
-            from mtcolor_batch.model.accelerators import apply_accelerator
-            from mtcolor_batch.model.registry import find_bundle
+            from mtcolor_batch.model.accelerators import apply_accelerator  # deferred: loads torch
 
             effective, note = apply_accelerator(
                 effective, find_bundle(model), explicit_keys(profile, overrides)
@@ -205,8 +206,6 @@ def run_command(
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
         if report and not dry_run and code in (EXIT_OK, EXIT_FAILED):
-            from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
-
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
             console.print(f"report: {escape(str(build_report(out_dir)))}", highlight=False)
     except UserError as exc:
@@ -237,8 +236,6 @@ def _executor(
 ) -> Callable[..., bool] | None:
     """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
     if kind == "ray":
-        from mtcolor_batch.jobs.executors.ray import RayExecutor
-
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
     if kind != "local":
         raise UserError(f"unknown --executor '{kind}'", hint="local or ray")

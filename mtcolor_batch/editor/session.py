@@ -48,9 +48,11 @@ from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, parse_sidecar_text
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.perception.overlay import instance_rgb, render_overlay
-from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.discover import ScanFile
+from mtcolor_batch.scan.imageio import load_scan, upright_size
 from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
 from mtcolor_batch.stages.instances import scan_instances
+from mtcolor_batch.stages.pipeline import Pipeline
 
 NO_FILE = "none"
 """ETag of a sidecar that does not exist yet."""
@@ -269,7 +271,6 @@ class EditorSession:
         return [_problem_dict(p, lines) for p in problems]
 
     def _size(self, rel: str) -> tuple[int, int]:
-        from mtcolor_batch.scan.imageio import upright_size
 
         return upright_size(self.scan_path(rel))
 
@@ -424,8 +425,6 @@ class EditorSession:
         folder, and returned as a PNG (8-bit, for the browser); the temporary files are removed."""
         if self.bundle_dir is None:
             raise UserError("no model bundle: start `hints edit` with --model BUNDLE to colorize a preview")
-        from mtcolor_batch.scan.discover import ScanFile
-        from mtcolor_batch.stages.pipeline import Pipeline
 
         path = self.scan_path(rel)
         with self._preview_lock, tempfile.TemporaryDirectory(prefix="mtcolor-preview-") as tmp:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -65,6 +65,7 @@ class Outcome:
     reason: str = ""
     seconds: float = 0.0
     engine_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # a done file's, as its record says them
 
 
 @dataclass
@@ -153,7 +154,7 @@ def record_result(res: WorkResult, ctx: ExecContext) -> Outcome:
         ctx.journal.mark_done(
             rel, res.outputs, res.timings, fingerprint=res.fingerprint or None, output_stats=stats
         )
-        outcome = Outcome(rel, "done", "", res.seconds, res.engine_seconds)
+        outcome = Outcome(rel, "done", "", res.seconds, res.engine_seconds, list(res.warnings))
     else:
         ctx.journal.mark_failed(rel, res.error, res.timings)
         outcome = Outcome(rel, "failed", res.error, res.seconds)

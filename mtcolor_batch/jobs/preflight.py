@@ -33,7 +33,7 @@ def check_profile_packages(profile: Profile) -> None:
     anything is created or journaled.
     """
     if profile.perception.auto_instances and profile.perception.tagger == "ram":
-        from mtcolor_batch.perception.tagger import require_ram
+        from mtcolor_batch.perception.tagger import require_ram  # deferred: loads torch
 
         require_ram()
 

@@ -20,6 +20,7 @@ from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK, shard_of
+from mtcolor_batch.stages.pipeline import fingerprint
 
 
 @dataclass
@@ -46,7 +47,6 @@ def _records(out_dir: Path) -> list[Path]:
 
 def _row_of(record_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]] | str:
     """(relpath, row fields) from one record, or the reason it is not trusted."""
-    from mtcolor_batch.stages.pipeline import fingerprint
 
     try:
         rec = json.loads(record_path.read_text(encoding="utf-8"))

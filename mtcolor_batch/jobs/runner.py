@@ -23,6 +23,8 @@ from rich.table import Table
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError, is_out_of_space
 from mtcolor_batch.core.fs import clean_stale_temps, sha256_file
+from mtcolor_batch.core.regular import not_regular_reason
+from mtcolor_batch.hints.mask_files import mask_digests
 from mtcolor_batch.jobs.batch import (
     ExecContext,
     Executor,
@@ -45,8 +47,14 @@ from mtcolor_batch.jobs.preflight import (
     check_seed,
     make_out_folder,
 )
+from mtcolor_batch.model.bundle import read_manifest
+from mtcolor_batch.model.registry import find_bundle
 from mtcolor_batch.output.writer import output_path
 from mtcolor_batch.scan.discover import ScanFile, discover_report
+from mtcolor_batch.scan.folder_files import folder_file_digests
+from mtcolor_batch.scan.imageio import looks_like_image
+from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
+from mtcolor_batch.stages.pipeline import fingerprint, model_hash
 
 
 @dataclass
@@ -106,12 +114,6 @@ def plan_files(
     only while its outputs keep the size and mtime they were written with (``verify_outputs``:
     and their sha256); a row another scan folder wrote is never taken over (``other-scan``).
     """
-    from mtcolor_batch.core.regular import not_regular_reason
-    from mtcolor_batch.hints.mask_files import mask_digests
-    from mtcolor_batch.scan.folder_files import folder_file_digests
-    from mtcolor_batch.scan.imageio import looks_like_image
-    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
-    from mtcolor_batch.stages.pipeline import fingerprint
 
     here = folder_key(scan_root) if scan_root is not None else None
     planned: list[PlannedFile] = []
@@ -330,6 +332,10 @@ def print_plan(console: Console, planned: list[PlannedFile], out_dir: Path, mode
     )
 
 
+MAX_FILE_WARNINGS = 50
+"""Per-file warnings the run's summary lists; the rest are counted (every record keeps its own)."""
+
+
 def _summary(
     console: Console, outcomes: list[Outcome], out_dir: Path, warnings: list[str] | None = None
 ) -> None:
@@ -352,6 +358,15 @@ def _summary(
         console.print(ft)
     for warning in warnings or []:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    per_file = [f"{o.relpath}: {w}" for o in outcomes for w in o.warnings]
+    for warning in per_file[:MAX_FILE_WARNINGS]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    if len(per_file) > MAX_FILE_WARNINGS:
+        console.print(
+            f"[yellow]warning:[/yellow] {len(per_file) - MAX_FILE_WARNINGS} more file warning(s): "
+            "each file's record (.json) lists its own",
+            highlight=False,
+        )
 
 
 def run_batch(
@@ -365,9 +380,6 @@ def run_batch(
     ``executor`` defaults to :class:`~mtcolor_batch.jobs.executors.local.LocalExecutor` (this process,
     loading the pipeline with ``pipeline_factory``). UserErrors propagate to the CLI (exit 2).
     """
-    from mtcolor_batch.model.bundle import read_manifest
-    from mtcolor_batch.model.registry import find_bundle
-    from mtcolor_batch.stages.pipeline import model_hash
 
     console = console or console_for_run()
     scans = Path(req.scans)
@@ -392,6 +404,22 @@ def run_batch(
     jpath = journal_path(out_dir, req.shard)
     suffix = req.profile.output.suffix
 
+    def plan(journal: Journal | None, model_fp: str | None) -> list[PlannedFile]:
+        """The dry run and the run plan alike; only the journal and the model's hash differ."""
+        return plan_files(
+            files,
+            journal,
+            profile_fp=profile_fp,
+            model_fp=model_fp,
+            out_dir=out_dir,
+            force=req.force,
+            retry_failed=req.retry_failed,
+            verify_inputs=req.verify_inputs,
+            scan_root=root,
+            max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
+            verify_outputs=req.verify_outputs,
+        )
+
     if req.dry_run:
         check_journal(jpath, files, out_dir, suffix, shard=req.shard, force=req.force)
         try:
@@ -405,19 +433,7 @@ def run_batch(
             if journal is not None:
                 owner = JournalOwner.from_meta(journal.meta())
                 check_scan_root(owner.scan_root, root, out_dir, allow_other=req.allow_other_scans)
-            planned = plan_files(
-                files,
-                journal,
-                profile_fp=profile_fp,
-                model_fp=model_fp,
-                out_dir=out_dir,
-                force=req.force,
-                retry_failed=req.retry_failed,
-                verify_inputs=req.verify_inputs,
-                scan_root=root,
-                max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
-                verify_outputs=req.verify_outputs,
-            )
+            planned = plan(journal, model_fp)
         finally:
             if journal:
                 journal.close()
@@ -446,19 +462,7 @@ def run_batch(
         removed = clean_stale_temps(out_dir)
         if removed:
             console.print(f"Removed {len(removed)} temp file(s) left by an interrupted run.")
-        planned = plan_files(
-            files,
-            journal,
-            profile_fp=profile_fp,
-            model_fp=model_fp,
-            out_dir=out_dir,
-            force=req.force,
-            retry_failed=req.retry_failed,
-            verify_inputs=req.verify_inputs,
-            scan_root=root,
-            max_sidecar_bytes=req.profile.hints.max_sidecar_bytes,
-            verify_outputs=req.verify_outputs,
-        )
+        planned = plan(journal, model_fp)
         _cap_crashes(planned, journal, req.profile.jobs.crash_retries, out_dir)
         clear_in_flight(out_dir, (p.item.relpath for p in planned))
         renamed = _avoid_recorded_outputs(planned, journal, found.taken, out_dir, req.profile.output.suffix)

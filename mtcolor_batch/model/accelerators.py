@@ -24,7 +24,8 @@ import torch
 from mtcolor_batch.core.config import Profile, SamplingSettings
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import sha256_file, staged_file
-from mtcolor_batch.model.bundle import Bundle, read_manifest, save_bundle
+from mtcolor_batch.model.bundle import Bundle, _commit_of, read_manifest, save_bundle
+from mtcolor_batch.model.registry import hub_cache_dir
 
 FOLDER = "accelerators"
 SUFFIX = ".safetensors"
@@ -345,8 +346,6 @@ def pull_accelerator(
     The file's sha256 is checked against the hub's LFS digest where one is pinned; ``download`` is
     ``hf_hub_download`` (tests pass a stand-in).
     """
-    from mtcolor_batch.model.bundle import _commit_of
-    from mtcolor_batch.model.registry import hub_cache_dir
 
     if name not in KNOWN:
         raise ModelError(f"unknown accelerator '{name}'", hint=f"use one of {', '.join(KNOWN)}")
@@ -381,7 +380,7 @@ def pull_accelerator(
 
 def recipe_of(name: str, scheduler: str | None, steps: int | None, guidance: float | None) -> Recipe:
     """The recipe ``accelerator add`` records: a known accelerator's, or the one given in full."""
-    from mtcolor_batch.model.schedulers import SCHEDULERS
+    from mtcolor_batch.model.schedulers import SCHEDULERS  # deferred: loads diffusers
 
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ModelError(f"unknown scheduler '{scheduler}'", hint=f"use one of {', '.join(SCHEDULERS)}")

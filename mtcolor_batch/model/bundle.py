@@ -21,7 +21,23 @@ from huggingface_hub import snapshot_download
 
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import atomic_write_text, sha256_file, staged_dir
-from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS, not_a_bundle
+from mtcolor_batch.model.pull_plan import (
+    WEIGHT_FOLDERS,
+    component_variant,
+    config_problems,
+    download_patterns,
+    fallback_patterns,
+    selected_components,
+)
+from mtcolor_batch.model.registry import (
+    COMPONENTS,
+    MANIFEST_FILE,
+    MODULES_FILE,
+    REQUIRED_FOLDERS,
+    default_bundle_dir,
+    hub_cache_dir,
+    not_a_bundle,
+)
 
 FORMAT_VERSION = 1
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx")
@@ -226,7 +242,11 @@ def verify_problems(bundle: Bundle) -> list[str]:
             )
     modules = root / MODULES_FILE
     if modules.is_file():
-        from mtcolor_batch.model.denoiser import FORMAT_VERSION, OUTDATED_HINT, modules_format
+        from mtcolor_batch.model.denoiser import (  # deferred: loads torch
+            FORMAT_VERSION,
+            OUTDATED_HINT,
+            modules_format,
+        )
 
         found = modules_format(modules)
         if found is not None and found != FORMAT_VERSION:
@@ -328,16 +348,6 @@ def pull_bundle(
     ``dest`` and moved into place at the end, so a failed pull never leaves a half bundle behind.
     """
 
-    from mtcolor_batch.model.pull_plan import (
-        WEIGHT_FOLDERS,
-        component_variant,
-        config_problems,
-        download_patterns,
-        fallback_patterns,
-        selected_components,
-    )
-    from mtcolor_batch.model.registry import COMPONENTS, default_bundle_dir, hub_cache_dir
-
     say = log or (lambda _msg: None)
     dest = Path(dest) if dest else default_bundle_dir()
     revisions = dict(revisions or {})
@@ -412,7 +422,7 @@ def _write_fresh_modules(root: Path) -> None:
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from mtcolor_batch.model.denoiser import MTColorModules
+    from mtcolor_batch.model.denoiser import MTColorModules  # deferred: loads torch
 
     text_config = _json.loads((root / "text_encoder" / "config.json").read_text(encoding="utf-8"))
     # Shapes only depend on the configs: build on the meta device, no weights read or allocated.

@@ -25,15 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.device import describe_device, resolve_device, resolve_dtype
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.accelerators import AUTO, NONE, Accelerator, fuse_accelerator
 from mtcolor_batch.model.accelerators import find as find_accelerator
 from mtcolor_batch.model.bundle import Bundle, load_bundle
+from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 from mtcolor_batch.model.registry import MODULES_FILE
 from mtcolor_batch.model.sampler import MTColorSampler, StepCallback
 from mtcolor_batch.model.schedulers import scheduler_factory
+from mtcolor_batch.model.text import encode_texts
 
 VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -186,7 +189,6 @@ class MTColorEngine:
         dtype: torch.dtype,
         options: EngineOptions | None = None,
     ) -> None:
-        from mtcolor_batch.model.denoiser import MTColorDenoiser
 
         self.bundle = bundle
         self.device = device
@@ -236,7 +238,6 @@ class MTColorEngine:
         options: EngineOptions | None = None,
     ) -> MTColorEngine:
         """Verify and load a bundle; raises :class:`ModelError` with the failing file on problems."""
-        from mtcolor_batch.model.denoiser import MTColorModules
 
         bundle = load_bundle(Path(bundle_dir), verify=verify)
         dev = resolve_device(device)
@@ -302,15 +303,8 @@ class MTColorEngine:
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, 77, D) token embeddings for cross-attention and (K, D) pooled embeddings."""
-        tok = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        out = self.text_encoder(tok.input_ids.to(self.device))
-        return out.last_hidden_state.to(self.dtype), out.pooler_output.to(self.dtype)
+        seq, pooled = encode_texts(self.tokenizer, self.text_encoder, texts, self.device)
+        return seq.to(self.dtype), pooled.to(self.dtype)
 
     # ------------------------------------------------------------------------------ colorize
     @torch.no_grad()
@@ -348,13 +342,6 @@ class MTColorEngine:
     ) -> np.ndarray:
         """Luma (H, W) float32 in [0, 1] at working resolution -> CIELAB a*, b* (2, H, W) float32."""
         return rgb_to_ab(self.colorize_rgb(luma_w, instances_w, plan, on_step))
-
-
-def rgb_to_ab(rgb: np.ndarray) -> np.ndarray:
-    """Decoded sRGB (H, W, 3) in [0, 1] -> CIELAB a*, b* (2, H, W) float32, what ``colorize`` returns."""
-    from skimage.color import rgb2lab
-
-    return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))
 
 
 def _use_sdpa(model: Any) -> None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
 from mtcolor_batch.model import schedulers
 from mtcolor_batch.model.canvas import (
@@ -54,6 +55,7 @@ from mtcolor_batch.model.canvas import (
     whole_canvas,
 )
 from mtcolor_batch.model.fusion import fuse_latents, fusion_steps, steps_fraction
+from mtcolor_batch.model.hint_embedding import HintEmbeddings
 from mtcolor_batch.model.regions import RegionBatch
 from mtcolor_batch.model.schedulers import Scheduler
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
@@ -61,8 +63,6 @@ from mtcolor_batch.render.tiling import crop_masks
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
-
-    from mtcolor_batch.model.hint_embedding import HintEmbeddings
 
 TILE_SEED_STRENGTH = 0.6
 """Fraction of the steps re-run on the tiles after the low-resolution pass seeds them: enough to
@@ -443,8 +443,6 @@ class MTColorSampler:
         """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1].
 
         ``on_step``: see :meth:`denoise` (called at every step of every pass)."""
-        from skimage.color import rgb2lab
-
         luma = np.asarray(luma, dtype=np.float32)
         if luma.ndim != 2 or luma.size == 0:
             raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
@@ -465,7 +463,7 @@ class MTColorSampler:
         z0 = self.initial_noise(generator, low.latent_size)
         z_low = self.denoise(low, texts, plan, z0, generator=generator, on_step=on_step)
         rgb_low = self.decode_rgb(z_low, low)
-        ab_low = rgb2lab(rgb_low)[..., 1:].transpose(2, 0, 1)
+        ab_low = rgb_to_ab(rgb_low)
         ab = resize_plane(ab_low, (h, w))
         seed_rgb = lab_to_srgb_locked(luma, ab[0], ab[1])
         # ... and the tiles re-run the last TILE_SEED_STRENGTH of the steps from it, re-noised.

@@ -24,6 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.core.fs import HashingFile
+from mtcolor_batch.render.chroma import to_output_array
 
 _EXT_FORMAT = {
     ".jpg": "JPEG",
@@ -79,13 +80,6 @@ def check_output_names(out_dir: Path, relpath: str, suffix: str, stem: str = "")
                 path=Path(relpath),
                 hint="rename the scan shorter",
             )
-
-
-def quantize(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
-    """float [0,1] -> uint8/uint16 with rounding (the same on every machine)."""
-    top = 65535.0 if bit_depth == 16 else 255.0
-    arr = np.rint(np.clip(rgb, 0.0, 1.0) * top)
-    return arr.astype(np.uint16 if bit_depth == 16 else np.uint8)
 
 
 def _ascii(text: str) -> str:
@@ -190,7 +184,7 @@ def output_array(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
         if rgb.dtype != want:
             raise ValueError(f"{rgb.dtype} pixels given for a {bit_depth}-bit output")
         return rgb
-    return quantize(rgb, bit_depth)
+    return to_output_array(rgb, bit_depth)
 
 
 def encode_image(

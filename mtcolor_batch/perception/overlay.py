@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from mtcolor_batch.core.color import lab_to_srgb
+from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, check_box_inside
 
 FILL_ALPHA = 0.45
@@ -28,7 +30,6 @@ def instance_rgb(inst: Instance, k: int = 0) -> tuple[int, int, int]:
     del k  # kept for callers that pass the position: the colour no longer depends on it
     if inst.color is None:
         return NO_HINT_RGB
-    from mtcolor_batch.core.color import lab_to_srgb
 
     r, g, b = lab_to_srgb(inst.color.lab)
     return round(r * 255), round(g * 255), round(b * 255)
@@ -147,7 +148,6 @@ def with_legend(image: Image.Image, instances: Sequence[Instance]) -> Image.Imag
 
 def write_png(target: Path, image: Image.Image) -> None:
     """PNG written atomically (temp file, fsync, rename): a crash never leaves half a picture."""
-    from mtcolor_batch.core.fs import atomic_write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

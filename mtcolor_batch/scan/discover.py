@@ -267,8 +267,6 @@ def _is_our_output(path: Path) -> bool:
 
     from PIL import Image
 
-    from mtcolor_batch.core.regular import open_regular
-
     try:
         with open_regular(path) as fh, _warnings.catch_warnings():
             _warnings.simplefilter("ignore")

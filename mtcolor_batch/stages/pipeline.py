@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError, is_out_of_space
 from mtcolor_batch.core.fs import OutputBatch
+from mtcolor_batch.hints.adherence import enforce
 from mtcolor_batch.model.bundle import read_manifest
 from mtcolor_batch.output.content_credentials import (
     ContentSigner,
@@ -29,11 +31,12 @@ from mtcolor_batch.output.content_credentials import (
 from mtcolor_batch.output.credentials import signing_paths
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
 from mtcolor_batch.output.writer import check_output_names, encode_image, format_for, output_path
+from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
-STAGES = ("load", "hints", "perceive", "plan", "colorize", "compose", "write")
 StageCallback = Callable[[str], None]
+
 
 def model_hash(bundle_dir: Path) -> str:
     """Digest of every weight file's sha256 (from the manifest: cheap, no weights read)."""
@@ -71,7 +74,11 @@ class Interrupted(Exception):
 
 @dataclass
 class FileResult:
-    """What one processed file produced (paths relative to the output folder)."""
+    """What one processed file produced (paths relative to the output folder).
+
+    ``warnings``: the record's ``warnings`` then its ``notes`` (what loading the scan noticed); the
+    run's summary lists them under the file's name.
+    """
 
     outputs: list[str]
     timings: dict[str, float]
@@ -102,8 +109,8 @@ class Pipeline:
         The C2PA key is read here, from the path the profile names, by the process that signs
         (a Ray worker included): it never travels in a task argument.
         """
-        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine
-        from mtcolor_batch.perception.models import load_perception
+        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # deferred: loads torch
+        from mtcolor_batch.perception.models import load_perception  # deferred: loads torch
 
         signer = None
         if profile.output.c2pa == "sign":
@@ -132,17 +139,14 @@ class Pipeline:
 
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
         """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
-        from mtcolor_batch.hints.adherence import enforce
-        from mtcolor_batch.model.engine import rgb_to_ab
-        from mtcolor_batch.perception.instances import resize_instances
-        from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
-        from mtcolor_batch.stages.instances import (
+        from mtcolor_batch.perception.instances import resize_instances  # deferred: loads torch
+        from mtcolor_batch.stages.instances import (  # deferred: loads torch
             find_instances,
             read_folder_rules,
             read_sidecar,
             sidecar_masks,
         )
-        from mtcolor_batch.stages.plan import make_plan
+        from mtcolor_batch.stages.plan import make_plan  # deferred: loads torch
 
         prof = self.profile
         timings: dict[str, float] = {}
@@ -324,6 +328,7 @@ class WorkResult:
     engine_seconds: float = 0.0
     fingerprint: str = ""  # of what was read for this output (empty: the planned one stands)
     output_sha256: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -> WorkResult:
@@ -357,6 +362,7 @@ def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -
             engine_seconds=float(result.engine_seconds),
             fingerprint=result.fingerprint,
             output_sha256=dict(result.output_sha256),
+            warnings=list(result.warnings),
         )
     seconds = time.perf_counter() - started
     return WorkResult(item.relpath, state, reason, timings={"total": seconds}, seconds=seconds)

@@ -24,6 +24,7 @@ from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.scan.imageio import load_scan
 from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
+from mtcolor_batch.stages.pipeline import model_hash
 
 STATE_NAME = ".mtcolor-survey.jsonl"
 
@@ -49,7 +50,6 @@ class SurveyResult:
 
 def detector_key(bundle_dir: Path | None, profile: Profile) -> str:
     """What the counts depend on besides the scan: the bundle's weights and the perception settings."""
-    from mtcolor_batch.stages.pipeline import model_hash
 
     weights = model_hash(bundle_dir) if bundle_dir is not None else "-"
     settings = json.dumps(profile.perception.model_dump(mode="json"), sort_keys=True)

@@ -46,7 +46,7 @@ from mtcolor_batch.jobs.batch import (
 )
 from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import ScanFile
-from mtcolor_batch.stages.pipeline import WorkResult
+from mtcolor_batch.stages.pipeline import Pipeline, WorkResult
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -65,6 +65,7 @@ RESULT_KEYS = (
     "engine_seconds",
     "fingerprint",
     "output_sha256",
+    "warnings",
     "worker",
 )
 FaultHook = Callable[[str, int, str], None]
@@ -113,7 +114,6 @@ class FileWorker:
         out_dir: str,
         fault: FaultHook | None = None,
     ) -> None:
-        from mtcolor_batch.stages.pipeline import Pipeline
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)
@@ -140,6 +140,7 @@ class FileWorker:
             work = run_one(self.pipeline, item, self._on_stage, self.out_dir)
             res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
+            res["warnings"] = json.dumps(res["warnings"])
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
             res["output_sha256"] = json.dumps(res["output_sha256"], sort_keys=True)
             res["worker"] = self.worker
@@ -371,6 +372,7 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 "engine_seconds": float(batch["engine_seconds"][i]),
                 "fingerprint": str(batch["fingerprint"][i]),
                 "output_sha256": json.loads(str(batch["output_sha256"][i])),
+                "warnings": json.loads(str(batch["warnings"][i])),
                 "worker": str(batch["worker"][i]),
             }
         )
