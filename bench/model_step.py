@@ -55,7 +55,7 @@ from full_size import full_size_engine  # noqa: E402
 from mtcolor_batch.core.config import load_profile  # noqa: E402
 from mtcolor_batch.core.types import Instance, Plan  # noqa: E402
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # noqa: E402
-from mtcolor_batch.model.sampler import fusion_steps  # noqa: E402
+from mtcolor_batch.model.fusion import fusion_steps  # noqa: E402
 from mtcolor_batch.stages.plan import make_plan  # noqa: E402
 from mtcolor_batch.testing.trained_like import trained_like  # noqa: E402
 

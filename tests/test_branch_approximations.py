@@ -176,7 +176,7 @@ def test_refresh_two_runs_fewer_latents_and_stays_close(
 def test_refresh_keeps_a_cropped_branch_on_the_global_latent_outside_its_crop(engine: MTColorEngine) -> None:
     """A carried deviation is zero outside the branch's crop, so there the branch latent stays the
     global one through the skipped steps, as it does through the run ones."""
-    from mtcolor_batch.model.sampler import fusion_steps
+    from mtcolor_batch.model.fusion import fusion_steps
 
     size = 384
     plan = dataclasses.replace(_plan(size, 512, branch_crop=64), branch_refresh=2, steps=20)

@@ -11,8 +11,8 @@ import torch
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance, Plan
+from mtcolor_batch.model.canvas import crop_boxes
 from mtcolor_batch.model.engine import MTColorEngine
-from mtcolor_batch.model.sampler import crop_boxes
 from mtcolor_batch.stages.plan import make_plan
 from mtcolor_batch.testing.trained_like import trained_like
 
@@ -74,7 +74,7 @@ def test_crop_boxes_are_box_plus_margin_in_64px_steps() -> None:
 
 def test_crop_spans_keep_the_margin_on_the_tile_grid() -> None:
     """A crop inside a tile starts on that tile's 64 px grid and still holds box + margin."""
-    from mtcolor_batch.model.sampler import grid_span
+    from mtcolor_batch.model.canvas import grid_span
 
     for lo, hi, start, end in [
         (12, 31, 0, 48),

@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from mtcolor_batch.core.errors import HintError
-from mtcolor_batch.hints.schema import (
-    MAX_DEPTH,
-    Sidecar,
-    check_sidecar,
-    find_sidecar,
-    load_sidecar,
-    shadowed_sidecar,
-)
+from mtcolor_batch.core.yaml_guarded import MAX_DEPTH
+from mtcolor_batch.hints.schema import Sidecar, check_sidecar, load_sidecar
+from mtcolor_batch.scan.sidecars import find_sidecar, shadowed_sidecar
 
 MAX = 256 * 1024
 

@@ -538,7 +538,8 @@ def test_cfg_unconditional_half_keeps_the_masks(models, inputs) -> None:
     import numpy as np
 
     from mtcolor_batch.core.types import Instance
-    from mtcolor_batch.model.sampler import MTColorSampler, build_canvas, whole_canvas
+    from mtcolor_batch.model.canvas import build_canvas, whole_canvas
+    from mtcolor_batch.model.sampler import MTColorSampler
 
     size = 64
     masks = np.zeros((2, size, size), np.float32)

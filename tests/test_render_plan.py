@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.stages.plan import canvas_tiles, make_plan, plan_summary, working_size
+from mtcolor_batch.render.tiling import canvas_tiles
+from mtcolor_batch.stages.plan import make_plan, plan_summary, working_size
 
 
 @pytest.mark.parametrize(

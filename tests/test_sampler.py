@@ -11,7 +11,7 @@ import torch
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance, Plan
-from mtcolor_batch.model.sampler import fuse_latents, fusion_steps
+from mtcolor_batch.model.fusion import fuse_latents, fusion_steps
 from mtcolor_batch.stages.plan import make_plan
 
 SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_overlap=16, alpha=0.5, beta=0.2)

@@ -20,9 +20,9 @@ import torch
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance, stack_masks
+from mtcolor_batch.model.canvas import area_resized, build_canvas, crop_boxes, resize_plane, whole_canvas
 from mtcolor_batch.model.instance_guidance import MaskEncoder
 from mtcolor_batch.model.regions import MASK_INPUT_SIZE, RegionBatch, label_map, mask_input
-from mtcolor_batch.model.sampler import area_resized, build_canvas, crop_boxes, resize_plane, whole_canvas
 from mtcolor_batch.stages.plan import make_plan
 
 
@@ -148,8 +148,8 @@ def test_many_instances_on_a_large_canvas_stay_box_sized(tiny_bundle: Path) -> N
     and the traced peak grows by far less than one canvas-sized plane per added instance (it used to
     hold two float32 canvases per instance before the model ran, and the model got them). Both
     counts exceed ``WINDOW_CHUNK``, the few window-sized planes that exist at once."""
+    from mtcolor_batch.model.canvas import WINDOW_CHUNK
     from mtcolor_batch.model.engine import MTColorEngine
-    from mtcolor_batch.model.sampler import WINDOW_CHUNK
 
     assert WINDOW_CHUNK < 24
 

@@ -76,8 +76,8 @@ def test_sidecar_surprises_are_warned_once_per_file(tmp_path: Path, caplog: pyte
     the run's warnings; the sidecar lookups themselves (asked several times per file) log nothing."""
     import logging
 
-    from mtcolor_batch.hints.schema import find_sidecar
     from mtcolor_batch.scan.discover import discover_report
+    from mtcolor_batch.scan.sidecars import find_sidecar
 
     for name in ("street.jpg", "e4_mask.jpg", "coat_mask.png"):
         (tmp_path / name).write_bytes(b"")

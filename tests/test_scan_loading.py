@@ -16,7 +16,8 @@ from PIL import Image, ImageCms
 
 from mtcolor_batch.core.config import ScanSettings
 from mtcolor_batch.core.errors import ScanError
-from mtcolor_batch.scan.imageio import describe_tone, load_scan, rgb_to_gray
+from mtcolor_batch.scan.imageio import load_scan, rgb_to_gray
+from mtcolor_batch.scan.tone import describe_tone
 
 BOMB_LIMIT_MP = 0.5  # the zoo's bomb is 1 MP; every good file is far below
 

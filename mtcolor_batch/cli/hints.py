@@ -41,8 +41,8 @@ def init_command(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: profile)."),
 ) -> None:
     """Write a template sidecar next to every scan that has none (existing sidecars are left alone)."""
-    from mtcolor_batch.hints.schema import find_sidecar, sidecar_candidates
     from mtcolor_batch.scan.imageio import load_scan
+    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
     from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
 
     try:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.types import LATENT_FACTOR
+from mtcolor_batch.core.yaml_guarded import read_yaml
 
 
 class _Section(BaseModel):
@@ -237,10 +238,8 @@ MAX_PROFILE_BYTES = 64 * 1024
 
 
 def _read_profile_file(path: Path) -> dict[str, Any]:
-    """A user's profile YAML through the sidecars' guarded loader (size cap, no aliases, no tags,
-    no deep nesting, regular files only): one line with file:line:col on any problem."""
-    from mtcolor_batch.hints.schema import read_yaml  # hints imports this module
-
+    """A user's profile YAML through the guarded loader (size cap, no aliases, no tags, no deep
+    nesting, regular files only): one line with file:line:col on any problem."""
     try:
         data = read_yaml(path, max_bytes=MAX_PROFILE_BYTES, what="profile") or {}
     except UserError as exc:

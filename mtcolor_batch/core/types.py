@@ -158,7 +158,7 @@ def stack_masks(instances: Sequence[Instance], size: tuple[int, ...]) -> np.ndar
     """float32 (N, h, w) 0/1 masks of ``instances`` on an (h, w) canvas: N canvas-sized planes.
 
     For small canvases only (references in tests, training crops): the sampler never stacks
-    instances, it works box by box (``model.sampler.build_canvas``).
+    instances, it works box by box (``model.canvas.build_canvas``).
     """
     h, w = size
     out = np.zeros((len(instances), h, w), dtype=np.float32)

@@ -40,16 +40,11 @@ from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
 from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
-from mtcolor_batch.hints.schema import (
-    Sidecar,
-    check_instance_count,
-    find_sidecar,
-    parse_sidecar_text,
-    sidecar_candidates,
-)
+from mtcolor_batch.hints.schema import Sidecar, check_instance_count, parse_sidecar_text
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.perception.overlay import instance_rgb, render_overlay
 from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
 from mtcolor_batch.stages.instances import scan_instances
 
 NO_FILE = "none"

@@ -50,6 +50,7 @@ from mtcolor_batch.evaluate.records import read_failures
 from mtcolor_batch.jobs.runner import RunRequest, run_batch
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import rgb_to_gray
+from mtcolor_batch.scan.tone import not_colour_reason
 
 PAPER_PROFILE = "paper"
 INPUTS, COLORIZED = "inputs", "colorized"
@@ -165,8 +166,6 @@ def prepare_inputs(
     An unreadable annotation file is a setup error (UserError); problems of one image (not colour, no
     annotation entry, declared size differs, bad segmentation) are that image's error only.
     """
-    from mtcolor_batch.train.dataset import not_colour_reason
-
     if not refs_dir.is_dir():
         raise UserError("reference folder not found", path=refs_dir)
     table = load_annotations(annotations) if annotations is not None else None

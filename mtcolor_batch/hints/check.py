@@ -10,16 +10,10 @@ from pathlib import Path
 
 from mtcolor_batch.core.errors import HintError, UserError
 from mtcolor_batch.hints.mask_files import resolve_mask_path
-from mtcolor_batch.hints.schema import (
-    check_instance_count,
-    check_sidecar,
-    find_sidecar,
-    load_sidecar,
-    shadowed_sidecar,
-    sidecar_candidates,
-)
+from mtcolor_batch.hints.schema import check_instance_count, check_sidecar, load_sidecar
 from mtcolor_batch.scan.discover import IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, discover
 from mtcolor_batch.scan.imageio import upright_size
+from mtcolor_batch.scan.sidecars import find_sidecar, shadowed_sidecar, sidecar_candidates
 
 
 def _image_for(sidecar: Path) -> Path | None:

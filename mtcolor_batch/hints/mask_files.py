@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, ImageOps
 
-from mtcolor_batch.core.errors import HintError, UserError
+from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.core.regular import open_regular
 
@@ -133,24 +133,6 @@ def load_mask_file(path: Path, size: tuple[int, int], sidecar_path: Path, raw: s
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise HintError(f"cannot read mask '{raw}': {exc}", path=sidecar_path) from None
-
-
-def sidecar_mask_paths(sidecar_path: Path, max_bytes: int) -> list[str]:
-    """The ``mask:`` paths a sidecar names, as written, without validating the rest of it.
-
-    Read with the sidecar parser's guarded loader (size cap, no aliases, bounded nesting). A sidecar
-    that does not parse names no mask here: the hints stage fails its file with file:line.
-    """
-    from mtcolor_batch.hints.schema import read_yaml  # schema imports this module
-
-    try:
-        data = read_yaml(sidecar_path, max_bytes=max_bytes)
-    except UserError:
-        return []
-    items = data.get("instances") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        return []
-    return [i["mask"] for i in items if isinstance(i, dict) and isinstance(i.get("mask"), str)]
 
 
 def mask_digests(raws: Iterable[str], sidecar_path: Path, scan_root: Path) -> dict[str, str]:

@@ -23,7 +23,8 @@ from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import Box, Instance, Scan, box_from_mask
 from mtcolor_batch.hints.colors import describe
 from mtcolor_batch.hints.mask_files import load_mask_file, resolve_mask_path
-from mtcolor_batch.hints.schema import InstanceHint, Sidecar, mask_error, shadowed_sidecar
+from mtcolor_batch.hints.schema import InstanceHint, Sidecar, mask_error
+from mtcolor_batch.scan.sidecars import shadowed_sidecar
 
 __all__ = [
     "PromptSegmenter",

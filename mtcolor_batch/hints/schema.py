@@ -1,53 +1,39 @@
-"""Sidecar hint files: find, read safely, validate, and say exactly where and how to fix a mistake.
+"""Sidecar hint files: read safely, validate, and say exactly where and how to fix a mistake.
 
 Why so strict: a sidecar states what colour something really was. A typo that is silently ignored
 (``colour:`` for ``color:``) would produce a confidently wrong archival record, so unknown keys are
 errors, and every error names file:line:column plus a plain-English fix.
 
-Safety: the file size is capped before it is read; YAML is parsed with a SafeLoader subclass
-(``yaml.safe_load`` semantics: plain data only, no Python tags); aliases (``*name``) are rejected
-outright, which makes "billion laughs" alias bombs impossible rather than merely bounded, and
-nesting deeper than :data:`MAX_DEPTH` is rejected. Sidecars never need aliases: each hint is a
-few lines.
+Reading (size cap, regular files only, SafeLoader without aliases, tags or deep nesting) is the
+guarded loader of :mod:`mtcolor_batch.core.yaml_guarded`; which sidecar belongs to which scan is
+:mod:`mtcolor_batch.scan.sidecars`.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import math
-import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
-from yaml.error import Mark
 
 from mtcolor_batch.core.errors import HintError
 from mtcolor_batch.core.types import ColorHint
+from mtcolor_batch.core.yaml_guarded import Located, decode_utf8, error_at, parse_marked, read_capped
 from mtcolor_batch.hints.colors import parse_color
 from mtcolor_batch.hints.mask_files import check_mask_file
 
 __all__ = [
-    "MAX_DEPTH",
     "check_instance_count",
     "InstanceHint",
     "Sidecar",
     "check_sidecar",
+    "mask_error",
     "parse_sidecar_text",
-    "find_sidecar",
     "load_sidecar",
-    "read_yaml",
-    "shadow_message",
-    "shadowed_sidecar",
-    "sidecar_candidates",
 ]
-
-
-MAX_DEPTH = 16
-"""Deepest YAML nesting accepted (a sidecar needs 4: top, instances, item, point)."""
 
 REGION_KEYS = ("box", "points", "polygon", "mask")
 HELP = {
@@ -170,286 +156,6 @@ class Sidecar(_Strict):
         return self._sha256
 
 
-# -- finding ------------------------------------------------------------------------------------
-
-
-def sidecar_candidates(image_path: Path) -> list[Path]:
-    """``photo.jpg.yaml`` then ``photo.yaml``: the order is the precedence."""
-    image_path = Path(image_path)
-    return [image_path.with_name(image_path.name + ".yaml"), image_path.with_name(image_path.stem + ".yaml")]
-
-
-def find_sidecar(image_path: Path) -> Path | None:
-    """The sidecar that applies to ``image_path``, or None.
-
-    When both forms exist the first (``photo.jpg.yaml``) wins. Not logged here: this is asked several
-    times per file (planning, hashing, the hints stage); the run's discovery warns once per scan
-    (:func:`shadow_message`) and resolve_hints puts it into the file's provenance record.
-    """
-    # lexists, not is_file: a FIFO or a link to a device named photo.jpg.yaml must fail the scan with
-    # its reason (the reader refuses it unopened), not vanish as "no sidecar".
-    found = [p for p in sidecar_candidates(image_path) if os.path.lexists(p)]
-    return found[0] if found else None
-
-
-def shadowed_sidecar(image_path: Path) -> Path | None:
-    """The second sidecar ignored because the first exists too, or None."""
-    found = [p for p in sidecar_candidates(image_path) if os.path.lexists(p)]
-    return found[1] if len(found) > 1 else None
-
-
-def shadow_message(used: Path, ignored: Path) -> str:
-    return f"both {used.name} and {ignored.name} exist; using {used.name} ({ignored.name} is ignored)"
-
-
-# -- YAML with marks ------------------------------------------------------------------------------
-
-
-class _Rejected(Exception):
-    def __init__(self, mark: Mark, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.mark, self.message, self.hint = mark, message, hint
-
-
-class _MarkedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and deep nesting; composition keeps every node's mark."""
-
-    def __init__(self, stream: str, what: str = "sidecar") -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._what = what
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML hook
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise _Rejected(
-                event.start_mark,
-                f"YAML alias '*{event.anchor}' is not allowed in {self._what}s",
-                "write the value out in full; aliases are refused so a small file cannot expand "
-                "into a huge one",
-            )
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Rejected(
-                    self.peek_event().start_mark,
-                    f"nesting deeper than {MAX_DEPTH} levels",
-                    "a sidecar needs at most 4 levels (instances > item > points > [x, y])"
-                    if self._what == "sidecar"
-                    else f"a {self._what} needs at most 3 levels",
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _Located:
-    """Python data from the node tree plus the mark of every value and every mapping key."""
-
-    def __init__(self, loader: _MarkedLoader, source_lines: list[str]) -> None:
-        self.loader = loader
-        self.lines = source_lines
-        self.value_marks: dict[tuple, Mark] = {}
-        self.key_marks: dict[tuple, Mark] = {}
-        self.null_scalars: set[tuple] = set()
-        self.problems: list[tuple[Mark, str, str]] = []
-
-    def convert(self, node: yaml.Node, path: tuple) -> Any:
-        self.value_marks[path] = node.start_mark
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                value = self.loader.construct_object(node, deep=True)
-            except yaml.YAMLError as exc:
-                self.problems.append(
-                    (
-                        node.start_mark,
-                        f"cannot read value: {_problem(exc)}",
-                        "YAML tags (!!...) are not allowed: write plain text",
-                    )
-                )
-                return None
-            if value is None:
-                self.null_scalars.add(path)
-            if isinstance(value, float) and not math.isfinite(value):
-                self.problems.append((node.start_mark, "value is not a finite number", "write a number"))
-                return None
-            return value
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(child, (*path, i)) for i, child in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    self.problems.append(
-                        (key_node.start_mark, "a key must be a plain word", "write key: value")
-                    )
-                    continue
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    self.problems.append(
-                        (
-                            key_node.start_mark,
-                            "YAML merge keys ('<<') are not allowed",
-                            "write the keys out in full",
-                        )
-                    )
-                    continue
-                try:
-                    key = self.loader.construct_object(key_node)
-                except yaml.YAMLError as exc:
-                    self.problems.append(
-                        (key_node.start_mark, f"cannot read key: {_problem(exc)}", "write plain words")
-                    )
-                    continue
-                if not isinstance(key, str):
-                    self.problems.append(
-                        (
-                            key_node.start_mark,
-                            f"key {key!r} is not a word",
-                            "keys are names like color or box",
-                        )
-                    )
-                    continue
-                if key in out:
-                    self.problems.append(
-                        (
-                            key_node.start_mark,
-                            f"key '{key}' appears twice in the same block",
-                            f"keep one '{key}:' (YAML would silently use only the last one)",
-                        )
-                    )
-                    continue
-                where = (*path, key)
-                self.key_marks[where] = key_node.start_mark
-                out[key] = self.convert(value_node, where)
-            return out
-        raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover - composer never makes it
-
-    def mark_for(self, loc: Iterable[Any], *, key: bool = False) -> Mark | None:
-        """Mark of the deepest known prefix of ``loc`` (a key's own mark when ``key``)."""
-        path = tuple(loc)
-        if key and path in self.key_marks:
-            return self.key_marks[path]
-        while path:
-            if path in self.value_marks:
-                return self.value_marks[path]
-            path = path[:-1]
-        return self.value_marks.get(())
-
-    def comment_eaten_hex(self, path: tuple) -> bool:
-        """True when ``color: #8b0000`` lost its value to YAML's comment rule (unquoted '#')."""
-        mark = self.key_marks.get(path)
-        if mark is None or path not in self.null_scalars:
-            return False
-        line = self.lines[mark.line] if mark.line < len(self.lines) else ""
-        return "#" in line[mark.column :]
-
-
-def _problem(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None) or str(exc)
-    return str(problem).strip()
-
-
-def _error(path: Path, mark: Mark | None, message: str, hint: str | None) -> HintError:
-    if mark is None:
-        return HintError(message, path=path, hint=hint)
-    return HintError(message, path=path, line=mark.line + 1, column=mark.column + 1, hint=hint)
-
-
-def _syntax_hint(problem: str) -> str:
-    if "\t" in problem or "\\t" in problem or "tab" in problem:
-        return "indent with spaces, not tabs"
-    if "mapping values are not allowed" in problem:
-        return "put quotes around text that contains ': ' (a colon followed by a space)"
-    return "check the indentation and quotes on this line and the one before"
-
-
-# -- reading ----------------------------------------------------------------------------------------
-
-
-def _read_capped(path: Path, max_bytes: int, what: str = "sidecar") -> bytes:
-    """The file's bytes, refusing anything but a regular file of at most ``max_bytes``.
-
-    The size is checked before a byte is read, and a FIFO/socket/device is never opened.
-    """
-    from mtcolor_batch.core.regular import not_regular_reason, open_regular
-
-    try:
-        reason = not_regular_reason(path)
-        if reason is not None:
-            raise HintError(f"{what} {reason}", path=path)
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise HintError(
-                f"{what} is {size} bytes, over the {max_bytes}-byte limit",
-                path=path,
-                hint="sidecars are a few lines; raise hints.max_sidecar_bytes only if this one must be big"
-                if what == "sidecar"
-                else f"a {what} is a few lines",
-            )
-        with open_regular(path) as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise HintError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
-    if len(data) > max_bytes:
-        raise HintError(f"{what} grew past the {max_bytes}-byte limit while being read", path=path)
-    return data
-
-
-def read_yaml(path: Path, *, max_bytes: int, what: str = "sidecar") -> Any:
-    """Plain data of a small YAML file read with the sidecar rules: size cap before reading, regular
-    files only, UTF-8, SafeLoader without aliases, tags or deep nesting.
-
-    The one guarded loader for every YAML a user hands the tool (sidecars in discovery, profiles):
-    raises :class:`HintError` with file:line:col for the first problem.
-    """
-    path = Path(path)
-    data_bytes = _read_capped(path, max_bytes, what)
-    text = _decode(path, data_bytes, what)
-    data, located = _parse(path, text, what)
-    if located.problems:
-        mark, message, hint = located.problems[0]
-        raise _error(path, mark, message, hint)
-    return data
-
-
-def _decode(path: Path, data: bytes, what: str = "sidecar") -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise HintError(
-            f"{what} is not UTF-8 text", path=path, line=line, column=column, hint="save the file as UTF-8"
-        ) from exc
-
-
-def _parse(path: Path, text: str, what: str = "sidecar") -> tuple[Any, _Located]:
-    """YAML text -> (plain data, marks). Syntax problems and refused constructs raise HintError."""
-    loader = _MarkedLoader(text, what)
-    located = _Located(loader, text.splitlines())
-    try:
-        node = loader.get_single_node()
-        data = located.convert(node, ()) if node is not None else None
-    except _Rejected as exc:
-        raise _error(path, exc.mark, exc.message, exc.hint) from None
-    except yaml.MarkedYAMLError as exc:
-        problem = _problem(exc)
-        context = exc.context_mark
-        moved = context is not None and exc.problem_mark is not None and context.line != exc.problem_mark.line
-        if exc.context and moved and context is not None:
-            problem += (
-                f" {exc.context.strip()} that starts at line {context.line + 1}, column {context.column + 1}"
-            )
-        raise _error(path, exc.problem_mark, f"YAML syntax error: {problem}", _syntax_hint(problem)) from None
-    except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML parse error is marked
-        raise HintError(f"YAML error: {exc}", path=path) from None
-    except RecursionError:
-        raise HintError(f"nesting deeper than {MAX_DEPTH} levels", path=path) from None
-    finally:
-        loader.dispose()
-    return data, located
-
-
 # -- validating ------------------------------------------------------------------------------------
 
 
@@ -477,7 +183,7 @@ def _suggest_key(key: str, allowed: Iterable[str]) -> str:
     return f"allowed keys here: {', '.join(allowed)}"
 
 
-def _translate(exc: ValidationError, prefix: tuple, located: _Located, path: Path, model: type[BaseModel]):
+def _translate(exc: ValidationError, prefix: tuple, located: Located, path: Path, model: type[BaseModel]):
     """Pydantic errors -> HintErrors with the mark of the offending key or value and a fix."""
     out: list[HintError] = []
     for err in exc.errors():
@@ -489,7 +195,7 @@ def _translate(exc: ValidationError, prefix: tuple, located: _Located, path: Pat
         if kind == "extra_forbidden":
             key = str(err["loc"][-1])
             out.append(
-                _error(
+                error_at(
                     path,
                     located.mark_for(loc, key=True),
                     f"unknown key '{key}'" + (f" in {_where(loc[:-1])}" if len(loc) > 2 else ""),
@@ -525,12 +231,12 @@ def _translate(exc: ValidationError, prefix: tuple, located: _Located, path: Pat
             help_text = HELP["instances"] if loc[:1] == ("instances",) else "see the example in the README"
         else:
             message = f"{where}: {err['msg']}"
-        out.append(_error(path, mark, message, help_text))
+        out.append(error_at(path, mark, message, help_text))
     return out
 
 
 def _check_instance(
-    hint: InstanceHint, i: int, located: _Located, path: Path, scan_size: tuple[int, int] | None
+    hint: InstanceHint, i: int, located: Located, path: Path, scan_size: tuple[int, int] | None
 ) -> list[HintError]:
     """Rules across fields that pydantic alone cannot phrase well."""
     problems: list[HintError] = []
@@ -540,7 +246,7 @@ def _check_instance(
         if (*base, key) in located.null_scalars:
             eaten = key == "color" and located.comment_eaten_hex((*base, key))
             problems.append(
-                _error(
+                error_at(
                     path,
                     located.key_marks.get((*base, key)),
                     f"instance {i + 1}: '{key}' has no value"
@@ -551,7 +257,7 @@ def _check_instance(
     regions = [k for k in REGION_KEYS if getattr(hint, k) is not None]
     if len(regions) > 1:
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for((*base, regions[1]), key=True),
                 f"instance {i + 1} has more than one region ({', '.join(regions)})",
@@ -561,7 +267,7 @@ def _check_instance(
         )
     if not regions and hint.label is None:
         problems.append(
-            _error(
+            error_at(
                 path,
                 item_mark,
                 f"instance {i + 1} does not say where the thing is",
@@ -570,7 +276,7 @@ def _check_instance(
         )
     if hint.index is not None and (regions or hint.label is None):
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for((*base, "index"), key=True),
                 f"instance {i + 1}: index only applies to a label hint",
@@ -579,7 +285,7 @@ def _check_instance(
         )
     if hint.color is None and hint.text is None and (*base, "color") not in located.null_scalars:
         problems.append(
-            _error(
+            error_at(
                 path,
                 item_mark,
                 f"instance {i + 1} has neither color nor text",
@@ -591,13 +297,15 @@ def _check_instance(
             hint._color_hint = parse_color(hint.color)
         except HintError as exc:
             problems.append(
-                _error(path, located.mark_for((*base, "color")), f"instance {i + 1}: {exc.message}", exc.hint)
+                error_at(
+                    path, located.mark_for((*base, "color")), f"instance {i + 1}: {exc.message}", exc.hint
+                )
             )
     if hint.box is not None:
         x0, y0, x1, y1 = hint.box
         if not (x1 > x0 and y1 > y0):
             problems.append(
-                _error(
+                error_at(
                     path,
                     located.mark_for((*base, "box")),
                     f"instance {i + 1}: box {_fmt(hint.box)} is empty",
@@ -608,7 +316,7 @@ def _check_instance(
         for j, point in enumerate(getattr(hint, key) or []):
             if len(point) != size:
                 problems.append(
-                    _error(
+                    error_at(
                         path,
                         located.mark_for((*base, key, j)),
                         f"instance {i + 1}: {key} item {j + 1} must be [x, y]",
@@ -621,7 +329,7 @@ def _check_instance(
         and _polygon_area(hint.polygon) <= 0.0
     ):
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for((*base, "polygon")),
                 f"instance {i + 1}: polygon has no area",
@@ -630,7 +338,7 @@ def _check_instance(
         )
     if hint.mask is not None and _is_absolute(hint.mask):
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for((*base, "mask")),
                 f"instance {i + 1}: mask path '{hint.mask}' is absolute",
@@ -662,7 +370,7 @@ def _is_absolute(text: str) -> bool:
 
 
 def _check_bounds(
-    hint: InstanceHint, i: int, located: _Located, path: Path, scan_size: tuple[int, int]
+    hint: InstanceHint, i: int, located: Located, path: Path, scan_size: tuple[int, int]
 ) -> list[HintError]:
     """Coordinates outside the (oriented) scan are mistakes, not something to clip silently."""
     h, w = scan_size
@@ -673,7 +381,7 @@ def _check_bounds(
         x0, y0, x1, y1 = hint.box
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
             problems.append(
-                _error(
+                error_at(
                     path,
                     located.mark_for((*base, "box")),
                     f"instance {i + 1}: box {_fmt(hint.box)} goes outside the {w}x{h} scan",
@@ -688,7 +396,7 @@ def _check_bounds(
             inside = (0 <= x <= w and 0 <= y <= h) if limit_inclusive else (0 <= x < w and 0 <= y < h)
             if not inside:
                 problems.append(
-                    _error(
+                    error_at(
                         path,
                         located.mark_for((*base, key, j)),
                         f"instance {i + 1}: {key} point {_fmt(point)} is outside the {w}x{h} scan",
@@ -701,16 +409,16 @@ def _check_bounds(
 def _validate(
     path: Path,
     data: Any,
-    located: _Located,
+    located: Located,
     scan_size: tuple[int, int] | None,
     scan_root: Path | None = None,
 ) -> tuple[Sidecar | None, list[HintError]]:
-    problems = [_error(path, mark, msg, hint) for mark, msg, hint in located.problems]
+    problems = [error_at(path, mark, msg, hint) for mark, msg, hint in located.problems]
     if data is None:
         data = {}
     if not isinstance(data, dict):
         problems.append(
-            _error(
+            error_at(
                 path,
                 located.mark_for(()),
                 "a sidecar must be a block of 'key: value' lines",
@@ -724,7 +432,7 @@ def _validate(
         raw_instances = []  # "instances:" with nothing under it: no hints, not an error
     if raw_instances is not None and not isinstance(raw_instances, list):
         problems.append(
-            _error(path, located.mark_for(("instances",)), "'instances' must be a list", HELP["instances"])
+            error_at(path, located.mark_for(("instances",)), "'instances' must be a list", HELP["instances"])
         )
         raw_instances = []
     try:
@@ -753,7 +461,9 @@ def _validate(
     for j, label in enumerate(header.exclude if header else []):
         if not label.strip():
             problems.append(
-                _error(path, located.mark_for(("exclude", j)), "exclude has an empty label", HELP["exclude"])
+                error_at(
+                    path, located.mark_for(("exclude", j)), "exclude has an empty label", HELP["exclude"]
+                )
             )
     if problems or header is None:
         return None, problems
@@ -770,7 +480,7 @@ def _validate(
 def _check_mask_file(
     hint: InstanceHint,
     i: int,
-    located: _Located,
+    located: Located,
     path: Path,
     scan_root: Path,
     scan_size: tuple[int, int] | None,
@@ -800,9 +510,9 @@ def _load(
 ) -> tuple[Sidecar | None, list[HintError]]:
     path = Path(path)
     try:
-        data_bytes = _read_capped(path, max_bytes)
-        text = _decode(path, data_bytes)
-        data, located = _parse(path, text)
+        data_bytes = read_capped(path, max_bytes)
+        text = decode_utf8(path, data_bytes)
+        data, located = parse_marked(path, text)
     except HintError as exc:
         return None, [exc]
     sidecar, problems = _validate(path, data, located, scan_size, scan_root)
@@ -858,7 +568,7 @@ def parse_sidecar_text(
     """
     path = Path(path)
     try:
-        data, located = _parse(path, text)
+        data, located = parse_marked(path, text)
     except HintError as exc:
         return None, [exc]
     root = None if scan_root is None else Path(scan_root)

@@ -89,9 +89,9 @@ def plan_files(
     and non-images are never hashed: loading fails them with their reason.
     """
     from mtcolor_batch.core.regular import not_regular_reason
-    from mtcolor_batch.hints.mask_files import mask_digests, sidecar_mask_paths
-    from mtcolor_batch.hints.schema import find_sidecar
+    from mtcolor_batch.hints.mask_files import mask_digests
     from mtcolor_batch.scan.imageio import looks_like_image
+    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_mask_paths
     from mtcolor_batch.stages.pipeline import fingerprint
 
     planned: list[PlannedFile] = []

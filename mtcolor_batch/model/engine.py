@@ -136,7 +136,7 @@ def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, ba
 
 
 _STEPPABLE = ("DDIMScheduler",)
-"""Schedulers run as shipped; any other is rebuilt as DDIM from its config (see sampler.py)."""
+"""Schedulers run as shipped; any other is rebuilt as DDIM from its config (see model/sampler.py)."""
 
 
 def _load_component(kind: str, folder: Path, dtype: torch.dtype) -> Any:

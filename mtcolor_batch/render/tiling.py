@@ -28,12 +28,15 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from mtcolor_batch.core.types import Box
+from mtcolor_batch.core.config import tile_problem
+from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.types import LATENT_FACTOR, Box
 
 __all__ = [
     "Box",
     "axis_starts",
     "blend_window",
+    "canvas_tiles",
     "crop_masks",
     "neighbour_overlaps",
     "scale_boxes",
@@ -85,6 +88,18 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int, align: int = 1)
     xs = axis_starts(width, tile, overlap, align)
     th, tw = min(tile, height), min(tile, width)
     return [(x, y, x + tw, y + th) for y in ys for x in xs]
+
+
+def canvas_tiles(height: int, width: int, tile_size: int, tile_overlap: int) -> list[Box]:
+    """The tile grid (working pixels) of a ``height`` x ``width`` canvas: the one tiling rule.
+
+    ``stages.plan.make_plan`` records it in the Plan; the sampler applies it again only to a canvas
+    the plan was not made for. Raises UserError for tile settings the latent grid cannot honour.
+    """
+    problem = tile_problem(tile_size, tile_overlap)
+    if problem is not None:
+        raise UserError(problem)
+    return tile_boxes(height, width, tile_size, tile_overlap, align=LATENT_FACTOR)
 
 
 def scale_boxes(boxes: Sequence[Box], factor: int) -> list[Box]:

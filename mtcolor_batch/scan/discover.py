@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtcolor_batch.core.errors import UserError, path_text
+from mtcolor_batch.core.regular import open_regular
+from mtcolor_batch.scan.sidecars import find_sidecar, shadow_message, shadowed_sidecar, sidecar_mask_paths
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 SIDECAR_EXTENSIONS = (".yaml", ".yml")
@@ -55,25 +57,8 @@ def shard_of(relpath: str, n: int) -> int:
 
 
 def _mask_refs(sidecar: Path, max_bytes: int) -> set[Path]:
-    """Mask files a sidecar points at, so the walk can tell masks from scans.
-
-    Read with the sidecar parser's own guarded loader (size cap before reading, regular files only,
-    no aliases, bounded nesting), so a hostile sidecar costs discovery nothing. Its problems are
-    ignored here on purpose: the hints stage reports them with file:line for the scan the sidecar
-    belongs to; discovery must not fail the whole run over one bad sidecar.
-    """
-    from mtcolor_batch.hints.schema import read_yaml
-
-    try:
-        data = read_yaml(sidecar, max_bytes=max_bytes)
-    except UserError:
-        return set()
-    refs: set[Path] = set()
-    if isinstance(data, dict) and isinstance(data.get("instances"), list):
-        for item in data["instances"]:
-            if isinstance(item, dict) and isinstance(item.get("mask"), str):
-                refs.add(_real(sidecar.parent / item["mask"]))
-    return refs
+    """Mask files a sidecar points at, so the walk can tell masks from scans."""
+    return {_real(sidecar.parent / raw) for raw in sidecar_mask_paths(sidecar, max_bytes)}
 
 
 def _real(path: Path) -> Path:
@@ -221,8 +206,6 @@ def _sidecar_warnings(files: list[ScanFile], mask_named: list[tuple[Path, str]])
     - a ``*_mask`` image has a sidecar of its own: by the naming rule it is a hint mask and is not
       colorized, but a sidecar says the user meant it as a scan.
     """
-    from mtcolor_batch.hints.schema import find_sidecar, shadow_message, shadowed_sidecar
-
     out: list[str] = []
     for f in files:
         other = shadowed_sidecar(f.path)
@@ -253,8 +236,6 @@ def _mask_only(path: Path) -> bool:
     import warnings as _warnings
 
     from PIL import Image
-
-    from mtcolor_batch.core.regular import open_regular
 
     try:
         with open_regular(path) as fh, _warnings.catch_warnings():

@@ -27,6 +27,7 @@ from mtcolor_batch.core.config import ScanSettings
 from mtcolor_batch.core.errors import ScanError, path_text
 from mtcolor_batch.core.regular import NotRegularFileError, open_regular
 from mtcolor_batch.core.types import Scan
+from mtcolor_batch.scan.tone import describe_tone
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -46,31 +47,6 @@ def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     lin = srgb_decode(rgb.astype(np.float64))
     y = lin[..., 0] * 0.2126 + lin[..., 1] * 0.7152 + lin[..., 2] * 0.0722
     return np.clip(srgb_encode(y), 0.0, 1.0).astype(np.float32)
-
-
-def describe_tone(rgb: np.ndarray, tolerance: float) -> str:
-    """Say what kind of RGB file this is: gray, toned monochrome (sepia, cyanotype) or real colour.
-
-    A toned print has one hue throughout: its chroma vectors (Cb, Cr) lie close to one line through
-    the origin. The spread off that line (smallest principal axis) below ``tolerance`` means toned.
-    """
-    sample = (
-        rgb[:: max(1, rgb.shape[0] // 256), :: max(1, rgb.shape[1] // 256)].reshape(-1, 3).astype(np.float64)
-    )
-    cb = -0.168736 * sample[:, 0] - 0.331264 * sample[:, 1] + 0.5 * sample[:, 2]
-    cr = 0.5 * sample[:, 0] - 0.418688 * sample[:, 1] - 0.081312 * sample[:, 2]
-    chroma = np.hypot(cb, cr)
-    mean_chroma = float(chroma.mean())
-    if mean_chroma <= tolerance:
-        return f"RGB scan is gray (mean chroma {mean_chroma:.3f}): converted to luminance"
-    vecs = np.stack([cb, cr], axis=1)
-    second_moment = vecs.T @ vecs / len(vecs)
-    off_axis = float(np.sqrt(max(np.linalg.eigvalsh(second_moment)[0], 0.0)))
-    if off_axis <= tolerance:
-        return f"RGB scan is toned monochrome/sepia (mean chroma {mean_chroma:.3f}): converted to luminance"
-    return (
-        f"RGB scan has real colour (mean chroma {mean_chroma:.3f}): its colour was discarded, luminance used"
-    )
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:

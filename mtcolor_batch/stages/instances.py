@@ -16,11 +16,12 @@ from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.hints.mask_files import mask_digests
 from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, resolve_hints
-from mtcolor_batch.hints.schema import Sidecar, check_instance_count, find_sidecar, load_sidecar
+from mtcolor_batch.hints.schema import Sidecar, check_instance_count, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.sidecars import find_sidecar
 
 
 @dataclass(frozen=True)

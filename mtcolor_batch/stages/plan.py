@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from mtcolor_batch.core.config import SamplingSettings, tile_problem
+from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.core.types import LATENT_FACTOR, Box, Plan
-from mtcolor_batch.render.tiling import axis_starts, tile_boxes
+from mtcolor_batch.core.types import LATENT_FACTOR, Plan
+from mtcolor_batch.render.tiling import axis_starts, canvas_tiles
 
 
 def _round8(value: float) -> int:
@@ -46,18 +46,6 @@ def working_size(scan_size: tuple[int, int], long_side: int, square: bool = Fals
         return _round8(long_side), _round8(long_side)
     scale = min(1.0, long_side / max(h, w))
     return _round8(h * scale), _round8(w * scale)
-
-
-def canvas_tiles(height: int, width: int, tile_size: int, tile_overlap: int) -> list[Box]:
-    """The tile grid (working pixels) of a ``height`` x ``width`` canvas: the one tiling rule.
-
-    ``make_plan`` records it in the Plan; the sampler applies it again only to a canvas the plan was
-    not made for. Raises UserError for tile settings the latent grid cannot honour.
-    """
-    problem = tile_problem(tile_size, tile_overlap)
-    if problem is not None:
-        raise UserError(problem)
-    return tile_boxes(height, width, tile_size, tile_overlap, align=LATENT_FACTOR)
 
 
 def make_plan(

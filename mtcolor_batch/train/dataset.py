@@ -41,8 +41,8 @@ from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Scan, box_from_mask
 from mtcolor_batch.scan.discover import discover
-from mtcolor_batch.scan.imageio import describe_tone as describe_scan_tone
 from mtcolor_batch.scan.imageio import rgb_to_gray
+from mtcolor_batch.scan.tone import not_colour_reason
 from mtcolor_batch.train import naming, text_filters
 from mtcolor_batch.train.captioner import CaptionChain, build_chain
 from mtcolor_batch.train.coco import CocoAnnotations, CocoFinder
@@ -175,29 +175,6 @@ class InstanceFinder:
 
         found = perceive(scan, self.perception, self.settings, [])
         return finalize(found, scan.size, self.settings)
-
-
-TONED_MAX_CHROMA = 0.12
-"""A one-hue photo whose 95th-percentile chroma (CbCr, 0-1) stays below this is a toned print."""
-
-
-def not_colour_reason(rgb: np.ndarray, tolerance: float) -> str | None:
-    """Why a photo must not be a training target (gray or sepia/cyanotype toned), or None.
-
-    A one-hue photo is only a toned print when it is also weak in chroma: a red car on a gray street
-    is one hue too, and a perfectly good colour target.
-    """
-    note = describe_scan_tone(rgb, tolerance)
-    if "real colour" in note:
-        return None
-    if "is gray" in note:
-        return "not a colour photo (gray)"
-    cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
-    cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
-    p95 = float(np.percentile(np.hypot(cb, cr), 95))
-    if p95 < TONED_MAX_CHROMA:
-        return f"not a colour photo (toned monochrome, chroma p95 {p95:.3f})"
-    return None
 
 
 def _scan_for(path: Path, relpath: str, gray: np.ndarray, sha: str) -> Scan:
