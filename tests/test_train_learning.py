@@ -81,7 +81,7 @@ SEED = int(os.environ.get("MTC_LEARNING_SEED", "0"))
 MIN_MEAN_EFFECT = 25.0
 """Bar on the mean orientation-averaged text effect over the HELD_OUT images (~150-unit axis). The
 control below is exactly 0, so 25 units is a real effect; measured figures are in the closing table
-of docs/training-evidence.md (training seeds 0-4 at 1 and 2 threads)."""
+of docs/training-evidence.md."""
 MIN_FOLLOWING = 6
 """Images (of HELD_OUT) whose orientation-averaged text effect must be positive."""
 
