@@ -15,6 +15,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 TORCH_THREADS = int(os.environ.get("MTC_TORCH_THREADS", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
 os.environ.setdefault("MKL_NUM_THREADS", str(TORCH_THREADS))
+# Content Credentials: the generated local signing certificate goes to $XDG_CONFIG_HOME, never
+# into the user's own config folder (CLI subprocesses inherit it).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mtcolor-test-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 
 import torch  # noqa: E402
 
@@ -53,6 +61,24 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
     from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
 
     return write_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle, request: pytest.FixtureRequest):
+    """The engine on the session's tiny bundle (CPU, float32), loaded once per test module.
+
+    A module that sets ``TRAINED_LIKE_SEED = n`` gets its MT-Color modules filled with trained-looking
+    weights (``testing.trained_like``, seed n), so PMAM and instance guidance act as in a trained bundle.
+    """
+    from mtcolor_batch.model.engine import MTColorEngine
+
+    eng = MTColorEngine.load(tiny_bundle, device="cpu")
+    seed = getattr(request.module, "TRAINED_LIKE_SEED", None)
+    if seed is not None:
+        from mtcolor_batch.testing.trained_like import trained_like
+
+        assert trained_like(eng.modules, seed=seed) > 0
+    return eng
 
 
 # -- eval / report (engineer "report") -----------------------------------------------------------

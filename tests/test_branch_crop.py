@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,9 @@ from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.model.canvas import crop_boxes
 from mtcolor_batch.model.engine import MTColorEngine
 from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.testing.trained_like import trained_like
 
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path) -> MTColorEngine:
-    eng = MTColorEngine.load(tiny_bundle, device="cpu")
-    trained_like(eng.modules, seed=11)
-    return eng
+TRAINED_LIKE_SEED = 11
+"""The shared ``engine`` fixture (conftest) fills the MT-Color modules with this seed."""
 
 
 def _scene(size: int) -> tuple[np.ndarray, list[Instance]]:
@@ -49,7 +43,7 @@ def _plan(size: int, **changes: object) -> Plan:
 
 
 def test_default_crops_the_paper_profile_does_not() -> None:
-    """64 px is the default (its measured effect is in the README); the paper's sampling has none."""
+    """64 px is the default (its measured effect is in docs/speed.md); the paper's sampling has none."""
     from mtcolor_batch.core.config import load_profile
 
     assert load_profile("default").sampling.branch_crop == 64

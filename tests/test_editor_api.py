@@ -435,3 +435,171 @@ def test_the_per_sidecar_hint_cap_is_applied_as_hints_check_does(scans: Path) ->
     assert listed[STREET]["problems"] == 1 and listed["portrait.png"]["problems"] == 0
     checked, _, _ = check_sidecars(scans, 256 * 1024, 2)
     assert [p["text"] for p in load(client)["problems"]] == checked
+
+
+# -- hostile requests and files (issue 22): one-line 400s, nothing served from outside ------------------
+
+
+def lenient(session: EditorSession) -> TestClient:
+    """A client that turns a server exception into the 500 a browser would get."""
+    return TestClient(create_app(session, allowed_hosts(PORT)), base_url=BASE, raise_server_exceptions=False)
+
+
+def one_line_400(r) -> str:
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    message = r.json()["error"]
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"instances": 5},
+        {"instances": [5]},
+        {"instances": [[1, 2]]},
+        {"extra": 5, "instances": []},
+        {"prompt": ["x"], "instances": []},
+        {"seed": {"a": 1}},
+        {"instances": [{**hint(box=[0, 0, 5, 5], color="red"), "orig": "x"}]},
+        {"instances": [{**hint(color="red"), "upload": ["k"]}]},
+        {"instances": [hint(mask="a\0b.png", color="red")]},
+        {"instances": [hint(label="a\0b", box=[0, 0, 5, 5], color="red")]},
+        {"exclude": ["sky\0"]},
+        {"instances": [hint(polygon=[[[[[[[[[[1]]]]]]]]]], color="red")]},
+    ],
+)
+def test_wrong_shapes_nul_and_deep_values_are_one_line_400s(scans: Path, doc: dict) -> None:
+    client = lenient(make_client(scans)[1])
+    data = load(client)
+    before = sha(scans / "street_1910.jpg.yaml")
+    one_line_400(client.post("/api/check", json={"path": STREET, "doc": doc}, headers=H))
+    one_line_400(save(client, data, doc))
+    assert sha(scans / "street_1910.jpg.yaml") == before
+
+
+def test_a_100k_deep_body_is_a_400(scans: Path) -> None:
+    client = lenient(make_client(scans)[1])
+    deep = "[" * 100_000 + "]" * 100_000
+    body = ('{"path": "street_1910.jpg", "doc": ' + deep + "}").encode()
+    for url in ("/api/check", "/api/save", "/api/segment", "/api/preview"):
+        r = client.post(url, content=body, headers={**H, "Content-Type": "application/json"})
+        assert "nested too deeply" in one_line_400(r), url
+
+
+def test_token_in_the_query_string_only_for_images(client: TestClient) -> None:
+    query = {"token": TOKEN}
+    assert client.get("/api/image", params={"path": STREET, **query}).status_code == 200
+    for url in ("/api/scans", "/api/colors"):
+        assert client.get(url, params=query).status_code == 403, url
+    assert client.get("/api/scan", params={"path": STREET, **query}).status_code == 403
+
+
+def test_one_upload_named_by_many_hints_counts_against_the_mask_cap(scans: Path) -> None:
+    from mtcolor_batch.editor.session import MAX_UPLOAD_MASKS
+
+    client = lenient(make_client(scans)[1])
+    data = load(client)
+    h, w = data["size"]
+    mask = np.zeros((h, w), bool)
+    mask[5:20, 5:20] = True
+    hints = [{**hint(color="red"), "upload": "k"} for _ in range(MAX_UPLOAD_MASKS + 1)]
+    r = save(client, data, {**data["doc"], "instances": hints}, uploads={"k": png_data_url(mask)})
+    assert f"at most {MAX_UPLOAD_MASKS}" in one_line_400(r)
+    assert not (scans / "masks").exists()
+
+
+def test_a_scan_swapped_for_an_outside_link_after_start_up_is_not_served(scans: Path, tmp_path: Path) -> None:
+    client = lenient(make_client(scans)[1])
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((40, 50), 200, np.uint8)).save(secret)
+    (scans / STREET).unlink()
+    (scans / STREET).symlink_to(secret)
+    for r in (
+        client.get("/api/image", params={"path": STREET}, headers=H),
+        client.get("/api/scan", params={"path": STREET}, headers=H),
+    ):
+        assert r.status_code == 404 and "replaced by a link" in r.json()["error"], r.text[:200]
+
+
+def test_the_editor_picture_carries_one_numbering(scans: Path) -> None:
+    """The page numbers hints #1, #2... on the picture; the overlay it shows under them leaves the
+    run's ids out of its tags (it used to show both numberings on one picture)."""
+    from mtcolor_batch.perception.overlay import render_overlay
+
+    client, session = make_client(scans)
+    load(client)
+    loaded = session._loaded(STREET)
+    assert loaded.instances
+    png = client.get("/api/image", params={"path": STREET, "kind": "overlay"}, headers=H).content
+    with Image.open(io.BytesIO(png)) as shown:
+        pixels = np.asarray(shown.convert("RGB"))
+    plain = np.asarray(render_overlay(loaded.scan.luma, loaded.instances, numbered=False))
+    ids = np.asarray(render_overlay(loaded.scan.luma, loaded.instances, numbered=True))
+    assert (pixels == plain).all() and (pixels != ids).any()
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, n in zip("abcde", "bcdef", strict=True)
+)  # 1,000,000 strings once expanded, from a 300-byte file
+
+
+def test_an_alias_bomb_sidecar_is_refused_by_the_runs_own_loader(scans: Path) -> None:
+    (scans / "street_1910.jpg.yaml").write_text("version: 1\n" + LAUGHS + "instances: []\n")
+    client = lenient(make_client(scans)[1])
+    r = client.get("/api/scan", params={"path": STREET}, headers=H)
+    assert r.status_code == 200 and len(r.content) < 100_000, len(r.content)  # nothing was expanded
+    data = r.json()
+    assert "alias" in data["doc_error"] and "\n" not in data["doc_error"]
+    assert data["problems"] and "alias" in data["problems"][0]["message"]
+    listing = client.get("/api/scans", headers=H).json()["scans"]
+    assert {s["path"]: s["problems"] for s in listing}[STREET] == 1
+    saved = save(client, data, {"instances": [hint(box=[0, 0, 5, 5], color="red")]})
+    assert saved.status_code == 422 and "alias" in saved.json()["problems"][0]["message"]
+
+
+def _listing_within(client: TestClient, seconds: float) -> dict | None:
+    """GET /api/scans in a daemon thread: None when it hangs (a FIFO opened for reading blocks)."""
+    import threading
+
+    out: dict = {}
+    thread = threading.Thread(
+        target=lambda: out.update(r=client.get("/api/scans", headers=H)), daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    return None if thread.is_alive() else out
+
+
+def test_a_hostile_sidecar_or_scan_fails_alone_in_the_listing(scans: Path, tmp_path: Path) -> None:
+    """A FIFO sidecar hung /api/scans; a directory sidecar or a decompression-bomb scan with a
+    sidecar made it a 500 for every scan. Now each counts as that scan's problem."""
+    import os
+
+    for name in ("fifo.png", "dir.png", "bomb.png"):
+        Image.fromarray(np.full((40, 50), 90, np.uint8)).save(scans / name)
+    os.mkfifo(scans / "fifo.png.yaml")
+    (scans / "dir.png.yaml").mkdir()
+    Image.new("1", (20000, 20000)).save(scans / "bomb.png")  # 400 MP declared, 50 KB on disk
+    (scans / "bomb.png.yaml").write_text("version: 1\ninstances:\n  - box: [0, 0, 5, 5]\n    color: red\n")
+    client = lenient(make_client(scans)[1])
+    got = _listing_within(client, 20)
+    assert got is not None, "the listing hung on the FIFO sidecar"
+    assert got["r"].status_code == 200, got["r"].text[:300]
+    problems = {s["path"]: s["problems"] for s in got["r"].json()["scans"]}
+    assert problems["fifo.png"] == problems["dir.png"] == problems["bomb.png"] == 1
+    assert problems[STREET] == 0  # the others are listed as before
+    fifo = client.get("/api/scan", params={"path": "fifo.png"}, headers=H)
+    assert "FIFO" in one_line_400(fifo)
+
+
+def test_a_600_deep_sidecar_is_one_line_not_a_500(scans: Path) -> None:
+    (scans / "street_1910.jpg.yaml").write_text("instances:\n  - " + "[" * 600 + "]" * 600 + "\n")
+    client = lenient(make_client(scans)[1])
+    r = client.get("/api/scan", params={"path": STREET}, headers=H)
+    assert r.status_code == 200, r.text[:300]  # the scan opens, showing the problem, like a syntax error
+    assert "nesting deeper than" in r.json()["doc_error"] and "\n" not in r.json()["doc_error"]
+    assert client.get("/api/scans", headers=H).status_code == 200
+    check = client.post("/api/check", json={"path": STREET, "doc": {"instances": []}}, headers=H)
+    assert check.status_code == 200 and "nesting deeper than" in check.json()["problems"][0]["message"]

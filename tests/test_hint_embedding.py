@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,14 +10,9 @@ from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance
 from mtcolor_batch.model.engine import MTColorEngine
 from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.testing.trained_like import trained_like
 
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path) -> MTColorEngine:
-    eng = MTColorEngine.load(tiny_bundle, device="cpu")
-    trained_like(eng.modules, seed=5)
-    return eng
+TRAINED_LIKE_SEED = 5
+"""The shared ``engine`` fixture (conftest) fills the MT-Color modules with this seed."""
 
 
 def _run(engine: MTColorEngine, size: int, crop: int, reuse: bool) -> tuple[torch.Tensor, int, int]:

@@ -101,7 +101,10 @@ def test_init_without_model_writes_a_usable_template(tmp_path: Path) -> None:
     result = invoke("hints", "init", scan)
     assert result.exit_code == 0, result.output
     text = scan.with_name("x.png.yaml").read_text(encoding="utf-8")
-    assert "nothing detected" in text and yaml.safe_load(text)["version"] == 1
+    assert "detection skipped" in text and yaml.safe_load(text)["version"] == 1
+    # said on screen too, with the way to get detection, never as "0 detected instance(s)"
+    assert "0 detected" not in result.output and "(detection skipped)" in result.output
+    assert "--model BUNDLE" in result.output and "models pull" in result.output
 
 
 SYNTAX = "version: 1\ninstances:\n  - box: [1, 2, 3, 4]\n     color: red\n"
@@ -175,8 +178,8 @@ def test_show_writes_png_of_scan_size(
     result = invoke("hints", "show", scan, "-o", out, "--model", tiny_bundle)
     assert result.exit_code == 0, result.output
     assert "sign (sidecar)" in result.output and "colour red" in result.output
-    with Image.open(out) as img:
-        assert img.size == (90, 60) and img.mode == "RGB"
+    with Image.open(out) as img:  # the scan at its own pixels, a legend strip below
+        assert img.size[0] == 90 and img.size[1] > 60 and img.mode == "RGB"
         pixels = np.asarray(img).astype(int)
     inside = pixels[20, 20]  # red fill over gray: red well above green/blue
     assert inside[0] > inside[1] + 40 and inside[0] > inside[2] + 40
@@ -251,3 +254,30 @@ def test_init_reports_unwritable_folder(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.exit_code == 1
     assert "a.png.yaml: cannot write: Permission denied" in result.output
     assert "0 written, 0 kept, 1 failed" in result.output
+
+
+def test_overlay_tells_uncoloured_instances_from_hints_and_has_a_legend() -> None:
+    """A detected instance no hint colours is not filled with a made-up colour (it looked like a
+    hint); it gets a dashed outline, and the legend below says which is which."""
+    from mtcolor_batch.core.types import ColorHint, Instance
+    from mtcolor_batch.perception.overlay import legend_line, render_overlay, with_legend
+
+    luma = np.full((60, 90), 0.5, np.float32)
+    mask = np.zeros((60, 90), bool)
+    mask[10:40, 10:40] = True
+    auto = Instance.from_full_mask(1, "person", "a person", mask, source="auto")
+    other = np.zeros((60, 90), bool)
+    other[10:40, 50:85] = True
+    hinted = Instance.from_full_mask(
+        2, "coat", "a coat", other, source="sidecar", color=ColorHint((53.2, 80.1, 67.2), "red")
+    )
+    picture = np.asarray(render_overlay(luma, [auto, hinted])).astype(int)
+    assert (picture[25, 25] == 128).all()  # inside the uncoloured instance: the scan, unfilled
+    red = picture[25, 70]
+    assert red[0] > red[1] + 40  # the hint's own colour fills its region
+    edge = picture[10:40, 10]  # its outline: black and white dashes, not a palette colour
+    assert {tuple(p) for p in edge} <= {(0, 0, 0), (255, 255, 255)} and len({tuple(p) for p in edge}) == 2
+    assert "no colour hint" in legend_line(auto) and "colour red" in legend_line(hinted)
+    with_key = with_legend(render_overlay(luma, [auto, hinted]), [auto, hinted])
+    assert with_key.size[0] == 90 and with_key.size[1] > 60
+    assert (np.asarray(with_key)[:60] == np.asarray(render_overlay(luma, [auto, hinted]))).all()

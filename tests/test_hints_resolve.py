@@ -454,3 +454,24 @@ def test_box_hint_mask_is_clipped_to_the_drawn_box(tmp_path: Path) -> None:
     (inst,) = result.instances
     assert inst.box == (20, 10, 40, 30)
     np.testing.assert_array_equal(inst.full((H, W)), box_mask(20, 10, 40, 30))
+
+
+@pytest.mark.parametrize(
+    ("label", "text"),
+    [
+        ("man", "a man in navy"),  # a person's colour is what they wear: never "a navy man"
+        ("old woman", "an old woman in navy"),
+        ("people", "people in navy"),
+        ("coat", "a navy coat"),  # things keep the paper's 'a {color} {label}'
+        ("tram", "a navy tram"),
+    ],
+)
+def test_default_text_reads_like_english_for_people(label: str, text: str) -> None:
+    from mtcolor_batch.hints.resolve import default_text
+    from mtcolor_batch.hints.schema import parse_sidecar_text
+
+    sidecar, problems = parse_sidecar_text(
+        f"version: 1\ninstances:\n  - label: {label}\n    color: navy\n", Path("x.yaml")
+    )
+    assert sidecar is not None and not problems
+    assert default_text(sidecar.instances[0], label) == text

@@ -20,8 +20,8 @@ from mtcolor_batch.output.writer import (
     encode_image,
     encode_to_bytes,
     output_path,
-    quantize,
 )
+from mtcolor_batch.render.chroma import to_output_array
 
 
 def _meta(exif: bytes | None = None) -> EmbeddedMeta:
@@ -172,7 +172,7 @@ def test_streamed_sha256_matches_the_bytes_on_disk(tmp_path: Path) -> None:
 def test_quantised_pixels_encode_like_floats() -> None:
     """The pipeline hands over compose_quantized's integers: same bytes as quantising here."""
     for fmt, depth in (("JPEG", 8), ("TIFF", 16), ("PNG", 16), ("PNG", 8), ("TIFF", 8)):
-        ints = quantize(_rgb(), depth)
+        ints = to_output_array(_rgb(), depth)
         assert encode_to_bytes(ints, fmt, depth, _meta()) == encode_to_bytes(_rgb(), fmt, depth, _meta())
     with pytest.raises(ValueError, match="16-bit"):
-        encode_to_bytes(quantize(_rgb(), 8), "TIFF", 16, _meta())
+        encode_to_bytes(to_output_array(_rgb(), 8), "TIFF", 16, _meta())

@@ -14,15 +14,14 @@ from mtcolor_batch.core.types import Instance
 from mtcolor_batch.model.engine import EngineOptions, MTColorEngine
 from mtcolor_batch.model.regions import RegionBatch
 from mtcolor_batch.stages.plan import make_plan
-from mtcolor_batch.testing.trained_like import trained_like
+
+TRAINED_LIKE_SEED = 5
+"""The shared ``engine`` fixture (conftest) fills the MT-Color modules with this seed."""
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path) -> MTColorEngine:
-    eng = MTColorEngine.load(tiny_bundle, device="cpu")
-    assert trained_like(eng.modules, seed=5) > 0
-    assert all(eng.modules.pmam.active()) and all(eng.modules.guidance.active().values())
-    return eng
+def test_the_engine_runs_every_mt_color_module(engine: MTColorEngine) -> None:
+    """Every test here relies on PMAM and instance guidance acting, as in a trained bundle."""
+    assert all(engine.modules.pmam.active()) and all(engine.modules.guidance.active().values())
 
 
 def _square(size: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

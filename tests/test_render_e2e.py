@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.render.chroma import compose_quantized, lightness_error, resize_luma
 from mtcolor_batch.stages.plan import make_plan
 
 SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_overlap=32, alpha=0.0)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path):
-    """The engine on the session's tiny bundle (conftest), loaded once for this module."""
-    from mtcolor_batch.model.engine import MTColorEngine
-
-    return MTColorEngine.load(tiny_bundle, device="cpu", dtype="float32")
 
 
 def _smooth_scan(height: int, width: int) -> np.ndarray:

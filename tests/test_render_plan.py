@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from pydantic import ValidationError
 
 from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.types import Plan
 from mtcolor_batch.render.tiling import canvas_tiles
 from mtcolor_batch.stages.plan import make_plan, plan_summary, working_size
 
@@ -37,6 +40,17 @@ def test_plan_records_every_value_and_tiles_the_working_canvas():
     summary = plan_summary(plan)
     assert summary["tile_grid"] == [2, 3] and summary["working_size"] == [768, 1024]
     assert make_plan((100, 100), settings, seed=1, prompt=None).prompt == settings.prompt
+
+
+def test_the_profile_is_the_one_table_of_sampling_defaults():
+    """Plan states no default of its own (it had branch_crop 0 where the profile says 64): every
+    value a Plan holds comes from make_plan, and those named like a setting from the profile."""
+    own_defaults = [f.name for f in dataclasses.fields(Plan) if f.default is not dataclasses.MISSING]
+    assert own_defaults == []
+    plan = make_plan((600, 400), SamplingSettings(), seed=1)
+    shared = [f.name for f in dataclasses.fields(Plan) if f.name in SamplingSettings.model_fields]
+    assert {"branch_crop", "branch_refresh", "max_batch", "fusion"} <= set(shared)
+    assert all(getattr(plan, name) == getattr(SamplingSettings(), name) for name in shared)
 
 
 def test_sampler_work_is_constant_once_the_scan_exceeds_the_working_size():

@@ -17,13 +17,6 @@ from mtcolor_batch.stages.plan import make_plan
 SETTINGS = SamplingSettings(steps=2, working_long_side=96, tile_size=64, tile_overlap=16, alpha=0.5, beta=0.2)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Path):
-    from mtcolor_batch.model.engine import MTColorEngine
-
-    return MTColorEngine.load(tiny_bundle, device="cpu")
-
-
 def _scene(h: int, w: int, n: int = 2) -> tuple[np.ndarray, list[Instance]]:
     yy, xx = np.mgrid[0:h, 0:w]
     luma = (0.2 + 0.6 * (xx / max(w - 1, 1)) * (yy / max(h - 1, 1))).astype(np.float32)

@@ -41,6 +41,7 @@ untrained one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -49,8 +50,10 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
+from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.types import Instance, Plan
 from mtcolor_batch.scan.imageio import rgb_to_gray
+from mtcolor_batch.stages.plan import make_plan
 from mtcolor_batch.testing.synthetic import (
     BLUE,
     RED,
@@ -154,21 +157,11 @@ def test_loss_falls(trained: dict) -> None:
 
 
 def _plan(seed: int) -> Plan:
-    return Plan(
-        (SIZE, SIZE),
-        (SIZE, SIZE),
-        512,
-        0,
-        [(0, 0, SIZE, SIZE)],
-        seed=seed,
-        steps=10,
-        guidance_scale=GUIDANCE_SCALE,
-        controlnet_scale=1.0,
-        alpha=0.0,
-        beta=0.2,
-        prompt="",
-        negative_prompt="",
+    settings = SamplingSettings(
+        working_long_side=SIZE, steps=10, guidance_scale=GUIDANCE_SCALE, alpha=0.0, negative_prompt=""
     )
+    plan = make_plan((SIZE, SIZE), settings, seed, prompt="")
+    return dataclasses.replace(plan, prompt="")  # no global text: the instance texts alone
 
 
 def _told_red_minus_told_blue(bundle: Path) -> np.ndarray:

@@ -72,6 +72,9 @@ from mtcolor_batch.cli.train import dataset_app, train_command  # noqa: E402
 
 app.add_typer(dataset_app, name="dataset")
 app.command("train")(train_command)
+from mtcolor_batch.cli.verify import verify_command  # noqa: E402
+
+app.command("verify")(verify_command)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def _settings(
     fid_weights: Path | None, iqa: bool, iqa_metric: list[str], device: str, steps: int | None,
     seed: int | None,
 ) -> ProtocolSettings:
-    from mtcolor_batch.core.device import resolve_device
+    from mtcolor_batch.core.device import resolve_device  # deferred: loads torch
 
     overrides = {"device": device, "sampling.steps": steps, "seed": seed}
     return ProtocolSettings(
@@ -210,13 +211,31 @@ _ANN = typer.Option(
 )
 _CLIP = typer.Option(None, "--clip", help="Bundle with clip/ or a CLIP folder (default: the model bundle).")
 _FID = typer.Option(
-    None, "--fid-weights", help="Inception weights for FID (.pth or .safetensors) [default: torch hub cache]."
+    None,
+    "--fid-weights",
+    help="Inception weights for FID (.pth or .safetensors) \\[default: torch hub cache].",
 )
 _IQA = typer.Option(True, "--iqa/--no-iqa", help="NR-IQA columns through pyiqa (pip extra: iqa).")
 _IQA_METRIC = typer.Option(list(DEFAULT_IQA), "--iqa-metric", help="pyiqa metric names.")
 _DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps (sampling and scoring).")
 _STEPS = typer.Option(None, "--steps", help="Sampling steps (default: the profile's sampling.steps).")
 _SEED = typer.Option(None, "--seed", help="Fixed seed (default: from each input's sha256).")
+
+
+def _run_scored(out: Path, run: Callable[[Console], tuple[int, list[str]]]) -> None:
+    """What `eval protocol` and `eval sweep` share around their run: the one-line error (exit 2),
+    the resume hint on Ctrl-C (exit 130), the notes, the tables written and the exit code."""
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        code, messages = run(console)
+    except UserError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    for message in messages:
+        console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
+    _finish(console, out, code)
 
 
 def _finish(console: Console, out: Path, code: int) -> None:
@@ -249,20 +268,15 @@ def protocol_cmd(
     Resumable: run the same command again after an interruption. Exit codes: 0 all references
     scored, 1 some failed (each named), 2 usage/setup error, 130 interrupted.
     """
-    console = Console(stderr=True, soft_wrap=True)
-    try:
+
+    def protocol(console: Console) -> tuple[int, list[str]]:
         settings = _settings(
             model, profile, annotations, clip, fid_weights, iqa, iqa_metric, device, steps, seed
         )
         result = run_protocol(refs, out, settings, console)
-    except UserError as exc:
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    for message in result.messages:
-        console.print(Text("note: ", style="yellow") + Text(message), highlight=False)
-    _finish(console, out, result.exit_code)
+        return result.exit_code, result.messages
+
+    _run_scored(out, protocol)
 
 
 def sweep_cmd(
@@ -286,19 +300,15 @@ def sweep_cmd(
     One sweep journal (OUT/.mtcolor/sweep.sqlite): a re-run skips settings already scored.
     Exit codes as `eval protocol`.
     """
-    console = Console(stderr=True, soft_wrap=True)
-    try:
+
+    def sweep(console: Console) -> tuple[int, list[str]]:
         alphas, betas = parse_grid(alpha, "alpha"), parse_grid(beta, "beta")
         settings = _settings(
             model, profile, annotations, clip, fid_weights, iqa, iqa_metric, device, steps, seed
         )
-        result = run_sweep(refs, out, settings, alphas, betas, console)
-    except UserError as exc:
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: run the same command again to resume.[/yellow]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    _finish(console, out, result.exit_code)
+        return run_sweep(refs, out, settings, alphas, betas, console).exit_code, []
+
+    _run_scored(out, sweep)
 
 
 eval_app.command("outputs")(eval_cmd)

@@ -15,9 +15,15 @@ import typer
 
 from mtcolor_batch.cli._common import fail, print_error
 from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
+from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
 from mtcolor_batch.core.fs import write_new_file
-from mtcolor_batch.hints.template import fmt_box, template_text
+from mtcolor_batch.hints.check import check_folder_files, check_sidecars
+from mtcolor_batch.hints.template import fmt_box, folder_template_text, template_text
+from mtcolor_batch.jobs.batch import file_progress
+from mtcolor_batch.scan.folder_files import FOLDER_RULES_NAME
+from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
 
 hints_app = typer.Typer(
     name="hints",
@@ -41,9 +47,7 @@ def init_command(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: profile)."),
 ) -> None:
     """Write a template sidecar next to every scan that has none (existing sidecars are left alone)."""
-    from mtcolor_batch.scan.imageio import load_scan
-    from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
-    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances
+    from mtcolor_batch.stages.instances import NO_SIDECAR, find_instances  # deferred: loads torch
 
     try:
         files = scan_files(scans)
@@ -51,10 +55,15 @@ def init_command(
     except UserError as exc:
         raise fail(exc) from None
     note = None
-    if ctx.perception is None or not ctx.perception.can_auto_segment:
-        note = "no detector/SAM in the model bundle: nothing detected; add regions by hand"
+    how = "pass --model BUNDLE (`mtcolor-batch models pull` fetches one) to list what it finds"
+    if ctx.bundle_dir is None:
+        note = f"detection skipped: no model bundle; add regions by hand, or {how}"
+    elif ctx.perception is None or not ctx.perception.can_auto_segment:
+        note = f"detection skipped: no detector/SAM in the model bundle; add regions by hand, or {how}"
     elif not ctx.profile.perception.auto_instances:
-        note = "perception.auto_instances is off in this profile: nothing detected"
+        note = "detection skipped: perception.auto_instances is off in this profile"
+    if note is not None:
+        typer.echo(f"note: {note}", err=True)
     written = skipped = failed = 0
     for path, root in files:
         existing = find_sidecar(path)
@@ -81,7 +90,8 @@ def init_command(
             failed += 1
             continue
         if created:
-            typer.echo(f"wrote {target} ({len(instances)} detected instance(s))")
+            found = "detection skipped" if note else f"{len(instances)} detected instance(s)"
+            typer.echo(f"wrote {target} ({found})")
             written += 1
         else:
             typer.echo(f"kept {target} (already exists)")
@@ -101,21 +111,98 @@ def check_command(
     ),
     profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file (size limit)."),
 ) -> None:
-    """Validate every sidecar; print file:line:col: problem for each; exit 1 if there is any."""
-    from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.hints.check import check_sidecars
+    """Validate every sidecar and mtcolor-folder.yaml; print file:line:col: problem; exit 1 if any."""
 
     try:
         settings = load_profile(profile)
+        rule_problems, rule_warnings, rule_files = check_folder_files(scans, settings.hints.max_sidecar_bytes)
         problems, warnings, checked = check_sidecars(
             scans, settings.hints.max_sidecar_bytes, settings.hints.max_sidecar_instances
         )
     except UserError as exc:
         raise fail(exc) from None
+    problems, warnings = rule_problems + problems, rule_warnings + warnings
     for line in [*warnings, *problems]:
         typer.echo(line)
-    typer.echo(f"{checked} sidecar(s) checked, {len(problems)} problem(s)")
+    also = f" and {rule_files} folder rules file(s)" if rule_files else ""
+    typer.echo(f"{checked} sidecar(s){also} checked, {len(problems)} problem(s)")
     if problems:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# -- survey -------------------------------------------------------------------------------------
+
+
+@hints_app.command("survey")
+def survey_command(
+    folder: Path = typer.Argument(..., metavar="FOLDER", help="The folder of scans to survey."),
+    model: str | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    profile: str | None = typer.Option(None, "--profile", help="Profile name or YAML file."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: profile)."),
+    top: int = typer.Option(
+        20, "--top", min=1, help="How many of the most frequent labels the template lists."
+    ),
+) -> None:
+    """Detect over every scan (resumable), print scans and instances per label, and write a template
+    mtcolor-folder.yaml listing the most frequent labels (an existing one is never touched)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mtcolor_batch.stages.survey import STATE_NAME, survey  # deferred: loads torch
+
+    if not folder.is_dir():
+        raise fail(UserError("not a folder", path=folder, hint="survey a folder of scans"))
+    try:
+        files = scan_files(folder)
+        if not files:
+            raise UserError("no scans found", path=folder, hint="point survey at a folder of scans")
+        ctx = load_hints_context(model, profile, device)
+        if ctx.perception is None or not ctx.perception.can_auto_segment:
+            raise UserError(
+                "a survey needs the detector and SAM of a model bundle",
+                hint="pull one with `mtcolor-batch models pull`, or pass --model",
+            )
+        if not ctx.profile.perception.auto_instances:
+            raise UserError(
+                "perception.auto_instances is off in this profile", hint="use a profile with it on"
+            )
+    except UserError as exc:
+        raise fail(exc) from None
+    console = Console()
+    state = folder / STATE_NAME
+    with file_progress(console) as progress:
+        task = progress.add_task("surveying", total=len(files))
+        result = survey(
+            files,
+            state,
+            ctx.perception,
+            ctx.profile,
+            ctx.bundle_dir,
+            advance=lambda _: progress.advance(task),
+        )
+    for line in result.failed:
+        typer.echo(f"error: {line}", err=True)
+    typer.echo(f"{result.scanned} scan(s) surveyed ({result.reused} counted earlier, kept in {state})")
+    table = Table()
+    table.add_column("label")
+    table.add_column("scans", justify="right")
+    table.add_column("instances", justify="right")
+    for row in result.labels:
+        table.add_row(escape(row.label), str(row.scans), str(row.instances))
+    console.print(table)
+    target = folder / FOLDER_RULES_NAME
+    rows = [(r.label, r.scans, r.instances) for r in result.labels]
+    try:
+        created = write_new_file(target, folder_template_text(folder.name, rows, result.scanned, top))
+    except OSError as exc:
+        typer.echo(f"error: {target}: cannot write: {exc.strerror or exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    if created:
+        typer.echo(f"wrote {target} ({min(top, len(rows))} label(s), commented out: give each a colour)")
+    else:
+        typer.echo(f"kept {target} (already exists; not touched)")
+    if result.failed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -137,24 +224,30 @@ def show_command(
         help="Scan folder mask paths must stay inside (the run's SCANS; default: the photo's).",
     ),
 ) -> None:
-    """Draw each instance of a scan (auto + sidecar): outlined, numbered, labelled, filled with its colour."""
-    from mtcolor_batch.perception.overlay import render_overlay, write_png
-    from mtcolor_batch.stages.instances import scan_instances
+    """Draw each instance of a scan (auto + sidecar), numbered and labelled, with a legend below:
+    hinted ones filled with their colour, the rest outlined in black-and-white dashes."""
+    from mtcolor_batch.perception.overlay import (  # deferred: loads torch
+        render_overlay,
+        with_legend,
+        write_png,
+    )
+    from mtcolor_batch.stages.instances import scan_instances  # deferred: loads torch
 
     target = output or Path.cwd() / f"{photo.name}.hints.png"
     try:
         ctx = load_hints_context(model, profile, device)
         scan, found = scan_instances(photo, root or photo.parent, ctx.profile, ctx.perception)
         instances, warnings = found.instances, found.warnings
-        image = render_overlay(scan.luma, instances)
+        image = with_legend(render_overlay(scan.luma, instances), instances)
         write_png(target, image)
     except UserError as exc:
         raise fail(exc) from None
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     for inst in instances:
-        color = inst.color.name if inst.color is not None else "-"
-        typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {fmt_box(inst.box)} colour {color}")
+        color = f"colour {inst.color.name}" if inst.color is not None else "no colour hint"
+        origin = f" from {inst.hint_from}" if inst.hint_from else ""
+        typer.echo(f"[{inst.id}] {inst.label} ({inst.source}) box {fmt_box(inst.box)} {color}{origin}")
     typer.echo(f"wrote {target} ({len(instances)} instance(s))")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import typer
 
 from mtcolor_batch.cli._common import fail
+from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
+from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.core.errors import UserError
 
 
@@ -26,10 +28,8 @@ def edit_command(
     no_browser: bool = typer.Option(False, "--no-browser", help="Print the address; do not open a browser."),
 ) -> None:
     """Edit sidecar hints in your browser: draw regions, pick colours, save (127.0.0.1 only)."""
-    from mtcolor_batch.cli._hints_context import load_hints_context, scan_files
-    from mtcolor_batch.core.config import load_profile
-    from mtcolor_batch.editor.server import serve
-    from mtcolor_batch.editor.session import EditorSession
+    from mtcolor_batch.editor.server import serve  # deferred: loads torch
+    from mtcolor_batch.editor.session import EditorSession  # deferred: loads torch
 
     try:
         if not scans.exists():

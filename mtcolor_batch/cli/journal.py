@@ -19,6 +19,7 @@ from mtcolor_batch.jobs.journal import STATES, journal_path, lock_path
 from mtcolor_batch.jobs.lock import OutputLock, RunLock
 from mtcolor_batch.jobs.merge import MergeReport, merge_journals, shard_journals
 from mtcolor_batch.jobs.rebuild import rebuild_journal
+from mtcolor_batch.scan.discover import parse_shard
 
 journal_app = typer.Typer(help="Inspect and combine job journals.", no_args_is_help=True)
 
@@ -78,7 +79,6 @@ def rebuild_command(
     shard: str | None = typer.Option(None, "--shard", help="K/N: rebuild that shard's journal instead."),
 ) -> None:
     """Rebuild the journal from the outputs' .color.json records (the old journal is kept aside)."""
-    from mtcolor_batch.scan.discover import parse_shard
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:

@@ -8,7 +8,11 @@ from pathlib import Path
 import typer
 
 from mtcolor_batch.cli._common import fail
+from mtcolor_batch.core.config import SamplingSettings
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
+from mtcolor_batch.model.bundle import pull_bundle, read_manifest, verify_problems
+from mtcolor_batch.model.pull_plan import human_size, plan_pull
+from mtcolor_batch.model.registry import COMPONENTS, bundles_dir, default_bundle_dir
 
 app = typer.Typer(
     help="Model bundles: pull from the hub, list, verify, build a tiny offline one.", no_args_is_help=True
@@ -45,12 +49,19 @@ def pull(
         "--dry-run",
         help="List what would be downloaded (repo, revision, files, sizes), check the configs; no weights.",
     ),
+    accelerator: str | None = typer.Option(
+        None,
+        "--accelerator",
+        help="Add a distilled LoRA to the bundle at --dest instead: lcm, hyper-sd-8, pcm-4 or tcd "
+        "(pinned revisions; docs/few-step.md).",
+    ),
 ) -> None:
     """Assemble the default bundle (SD 1.5 + brightness ControlNet + SAM + OWLv2) from the hub."""
     from huggingface_hub.utils import enable_progress_bars
 
-    from mtcolor_batch.model.bundle import pull_bundle
-
+    if accelerator is not None:
+        _pull_accelerator(accelerator, dest, dry_run)
+        return
     revisions = _parse_revisions(revision)
     chosen_variant = None if variant.lower() in ("", "none", "fp32") else variant
     if dry_run:
@@ -70,10 +81,31 @@ def pull(
     typer.echo(f"{bundle.path}  {bundle.name}  {bundle.revision}  weights {bundle.weights_sha256[:16]}")
 
 
+def _pull_accelerator(name: str, dest: Path | None, dry_run: bool) -> None:
+    """``pull --accelerator``: one pinned LoRA file into an existing bundle (exit 2 on a bad name)."""
+    from huggingface_hub.utils import enable_progress_bars
+
+    from mtcolor_batch.model.accelerators import KNOWN, pull_accelerator  # deferred: loads torch
+
+    if name not in KNOWN:
+        raise fail(UserError(f"unknown accelerator '{name}'", hint=f"use one of {', '.join(KNOWN)}"))
+    known = KNOWN[name]
+    folder = dest or default_bundle_dir()
+    if dry_run:
+        typer.echo(f"dry run: {name}: {known.repo_id} @ {known.revision}  {known.filename}")
+        r = known.recipe
+        typer.echo(f"  recommended: {r.scheduler}, {r.steps} steps, guidance {r.guidance:g}")
+        return
+    enable_progress_bars()
+    try:
+        acc = pull_accelerator(folder, name)
+    except UserError as exc:
+        raise fail(exc, EXIT_FAILED) from None
+    typer.echo(f"{folder}: accelerator {acc.name} ({acc.repo_id}@{acc.revision}) sha256 {acc.sha256[:16]}")
+
+
 def _dry_run(revisions: dict[str, str], variant: str | None, perception: bool) -> None:
     """Print the pull plan; exit 1 when the configs do not fit together (nothing is written)."""
-    from mtcolor_batch.model.pull_plan import human_size, plan_pull
-    from mtcolor_batch.model.registry import COMPONENTS
 
     unknown = set(revisions) - {c.key for c in COMPONENTS}
     if unknown:
@@ -117,8 +149,6 @@ def list_bundles(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip hashing (fast; shows '-' for verified)."),
 ) -> None:
     """Bundles in the cache ($MTCOLOR_HOME/bundles): name, revision, tiny flag, verified."""
-    from mtcolor_batch.model.bundle import read_manifest, verify_problems
-    from mtcolor_batch.model.registry import bundles_dir
 
     root = bundles_dir()
     folders = (
@@ -157,8 +187,6 @@ def verify(
     ),
 ) -> None:
     """Check every file of a bundle against the sha256 in its mtcolor.json."""
-    from mtcolor_batch.model.bundle import read_manifest, verify_problems
-    from mtcolor_batch.model.registry import default_bundle_dir
 
     folder = directory or default_bundle_dir()
     try:
@@ -186,7 +214,7 @@ def tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights (same seed, same bytes)."),
 ) -> None:
     """Write a tiny random bundle (real layout, meaningless colours) for tests and offline demos."""
-    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle
+    from mtcolor_batch.testing.tiny_sd15 import write_tiny_bundle  # deferred: loads torch
 
     t0 = time.perf_counter()
     try:
@@ -196,3 +224,58 @@ def tiny(
     typer.echo(
         f"wrote tiny random bundle {path} in {time.perf_counter() - t0:.1f} s (colours are meaningless)"
     )
+
+
+accelerator_app = typer.Typer(help="Accelerators (distilled LoRAs) inside a bundle.", no_args_is_help=True)
+app.add_typer(accelerator_app, name="accelerator")
+
+
+@accelerator_app.command("add")
+def accelerator_add(
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle folder to add the LoRA to."),
+    file: Path = typer.Argument(..., metavar="FILE", help="A local .safetensors LoRA for SD 1.5."),
+    name: str = typer.Option(..., "--name", help="Name `run --accelerator` will use (e.g. lcm)."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="Recommended scheduler (default: the known one's)."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Recommended steps."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Recommended guidance scale."),
+) -> None:
+    """Copy a local LoRA into the bundle (keys checked against its UNet) and record it in the manifest."""
+    from mtcolor_batch.model.accelerators import add_accelerator, recipe_of  # deferred: loads torch
+
+    try:
+        SamplingSettings(accelerator=name)
+        acc = add_accelerator(bundle, file, name, recipe_of(name, scheduler, steps, guidance))
+    except UserError as exc:
+        raise fail(exc) from None
+    except ValueError as exc:  # the name pattern (pydantic): letters, digits, . _ -
+        raise fail(
+            UserError(f"invalid accelerator name '{name}': use letters, digits, '.', '_' or '-'")
+        ) from exc
+    r = acc.recipe
+    typer.echo(
+        f"{bundle}: accelerator {acc.name} sha256 {acc.sha256[:16]} "
+        f"({r.scheduler}, {r.steps} steps, guidance {r.guidance:g})"
+    )
+
+
+@accelerator_app.command("list")
+def accelerator_list(
+    bundle: Path | None = typer.Argument(
+        None, metavar="BUNDLE", help="Bundle folder (default: the cache's)."
+    ),
+) -> None:
+    """The bundle's accelerators and what each recommends."""
+    from mtcolor_batch.model.accelerators import bundle_accelerators  # deferred: loads torch
+
+    try:
+        found = bundle_accelerators(read_manifest(bundle or default_bundle_dir()))
+    except UserError as exc:
+        raise fail(exc) from None
+    if not found:
+        typer.echo("no accelerators (add one with `models pull --accelerator NAME`)")
+    for acc in found.values():
+        r = acc.recipe
+        source = f"{acc.repo_id}@{acc.revision}" if acc.repo_id else "local file"
+        typer.echo(f"{acc.name:<12} {r.scheduler:<14} {r.steps:>3} steps  guidance {r.guidance:<4g} {source}")

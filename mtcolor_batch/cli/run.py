@@ -12,11 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.config import load_profile
+from mtcolor_batch.core.config import OutputSettings, explicit_keys, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
+from mtcolor_batch.jobs.executors.ray import RayExecutor
 from mtcolor_batch.jobs.preflight import check_seed
 from mtcolor_batch.jobs.runner import (
     RunRequest,
@@ -24,6 +27,8 @@ from mtcolor_batch.jobs.runner import (
     default_out_dir,
     run_batch,
 )
+from mtcolor_batch.model.registry import find_bundle
+from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import parse_shard
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -34,7 +39,7 @@ def run_command(
         ..., metavar="SCANS", help="Folder of scans (searched recursively) or one image file."
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output folder [default: <SCANS>-colorized beside it]."
+        None, "--out", "-o", help="Output folder \\[default: <SCANS>-colorized beside it]."
     ),
     profile: str = typer.Option("default", "--profile", "-p", help="Built-in profile name or a YAML file."),
     model: str | None = typer.Option(None, "--model", "-m", help="Bundle folder or cached bundle id."),
@@ -47,11 +52,32 @@ def run_command(
     verify_inputs: bool = typer.Option(
         False,
         "--verify-inputs",
-        help="Rehash every input (default: trust an unchanged size + mtime, see README).",
+        help="Rehash every input (default: trust an unchanged size + mtime, see docs/resume.md).",
+    ),
+    verify_outputs: bool = typer.Option(
+        False,
+        "--verify-outputs",
+        help="Rehash every done output; one that differs is redone (default: size + mtime).",
+    ),
+    allow_other_scans: bool = typer.Option(
+        False,
+        "--allow-other-scans",
+        help="Add another scan folder's files to an output folder that holds an earlier archive.",
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps (sampling.steps)."),
-    seed: int | None = typer.Option(None, "--seed", help="Fixed seed [default: from each file's sha256]."),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="ddim | ddim-trailing | lcm | tcd | dpmpp-2m | unipc (sampling.scheduler; docs/few-step.md).",
+    ),
+    accelerator: str | None = typer.Option(
+        None,
+        "--accelerator",
+        help="Distilled LoRA of the bundle to fuse (its name, auto or none); sets its recommended "
+        "scheduler, steps and guidance unless given.",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Fixed seed \\[default: from each file's sha256]."),
     prompt: str | None = typer.Option(None, "--prompt", help="Global text when a sidecar gives none."),
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     controlnet_scale: float | None = typer.Option(None, "--controlnet-scale", help="ControlNet strength."),
@@ -97,6 +123,10 @@ def run_command(
     ),
     jpeg_quality: int | None = typer.Option(None, "--jpeg-quality", help="JPEG/WebP output quality."),
     no_json: bool = typer.Option(False, "--no-json", help="Do not write <stem>.color.json records."),
+    c2pa_cert: Path | None = typer.Option(
+        None, "--c2pa-cert", help="Sign Content Credentials with this certificate chain (PEM, leaf first)."
+    ),
+    c2pa_key: Path | None = typer.Option(None, "--c2pa-key", help="The private key (PEM) of --c2pa-cert."),
     executor: str = typer.Option("local", "--executor", help="local (this process) | ray (a Ray cluster)."),
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster; auto = the running one (default: start Ray here)."
@@ -135,6 +165,8 @@ def run_command(
             "sampling.channels_last": channels_last,
             "sampling.compile": compile_models,
             "sampling.attention": attention,
+            "sampling.scheduler": scheduler,
+            "sampling.accelerator": accelerator,
             "sampling.branch_crop": branch_crop,
             "sampling.branch_uncond": branch_uncond,
             "sampling.branch_refresh": branch_refresh,
@@ -144,8 +176,20 @@ def run_command(
             "scan.max_megapixels": max_megapixels,
             "output.jpeg_quality": jpeg_quality,
             "output.write_json": False if no_json else None,
+            "output.c2pa_cert": str(c2pa_cert) if c2pa_cert else None,
+            "output.c2pa_key": str(c2pa_key) if c2pa_key else None,
         }
         effective = load_profile(profile, overrides)
+        if effective.sampling.accelerator != "none":
+            from mtcolor_batch.model.accelerators import apply_accelerator  # deferred: loads torch
+
+            effective, note = apply_accelerator(
+                effective, find_bundle(model), explicit_keys(profile, overrides)
+            )
+            if note:
+                console.print(escape(note), highlight=False)
+        if effective.output.c2pa == "sign" and not dry_run:
+            _credentials(console, effective.output)
         request = RunRequest(
             scans=scans,
             profile=effective,
@@ -156,12 +200,12 @@ def run_command(
             retry_failed=retry_failed,
             force=force,
             verify_inputs=verify_inputs,
+            verify_outputs=verify_outputs,
+            allow_other_scans=allow_other_scans,
             argv=sys.argv[1:],
         )
         code = run_batch(request, console, executor=_executor(executor, address, gpus_per_worker, workers))
         if report and not dry_run and code in (EXIT_OK, EXIT_FAILED):
-            from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
-
             out_dir = Path(out).resolve() if out else default_out_dir(Path(scans))
             console.print(f"report: {escape(str(build_report(out_dir)))}", highlight=False)
     except UserError as exc:
@@ -174,13 +218,24 @@ def run_command(
     raise typer.Exit(code)
 
 
+def _credentials(console: Console, settings: OutputSettings) -> None:
+    """Check the signing credentials before any file is touched; say once where generated ones lie."""
+    paths, created = prepare_credentials(settings)
+    if created:
+        console.print(
+            "Content Credentials: generated a local signing certificate in "
+            f"{escape(str(paths.cert.parent))}; "
+            "outputs signed with it read as \"untrusted\" until you configure your archive's own "
+            "(--c2pa-cert/--c2pa-key, see docs/content-credentials.md).",
+            highlight=False,
+        )
+
+
 def _executor(
     kind: str, address: str | None, gpus: float | None, workers: int | None
 ) -> Callable[..., bool] | None:
     """``--executor ray`` -> the Ray driver loop (Ray imported only then); ``local`` -> the runner's own."""
     if kind == "ray":
-        from mtcolor_batch.jobs.executors.ray import RayExecutor
-
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus)
     if kind != "local":
         raise UserError(f"unknown --executor '{kind}'", hint="local or ray")

@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mtcolor_batch.cli._common import fail
 from mtcolor_batch.core.errors import EXIT_FAILED, UserError
+from mtcolor_batch.train.config import load_train_config
+from mtcolor_batch.train.dataset import build_dataset, summary_line
+from mtcolor_batch.train.dataset_config import load_dataset_config
 
 dataset_app = typer.Typer(help="Build training datasets from colour photos.", no_args_is_help=True)
 _err = Console(stderr=True)
@@ -46,9 +49,7 @@ def dataset_build(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Turn colour photos into a training set: gray inputs, instance masks, instance and global texts."""
-    from mtcolor_batch.core.device import resolve_device
-    from mtcolor_batch.train.dataset import build_dataset, summary_line
-    from mtcolor_batch.train.dataset_config import load_dataset_config
+    from mtcolor_batch.core.device import resolve_device  # deferred: loads torch
 
     try:
         settings = load_dataset_config(
@@ -117,8 +118,7 @@ def train_command(
     ),
 ) -> None:
     """Train MT-Color's modules (paper's two stages) and write a new bundle `run --model` loads."""
-    from mtcolor_batch.train.config import load_train_config
-    from mtcolor_batch.train.trainer import train
+    from mtcolor_batch.train.trainer import train  # deferred: loads torch
 
     try:
         cfg = load_train_config(config, {"steps": steps, "controlnet_init": controlnet_init})

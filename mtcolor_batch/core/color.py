@@ -81,3 +81,8 @@ def image_lightness(rgb_or_gray: np.ndarray) -> np.ndarray:
         x = np.repeat(x[..., None], 3, axis=2)
     lab: np.ndarray = rgb2lab(np.clip(x, 0.0, 1.0))
     return lab[..., 0].astype(np.float64)
+
+
+def rgb_to_ab(rgb: np.ndarray) -> np.ndarray:
+    """Decoded sRGB (H, W, 3) in [0, 1] -> CIELAB a*, b* (2, H, W) float32: a model's colour."""
+    return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))

@@ -1,6 +1,6 @@
 """Profiles: one validated set of every knob that changes an output.
 
-A profile is ``profiles/<name>.yaml`` (shipped in the package) or any YAML file, overlaid on the
+A profile is ``profiles/<name>.yaml`` (built in; see ``builtin_dir``) or any YAML file, overlaid on the
 defaults, then overridden by CLI options given as dotted keys. Its hash goes into every file's
 fingerprint, so changing a knob redoes exactly the files it affects.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,15 +23,20 @@ from mtcolor_batch.core.yaml_guarded import read_yaml
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a setting: refused here, they are one line and exit 2 before anything is
+    # journaled, instead of failing every file (or overflowing an int() deep in a stage).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ScanSettings(_Section):
     max_megapixels: float = Field(
-        400.0, gt=0, description="Decompression-bomb limit; larger files fail with a clear error."
+        400.0,
+        gt=0,
+        le=1_000_000,
+        description="Decompression-bomb limit; larger files fail with a clear error.",
     )
     gray_tolerance: float = Field(
-        0.03, ge=0, description="Mean chroma (0-1) under which an RGB scan is treated as gray/sepia."
+        0.03, ge=0, le=1, description="Mean chroma (0-1) under which an RGB scan is treated as gray/sepia."
     )
 
 
@@ -65,8 +71,8 @@ def tile_problem(tile_size: int, tile_overlap: int) -> str | None:
 
 class SamplingSettings(_Section):
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0)
-    controlnet_scale: float = Field(1.0, ge=0)
+    guidance_scale: float = Field(7.5, ge=0, le=100, description="Classifier-free guidance (7.5 typical).")
+    controlnet_scale: float = Field(1.0, ge=0, le=10, description="ControlNet strength (1 typical).")
     alpha: float = Field(0.2, ge=0, le=1, description="Fraction of steps sampled per instance.")
     beta: float = Field(0.2, ge=0, le=1, description="Weight of the global branch in the fusion.")
     fusion: Literal["paper", "paste", "blend"] = Field(
@@ -92,6 +98,21 @@ class SamplingSettings(_Section):
         description="In the first alpha*T steps the instance branches run at every Nth step; in "
         "between, each takes the global branch's prediction plus its own deviation from it at its last "
         "run (1 = every step, as the paper; the paper profile sets 1).",
+    )
+    scheduler: Literal["ddim", "ddim-trailing", "lcm", "tcd", "dpmpp-2m", "unipc"] = Field(
+        "ddim",
+        description="Denoising scheduler, built from the bundle's scheduler config (docs/few-step.md); "
+        "an accelerator sets its own unless this is given.",
+    )
+    tcd_gamma: float = Field(0.3, ge=0, le=1, description="TCD's gamma (stochasticity) with scheduler tcd.")
+    accelerator: str = Field(
+        "none",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Distilled LoRA of the bundle to fuse into the UNet (`models pull --accelerator`): "
+        "its name, none, or auto (the bundle's own if it has one).",
+    )
+    accelerator_steps: int | None = Field(
+        None, ge=1, le=1000, description="Steps with an accelerator (default: the one its authors recommend)."
     )
     working_long_side: int = Field(1024, ge=8, description="Chroma working resolution (long side).")
     working_square: bool = Field(
@@ -140,6 +161,10 @@ class JobSettings(_Section):
     )
 
 
+MAX_SUFFIX_CHARS = 32
+"""An output name is stem + suffix + extension, and must fit 255 bytes with the longest stems."""
+
+
 class OutputSettings(_Section):
     suffix: str = ".color"
     luminance_lock: bool = Field(
@@ -149,13 +174,35 @@ class OutputSettings(_Section):
     )
     jpeg_quality: int = Field(95, ge=1, le=100)
     write_json: bool = True
+    c2pa: Literal["sign", "off"] = Field(
+        "sign", description="sign: a C2PA Content Credentials manifest in every output (off: none)."
+    )
+    c2pa_cert: str | None = Field(
+        None, description="The archive's certificate chain (PEM, leaf first) [default: a local one]."
+    )
+    c2pa_key: str | None = Field(None, description="The private key (PEM) of c2pa_cert's leaf certificate.")
+
+    @field_validator("c2pa", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: object) -> object:
+        """YAML reads an unquoted ``c2pa: off`` as false (and ``on`` as true)."""
+        return {False: "off", True: "sign"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("suffix")
     @classmethod
     def _suffix_is_part_of_a_name(cls, value: str) -> str:
-        """A suffix with a path separator would put outputs in other folders, even outside ``--out``."""
-        if any(c in value for c in "/\\\0"):
-            raise ValueError(f"output.suffix must be part of a file name, without / or \\ (got {value!r})")
+        """A suffix with a path separator would put outputs in other folders, even outside ``--out``;
+        ``..``, control characters or a long suffix make names that other tools (and 255-byte file
+        systems) refuse, which would fail every file of the run instead of the run's setup."""
+        if any(c in value for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(
+                f"output.suffix must be part of a file name, without /, \\ or control characters "
+                f"(got {value!r})"
+            )
+        if ".." in value:
+            raise ValueError(f"output.suffix must not contain '..' (got {value!r})")
+        if len(value) > MAX_SUFFIX_CHARS:
+            raise ValueError(f"output.suffix is {len(value)} characters; at most {MAX_SUFFIX_CHARS}")
         return value
 
 
@@ -191,16 +238,33 @@ class Profile(_Section):
         """Hash of every value that changes output bytes (device excluded: it is recorded apart).
 
         Limits that only decide whether a file is tried at all (``jobs``, the sidecar instance cap)
-        are left out, so changing them never redoes finished files.
+        are left out, so changing them never redoes finished files; so are the paths of the C2PA
+        credentials (machine-local, and the signer is recorded apart).
         """
         exclude: dict[str, Any] = {
             "name": True,
             "device": True,
             "jobs": True,
             "hints": {"max_sidecar_instances"},
+            "output": {"c2pa_cert", "c2pa_key"},
         }
         data = self.model_dump(mode="json", exclude=exclude)
+        sampling = data["sampling"]
+        for key, neutral in FEW_STEP_NEUTRAL.items():
+            if sampling.get(key) == neutral:
+                del sampling[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FEW_STEP_NEUTRAL: dict[str, Any] = {
+    "scheduler": "ddim",
+    "tcd_gamma": 0.3,
+    "accelerator": "none",
+    "accelerator_steps": None,
+}
+"""Sampling keys of few-step sampling (docs/few-step.md) at the values that compute exactly what was
+computed before they existed: left out of the fingerprint there, so files finished before them are
+not redone. Any other value is hashed like every key."""
 
 
 def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -214,9 +278,23 @@ def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def builtin_dir() -> Traversable:
+    """The built-in profiles (run profiles, and the training and dataset defaults).
+
+    Their one home in git is the checkout's top-level ``profiles/``, the folder users browse and copy
+    from; a wheel ships that folder as ``mtcolor_batch/profiles/`` (pyproject's ``package-dir``), so an
+    installed package finds them inside itself and a checkout (editable install or ``PYTHONPATH``)
+    beside itself.
+    """
+    shipped = resources.files("mtcolor_batch") / "profiles"
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "profiles"
+
+
 def _builtin_data(name: str) -> dict[str, Any]:
     """A built-in profile's YAML as written (only the keys it sets)."""
-    text = (resources.files("mtcolor_batch") / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
+    text = (builtin_dir() / f"{name}.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     return data if isinstance(data, dict) else {}
 
@@ -227,10 +305,13 @@ def builtin_values(name: str) -> dict[str, Any]:
 
 
 def builtin_profiles() -> list[str]:
-    folder = resources.files("mtcolor_batch") / "profiles"
-    # train.yaml holds training defaults (mtcolor_batch/train/config.py), not a run profile.
-    names = (p.name for p in folder.iterdir())
-    return sorted(n[:-5] for n in names if n.endswith(".yaml") and n != "train.yaml")
+    # train.yaml and dataset.yaml hold training and dataset defaults (train/config.py,
+    # train/dataset_config.py), not run profiles.
+    names = (p.name for p in builtin_dir().iterdir())
+    return sorted(n[:-5] for n in names if n.endswith(".yaml") and n not in NOT_RUN_PROFILES)
+
+
+NOT_RUN_PROFILES = frozenset({"train.yaml", "dataset.yaml"})
 
 
 MAX_PROFILE_BYTES = 64 * 1024
@@ -257,6 +338,20 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def explicit_keys(name_or_path: str | Path | None, overrides: dict[str, Any] | None = None) -> set[str]:
+    """The dotted keys the user set: a YAML file's (not a built-in profile's) and the non-None overrides.
+
+    An accelerator's recommended scheduler, steps and guidance give way to these only: a built-in
+    profile's values for them are its choice for runs without an accelerator.
+    """
+    spec = str(name_or_path or "default")
+    keys = {k for k, v in (overrides or {}).items() if v is not None}
+    path = Path(spec)
+    if spec not in builtin_profiles() and path.is_file():
+        keys |= set(dotted(_read_profile_file(path)))
+    return keys
 
 
 def load_profile(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Profile:

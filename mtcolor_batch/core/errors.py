@@ -7,6 +7,7 @@ runner can print it as one line naming the file (and line/column for YAML) witho
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 EXIT_OK = 0
@@ -32,6 +33,26 @@ def path_text(path: str | Path) -> str:
     except UnicodeEncodeError:
         return os.fsencode(text).decode("utf-8", "backslashreplace")
     return text
+
+
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff]"
+)
+
+
+def visible_text(text: str) -> str:
+    """``text`` with control and bidirectional-override characters written as ``\\xNN`` / ``\\uNNNN``.
+
+    Why: a file name may hold them; shown raw, a right-to-left override makes ``gpj.exe`` read as
+    ``exe.jpg`` in a report, and control characters make XMP invalid XML or break a one-line
+    message. Only for showing and embedding: journal keys and output names keep :func:`path_text`.
+    """
+    return _INVISIBLE.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class UserError(Exception):
@@ -78,3 +99,23 @@ class HintError(UserError):
 
 class ModelError(UserError):
     """A model bundle is missing, incomplete, or fails verification."""
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota: the folder's fault, not a file's.
+
+    Why its own question: a full disk fails every later file alike, so the run stops and resumes
+    once space is freed, instead of failing each file (and leaving them to ``--retry-failed``).
+    """
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(current).lower():  # SQLite: "database or disk is full"
+            return True
+        current = current.__cause__ or current.__context__
+    return False

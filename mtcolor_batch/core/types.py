@@ -75,6 +75,7 @@ class Instance:
     score: float = 1.0
     color: ColorHint | None = None
     prompt_box: Box | None = None  # a detection's box from the detector; it need not bound the mask
+    hint_from: str | None = None  # where its colour/text is written: "a/photo.png.yaml:4" (file:line)
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.box
@@ -183,7 +184,11 @@ LATENT_FACTOR = 8
 
 @dataclass
 class Plan:
-    """Everything the sampler needs to know besides the pixels; recorded in provenance."""
+    """Everything the sampler needs to know besides the pixels; recorded in provenance.
+
+    No field has a default of its own: the sampling values come from the profile
+    (``core.config.SamplingSettings``, through ``stages.plan.make_plan``), the one table of defaults.
+    """
 
     scan_size: tuple[int, int]  # (h, w) of the full-resolution scan
     working_size: tuple[int, int]  # (h, w) the engine runs at (multiple of 8 after padding)
@@ -198,22 +203,14 @@ class Plan:
     beta: float
     prompt: str
     negative_prompt: str
-    max_batch: int = 8  # UNet batch cap; larger batches are chunked
-    fusion: str = "paste"  # multi-instance fusion after step K: paper | paste | blend (sampling.fusion)
-    branch_crop: int = 0  # px of context around an instance its branch runs on; 0 = whole tile
-    branch_uncond: str = "own"  # own | global: whose unconditional half guides an instance branch
-    branch_refresh: int = 1  # instance branches run at every Nth of the first K steps; 1 = every one
-
-
-@dataclass
-class Result:
-    """The colorized picture at full resolution plus what provenance needs to say about it."""
-
-    rgb: np.ndarray  # float32 HxWx3 in [0, 1], sRGB, full resolution
-    chroma: np.ndarray  # float32 2xhxw CIELAB a*, b* at working resolution
-    instance_stats: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    max_batch: int  # UNet batch cap; larger batches are chunked
+    fusion: str  # multi-instance fusion after step K: paper | paste | blend (sampling.fusion)
+    branch_crop: int  # px of context around an instance its branch runs on; 0 = whole tile
+    branch_uncond: str  # own | global: whose unconditional half guides an instance branch
+    branch_refresh: int  # instance branches run at every Nth of the first K steps; 1 = every one
+    scheduler: str  # sampling.scheduler: the denoising scheduler (model/schedulers.py)
+    tcd_gamma: float  # sampling.tcd_gamma: TCD's stochasticity (diffusers' eta of TCDScheduler.step)
+    accelerator: str  # sampling.accelerator: the distilled LoRA fused into the UNet (recorded)
 
 
 def box_from_mask(mask: np.ndarray) -> Box | None:

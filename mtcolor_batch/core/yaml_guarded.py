@@ -74,6 +74,11 @@ class _MarkedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+_PLAIN_COLLECTIONS = frozenset({"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"})
+"""Tags of untagged lists and blocks; any other tag on a collection is refused, as on a scalar
+(before, ``!!set`` or ``!!python/object/apply`` on a list or block was silently dropped)."""
+
+
 class Located:
     """Python data from the node tree plus the mark of every value and every mapping key."""
 
@@ -99,12 +104,26 @@ class Located:
                     )
                 )
                 return None
+            except ValueError:  # int() refuses more than 4300 digits (sys.get_int_max_str_digits)
+                self.problems.append(
+                    (node.start_mark, f"number too long ({len(node.value)} characters)", "write a number")
+                )
+                return None
             if value is None:
                 self.null_scalars.add(path)
             if isinstance(value, float) and not math.isfinite(value):
                 self.problems.append((node.start_mark, "value is not a finite number", "write a number"))
                 return None
             return value
+        if node.tag not in _PLAIN_COLLECTIONS:  # !!set, !!omap, !!python/object/apply: ...
+            self.problems.append(
+                (
+                    node.start_mark,
+                    f"YAML tag '{node.tag}' is not allowed",
+                    "YAML tags (!!...) are not allowed: write a plain list or 'key: value' block",
+                )
+            )
+            return None
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(child, (*path, i)) for i, child in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
@@ -130,6 +149,9 @@ class Located:
                     self.problems.append(
                         (key_node.start_mark, f"cannot read key: {_problem(exc)}", "write plain words")
                     )
+                    continue
+                except ValueError:  # an integer key of over 4300 digits
+                    self.problems.append((key_node.start_mark, "key is a number too long", "write a word"))
                     continue
                 if not isinstance(key, str):
                     self.problems.append(

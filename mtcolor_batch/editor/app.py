@@ -32,7 +32,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.editor.session import ConflictError, EditorSession, NotFound
+from mtcolor_batch.editor.document import check_document
+from mtcolor_batch.editor.folder_panel import FolderPanel
+from mtcolor_batch.editor.session import MAX_UPLOAD_MASKS, ConflictError, EditorSession, NotFound
 
 MAX_JSON_BYTES = 1024 * 1024
 """Body limit for check/segment requests (a sidecar is capped far below this)."""
@@ -50,6 +52,8 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 TOKEN_HEADER = "x-editor-token"
+IMAGE_PATH = "/api/image"
+"""The one API path that takes the token as ``?token=`` (and only on GET): images for ``<img>``."""
 
 
 def allowed_hosts(port: int) -> set[str]:
@@ -100,7 +104,7 @@ class Guard:
         if not path.startswith("/api/"):
             return None if method in ("GET", "HEAD") else (405, "method not allowed")
         token = headers.get(TOKEN_HEADER)
-        if token is None and method == "GET":
+        if token is None and method == "GET" and path == IMAGE_PATH:  # an <img> cannot send headers
             token = _query_token(query)
         if token is None or not hmac.compare_digest(token.encode(), self.session.token.encode()):
             return 403, "missing or wrong session token: reopen the address `hints edit` printed"
@@ -141,6 +145,8 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise _HttpError(400, "the request is not valid JSON") from None
+    except RecursionError:  # json recurses per level: a 1 MB body can nest 500,000 deep
+        raise _HttpError(400, "the request is nested too deeply") from None
     if not isinstance(body, dict):
         raise _HttpError(400, "the request must be a JSON object")
     return body
@@ -229,9 +235,7 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
     @_handled
     async def check(request: Request) -> Response:
         body = await _json_body(request, MAX_JSON_BYTES)
-        doc = body.get("doc")
-        if not isinstance(doc, dict):
-            raise _HttpError(400, "'doc' must be an object")
+        doc = check_document(body.get("doc"), MAX_UPLOAD_MASKS)
         return JSONResponse(await run_in_threadpool(session.check, _path_arg(body.get("path")), doc))
 
     @_handled
@@ -258,9 +262,42 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         doc, etag = body.get("doc"), body.get("etag")
         if not isinstance(doc, dict) or not isinstance(etag, str):
             raise _HttpError(400, "a save needs 'doc' and the 'etag' the page loaded")
+        check_document(doc, MAX_UPLOAD_MASKS)
         result = await run_in_threadpool(
             session.save, _path_arg(body.get("path")), etag, doc, _uploads(body.get("uploads"))
         )
+        return JSONResponse(result, status_code=200 if result.get("saved") else 422)
+
+    # The "Folder rules" panel (editor/folder_panel.py): the nearest mtcolor-folder.yaml of a scan.
+    panel = FolderPanel(session)
+
+    def _text_arg(value: object) -> str:
+        if not isinstance(value, str):
+            raise _HttpError(400, "'text' must be the rules file's text")
+        return value
+
+    @_handled
+    async def folder(request: Request) -> Response:
+        rel = _path_arg(request.query_params.get("path"))
+        return JSONResponse(await run_in_threadpool(panel.load, rel))
+
+    @_handled
+    async def folder_check(request: Request) -> Response:
+        body = await _json_body(request, MAX_JSON_BYTES)
+        add = body.get("add")
+        if add is not None and not isinstance(add, dict):
+            raise _HttpError(400, "'add' must be an object")
+        rel, text = _path_arg(body.get("path")), _text_arg(body.get("text"))
+        return JSONResponse(await run_in_threadpool(panel.check, rel, text, add))
+
+    @_handled
+    async def folder_save(request: Request) -> Response:
+        body = await _json_body(request, MAX_JSON_BYTES)
+        etag = body.get("etag")
+        if not isinstance(etag, str):
+            raise _HttpError(400, "a save needs the 'etag' the page loaded")
+        rel, text = _path_arg(body.get("path")), _text_arg(body.get("text"))
+        result = await run_in_threadpool(panel.save, rel, etag, text)
         return JSONResponse(result, status_code=200 if result.get("saved") else 422)
 
     routes = [
@@ -268,11 +305,14 @@ def create_app(session: EditorSession, hosts: Iterable[str]) -> ASGIApp:
         Route("/static/{name}", static, methods=["GET"]),
         Route("/api/scans", scans, methods=["GET"]),
         Route("/api/scan", scan, methods=["GET"]),
-        Route("/api/image", image, methods=["GET"]),
+        Route(IMAGE_PATH, image, methods=["GET"]),
         Route("/api/colors", colors, methods=["GET"]),
         Route("/api/check", check, methods=["POST"]),
         Route("/api/segment", segment, methods=["POST"]),
         Route("/api/save", save, methods=["POST"]),
         Route("/api/preview", preview, methods=["POST"]),
+        Route("/api/folder", folder, methods=["GET"]),
+        Route("/api/folder/check", folder_check, methods=["POST"]),
+        Route("/api/folder/save", folder_save, methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), session, hosts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -19,6 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from mtcolor_batch.core.errors import HintError
+from mtcolor_batch.core.yaml_guarded import parse_marked
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar
 
 HINT_KEYS: tuple[str, ...] = tuple(InstanceHint.model_fields)
@@ -29,6 +31,71 @@ _LIST_KEYS = {"box", "points", "polygon"}
 
 class DocumentError(HintError):
     """The current file cannot be carried through a round trip (broken YAML syntax, not a mapping)."""
+
+
+MAX_DOC_DEPTH = 8
+"""Nesting a document from the page can have (doc > instances > hint > polygon > point is 5)."""
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def check_document(doc: object, max_uploads: int) -> dict[str, Any]:
+    """The page's document if it has the shape :func:`to_document` gives, else one-line DocumentError.
+
+    Why: the request body is the one input a hostile page controls whole; a list where an object
+    belongs, a NUL or control character in a name, or a very deep value must be a 400 naming the
+    field, never a traceback deep in the YAML writer. Values themselves (is this box valid?) are
+    left to the sidecar rules, which report them like ``hints check``.
+    """
+    if not isinstance(doc, dict):
+        raise DocumentError("'doc' must be an object")
+    _check_values(doc)
+    for key in ("prompt", "seed"):
+        if not isinstance(doc.get(key), _SCALAR):
+            raise DocumentError(f"'{key}' must be text or a number")
+    for key in ("exclude", "extra"):
+        _check_names(doc.get(key), f"'{key}'")
+    hints = doc.get("instances")
+    if hints is None:
+        return doc
+    if not isinstance(hints, list):
+        raise DocumentError("'instances' must be a list of hints")
+    for k, hint in enumerate(hints, 1):
+        if not isinstance(hint, dict):
+            raise DocumentError(f"hint {k} must be an object")
+        orig = hint.get("orig")
+        if orig is not None and (not isinstance(orig, int) or isinstance(orig, bool)):
+            raise DocumentError(f"hint {k}: 'orig' must be a whole number or null")
+        if not isinstance(hint.get("upload"), (str, type(None))):
+            raise DocumentError(f"hint {k}: 'upload' must name a painted mask")
+        _check_names(hint.get("extra"), f"hint {k}: 'extra'")
+    uploads = sum(1 for hint in hints if hint.get("upload") is not None)
+    if uploads > max_uploads:  # counted per hint: one upload named by many hints writes many files
+        raise DocumentError(f"{uploads} hints with a painted mask; at most {max_uploads} per save")
+    return doc
+
+
+def _check_names(value: object, where: str) -> None:
+    """A list of names (what the page sends), or the object :func:`to_document` gave (its keys)."""
+    if value is not None and not (isinstance(value, (list, dict)) and all(isinstance(v, str) for v in value)):
+        raise DocumentError(f"{where} must be a list of names")
+
+
+def _check_values(doc: dict[str, Any]) -> None:
+    """No value deeper than :data:`MAX_DOC_DEPTH`, no control character in any text (walked without
+    recursion, so a deep value cannot exhaust the stack here either)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DOC_DEPTH:
+            raise DocumentError(f"the document is nested deeper than {MAX_DOC_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth) for k in value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            shown = value.encode("unicode_escape").decode("ascii")[:60]
+            raise DocumentError(f"text '{shown}' holds a control character (NUL, newline...)")
 
 
 def _yaml() -> YAML:
@@ -54,7 +121,22 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _guard(text: str, path: str) -> None:
+    """Parse ``text`` with the guarded loader (:mod:`mtcolor_batch.core.yaml_guarded`) before ruamel
+    sees it: an alias bomb ("billion laughs"), deep nesting or a syntax error stops here as one line.
+
+    Why: ruamel's round-trip loader keeps aliases as shared nodes, and turning them into the page's
+    JSON expands them; a 600-byte sidecar grew the server past 1.7 GB. ``run``, ``hints check`` and
+    the editor thus accept exactly the same files; ruamel only carries the layout of accepted ones.
+    """
+    try:
+        parse_marked(Path(path), text)
+    except HintError as exc:
+        raise DocumentError(exc.message, path=path, line=exc.line, column=exc.column, hint=exc.hint) from None
+
+
 def _load_root(text: str, path: str) -> CommentedMap | None:
+    _guard(text, path)
     try:
         root = _yaml().load(text) if text.strip() else None
     except YAMLError as exc:
@@ -64,6 +146,12 @@ def _load_root(text: str, path: str) -> CommentedMap | None:
             path=path,
             line=mark.line + 1 if mark is not None else None,
             hint="fix that line in a text editor (`mtcolor-batch hints check` shows it), then reload",
+        ) from None
+    except ValueError as exc:  # a value ruamel cannot build (an integer of over 4300 digits)
+        raise DocumentError(
+            f"the sidecar has a value the editor cannot carry through a save ({str(exc)[:80]})",
+            path=path,
+            hint="fix it in a text editor (`mtcolor-batch hints check` shows the line), then reload",
         ) from None
     if root is not None and not isinstance(root, CommentedMap):
         raise DocumentError(
@@ -186,8 +274,9 @@ def apply_document(text: str, doc: Mapping[str, Any], path: str = "sidecar") -> 
 def instance_lines(text: str) -> list[int]:
     """1-based first line of each ``instances`` item in ``text`` (to pin an error to its hint)."""
     try:
+        _guard(text, "sidecar")
         root = _yaml().load(text)
-    except YAMLError:
+    except (YAMLError, DocumentError, ValueError):
         return []
     seq = root.get("instances") if isinstance(root, CommentedMap) else None
     if not isinstance(seq, CommentedSeq):

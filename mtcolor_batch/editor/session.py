@@ -15,15 +15,18 @@ requests. Safety rules live here too, because they are about files, not HTTP:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
+import os
 import secrets
 import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +40,19 @@ from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import HintError, UserError
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.core.yaml_guarded import decode_utf8, read_capped
 from mtcolor_batch.editor.document import DocumentError, apply_document, instance_lines, to_document
 from mtcolor_batch.hints.colors import color_table, parse_color
+from mtcolor_batch.hints.folder_rules import folder_chain, missing_colour_errors, needs_colour
 from mtcolor_batch.hints.resolve import DEFAULT_LABEL, default_text
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, parse_sidecar_text
 from mtcolor_batch.perception.models import Perception
 from mtcolor_batch.perception.overlay import instance_rgb, render_overlay
-from mtcolor_batch.scan.imageio import load_scan
+from mtcolor_batch.scan.discover import ScanFile
+from mtcolor_batch.scan.imageio import load_scan, upright_size
 from mtcolor_batch.scan.sidecars import find_sidecar, sidecar_candidates
 from mtcolor_batch.stages.instances import scan_instances
+from mtcolor_batch.stages.pipeline import Pipeline
 
 NO_FILE = "none"
 """ETag of a sidecar that does not exist yet."""
@@ -57,6 +64,29 @@ MAX_POINTS = 64
 
 class ConflictError(UserError):
     """The sidecar changed on disk since this page loaded it: saving would lose someone's edit."""
+
+
+SAVE_LOCK_NAME = ".mtcolor-edit.lock"
+"""In the scan folder: every ``hints edit`` server on that folder takes it for each save."""
+
+
+@contextlib.contextmanager
+def _save_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the scan folder's save lock file while one save checks and writes.
+
+    Why across processes: two ``hints edit`` servers on one folder each have their own thread lock,
+    so both saw the etag their page loaded and both wrote, each reporting "saved", one edit lost.
+    Blocking (a save takes milliseconds); the kernel drops the lock if the server dies.
+    """
+    try:
+        fd = os.open(root / SAVE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise HintError(f"cannot save: {exc.strerror or exc}", path=root / SAVE_LOCK_NAME) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 class NotFound(UserError):
@@ -137,9 +167,16 @@ class EditorSession:
 
     # -- names ------------------------------------------------------------------------------
     def scan_path(self, rel: str) -> Path:
+        """The scan's path, re-checked now: a scan (or a folder above it) swapped for a symlink
+        after start-up must not make the server read a file outside the scan folder."""
         path = self.scans.get(rel)
         if path is None:
             raise NotFound(f"no scan '{rel}' in this session", hint="pick one from the list")
+        if Path(os.path.realpath(path)) != path:
+            raise NotFound(
+                f"scan '{rel}' was replaced by a link since the editor started; it is not served",
+                hint="restart `hints edit` if the change was yours",
+            )
         return path
 
     def sidecar_path(self, rel: str) -> Path:
@@ -157,6 +194,28 @@ class EditorSession:
             raise HintError(f"refusing to write outside the scan folder {self.root}", path=path)
         return real
 
+    # -- for the folder rules panel (editor/folder_panel.py) ----------------------------------------
+    @property
+    def write_lock(self) -> threading.Lock:
+        """Held by every save, so an ETag check and its rename pair up across both panels."""
+        return self._write_lock
+
+    def relative(self, path: Path) -> str:
+        return self._rel(path)
+
+    def inside(self, path: Path) -> Path:
+        return self._inside(path)
+
+    def forget(self) -> None:
+        """Drop every cached scan: a folder rule change can recolour any of them."""
+        with self._load_lock:
+            self._cache.clear()
+
+    @staticmethod
+    def swatch(color: object) -> str | None:
+        """The ``#rrggbb`` of a colour as the picker shows it (None if it does not parse)."""
+        return EditorSession._swatch(color)
+
     # -- reading ----------------------------------------------------------------------------
     def read_sidecar(self, rel: str) -> tuple[str, str]:
         """(text, etag) of the scan's sidecar; ("", "none") when there is none yet."""
@@ -164,19 +223,10 @@ class EditorSession:
         if not path.exists():
             return "", NO_FILE
         self._inside(path)
-        size = path.stat().st_size
-        if size > self.max_sidecar_bytes:
-            raise HintError(
-                f"sidecar is {size} bytes, over the {self.max_sidecar_bytes}-byte limit",
-                path=path,
-                hint="edit it in a text editor",
-            )
-        data = path.read_bytes()[: self.max_sidecar_bytes + 1]
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise HintError("sidecar is not UTF-8 text", path=path, hint="save the file as UTF-8") from None
-        return text, hashlib.sha256(data).hexdigest()
+        # The run's own reader: size cap before reading, and a FIFO, directory or device is refused
+        # unopened (reading a FIFO hung the listing, and a directory made it a 500).
+        data = read_capped(path, self.max_sidecar_bytes)
+        return decode_utf8(path, data), hashlib.sha256(data).hexdigest()
 
     def _loaded(self, rel: str) -> _Loaded:
         """The run's view of a scan (cached: the scan array also keys SAM's embedding cache)."""
@@ -207,6 +257,10 @@ class EditorSession:
         if sidecar is not None and not problems:
             try:
                 check_instance_count(sidecar, path, self.profile.hints.max_sidecar_instances)
+                # a region with only a label needs a folder rule (or label hint) for its colour
+                if any(needs_colour(h) for h in sidecar.instances):
+                    chain = folder_chain(path, self.root, self.max_sidecar_bytes)
+                    problems = missing_colour_errors(sidecar.instances, path, chain)
             except HintError as exc:
                 problems = [exc]
         return sidecar, problems
@@ -217,7 +271,6 @@ class EditorSession:
         return [_problem_dict(p, lines) for p in problems]
 
     def _size(self, rel: str) -> tuple[int, int]:
-        from mtcolor_batch.scan.imageio import upright_size
 
         return upright_size(self.scan_path(rel))
 
@@ -231,7 +284,7 @@ class EditorSession:
                 try:
                     text, _ = self.read_sidecar(rel)
                     problems = len(self._problems(rel, text))
-                except UserError:
+                except (UserError, OSError):  # this scan's problem: the listing goes on
                     problems = 1
             out.append(
                 {
@@ -280,6 +333,7 @@ class EditorSession:
             "box": [int(v) for v in inst.box],
             "color": f"#{r:02x}{g:02x}{b:02x}",
             "hint_color": inst.color.name if inst.color is not None else None,
+            "hint_from": inst.hint_from,  # "a/mtcolor-folder.yaml:3" marks a folder rule's colour
         }
 
     def image_png(self, rel: str) -> bytes:
@@ -288,9 +342,10 @@ class EditorSession:
         return _png(Image.fromarray(np.round(np.clip(luma, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L"))
 
     def overlay_png(self, rel: str) -> bytes:
-        """The ``hints show`` picture of the saved sidecar."""
+        """The ``hints show`` picture of the saved sidecar, without the run's ids: the page numbers
+        the hints, and one picture shows one numbering."""
         loaded = self._loaded(rel)
-        return _png(render_overlay(loaded.scan.luma, loaded.instances))
+        return _png(render_overlay(loaded.scan.luma, loaded.instances, numbered=False))
 
     # -- live help while editing ----------------------------------------------------------------
     def check(self, rel: str, doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,6 +388,8 @@ class EditorSession:
         if sidecar is None or problems:
             return None
         item = sidecar.instances[0]
+        if needs_colour(item):
+            return None  # a label-only region: its text is the folder rule's, known once saved
         return default_text(item, item.label.strip() if item.label else DEFAULT_LABEL)
 
     @staticmethod
@@ -368,8 +425,6 @@ class EditorSession:
         folder, and returned as a PNG (8-bit, for the browser); the temporary files are removed."""
         if self.bundle_dir is None:
             raise UserError("no model bundle: start `hints edit` with --model BUNDLE to colorize a preview")
-        from mtcolor_batch.scan.discover import ScanFile
-        from mtcolor_batch.stages.pipeline import Pipeline
 
         path = self.scan_path(rel)
         with self._preview_lock, tempfile.TemporaryDirectory(prefix="mtcolor-preview-") as tmp:
@@ -413,6 +468,14 @@ class EditorSession:
         on = arr[:, :, 3] >= 128
         return _png(Image.fromarray(np.where(on, 255, 0).astype(np.uint8), mode="L"))
 
+    def _check_etag(self, rel: str, current: str, etag: str) -> None:
+        if current != etag:
+            raise ConflictError(
+                "the sidecar changed since this page loaded it (another tab or program saved it)",
+                path=self.sidecar_path(rel),
+                hint="nothing was written; reload to see the other version, then redo your change",
+            )
+
     def save(
         self, rel: str, etag: str, doc: Mapping[str, Any], uploads: Mapping[str, bytes]
     ) -> dict[str, Any]:
@@ -424,14 +487,9 @@ class EditorSession:
         if len(uploads) > MAX_UPLOAD_MASKS:
             raise HintError(f"at most {MAX_UPLOAD_MASKS} painted masks per save")
         scan = self.scan_path(rel)
-        with self._write_lock:
+        with self._write_lock, _save_lock(self.root):
             text, current = self.read_sidecar(rel)
-            if current != etag:
-                raise ConflictError(
-                    "the sidecar changed since this page loaded it (another tab or program saved it)",
-                    path=self.sidecar_path(rel),
-                    hint="nothing was written; reload to see the other version, then redo your change",
-                )
+            self._check_etag(rel, current, etag)
             sidecar = self.sidecar_path(rel)
             self._inside(sidecar)
             target = sidecar
@@ -469,6 +527,12 @@ class EditorSession:
                     path.unlink(missing_ok=True)
                 lines = instance_lines(new_text)
                 return {"saved": False, "problems": [_problem_dict(p, lines) for p in problems]}
+            try:  # a program that ignores the lock (a text editor) may have saved meanwhile
+                self._check_etag(rel, self.read_sidecar(rel)[1], etag)
+            except ConflictError:
+                for path in masks:
+                    path.unlink(missing_ok=True)
+                raise
             digest = atomic_write_bytes(target, new_text.encode("utf-8"))
             with self._load_lock:
                 self._cache.pop(rel, None)

@@ -48,6 +48,7 @@ from mtcolor_batch.evaluate.fid import FidScorer, FidUnavailable
 from mtcolor_batch.evaluate.iqa import IqaScorer
 from mtcolor_batch.evaluate.records import read_failures
 from mtcolor_batch.jobs.runner import RunRequest, run_batch
+from mtcolor_batch.model.registry import find_bundle
 from mtcolor_batch.scan.discover import discover
 from mtcolor_batch.scan.imageio import rgb_to_gray
 from mtcolor_batch.scan.tone import not_colour_reason
@@ -239,8 +240,7 @@ def instance_source(settings: ProtocolSettings) -> tuple[dict[str, Any], str]:
     the bundle's detector + SAM find them, and each output's provenance shows it (profile values,
     paper deviations). A profile the user names is taken as it is.
     """
-    from mtcolor_batch.model.registry import find_bundle
-    from mtcolor_batch.perception.models import bundle_can_auto_segment
+    from mtcolor_batch.perception.models import bundle_can_auto_segment  # deferred: loads torch
 
     if settings.annotations is not None:
         if AUTO_INSTANCES in settings.overrides:

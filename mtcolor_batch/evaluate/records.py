@@ -136,6 +136,15 @@ def read_record(json_path: Path, out_dir: Path) -> FileRecord:
         raise UserError(f"cannot read provenance record: {exc}", path=json_path) from exc
     if not isinstance(data, dict) or not isinstance(data.get("input"), dict):
         raise UserError("not an mtcolor-batch provenance record (no 'input')", path=json_path)
+    try:
+        return _record(json_path, out_dir, data)
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # a hand-edited record
+        raise UserError(
+            f"provenance record has a value of the wrong type ({exc}); skipped", path=json_path
+        ) from exc
+
+
+def _record(json_path: Path, out_dir: Path, data: dict[str, Any]) -> FileRecord:
     inp = data["input"]
     relpath = str(inp.get("relpath") or json_path.name)
     source_path = Path(inp["path"]) if inp.get("path") else None
@@ -186,6 +195,11 @@ def find_records(out_dir: Path) -> list[Path]:
         if path.relative_to(out_dir).parts[0] not in SKIP_DIRS:
             found.add(path)
     return sorted(found, key=lambda p: p.relative_to(out_dir).as_posix())
+
+
+def done_rows(out_dir: Path) -> list[Row]:
+    """Done rows of the journal(s), by relative path: the outputs ``verify`` checks."""
+    return sorted((r for r in _journal_rows(out_dir) if r.state == "done"), key=lambda r: r.relpath)
 
 
 def read_failures(out_dir: Path) -> list[FailedRow]:

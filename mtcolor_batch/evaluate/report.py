@@ -23,7 +23,7 @@ from skimage.color import lab2rgb
 
 from mtcolor_batch import __version__
 from mtcolor_batch.core.color import image_lightness
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.errors import UserError, visible_text
 from mtcolor_batch.core.fs import atomic_write_text, staged_dir
 from mtcolor_batch.evaluate import metrics
 from mtcolor_batch.evaluate.evaluation import (
@@ -34,18 +34,20 @@ from mtcolor_batch.evaluate.evaluation import (
     score_arrays,
 )
 from mtcolor_batch.evaluate.records import FailedRow, FileRecord, find_records, read_failures
-from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK
+from mtcolor_batch.evaluate.verify import verify_output
+from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK, REPORT_FOLDER
 
 REPORT_HTML = "report.html"
-REPORT_DIR = "report_files"
+REPORT_DIR = REPORT_FOLDER
 THUMB_LONG_SIDE = 640
 ASSETS = ("errortrap.js", "report.css", "report.js")
 _PALETTE = ("#ff4d4d", "#4dd2ff", "#ffd24d", "#7dff4d", "#ff4dd2", "#b84dff", "#ff944d", "#4dffb8")
 
 
 def e(value: object) -> str:
-    """HTML-escape anything shown (quotes too: it also goes into attributes)."""
-    return html.escape(str(value), quote=True)
+    """HTML-escape anything shown (quotes too: it also goes into attributes); control and
+    right-to-left override characters from file names are shown as ``\\xNN`` / ``\\uNNNN``."""
+    return html.escape(visible_text(str(value)), quote=True)
 
 
 @dataclass
@@ -187,6 +189,13 @@ def _href(out_dir: Path, path: Path) -> str:
     return quote(path.relative_to(out_dir).as_posix())
 
 
+def _credentials_badge(rec: FileRecord, image: Path, out_dir: Path) -> str:
+    """Content Credentials: valid / invalid / absent, checked as ``mtcolor-batch verify`` does."""
+    v = verify_output(image, rec.raw, rec.source_path, out_dir=out_dir, source=rec.relpath)
+    title = "; ".join(v.problems) or f"C2PA manifest signed by {v.check.signer} ({v.check.trust})"
+    return f'<span class="badge cc-{v.badge}" title="{e(title)}">Content Credentials: {v.badge}</span>'
+
+
 def _done_html(entry: _Entry, out_dir: Path) -> str:
     rec = entry.pred.record
     assert rec is not None and entry.size is not None
@@ -201,6 +210,7 @@ def _done_html(entry: _Entry, out_dir: Path) -> str:
         badges += f'<span class="badge hinted">{hinted} hinted</span>'
     if warn:
         badges += f'<span class="badge warn">{len(rec.warnings)} warning(s)</span>'
+    badges += _credentials_badge(rec, entry.pred.path, out_dir)
     prompt = e(rec.prompt or "")
     sidecar = (rec.raw.get("sidecar") or {}).get("path")
     meta = [

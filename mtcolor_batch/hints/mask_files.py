@@ -28,6 +28,9 @@ def resolve_mask_path(raw: str, sidecar_path: Path, scan_root: Path) -> Path:
     every symlink and '..' it must still be inside ``scan_root`` (so neither '../../etc/x.png' nor a
     symlink pointing out of the tree can make the tool read a file the archive does not contain).
     """
+    if "\0" in raw:  # no file can have it; the OS calls would raise ValueError, not an OSError
+        shown = raw.replace("\0", "\\0")
+        raise HintError(f"mask path '{shown}' holds a NUL character", path=sidecar_path)
     if PurePosixPath(raw).is_absolute() or PureWindowsPath(raw).is_absolute() or raw.startswith(("~", "\\")):
         raise HintError(
             f"mask path '{raw}' is absolute",

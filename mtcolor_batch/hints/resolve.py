@@ -19,14 +19,23 @@ import numpy as np
 from skimage.draw import polygon as draw_polygon
 
 from mtcolor_batch.core.config import HintSettings
-from mtcolor_batch.core.errors import HintError
-from mtcolor_batch.core.types import Box, Instance, Scan, box_from_mask
+from mtcolor_batch.core.errors import HintError, path_text
+from mtcolor_batch.core.types import Box, ColorHint, Instance, Scan, box_from_mask
 from mtcolor_batch.hints.colors import describe
+from mtcolor_batch.hints.folder_rules import (
+    NO_FOLDER_RULES,
+    FolderChain,
+    label_colour,
+    needs_colour,
+    no_colour_error,
+    norm_label,
+)
 from mtcolor_batch.hints.mask_files import load_mask_file, resolve_mask_path
 from mtcolor_batch.hints.schema import InstanceHint, Sidecar, mask_error
 from mtcolor_batch.scan.sidecars import shadowed_sidecar
 
 __all__ = [
+    "effective_exclude",
     "PromptSegmenter",
     "ResolvedHints",
     "resolve_hints",
@@ -60,10 +69,8 @@ class ResolvedHints:
     warnings: list[str] = field(default_factory=list)
     sidecar_sha256: str | None = None
     exclude: list[str] = field(default_factory=list)
-
-
-def _norm_label(text: str) -> str:
-    return " ".join(text.strip().lower().replace("_", " ").split())
+    negative_prompt: str | None = None  # the nearest folder rules file's, if any
+    folder_files: dict[str, str] = field(default_factory=dict)  # applying rules files: {relpath: sha256}
 
 
 NO_SEGMENTER_NOTE = "no segmentation model, so the whole box is used as the region"
@@ -221,12 +228,71 @@ def _region(
     raise AssertionError("label hints are bound, not drawn")  # pragma: no cover
 
 
+WORN_BY = frozenset(
+    {
+        "man", "woman", "person", "boy", "girl", "child", "baby", "kid", "lady", "gentleman",
+        "soldier", "sailor", "officer", "policeman", "worker", "nurse", "bride", "groom", "priest",
+        "nun", "student", "teacher", "player", "rider", "farmer", "fisherman",
+    }
+)  # fmt: skip
+"""Labels whose colour is what they wear: "a navy man" reads wrong, "a man in navy" right."""
+WORN_BY_PLURAL = frozenset(
+    {"people", "men", "women", "children", "boys", "girls", "soldiers", "sailors", "workers", "crowd"}
+)
+
+
+def hint_text(color: ColorHint | None, text: str | None, label: str) -> str:
+    """The archivist's own text, else the colour and label as one phrase (docs/hints-texts.md):
+    'a {color} {label}' as in the MT-Color paper ("a navy coat"), but for people, whose colour is
+    their clothes, '{label} in {color}' ("a man in navy", "people in red")."""
+    if text:
+        return text
+    assert color is not None  # schema: color and/or text
+    words = describe(color)
+    head = label.lower().split()[-1] if label.split() else ""
+    if head in WORN_BY_PLURAL:
+        return f"{label} in {words}"
+    if head in WORN_BY:
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        return f"{article} {label} in {words}"
+    return f"a {words} {label}"
+
+
 def default_text(hint: InstanceHint, label: str) -> str:
-    """'a {color} {label}' as in the MT-Color paper, or the archivist's own text."""
-    if hint.text:
-        return hint.text
-    assert hint.color_hint is not None  # schema: color and/or text
-    return f"a {describe(hint.color_hint)} {label}"
+    """A hint's instance text (:func:`hint_text` of its colour and text)."""
+    return hint_text(hint.color_hint, hint.text, label)
+
+
+def _origin(sidecar_path: Path | None, scan_root: Path, hint: InstanceHint) -> str:
+    """``<sidecar path relative to the scan root>:<line>``: the record's answer to "whose colour"."""
+    if sidecar_path is None:
+        return f"sidecar:{hint.line}"
+    try:
+        name = sidecar_path.relative_to(scan_root).as_posix()
+    except ValueError:
+        name = sidecar_path.name
+    return f"{path_text(name)}:{hint.line}"
+
+
+def _bind(kept: list[Instance], key: str, index: int | None) -> list[int]:
+    """Positions in ``kept`` of the detected instances with this label (``index``: the k-th from the
+    left, ties top first); [] when there are none or fewer than ``index``."""
+    matches = sorted(
+        (k for k, a in enumerate(kept) if norm_label(a.label) == key),
+        key=lambda k: (kept[k].match_box[0], kept[k].match_box[1], kept[k].id),
+    )
+    if index is not None:
+        return [matches[index - 1]] if index <= len(matches) else []
+    return matches
+
+
+def effective_exclude(sidecar: Sidecar | None, chain: FolderChain) -> set[str]:
+    """Labels not used as instances: the folder chain's, less those the sidecar gives a label hint
+    (the sidecar wins), plus the sidecar's own ``exclude`` (normalised labels)."""
+    hints = sidecar.instances if sidecar is not None else []
+    own_labels = {norm_label(h.label or "") for h in hints if h.region == "label"}
+    own_exclude = {norm_label(x) for x in (sidecar.exclude if sidecar is not None else [])}
+    return (chain.exclude - own_labels) | own_exclude
 
 
 def resolve_hints(
@@ -237,17 +303,24 @@ def resolve_hints(
     segmenter: PromptSegmenter | None,
     scan_root: Path,
     settings: HintSettings | None = None,
+    folder: FolderChain | None = None,
 ) -> ResolvedHints:
-    """Apply a sidecar to one scan's auto instances.
+    """Apply the folder rules and then the sidecar to one scan's auto instances.
 
-    - ``exclude`` removes auto instances with those labels (case-insensitive);
+    - ``exclude`` removes auto instances with those labels (case-insensitive): the folder chain's
+      (minus labels the sidecar gives a label hint: the sidecar wins) plus the sidecar's own;
     - a label hint binds to every auto instance of that label, or with ``index: k`` to the k-th
       from the left (ties: top first); the bound instance keeps its mask and id, becomes
       ``source="sidecar"`` and takes the hint's colour and text;
+    - a folder rule binds the same way, for labels the sidecar gives no label hint, to instances no
+      sidecar hint coloured; a rule that finds nothing is silent (it speaks for many scans, most of
+      which hold no tram);
     - box/points go to ``segmenter`` (box alone without one: the box itself, with a warning); a box's
       mask is clipped to the box, which is the user's bound;
-      polygon and mask file give exact regions;
-    - a hint that applies to nothing adds a warning (it is never dropped silently);
+      polygon and mask file give exact regions; a drawn region with a ``label`` and no colour or
+      text takes the folder rule's for that label (no rule: :class:`HintError` at its line);
+    - each hinted instance's ``hint_from`` says where its colour is written (file:line);
+    - a sidecar hint that applies to nothing adds a warning (it is never dropped silently);
     - coordinates outside the scan and unsafe or mis-sized mask files raise :class:`HintError`
       with the sidecar line, which fails this file only.
 
@@ -255,34 +328,36 @@ def resolve_hints(
     """
     del settings
     autos = list(autos)
-    if sidecar is None:
+    chain = folder or NO_FOLDER_RULES
+    if sidecar is None and not chain.files:
         return ResolvedHints(instances=autos, prompt=None, seed=None)
+    hints = sidecar.instances if sidecar is not None else []
     notes: list[str] = []
     source = getattr(scan, "source", None)
-    if source is not None:
+    if sidecar is not None and source is not None:
         other = shadowed_sidecar(Path(source))
         if other is not None:
             used = sidecar_path.name if sidecar_path is not None else "the first sidecar"
             notes.append(f"both {used} and {other.name} exist; using {used} ({other.name} is ignored)")
     size = scan.luma.shape
-    excluded = {_norm_label(x) for x in sidecar.exclude}
-    kept = [a for a in autos if _norm_label(a.label) not in excluded]
+    own_labels = {norm_label(h.label or "") for h in hints if h.region == "label"}
+    own_exclude = [] if sidecar is None else list(sidecar.exclude)
+    excluded = effective_exclude(sidecar, chain)
+    kept = [a for a in autos if norm_label(a.label) not in excluded]
     next_id = max((a.id for a in autos), default=0) + 1
     bound_by: dict[int, int] = {}  # auto id -> hint position that coloured it
     drawn: list[Instance] = []
-    for hint in sidecar.instances:
+    for hint in hints:
         _check_bounds(hint, size, sidecar_path)
         where = _where(sidecar_path, hint)
+        origin = _origin(sidecar_path, scan_root, hint)
         if hint.region == "label":
             label = hint.label or ""
-            key = _norm_label(label)
+            key = norm_label(label)
             if key in excluded:
                 notes.append(f"{where}: label '{label}' is also listed under exclude; hint not applied")
                 continue
-            matches = sorted(
-                (k for k, a in enumerate(kept) if _norm_label(a.label) == key),
-                key=lambda k: (kept[k].match_box[0], kept[k].match_box[1], kept[k].id),
-            )
+            matches = _bind(kept, key, None)
             if not matches:
                 seen = sorted({a.label for a in kept})
                 notes.append(
@@ -312,31 +387,61 @@ def resolve_hints(
                     color=hint.color_hint,
                     text=default_text(hint, auto.label),
                     score=1.0,
+                    hint_from=origin,
                 )
             continue
+        label = hint.label.strip() if hint.label else DEFAULT_LABEL
+        color, text = hint.color_hint, hint.text
+        if needs_colour(hint):  # drawn with a label only: its label hint or the folder rule colours it
+            source_of = label_colour(hint, hints, chain)
+            if source_of is None:
+                raise no_colour_error(hint, sidecar_path)
+            if isinstance(source_of, InstanceHint):
+                color, text = source_of.color_hint, source_of.text
+                origin = _origin(sidecar_path, scan_root, source_of)
+            else:
+                color, text, origin = source_of.color, source_of.text, source_of.origin
         region, score = _region(hint, scan, segmenter, sidecar_path, scan_root, notes)
         if region is None:
             continue
         mask, box = region
-        label = hint.label.strip() if hint.label else DEFAULT_LABEL
         drawn.append(
             Instance(
                 id=next_id,
                 label=label,
-                text=default_text(hint, label),
+                text=hint_text(color, text, label),
                 mask=mask,
                 box=box,
                 source="sidecar",
                 score=score,
-                color=hint.color_hint,
+                color=color,
+                hint_from=origin,
             )
         )
         next_id += 1
+    for key, rules in chain.rules.items():
+        if key in own_labels or key in excluded:
+            continue  # the sidecar speaks for this label in this scan
+        for rule in sorted(rules, key=lambda r: r.index is None):  # an indexed rule before the general one
+            for k in _bind(kept, key, rule.index):
+                auto = kept[k]
+                if auto.id in bound_by or auto.hint_from is not None:
+                    continue  # a sidecar hint, or a rule with an index, already coloured it
+                kept[k] = replace(
+                    auto,
+                    source="sidecar",
+                    color=rule.color,
+                    text=hint_text(rule.color, rule.text, auto.label),
+                    score=1.0,
+                    hint_from=rule.origin,
+                )
     return ResolvedHints(
         instances=kept + drawn,
-        prompt=sidecar.prompt,
-        seed=sidecar.seed,
+        prompt=sidecar.prompt if sidecar is not None and sidecar.prompt else chain.prompt,
+        seed=sidecar.seed if sidecar is not None else None,
         warnings=notes,
-        sidecar_sha256=sidecar.sha256 or None,
-        exclude=list(sidecar.exclude),
+        sidecar_sha256=(sidecar.sha256 or None) if sidecar is not None else None,
+        exclude=sorted(excluded) if chain.files else own_exclude,
+        negative_prompt=chain.negative_prompt,
+        folder_files=chain.digests,
     )

@@ -93,7 +93,11 @@ class InstanceHint(_Strict):
     polygon: list[Point] | None = Field(None, min_length=3, description="Exact region corners [[x, y], ...].")
     mask: str | None = Field(None, min_length=1, description="Mask image path relative to the sidecar.")
     color: str | None = Field(None, description="CSS/X11/archival name, #rrggbb, rgb(...), lab(L, a, b).")
-    text: str | None = Field(None, min_length=1, description="Instance text; default 'a {color} {label}'.")
+    text: str | None = Field(
+        None,
+        min_length=1,
+        description="Instance text; default 'a {color} {label}' ('a {label} in {color}' for people).",
+    )
 
     _line: int = PrivateAttr(0)
     _column: int = PrivateAttr(0)
@@ -283,7 +287,15 @@ def _check_instance(
                 "remove index: or the box/points/polygon/mask",
             )
         )
-    if hint.color is None and hint.text is None and (*base, "color") not in located.null_scalars:
+    # A drawn region with a label and no colour takes the folder rule's for that label (resolve and
+    # `hints check` fail it, at this line, when no rule applies).
+    colour_from_rule = bool(regions) and hint.label is not None
+    if (
+        hint.color is None
+        and hint.text is None
+        and not colour_from_rule
+        and (*base, "color") not in located.null_scalars
+    ):
         problems.append(
             error_at(
                 path,
@@ -406,13 +418,9 @@ def _check_bounds(
     return problems
 
 
-def _validate(
-    path: Path,
-    data: Any,
-    located: Located,
-    scan_size: tuple[int, int] | None,
-    scan_root: Path | None = None,
-) -> tuple[Sidecar | None, list[HintError]]:
+def top_mapping(path: Path, data: Any, located: Located, what: str) -> tuple[dict | None, list[HintError]]:
+    """The file's top-level mapping (an empty file is an empty one) and the loader's own problems;
+    None when the file is not a block of ``key: value`` lines. Sidecars and folder rules files alike."""
     problems = [error_at(path, mark, msg, hint) for mark, msg, hint in located.problems]
     if data is None:
         data = {}
@@ -421,10 +429,23 @@ def _validate(
             error_at(
                 path,
                 located.mark_for(()),
-                "a sidecar must be a block of 'key: value' lines",
+                f"a {what} must be a block of 'key: value' lines",
                 "start with version: 1",
             )
         )
+        return None, problems
+    return data, problems
+
+
+def _validate(
+    path: Path,
+    data: Any,
+    located: Located,
+    scan_size: tuple[int, int] | None,
+    scan_root: Path | None = None,
+) -> tuple[Sidecar | None, list[HintError]]:
+    data, problems = top_mapping(path, data, located, "sidecar")
+    if data is None:
         return None, problems
     top = {k: v for k, v in data.items() if k != "instances"}
     raw_instances = data.get("instances")
@@ -587,17 +608,23 @@ def load_sidecar(path: Path, *, max_bytes: int, scan_size: tuple[int, int] | Non
     """
     sidecar, problems = _load(Path(path), max_bytes, scan_size)
     if problems:
-        first = problems[0]
-        if len(problems) > 1:
-            more = f"{len(problems) - 1} more problem(s) in this file: run `mtcolor-batch hints check {path}`"
-            first = HintError(
-                first.message,
-                path=first.path,
-                line=first.line,
-                column=first.column,
-                hint=f"{first.hint}; {more}" if first.hint else more,
-            )
-        first.problems = problems  # type: ignore[attr-defined]
-        raise first
+        raise first_problem(problems, path)
     assert sidecar is not None
     return sidecar
+
+
+def first_problem(problems: list[HintError], path: Path) -> HintError:
+    """The first of a file's problems, pointing at ``hints check`` for the rest (all on ``.problems``):
+    what ``run`` fails a scan with for a bad sidecar or folder rules file."""
+    first = problems[0]
+    if len(problems) > 1:
+        more = f"{len(problems) - 1} more problem(s) in this file: run `mtcolor-batch hints check {path}`"
+        first = HintError(
+            first.message,
+            path=first.path,
+            line=first.line,
+            column=first.column,
+            hint=f"{first.hint}; {more}" if first.hint else more,
+        )
+    first.problems = problems  # type: ignore[attr-defined]
+    return first

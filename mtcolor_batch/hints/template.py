@@ -39,3 +39,40 @@ def template_text(scan_name: str, size: tuple[int, int], instances: list[Instanc
         ]
     lines.append("# exclude: [sky]   # detected labels not to treat as instances")
     return "\n".join(lines) + "\n"
+
+
+def folder_template_text(
+    folder_name: str, rows: list[tuple[str, int, int]], scans: int, top: int = 20
+) -> str:
+    """The template ``mtcolor-folder.yaml`` ``hints survey`` writes: valid as written (no active rule),
+    the ``top`` most frequent labels as commented rules, ready to be given a colour once.
+
+    ``rows`` are (label, scans it was found in, instances), most frequent first.
+    """
+    lines = [
+        f"# Folder rules for {folder_name}/ and every folder below it,",
+        f"# written by `mtcolor-batch hints survey` from {scans} scan(s).",
+        "# A rule colours its label in every scan it covers:",
+        "#   uncomment a rule (remove '# ' from its lines) and fill in color: and/or text:",
+        '#   (a colour name such as navy or brick red, "#rrggbb" in quotes, rgb(r, g, b) or lab(L, a, b)).',
+        "# A mtcolor-folder.yaml in a subfolder wins over this one for the labels it names, and a",
+        "# scan's own sidecar (photo.jpg.yaml) wins over both. Regions (box, points, polygon, mask)",
+        "# belong in a scan's sidecar, where a region with only label: takes the rule's colour.",
+        "# Then run `mtcolor-batch hints check` on this folder.",
+        "version: 1",
+        '# prompt: "a street in 1910, overcast"',
+        '# negative_prompt: "sepia, monochrome"',
+        "# exclude: [sky]   # detected labels not to treat as instances",
+        "instances:",
+    ]
+    if not rows:
+        lines.append("  # (nothing was detected; add rules by label: - label: tram)")
+    for label, in_scans, instances in rows[:top]:
+        lines += [
+            f"  # {label}: found in {in_scans} of {scans} scan(s), {instances} time(s)",
+            f"  # - label: {label}",
+            "  #   color: ",
+        ]
+    if len(rows) > top:
+        lines.append(f"  # ({len(rows) - top} rarer label(s) left out: see the survey's table)")
+    return "\n".join(lines) + "\n"

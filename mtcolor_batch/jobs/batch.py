@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,9 +27,17 @@ from rich.progress import (
 )
 
 from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.errors import is_out_of_space
+from mtcolor_batch.jobs.inflight import in_flight
 from mtcolor_batch.jobs.journal import Journal
 from mtcolor_batch.scan.discover import ScanFile
-from mtcolor_batch.stages.pipeline import Interrupted, WorkResult
+from mtcolor_batch.stages.pipeline import (
+    FileProcessor,
+    Interrupted,
+    StageCallback,
+    WorkResult,
+    process_one,
+)
 
 
 @dataclass
@@ -47,7 +55,7 @@ class PlannedFile:
 
     @property
     def todo(self) -> bool:
-        return self.action not in ("done", "failed-before")
+        return self.action not in ("done", "failed-before", "other-scan")
 
 
 @dataclass
@@ -57,6 +65,7 @@ class Outcome:
     reason: str = ""
     seconds: float = 0.0
     engine_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # a done file's, as its record says them
 
 
 @dataclass
@@ -72,6 +81,7 @@ class ExecContext:
     bundle_dir: Path
     scan_root: Path
     out_dir: Path
+    halted: str | None = None  # why the run stopped short, no file's fault (the disk is full)
 
 
 class StopController:
@@ -133,15 +143,82 @@ Executor = Callable[[list[PlannedFile], ExecContext], bool]
 def record_result(res: WorkResult, ctx: ExecContext) -> Outcome:
     """Write one file's result into the journal and the outcomes; print a failure's reason."""
     rel = res.relpath
+    if res.state == "no-space":  # not this file's fault: to do again once there is space
+        ctx.journal.mark_pending(rel)
+        ctx.halted = ctx.halted or res.error
+        outcome = Outcome(rel, "pending", "not done (the disk is full)")
+        ctx.outcomes.append(outcome)
+        return outcome
     if res.state == "done":
-        ctx.journal.mark_done(rel, res.outputs, res.timings)
-        outcome = Outcome(rel, "done", "", res.seconds, res.engine_seconds)
+        stats = output_stats(ctx.out_dir, res.outputs, res.output_sha256)
+        ctx.journal.mark_done(
+            rel, res.outputs, res.timings, fingerprint=res.fingerprint or None, output_stats=stats
+        )
+        outcome = Outcome(rel, "done", "", res.seconds, res.engine_seconds, list(res.warnings))
     else:
         ctx.journal.mark_failed(rel, res.error, res.timings)
         outcome = Outcome(rel, "failed", res.error, res.seconds)
         ctx.console.print("[red]failed[/red] " + escape(res.error), soft_wrap=True, highlight=False)
     ctx.outcomes.append(outcome)
     return outcome
+
+
+def run_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback, out_dir: Path) -> WorkResult:
+    """:func:`process_one` with the file's in-flight marker held (``jobs.inflight``): what every
+    executor (this process or a Ray worker) runs for one file."""
+    try:
+        with in_flight(out_dir, item.relpath):
+            return process_one(pipeline, item, stage)
+    except OSError as exc:  # the marker itself could not be written
+        if not is_out_of_space(exc):
+            raise
+        return WorkResult(item.relpath, "no-space", f"{item.relpath}: {exc.strerror or exc}")
+
+
+def output_stats(out_dir: Path, outputs: list[str], hashes: dict[str, str]) -> dict[str, list[Any]]:
+    """{output: [size, mtime_ns, sha256 or None]} as the outputs are now: what a done row vouches for.
+
+    Size and mtime are the cheap check a later run makes (as for inputs); the hash is for
+    ``--verify-outputs``. An output that cannot be stat'ed is left out: the next run redoes the file.
+    """
+    stats: dict[str, list[Any]] = {}
+    for rel in outputs:
+        try:
+            st = (Path(out_dir) / rel).stat()
+        except OSError:
+            continue
+        stats[rel] = [st.st_size, st.st_mtime_ns, hashes.get(rel)]
+    return stats
+
+
+def stale_output(
+    out_dir: Path, outputs: list[str], stats: dict[str, list[Any]], *, rehash: bool
+) -> str | None:
+    """Why a done file's outputs no longer are what was written (None: they are).
+
+    Missing, or a size or mtime other than recorded (truncated, replaced, edited); with ``rehash``
+    also a sha256 other than recorded. Rows written before outputs were recorded have no stats:
+    only their presence is checked.
+    """
+    from mtcolor_batch.core.fs import sha256_file
+
+    for rel in outputs:
+        path = Path(out_dir) / rel
+        try:
+            st = path.stat()
+        except OSError:
+            return f"output {rel} is missing"
+        if not path.is_file():
+            return f"output {rel} is not a file"
+        want = stats.get(rel)
+        if not want:
+            continue
+        size, mtime, sha = want
+        if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            return f"output {rel} changed since it was written"
+        if rehash and sha and sha256_file(path) != sha:
+            return f"output {rel} does not match its sha256"
+    return None
 
 
 def file_progress(console: Console) -> Progress:

@@ -12,13 +12,22 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtcolor_batch.core.errors import UserError
 
 STATES = ("pending", "running", "done", "failed", "skipped")
+_ADDED_COLUMNS = {  # column -> declaration, for journals written before the column existed
+    "crashes": "INTEGER NOT NULL DEFAULT 0",
+    "scan_root": "TEXT",  # the scan folder the file came from (an output folder may hold several)
+    "output_stats": "TEXT NOT NULL DEFAULT '{}'",  # output relpath -> [size, mtime_ns, sha256]
+}
+_ROW_COLUMNS = (
+    "relpath, fingerprint, state, attempts, completions, error, outputs, timings,"
+    " input_size, input_mtime, input_sha256, scan_root, output_stats"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -34,7 +43,9 @@ CREATE TABLE IF NOT EXISTS files (
     input_mtime  INTEGER,
     input_sha256 TEXT,
     updated_at   REAL NOT NULL,
-    crashes      INTEGER NOT NULL DEFAULT 0
+    crashes      INTEGER NOT NULL DEFAULT 0,
+    scan_root    TEXT,
+    output_stats TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -55,6 +66,8 @@ class Row:
     input_size: int | None
     input_mtime: int | None
     input_sha256: str | None
+    scan_root: str | None = None
+    output_stats: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def journal_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
@@ -115,8 +128,9 @@ class Journal:
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
                 columns = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
-                if "crashes" not in columns:  # journals written before the crash-retry cap
-                    self.db.execute("ALTER TABLE files ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+                for name, decl in _ADDED_COLUMNS.items():  # journals written before these existed
+                    if name not in columns:
+                        self.db.execute(f"ALTER TABLE files ADD COLUMN {name} {decl}")
         except JournalDamagedError:
             self.db.close()
             raise
@@ -128,6 +142,10 @@ class Journal:
         except OSError as exc:
             self.db.close()
             raise UserError(f"cannot read the job journal: {exc.strerror or exc}", path=self.path) from exc
+        # A read-only view of an older journal lacks the newer columns: read them as NULL.
+        present = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+        picked = [c if c in present else f"NULL AS {c}" for c in _ROW_COLUMNS.replace(" ", "").split(",")]
+        self._select = f"SELECT {', '.join(picked)} FROM files"
 
     def _check_readable(self) -> None:
         """quick_check plus our own table: anything else is a damaged journal, said out loud."""
@@ -170,19 +188,12 @@ class Journal:
         self.close()
 
     def get(self, relpath: str) -> Row | None:
-        cur = self.db.execute(
-            "SELECT relpath, fingerprint, state, attempts, completions, error, outputs, timings,"
-            " input_size, input_mtime, input_sha256 FROM files WHERE relpath = ?",
-            (relpath,),
-        )
+        cur = self.db.execute(f"{self._select} WHERE relpath = ?", (relpath,))
         rec = cur.fetchone()
         return _row(rec) if rec else None
 
     def all(self) -> list[Row]:
-        cur = self.db.execute(
-            "SELECT relpath, fingerprint, state, attempts, completions, error, outputs, timings,"
-            " input_size, input_mtime, input_sha256 FROM files ORDER BY relpath"
-        )
+        cur = self.db.execute(f"{self._select} ORDER BY relpath")
         return [_row(r) for r in cur.fetchall()]
 
     def counts(self) -> dict[str, int]:
@@ -200,6 +211,7 @@ class Journal:
         mtime: int | None,
         sha256: str | None,
         keep_crashes: bool = False,
+        scan_root: str | None = None,
     ) -> None:
         """(Re)plan a file: new or changed rows become pending; attempts survive for the record.
 
@@ -207,13 +219,14 @@ class Journal:
         """
         self.db.execute(
             "INSERT INTO files (relpath, fingerprint, state, input_size, input_mtime, input_sha256,"
-            " updated_at)"
-            " VALUES (?, ?, 'pending', ?, ?, ?, ?)"
+            " updated_at, scan_root)"
+            " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)"
             " ON CONFLICT(relpath) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'pending',"
             " error = NULL, input_size = excluded.input_size, input_mtime = excluded.input_mtime,"
             " input_sha256 = excluded.input_sha256, updated_at = excluded.updated_at,"
+            " scan_root = COALESCE(excluded.scan_root, scan_root),"
             " crashes = CASE WHEN ? THEN crashes ELSE 0 END",
-            (relpath, fingerprint, size, mtime, sha256, time.time(), keep_crashes),
+            (relpath, fingerprint, size, mtime, sha256, time.time(), scan_root, keep_crashes),
         )
 
     def note_crash(self, relpath: str) -> int:
@@ -237,12 +250,49 @@ class Journal:
             (time.time(), relpath),
         )
 
-    def mark_done(self, relpath: str, outputs: list[str], timings: dict[str, float]) -> None:
+    def mark_done(
+        self,
+        relpath: str,
+        outputs: list[str],
+        timings: dict[str, float],
+        *,
+        fingerprint: str | None = None,
+        output_stats: dict[str, list[Any]] | None = None,
+    ) -> None:
+        """A finished file. ``fingerprint``: the one of the bytes actually used (the sidecar or input
+        may have changed since planning); ``output_stats``: what each output was written as, so a
+        later run can tell a truncated or replaced output from a done one."""
         self.db.execute(
             "UPDATE files SET state = 'done', completions = completions + 1, error = NULL, outputs = ?,"
-            " timings = ?, updated_at = ? WHERE relpath = ?",
-            (json.dumps(outputs), json.dumps(timings, sort_keys=True), time.time(), relpath),
+            " timings = ?, updated_at = ?, fingerprint = COALESCE(?, fingerprint), output_stats = ?"
+            " WHERE relpath = ?",
+            (
+                json.dumps(outputs),
+                json.dumps(timings, sort_keys=True),
+                time.time(),
+                fingerprint,
+                json.dumps(output_stats or {}, sort_keys=True),
+                relpath,
+            ),
         )
+
+    def set_output_stats(self, relpath: str, output_stats: dict[str, list[Any]]) -> None:
+        """Remember what a done file's outputs are now (rows written before outputs were recorded)."""
+        self.db.execute(
+            "UPDATE files SET output_stats = ? WHERE relpath = ?",
+            (json.dumps(output_stats, sort_keys=True), relpath),
+        )
+
+    def meta(self) -> dict[str, str]:
+        """The journal's ``meta`` entries (owner, profile, model; see ``jobs.owner``)."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:  # a read-only view of a journal that never had one
+            return {}
+        return {str(k): str(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+
+    def claim_rows(self, scan_root: str) -> None:
+        """Rows written before rows named their scan folder belong to the journal's own."""
+        self.db.execute("UPDATE files SET scan_root = ? WHERE scan_root IS NULL", (scan_root,))
 
     def mark_failed(self, relpath: str, error: str, timings: dict[str, float] | None = None) -> None:
         self.db.execute(
@@ -316,4 +366,6 @@ def _row(rec: tuple[Any, ...]) -> Row:
         input_size=rec[8],
         input_mtime=rec[9],
         input_sha256=rec[10],
+        scan_root=rec[11],
+        output_stats=json.loads(rec[12] or "{}"),
     )

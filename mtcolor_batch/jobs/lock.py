@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.jobs.journal import lock_path
 
 
 class LockedError(UserError):
@@ -97,7 +98,6 @@ class RunLock:
     """
 
     def __init__(self, out_dir: Path, shard: tuple[int, int] | None) -> None:
-        from mtcolor_batch.jobs.journal import lock_path
 
         self.locks = [OutputLock(lock_path(out_dir, None), shared=shard is not None)]
         if shard is not None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.jobs.journal import STATES, Journal
+from mtcolor_batch.jobs.owner import JournalOwner, folder_key, same_out_dir
 
 FINISHED = ("done", "failed", "skipped")
 _COLUMNS = (
@@ -35,7 +36,10 @@ _COLUMNS = (
     "input_mtime",
     "input_sha256",
     "updated_at",
+    "scan_root",
+    "output_stats",
 )
+_MISSING = {"scan_root": "NULL", "output_stats": "'{}'"}  # what older journals, without them, read as
 SHARD_GLOB = "journal-shard-*-of-*.sqlite"
 
 
@@ -74,16 +78,55 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
+            present = {r[1] for r in db.execute("PRAGMA table_info(files)")}
+            picked = [c if c in present else f"{_MISSING[c]} AS {c}" for c in _COLUMNS]
             rows = [
                 dict(zip(_COLUMNS, rec, strict=True))
-                for rec in db.execute(f"SELECT {', '.join(_COLUMNS)} FROM files ORDER BY relpath")
+                for rec in db.execute(f"SELECT {', '.join(picked)} FROM files ORDER BY relpath")
             ]
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         finally:
             db.close()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, KeyError) as exc:
         raise UserError(f"not a readable mtcolor-batch journal ({exc})", path=path) from exc
     return rows, meta
+
+
+def _check_owners(
+    sources: list[tuple[Path, dict[str, str]]], target: Path, target_meta: dict[str, str]
+) -> None:
+    """Refuse journals written for another output folder, other scans, or with other settings.
+
+    Their rows would vouch for outputs this folder does not hold (or holds from another seed or
+    profile), and a later run would skip those files for good.
+    """
+    out_dir = target.parent.parent if target.parent.name == ".mtcolor" else None
+    home = JournalOwner.from_meta(target_meta)
+    settings: dict[str, Path] = {}
+    for path, meta in sources:
+        owner = JournalOwner.from_meta(meta)
+        if out_dir is not None and not same_out_dir(path, owner.out_dir, out_dir):
+            raise UserError(
+                f"this journal belongs to the output folder {owner.out_dir or path.parent.parent}, "
+                f"not {folder_key(out_dir)}",
+                path=path,
+                hint="merge each output folder's shard journals into that folder",
+            )
+        if home.scan_root and owner.scan_root and owner.scan_root != home.scan_root:
+            raise UserError(
+                f"this journal is of the scans in {owner.scan_root}, the merged one of {home.scan_root}",
+                path=path,
+                hint="merge only the journals of one archive",
+            )
+        if owner.settings:
+            settings.setdefault(owner.settings, path)
+    if len(settings) > 1:
+        first, second = list(settings.values())[:2]
+        raise UserError(
+            f"journals made with other settings (profile, seed or model) than {path_text(first)}",
+            path=second,
+            hint="merge only the shards of one job; rerun the odd shard with the same options",
+        )
 
 
 def merge_journals(sources: list[Path], target: Path) -> MergeReport:
@@ -99,10 +142,14 @@ def merge_journals(sources: list[Path], target: Path) -> MergeReport:
     best: dict[str, dict[str, Any]] = {}
     seen: dict[str, list[dict[str, Any]]] = {}
     meta_newest: tuple[float, dict[str, str]] = (-1.0, {})
+    read: list[tuple[Path, list[dict[str, Any]], dict[str, str]]] = []
     for path in paths:
         if not path.is_file():
             raise UserError("journal not found", path=path)
-        rows, meta = read_rows(path)
+        read.append((path, *read_rows(path)))
+    target_meta = next((m for p, _, m in read if p.resolve() == resolved_target), {})
+    _check_owners([(p, m) for p, _, m in read if p.resolve() != resolved_target], target, target_meta)
+    for path, rows, meta in read:
         counts = dict.fromkeys(STATES, 0)
         for row in rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1

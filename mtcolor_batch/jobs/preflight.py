@@ -33,7 +33,7 @@ def check_profile_packages(profile: Profile) -> None:
     anything is created or journaled.
     """
     if profile.perception.auto_instances and profile.perception.tagger == "ram":
-        from mtcolor_batch.perception.tagger import require_ram
+        from mtcolor_batch.perception.tagger import require_ram  # deferred: loads torch
 
         require_ram()
 
@@ -76,6 +76,16 @@ def make_out_folder(out_dir: Path) -> None:
         ) from exc
 
 
+def _exists(path: Path) -> bool:
+    """``Path.exists`` that says no where the name cannot exist (over 255 bytes: ENAMETOOLONG).
+
+    Such a file fails alone when its output is written; it must not crash the check for all."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def check_journal(
     jpath: Path,
     files: list[ScanFile],
@@ -98,7 +108,7 @@ def check_journal(
     for item in files:
         image = output_path(out_dir, item.relpath, suffix, stem=item.stem)
         record = output_path(out_dir, item.relpath, suffix, json_record=True, stem=item.stem)
-        if image.exists() or record.exists():
+        if _exists(image) or _exists(record):
             existing += 1
     if not existing:
         return

@@ -20,6 +20,7 @@ from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.core.fs import sha256_file
 from mtcolor_batch.jobs.journal import Journal, journal_path
 from mtcolor_batch.scan.discover import OUTPUT_FOLDER_MARK, shard_of
+from mtcolor_batch.stages.pipeline import fingerprint
 
 
 @dataclass
@@ -46,7 +47,6 @@ def _records(out_dir: Path) -> list[Path]:
 
 def _row_of(record_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]] | str:
     """(relpath, row fields) from one record, or the reason it is not trusted."""
-    from mtcolor_batch.stages.pipeline import fingerprint
 
     try:
         rec = json.loads(record_path.read_text(encoding="utf-8"))
@@ -54,6 +54,7 @@ def _row_of(record_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]] | st
         input_sha = str(rec["input"]["sha256"])
         sidecar_sha = rec["sidecar"]["sha256"]
         masks = rec["sidecar"].get("masks") or {}  # records before masks were fingerprinted: none
+        rules = {str(r["path"]): str(r["sha256"]) for r in rec.get("folder_rules") or []}
         profile_fp = str(rec["profile"]["fingerprint"])
         model_fp = str(rec["model"]["manifest_sha256"])
         output_rel = str(rec["output"]["path"])
@@ -68,7 +69,7 @@ def _row_of(record_path: Path, out_dir: Path) -> tuple[str, dict[str, Any]] | st
     record_rel = record_path.relative_to(out_dir).as_posix()
     timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
     return relpath, {
-        "fingerprint": fingerprint(input_sha, sidecar_sha, profile_fp, model_fp, masks),
+        "fingerprint": fingerprint(input_sha, sidecar_sha, profile_fp, model_fp, masks, rules),
         "outputs": [output_rel, record_rel],
         "timings": timings,
         "input_sha256": input_sha,

@@ -21,7 +21,23 @@ from huggingface_hub import snapshot_download
 
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import atomic_write_text, sha256_file, staged_dir
-from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE, REQUIRED_FOLDERS
+from mtcolor_batch.model.pull_plan import (
+    WEIGHT_FOLDERS,
+    component_variant,
+    config_problems,
+    download_patterns,
+    fallback_patterns,
+    selected_components,
+)
+from mtcolor_batch.model.registry import (
+    COMPONENTS,
+    MANIFEST_FILE,
+    MODULES_FILE,
+    REQUIRED_FOLDERS,
+    default_bundle_dir,
+    hub_cache_dir,
+    not_a_bundle,
+)
 
 FORMAT_VERSION = 1
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack", ".onnx")
@@ -154,11 +170,7 @@ def read_manifest(root: Path) -> Bundle:
     if not root.is_dir():
         raise ModelError("model bundle folder not found", path=root, hint="run `mtcolor-batch models pull`")
     if not mpath.is_file():
-        raise ModelError(
-            f"not a model bundle: {MANIFEST_FILE} is missing",
-            path=root,
-            hint="run `mtcolor-batch models pull` or `mtcolor-batch models tiny DIR`",
-        )
+        raise not_a_bundle(root)
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -230,7 +242,11 @@ def verify_problems(bundle: Bundle) -> list[str]:
             )
     modules = root / MODULES_FILE
     if modules.is_file():
-        from mtcolor_batch.model.denoiser import FORMAT_VERSION, OUTDATED_HINT, modules_format
+        from mtcolor_batch.model.denoiser import (  # deferred: loads torch
+            FORMAT_VERSION,
+            OUTDATED_HINT,
+            modules_format,
+        )
 
         found = modules_format(modules)
         if found is not None and found != FORMAT_VERSION:
@@ -238,6 +254,24 @@ def verify_problems(bundle: Bundle) -> list[str]:
             problems.append(
                 f"{modules}: MT-Color modules are format {found}, "
                 f"this version needs {FORMAT_VERSION} ({hint})"
+            )
+    problems += accelerator_problems(bundle)
+    return problems
+
+
+def accelerator_problems(bundle: Bundle) -> list[str]:
+    """Accelerators (``model/accelerators.py``) the manifest describes with another file or digest
+    than its files list holds: the section names what runs, the files list what was verified."""
+    raw = bundle.sources.get("accelerators") or {}
+    if not isinstance(raw, dict):
+        return [f"{bundle.path / MANIFEST_FILE}: the accelerators section is malformed (re-add them)"]
+    problems = []
+    for name, data in sorted(raw.items()):
+        rel = data.get("file") if isinstance(data, dict) else None
+        if not rel or bundle.files.get(str(rel)) != data.get("sha256"):
+            problems.append(
+                f"{bundle.path / str(rel or name)}: accelerator '{name}' is not the file {MANIFEST_FILE} "
+                "lists (re-add it with `mtcolor-batch models accelerator add`)"
             )
     return problems
 
@@ -314,16 +348,6 @@ def pull_bundle(
     ``dest`` and moved into place at the end, so a failed pull never leaves a half bundle behind.
     """
 
-    from mtcolor_batch.model.pull_plan import (
-        WEIGHT_FOLDERS,
-        component_variant,
-        config_problems,
-        download_patterns,
-        fallback_patterns,
-        selected_components,
-    )
-    from mtcolor_batch.model.registry import COMPONENTS, default_bundle_dir, hub_cache_dir
-
     say = log or (lambda _msg: None)
     dest = Path(dest) if dest else default_bundle_dir()
     revisions = dict(revisions or {})
@@ -398,7 +422,7 @@ def _write_fresh_modules(root: Path) -> None:
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from mtcolor_batch.model.denoiser import MTColorModules
+    from mtcolor_batch.model.denoiser import MTColorModules  # deferred: loads torch
 
     text_config = _json.loads((root / "text_encoder" / "config.json").read_text(encoding="utf-8"))
     # Shapes only depend on the configs: build on the meta device, no weights read or allocated.

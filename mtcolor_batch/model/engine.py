@@ -25,12 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.device import describe_device, resolve_device, resolve_dtype
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.types import Instance, Plan
+from mtcolor_batch.model.accelerators import AUTO, NONE, Accelerator, fuse_accelerator
+from mtcolor_batch.model.accelerators import find as find_accelerator
 from mtcolor_batch.model.bundle import Bundle, load_bundle
+from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 from mtcolor_batch.model.registry import MODULES_FILE
-from mtcolor_batch.model.sampler import MTColorSampler
+from mtcolor_batch.model.sampler import MTColorSampler, StepCallback
+from mtcolor_batch.model.schedulers import scheduler_factory
+from mtcolor_batch.model.text import encode_texts
 
 VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -50,6 +56,8 @@ class EngineOptions:
     attention: how PMAM and the instance branch attend within regions: ``auto``/``sparse`` region by
         region, ``flex`` FlexAttention, ``dense`` one masked SDPA (the reference; see
         ``model.region_attention``).
+    accelerator: the bundle's distilled LoRA fused into the UNet at load (``none``: the base UNet).
+        Unlike the others it changes what is computed; it is here because it is fixed per engine.
     """
 
     vae_dtype: str = "auto"
@@ -57,6 +65,7 @@ class EngineOptions:
     compile: bool = False
     compile_backend: str = "inductor"
     attention: str = "auto"
+    accelerator: str = "none"
 
     @classmethod
     def from_sampling(cls, sampling: Any) -> EngineOptions:
@@ -66,6 +75,7 @@ class EngineOptions:
             channels_last=bool(sampling.channels_last),
             compile=bool(sampling.compile),
             attention=str(sampling.attention),
+            accelerator=str(sampling.accelerator),
         )
 
 
@@ -136,7 +146,7 @@ def _compile_plain_layers(unet: torch.nn.Module, controlnet: torch.nn.Module, ba
 
 
 _STEPPABLE = ("DDIMScheduler",)
-"""Schedulers run as shipped; any other is rebuilt as DDIM from its config (see model/sampler.py)."""
+"""What ``sampling.scheduler: ddim`` runs as shipped; any other config is rebuilt as DDIM from it."""
 
 
 def _load_component(kind: str, folder: Path, dtype: torch.dtype) -> Any:
@@ -179,7 +189,6 @@ class MTColorEngine:
         dtype: torch.dtype,
         options: EngineOptions | None = None,
     ) -> None:
-        from mtcolor_batch.model.denoiser import MTColorDenoiser
 
         self.bundle = bundle
         self.device = device
@@ -205,10 +214,11 @@ class MTColorEngine:
             self.compiled_modules = _compile_plain_layers(
                 self.unet, self.controlnet, self.options.compile_backend
             )
-        sched_cls, sched_config, self.scheduler_name = scheduler
+        _, sched_config, self.scheduler_name = scheduler
+        self.accelerator: Accelerator | None = components.get("accelerator")
         self.sampler = MTColorSampler(
             denoiser=self.denoiser,
-            scheduler_factory=lambda: sched_cls.from_config(sched_config),
+            scheduler_factory=scheduler_factory(sched_config),
             vae=self.vae,
             encode_text=self.encode_text,
             device=device,
@@ -228,7 +238,6 @@ class MTColorEngine:
         options: EngineOptions | None = None,
     ) -> MTColorEngine:
         """Verify and load a bundle; raises :class:`ModelError` with the failing file on problems."""
-        from mtcolor_batch.model.denoiser import MTColorModules
 
         bundle = load_bundle(Path(bundle_dir), verify=verify)
         dev = resolve_device(device)
@@ -250,6 +259,10 @@ class MTColorEngine:
         comps["modules"].to(dt)
         for kind in ("text_encoder", "unet", "controlnet", "vae", "modules"):
             comps[kind].to(dev).eval().requires_grad_(False)
+        if (options or EngineOptions()).accelerator not in (NONE, AUTO):
+            acc = find_accelerator(bundle, (options or EngineOptions()).accelerator)
+            fuse_accelerator(comps["unet"], comps["text_encoder"], root / acc.file)  # once per engine
+            comps["accelerator"] = acc
         for kind in ("unet", "controlnet", "vae"):
             _use_sdpa(comps[kind])
         return cls(bundle, comps, _load_scheduler(root / "scheduler"), dev, dt, options)
@@ -277,6 +290,7 @@ class MTColorEngine:
             "device": describe_device(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "scheduler": self.scheduler_name,
+            "accelerator": self.accelerator.record() if self.accelerator else None,
             "sources": self.bundle.sources,
             "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
             "channels_last": self.channels_last,
@@ -289,27 +303,27 @@ class MTColorEngine:
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, 77, D) token embeddings for cross-attention and (K, D) pooled embeddings."""
-        tok = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        out = self.text_encoder(tok.input_ids.to(self.device))
-        return out.last_hidden_state.to(self.dtype), out.pooler_output.to(self.dtype)
+        seq, pooled = encode_texts(self.tokenizer, self.text_encoder, texts, self.device)
+        return seq.to(self.dtype), pooled.to(self.dtype)
 
     # ------------------------------------------------------------------------------ colorize
     @torch.no_grad()
-    def colorize_rgb(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
+    def colorize_rgb(
+        self,
+        luma_w: np.ndarray,
+        instances_w: Sequence[Instance],
+        plan: Plan,
+        on_step: StepCallback | None = None,
+    ) -> np.ndarray:
         """The decoded sRGB (H, W, 3) float64 in [0, 1] at working resolution (before any lock).
 
-        What the paper profile writes as is (``output.luminance_lock: false``).
+        What the paper profile writes as is (``output.luminance_lock: false``). ``on_step(i)`` runs
+        before every denoising step (a stop check that may raise; see ``MTColorSampler.denoise``).
         """
         t0 = time.perf_counter()
         calls0 = self.unet_calls
         fallbacks0 = getattr(self.vae, "fallbacks", 0)
-        rgb = self.sampler.sample(luma_w, instances_w, plan)
+        rgb = self.sampler.sample(luma_w, instances_w, plan, on_step)
         self.last_timings = {
             "sample_s": time.perf_counter() - t0,
             "unet_calls": float(self.unet_calls - calls0),
@@ -319,16 +333,15 @@ class MTColorEngine:
         return rgb
 
     @torch.no_grad()
-    def colorize(self, luma_w: np.ndarray, instances_w: Sequence[Instance], plan: Plan) -> np.ndarray:
+    def colorize(
+        self,
+        luma_w: np.ndarray,
+        instances_w: Sequence[Instance],
+        plan: Plan,
+        on_step: StepCallback | None = None,
+    ) -> np.ndarray:
         """Luma (H, W) float32 in [0, 1] at working resolution -> CIELAB a*, b* (2, H, W) float32."""
-        return rgb_to_ab(self.colorize_rgb(luma_w, instances_w, plan))
-
-
-def rgb_to_ab(rgb: np.ndarray) -> np.ndarray:
-    """Decoded sRGB (H, W, 3) in [0, 1] -> CIELAB a*, b* (2, H, W) float32, what ``colorize`` returns."""
-    from skimage.color import rgb2lab
-
-    return np.ascontiguousarray(rgb2lab(rgb)[..., 1:].transpose(2, 0, 1).astype(np.float32))
+        return rgb_to_ab(self.colorize_rgb(luma_w, instances_w, plan, on_step))
 
 
 def _use_sdpa(model: Any) -> None:

@@ -4,11 +4,11 @@ Someone comparing a colorized scan with the paper's figures needs to know, from 
 what was not the paper's method. Two kinds of departures exist:
 
 * built into this implementation, whatever the profile (:data:`BUILT_IN`): design choices of the
-  model code, each made on purpose (README, "How this implements MT-Color", has the full reasons);
+  model code, each made on purpose (docs/mtcolor.md, "How this implements MT-Color", has the full reasons);
 * chosen by the profile (:data:`SETTING_WHY`): the keys the built-in ``paper`` profile sets, wherever
   the run's profile holds another value (a key the paper profile does not set cannot depart from it).
 
-The README table is the long form of this list; ``tests/test_paper_deviations.py`` checks that every
+The docs/mtcolor.md table is the long form of this list; ``tests/test_paper_deviations.py`` checks that every
 entry here is named there, and that every key of the paper profile has its reason here.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mtcolor_batch.core.config import Profile
+from mtcolor_batch.core.config import Profile, dotted
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,30 @@ SETTING_WHY: dict[str, str] = {
 }
 
 
+SAMPLING_WHY: dict[str, tuple[Any, str]] = {
+    "sampling.scheduler": (
+        "ddim",
+        "another denoising scheduler than the DDIM sampling this implementation follows the paper with",
+    ),
+    "sampling.accelerator": (
+        "none",
+        "a distilled LoRA fused into the UNet for few-step sampling; MT-Color's modules were trained "
+        "against the base UNet and whether the two compose is unverified with real weights",
+    ),
+}
+"""Few-step sampling (docs/few-step.md): departures whatever the paper profile sets, {key: (paper, why)}."""
+
+
 def deviations(profile: Profile) -> dict[str, Any]:
     """The record's ``paper_deviations``: the built-in departures, and the profile's, with values."""
     chosen = [
         {"key": key, "value": mine, "paper": want, "why": SETTING_WHY.get(key, "")}
         for key, (mine, want) in profile.departures("paper").items()
     ]
+    for key, (want, why) in SAMPLING_WHY.items():
+        mine = dotted(profile.model_dump(mode="json")).get(key)
+        if mine != want and key not in {c["key"] for c in chosen}:
+            chosen.append({"key": key, "value": mine, "paper": want, "why": why})
     return {
         "built_in": [{"id": d.id, "element": d.element, "why": d.why} for d in BUILT_IN],
         "profile": chosen,

@@ -23,6 +23,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, hf_hub_download
 
+from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.model.registry import COMPONENTS, Component
 
 CONFIG_PATTERNS = ("*.json", "*.txt")
@@ -213,7 +214,6 @@ def plan_pull(
 
 def _hub_call(where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call the hub; any failure (HTTP, offline mode, auth, missing revision) is one ModelError line."""
-    from mtcolor_batch.core.errors import ModelError
 
     try:
         return fn(*args, **kwargs)
@@ -380,7 +380,7 @@ def modules_size(root: Path) -> int:
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from mtcolor_batch.model.denoiser import MTColorModules
+    from mtcolor_batch.model.denoiser import MTColorModules  # deferred: loads torch
 
     text = _json(Path(root) / "text_encoder" / "config.json")
     with torch.device("meta"):

@@ -20,8 +20,8 @@ Implementations (``impl``):
   of classifier-free guidance, all branches of one tile) share every gather and every call.
 * ``flex``: PyTorch FlexAttention with a ``BlockMask`` over the label-sorted sequence, so only the
   diagonal blocks are computed; compiled on CUDA, eager (slow, for tests) elsewhere.
-* ``auto``: ``sparse`` (exact, no compilation, measured faster than ``dense`` on CPU; see the
-  README's "Speed and memory").
+* ``auto``: ``sparse`` (exact, no compilation, measured faster than ``dense`` on CPU; see
+  docs/speed.md).
 
 On the ``meta`` device (shape checks without data) every implementation runs the dense one: grouping
 needs the labels' values.

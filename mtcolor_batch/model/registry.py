@@ -121,6 +121,15 @@ def default_bundle_dir() -> Path:
     return bundles_dir() / DEFAULT_BUNDLE_NAME
 
 
+def not_a_bundle(root: Path) -> ModelError:
+    """The one wording for a folder that exists but holds no manifest (``run``, ``models verify``)."""
+    return ModelError(
+        f"not a model bundle: {MANIFEST_FILE} is missing",
+        path=root,
+        hint="run `mtcolor-batch models pull` or `mtcolor-batch models tiny DIR`",
+    )
+
+
 NO_MODEL_HINT = (
     "get one with `mtcolor-batch models pull` on a connected machine, point at a bundle with "
     "`--model DIR`, or write a tiny random bundle for a pipeline check with `mtcolor-batch models tiny DIR` "
@@ -140,6 +149,8 @@ def find_bundle(spec: str | None) -> Path:
             candidate = bundles_dir() / spec
     else:
         candidate = default_bundle_dir()
+    if spec and candidate.is_dir() and not (candidate / MANIFEST_FILE).is_file():
+        raise not_a_bundle(candidate)  # a folder, but not a bundle: what `models verify` says
     if not (candidate / MANIFEST_FILE).is_file():
         what = (
             f"model '{spec}' not found"

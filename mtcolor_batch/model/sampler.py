@@ -24,9 +24,11 @@ One call colours one working-resolution image. What happens, in order:
    blending the latents (the DDIM update is affine per pixel and the weights sum to 1), so this is
    MultiDiffusion with a single scheduler state.
 
-The scheduler is DDIM (deterministic, no per-step history), which is what makes batching branches
-into one tensor and fusing them mid-trajectory exact; bundles shipping another scheduler are run
-with DDIM built from their config (recorded in the engine's info).
+The scheduler is ``plan.scheduler`` (``model/schedulers.py``: DDIM by default, built from the bundle's
+config like the others). Each updates every batch row from that row alone, so batching branches
+into one tensor keeps one state per branch; at the fusion the multistep solvers' history is fused
+with the latents (``schedulers.fuse_history``), and LCM/TCD draw their step noise from the run's
+seeded generator.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.types import LATENT_FACTOR, Box, Instance, Plan
+from mtcolor_batch.model import schedulers
 from mtcolor_batch.model.canvas import (
     Canvas,
     area_resized,
@@ -51,14 +55,14 @@ from mtcolor_batch.model.canvas import (
     whole_canvas,
 )
 from mtcolor_batch.model.fusion import fuse_latents, fusion_steps, steps_fraction
+from mtcolor_batch.model.hint_embedding import HintEmbeddings
 from mtcolor_batch.model.regions import RegionBatch
+from mtcolor_batch.model.schedulers import Scheduler
 from mtcolor_batch.render.chroma import lab_to_srgb_locked
 from mtcolor_batch.render.tiling import crop_masks
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
-
-    from mtcolor_batch.model.hint_embedding import HintEmbeddings
 
 TILE_SEED_STRENGTH = 0.6
 """Fraction of the steps re-run on the tiles after the low-resolution pass seeds them: enough to
@@ -77,6 +81,24 @@ class TextBank:
 
 DenoiseFn = Callable[..., torch.Tensor]
 """``denoiser(latents, timestep, text_embeds, control_image, regions, controlnet_scale=...)``."""
+StepCallback = Callable[[int], None]
+"""``on_step(i)`` before denoising step ``i``: a stop check (it may raise to abandon the image)."""
+
+
+def set_timesteps(scheduler: object, steps: int, device: torch.device) -> None:
+    """``scheduler.set_timesteps`` kept inside the trained timesteps at every step count.
+
+    SD 1.5's DDIM config ("leading" spacing, ``steps_offset`` 1) puts its first timestep at 1000 for
+    1000 steps, one past the last trained one (an IndexError in ``step``). Only there, the spacing
+    becomes "trailing" (999 down to 0: every trained timestep once); other step counts are unchanged.
+    """
+    config: Any = getattr(scheduler, "config", {})
+    offset = int(config.get("steps_offset", 0) or 0)
+    trained = int(config.get("num_train_timesteps", 1000))
+    last = (steps - 1) * (trained // max(1, steps)) + offset  # the first timestep, leading spacing
+    if config.get("timestep_spacing") == "leading" and last > trained - 1:
+        scheduler.register_to_config(timestep_spacing="trailing")  # type: ignore[attr-defined]
+    scheduler.set_timesteps(steps, device=device)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -95,7 +117,7 @@ class MTColorSampler:
     def __init__(
         self,
         denoiser: DenoiseFn,
-        scheduler_factory: Callable[[], object],
+        scheduler_factory: Callable[..., Scheduler],
         vae: AutoencoderKL,
         encode_text: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]],
         device: torch.device,
@@ -177,7 +199,7 @@ class MTColorSampler:
         canvas: Canvas,
         texts: TextBank,
         plan: Plan,
-        scheduler: object,
+        scheduler: Scheduler,
         *,
         shared: bool = False,
     ) -> torch.Tensor:
@@ -211,7 +233,7 @@ class MTColorSampler:
                     box = self._entry_box(canvas, ti, b)
                     own_uncond = b == 0 or not (global_uncond or (shared and box == canvas.boxes[ti]))
                     entries.extend(_Entry(ti, b, c, box) for c in halves if c or own_uncond)
-        model_in = scheduler.scale_model_input(z, t)  # type: ignore[attr-defined]
+        model_in = scheduler.scale_model_input(z, t)
         slot = {b: i for i, b in enumerate(branches)}
         outputs: dict[tuple[int, int, bool], torch.Tensor] = {}
         by_shape: dict[tuple[int, int], list[_Entry]] = {}
@@ -332,20 +354,28 @@ class MTColorSampler:
         plan: Plan,
         z0: torch.Tensor,
         start: int = 0,
+        generator: torch.Generator | None = None,
+        on_step: StepCallback | None = None,
     ) -> torch.Tensor:
         """Run steps ``start..T-1`` from latent ``z0`` (1, 4, h, w) (float32); return the final latent.
+
+        ``generator``: the run's seeded generator, which LCM and TCD draw their step noise from.
+        ``on_step(i)`` is called before each step (as diffusers' ``callback_on_step_end``): a batch
+        runner's stop check, which may raise to abandon the image within one step.
 
         ``plan.branch_refresh`` N > 1 (an approximation): in the first K steps the instance branches
         run at every Nth step only; in between, each takes the global branch's prediction (run, as
         always) plus the branch's deviation from it at its last run. That deviation is what the
         instance's text and tokens do; it changes slowly over the first, noisiest steps, so carrying
         it for a step costs a few percent of the branches' effect on the latent for half of their
-        work (README, "Speed and memory"). Outside its crop a branch's deviation is zero, so it
+        work (docs/speed.md). Outside its crop a branch's deviation is zero, so it
         still follows the global branch exactly there. N = 1 is the paper's sampling, unchanged.
         """
-        scheduler = self.scheduler_factory()
-        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
-        timesteps = scheduler.timesteps[start:]  # type: ignore[attr-defined]
+        scheduler = self.scheduler_factory(plan.scheduler)
+        set_timesteps(scheduler, plan.steps, self.device)
+        timesteps = scheduler.timesteps[start:]
+        if start == 0:  # as diffusers' pipelines do (1.0 for every scheduler offered here)
+            z0 = z0 * scheduler.init_noise_sigma
         k = fusion_steps(plan.alpha, plan.steps)
         n = canvas.n_instances
         multi = n > 0 and k > start
@@ -355,6 +385,8 @@ class MTColorSampler:
         # The hints' ControlNet embeddings are the same at every step: computed once per window.
         with self.hints.reuse() if self.hints is not None else nullcontext():
             for i, t in enumerate(timesteps, start=start):
+                if on_step is not None:
+                    on_step(i)
                 if multi and delta is not None and (i - start) % plan.branch_refresh:
                     eps_g = self.predict(z[:1], [0], t, canvas, texts, plan, scheduler)
                     eps = torch.cat([eps_g, eps_g + delta])
@@ -363,12 +395,19 @@ class MTColorSampler:
                     eps = self.predict(z, branches, t, canvas, texts, plan, scheduler, shared=shared)
                     if multi and plan.branch_refresh > 1:
                         delta = eps[1:] - eps[:1]
-                z = scheduler.step(eps, t, z).prev_sample  # type: ignore[attr-defined]
+                z = schedulers.step(scheduler, eps, t, z, generator, plan.tcd_gamma)
                 if multi and i + 1 == k:
                     z = fuse_latents(z[:1], z[1:], canvas.fusion_masks, plan.beta, plan.fusion)
+                    schedulers.fuse_history(scheduler, self._history_fusion(canvas, plan), len(branches))
                     branches = [0]
                     multi = False
         return z
+
+    @staticmethod
+    def _history_fusion(canvas: Canvas, plan: Plan) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How a solver's per-branch history is fused: each pixel keeps the past of the branch that
+        supplied it (the instance's inside its region, the global one elsewhere, never scaled)."""
+        return lambda h: fuse_latents(h[:1], h[1:], canvas.fusion_masks, plan.beta, "paste")
 
     def initial_noise(self, generator: torch.Generator, latent_size: tuple[int, int]) -> torch.Tensor:
         """Seeded on the CPU, then moved: identical noise on every device for one seed."""
@@ -398,10 +437,12 @@ class MTColorSampler:
 
     # --------------------------------------------------------------------------------- sample
     @torch.no_grad()
-    def sample(self, luma: np.ndarray, instances: Sequence[Instance], plan: Plan) -> np.ndarray:
-        """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1]."""
-        from skimage.color import rgb2lab
+    def sample(
+        self, luma: np.ndarray, instances: Sequence[Instance], plan: Plan, on_step: StepCallback | None = None
+    ) -> np.ndarray:
+        """Colour one working-resolution luma (H, W) -> sRGB (H, W, 3) float64 in [0, 1].
 
+        ``on_step``: see :meth:`denoise` (called at every step of every pass)."""
         luma = np.asarray(luma, dtype=np.float32)
         if luma.ndim != 2 or luma.size == 0:
             raise ValueError(f"luma must be a non-empty 2-D array, got shape {luma.shape}")
@@ -409,7 +450,8 @@ class MTColorSampler:
         generator = torch.Generator("cpu").manual_seed(int(plan.seed))
         full = self.canvas(luma, instances, texts, plan)  # a box outside the luma raises ValueError
         if len(full.boxes) == 1:
-            z = self.denoise(full, texts, plan, self.initial_noise(generator, full.latent_size))
+            z0 = self.initial_noise(generator, full.latent_size)
+            z = self.denoise(full, texts, plan, z0, generator=generator, on_step=on_step)
             return self.decode_rgb(z, full)
 
         # Tiled: a low-resolution pass of the whole picture fixes the colours ...
@@ -418,19 +460,21 @@ class MTColorSampler:
         lh, lw = max(1, round(h * scale)), max(1, round(w * scale))
         low_instances = [area_resized(inst, (h, w), (lh, lw)) for inst in instances]
         low = self.canvas(resize_plane(luma, (lh, lw)), low_instances, texts, plan, tiled=False)
-        z_low = self.denoise(low, texts, plan, self.initial_noise(generator, low.latent_size))
+        z0 = self.initial_noise(generator, low.latent_size)
+        z_low = self.denoise(low, texts, plan, z0, generator=generator, on_step=on_step)
         rgb_low = self.decode_rgb(z_low, low)
-        ab_low = rgb2lab(rgb_low)[..., 1:].transpose(2, 0, 1)
+        ab_low = rgb_to_ab(rgb_low)
         ab = resize_plane(ab_low, (h, w))
         seed_rgb = lab_to_srgb_locked(luma, ab[0], ab[1])
         # ... and the tiles re-run the last TILE_SEED_STRENGTH of the steps from it, re-noised.
         x0 = self.encode_rgb(seed_rgb, full)
         start = min(plan.steps - 1, plan.steps - steps_fraction(TILE_SEED_STRENGTH, plan.steps))
         start = max(0, start)
-        scheduler = self.scheduler_factory()
-        scheduler.set_timesteps(plan.steps, device=self.device)  # type: ignore[attr-defined]
+        # The run's scheduler re-noises (its own add_noise at the tiles' first timestep).
+        scheduler = self.scheduler_factory(plan.scheduler)
+        set_timesteps(scheduler, plan.steps, self.device)
         noise = self.initial_noise(generator, full.latent_size)
-        t_start = scheduler.timesteps[start : start + 1]  # type: ignore[attr-defined]
-        z_start = scheduler.add_noise(x0, noise, t_start)  # type: ignore[attr-defined]
-        z = self.denoise(full, texts, plan, z_start, start=start)
+        t_start = scheduler.timesteps[start : start + 1]
+        z_start = scheduler.add_noise(x0, noise, t_start)
+        z = self.denoise(full, texts, plan, z_start, start=start, generator=generator, on_step=on_step)
         return self.decode_rgb(z, full)

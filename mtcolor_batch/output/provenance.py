@@ -4,7 +4,8 @@ Why both: embedded tags travel with the image into any catalogue (and say it was
 algorithm, IPTC DigitalSourceType), while the JSON record holds everything needed to reproduce the
 output on the same device: tool, model bundle and weights hash, every effective parameter, seed,
 prompts, instances, input/sidecar/output hashes. Embedded metadata holds no clock time, so two runs
-with the same seed write byte-identical images; the time lives in the JSON record.
+with the same seed write byte-identical images but for their C2PA manifests (signed anew each time,
+``output.content_credentials``); the time lives in the JSON record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from mtcolor_batch import __version__
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import path_text
+from mtcolor_batch.core.errors import path_text, visible_text
 from mtcolor_batch.core.fs import atomic_write_bytes
 from mtcolor_batch.core.types import Instance, Plan, Scan
 from mtcolor_batch.model.paper_deviations import deviations
@@ -27,6 +28,12 @@ from mtcolor_batch.output.writer import EmbeddedMeta
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 TOOL = f"mtcolor-batch {__version__}"
+
+
+def _xml_text(text: str) -> str:
+    """``text`` as XML 1.0 character data: characters XML cannot hold at all (control characters
+    a file name may contain) are written visibly (:func:`visible_text`), the rest escaped."""
+    return escape(visible_text(text))
 
 
 def build_xmp(
@@ -46,7 +53,7 @@ def build_xmp(
     Iptc4xmpExt:DigitalSourceType={quoteattr(DIGITAL_SOURCE_TYPE)}
     xmp:CreatorTool={quoteattr(TOOL)}>
    <xmpMM:DerivedFrom rdf:parseType="Resource">
-    <stRef:filePath>{escape(relpath)}</stRef:filePath>
+    <stRef:filePath>{_xml_text(relpath)}</stRef:filePath>
     <stRef:documentID>sha256:{input_sha256}</stRef:documentID>
    </xmpMM:DerivedFrom>
    <xmpMM:History>
@@ -54,7 +61,7 @@ def build_xmp(
      <rdf:li rdf:parseType="Resource">
       <stEvt:action>derived</stEvt:action>
       <stEvt:softwareAgent>{escape(TOOL)}</stEvt:softwareAgent>
-      <stEvt:parameters>{escape(params)}</stEvt:parameters>
+      <stEvt:parameters>{_xml_text(params)}</stEvt:parameters>
      </rdf:li>
     </rdf:Seq>
    </xmpMM:History>
@@ -110,6 +117,7 @@ def instance_record(
         "score": round(float(inst.score), 4),
         "mask_rle": encode_region(inst.mask, inst.box, scan_size),
         "hint_color": None,
+        "hint_from": inst.hint_from,  # where its colour/text is written: sidecar or folder rules file, :line
     }
     if inst.color is not None:
         rec["hint_color"] = {"name": inst.color.name, "lab": [round(float(v), 3) for v in inst.color.lab]}
@@ -131,7 +139,7 @@ def build_record(
     sidecar_path: Path | None,
     sidecar_sha256: str | None,
     output_path: Path,
-    output_sha256: str,
+    output_sha256: str | None,
     output_format: str,
     output_bit_depth: int,
     device: str,
@@ -139,11 +147,14 @@ def build_record(
     warnings: list[str],
     out_dir: Path,
     sidecar_masks: dict[str, str] | None = None,
+    folder_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON provenance record (every field docs/design.md names).
 
     ``sidecar_masks`` (the sidecar's mask files' sha256, by path as written) is part of the file's
     fingerprint, so ``journal rebuild`` needs it; it is left out when the sidecar names no mask.
+    ``folder_files`` (the ``mtcolor-folder.yaml`` files that applied, ``{relpath: sha256}``) is too;
+    ``folder_rules`` lists them farthest first, and is left out when none applied.
     """
     plan_dict = asdict(plan)
     plan_dict["tiles"] = [list(t) for t in plan.tiles]
@@ -182,6 +193,11 @@ def build_record(
             "sha256": sidecar_sha256,
             **({"masks": dict(sidecar_masks)} if sidecar_masks else {}),
         },
+        **(
+            {"folder_rules": [{"path": rel, "sha256": sha} for rel, sha in folder_files.items()]}
+            if folder_files
+            else {}
+        ),
         "input": {
             "relpath": scan.relpath,
             "path": path_text(scan.source),  # path: eval/report find the scan

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ import piexif.helper
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.core.fs import HashingFile
+from mtcolor_batch.render.chroma import to_output_array
 
 _EXT_FORMAT = {
     ".jpg": "JPEG",
@@ -55,12 +58,28 @@ def output_path(out_dir: Path, relpath: str, suffix: str, json_record: bool = Fa
     return Path(out_dir) / rel.parent / f"{stem or rel.stem}{suffix}{ext}"
 
 
+NAME_MAX_BYTES = 255
+"""Longest file name (in bytes) ext4, XFS, APFS and NTFS accept."""
 
-def quantize(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
-    """float [0,1] -> uint8/uint16 with rounding (the same on every machine)."""
-    top = 65535.0 if bit_depth == 16 else 255.0
-    arr = np.rint(np.clip(rgb, 0.0, 1.0) * top)
-    return arr.astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+def check_output_names(out_dir: Path, relpath: str, suffix: str, stem: str = "") -> None:
+    """Refuse a scan whose output or record name would be over 255 bytes, before any work on it.
+
+    Why before: the file system refuses such a name only at the final rename, after the whole
+    colorization; and the file should fail with its reason, not an internal OSError.
+    """
+    for path in (
+        output_path(out_dir, relpath, suffix, stem=stem),
+        output_path(out_dir, relpath, suffix, True, stem),
+    ):
+        size = len(os.fsencode(path.name))
+        if size > NAME_MAX_BYTES:
+            raise UserError(
+                f"its output name {path_text(path.name)[:40]}... would be {size} bytes, over the "
+                f"{NAME_MAX_BYTES}-byte limit of file names",
+                path=Path(relpath),
+                hint="rename the scan shorter",
+            )
 
 
 def _ascii(text: str) -> str:
@@ -165,7 +184,7 @@ def output_array(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
         if rgb.dtype != want:
             raise ValueError(f"{rgb.dtype} pixels given for a {bit_depth}-bit output")
         return rgb
-    return quantize(rgb, bit_depth)
+    return to_output_array(rgb, bit_depth)
 
 
 def encode_image(

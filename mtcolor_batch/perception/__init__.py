@@ -59,11 +59,14 @@ def perceive(
     perception: Perception | None,
     settings: PerceptionSettings,
     exclude: Sequence[str] = (),
+    extra_queries: Sequence[str] = (),
 ) -> list[Instance]:
     """Auto instances of one scan, masks at scan resolution; ``[]`` when switched off or impossible.
 
-    ``exclude`` (the sidecar's ``exclude:`` list) removes labels before detection, so an excluded
-    thing costs nothing. Ids here are provisional: ``instances.finalize`` renumbers.
+    ``exclude`` (the hints' ``exclude:`` lists) removes labels before detection, so an excluded
+    thing costs nothing. ``extra_queries`` (labels folder rules name) are asked for as well, so a
+    rule's "tram" is looked for even where the vocabulary or RAM's tags would not.
+    Ids here are provisional: ``instances.finalize`` renumbers.
     A tagger of ``ram`` that cannot load raises :class:`~mtcolor_batch.core.errors.UserError`.
     """
     if settings.auto_instances and settings.tagger == "ram":
@@ -76,6 +79,12 @@ def perceive(
     image = luma_to_rgb_image(scan.luma, settings.size)
     excluded = {e.strip().lower() for e in exclude}
     queries = [q for q in _queries(perception, settings, image) if q not in excluded]
+    asked = {q.strip().lower() for q in queries}
+    for extra in extra_queries:
+        key = extra.strip().lower()
+        if key and key not in asked and key not in excluded:
+            queries.append(extra.strip())
+            asked.add(key)
     detections = detect(
         perception.detector,
         image,

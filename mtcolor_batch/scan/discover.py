@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mtcolor_batch.core.errors import UserError, path_text
 from mtcolor_batch.core.regular import open_regular
+from mtcolor_batch.scan.folder_files import is_folder_rules_name
 from mtcolor_batch.scan.sidecars import find_sidecar, shadow_message, shadowed_sidecar, sidecar_mask_paths
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
@@ -37,9 +38,19 @@ class ScanFile:
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` -> (K, N) with 1 <= K <= N; ``None`` -> no sharding."""
-    if spec is None or spec == "":
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; ``None`` -> no sharding.
+
+    An empty or blank spec is refused: it is what ``--shard "$SLURM_SHARD"`` gives when the job
+    script's variable is unset, and running the whole archive in every array task is the worst
+    reading of it.
+    """
+    if spec is None:
         return None
+    if not spec.strip():
+        raise UserError(
+            "--shard is empty (an unset variable in the job script?)",
+            hint="use K/N, e.g. --shard 2/8, or leave out --shard to run every file",
+        )
     try:
         k_text, n_text = spec.split("/")
         k, n = int(k_text), int(n_text)
@@ -57,8 +68,11 @@ def shard_of(relpath: str, n: int) -> int:
 
 
 def _mask_refs(sidecar: Path, max_bytes: int) -> set[Path]:
-    """Mask files a sidecar points at, so the walk can tell masks from scans."""
-    return {_real(sidecar.parent / raw) for raw in sidecar_mask_paths(sidecar, max_bytes)}
+    """Mask files a sidecar points at, so the walk can tell masks from scans.
+
+    A path no file can have (a NUL byte) names nothing here; the hints stage fails that scan with
+    the sidecar's line. It must not stop discovery, and with it every file of the run."""
+    return {_real(sidecar.parent / raw) for raw in sidecar_mask_paths(sidecar, max_bytes) if "\0" not in raw}
 
 
 def _real(path: Path) -> Path:
@@ -73,6 +87,8 @@ def _is_mask_name(name: str) -> bool:
 
 OUTPUT_FOLDER_MARK = ".mtcolor"
 """A folder holding this is an mtcolor-batch output folder: never scanned as originals."""
+REPORT_FOLDER = "report_files"
+"""The report's folder (thumbnails) beside ``.mtcolor/`` in an output folder: never scanned."""
 MASK_FOLDER_SUFFIXES = ("mask", "masks")
 DEFAULT_MAX_SIDECAR_BYTES = 256 * 1024
 
@@ -147,6 +163,9 @@ def discover_report(
             dirnames[:] = []
             output_folders.append(path_text(here.relative_to(root).as_posix()))
             continue
+        if OUTPUT_FOLDER_MARK in dirnames and REPORT_FOLDER in dirnames:  # SCANS is an output folder:
+            dirnames.remove(REPORT_FOLDER)  # its report's thumbnails carry no XMP mark to skip them by
+            output_folders.append(path_text((here / REPORT_FOLDER).relative_to(root).as_posix()))
         seen_dirs.add(key)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
@@ -154,6 +173,8 @@ def discover_report(
                 continue
             path = here / name
             suffix = path.suffix.lower()
+            if is_folder_rules_name(name):
+                continue  # mtcolor-folder.yaml: neither a scan nor a sidecar (it names no mask files)
             if suffix in SIDECAR_EXTENSIONS:
                 for ref in _mask_refs(path, max_sidecar_bytes):
                     masks.setdefault(ref, path)
@@ -169,6 +190,14 @@ def discover_report(
         warnings.append(
             f"{len(output_folders)} earlier output folder(s) inside the tree (they hold .mtcolor/) were not "
             f"scanned: {', '.join(sorted(output_folders))}"
+        )
+    ours = [(path, rel) for path, rel in candidates if _is_our_output(path)]
+    if ours:
+        candidates = [c for c in candidates if c not in ours]
+        shown = ", ".join(path_text(rel) for _, rel in sorted(ours, key=lambda c: c[1])[:5])
+        warnings.append(
+            f"{len(ours)} file(s) are outputs of mtcolor-batch (they carry its XMP mark) and were not "
+            f"colorized again: {shown}{', ...' if len(ours) > 5 else ''} (give the folder of the originals)"
         )
     files: list[ScanFile] = []
     by_key: dict[str, Path] = {}
@@ -221,6 +250,31 @@ def _sidecar_warnings(files: list[ScanFile], mask_named: list[tuple[Path, str]])
                 "to colorize it)"
             )
     return out
+
+
+OUTPUT_XMP_MARK = b'xmp:CreatorTool="mtcolor-batch '
+"""What ``output.provenance.build_xmp`` writes into every output (all formats but BMP carry XMP)."""
+
+
+def _is_our_output(path: Path) -> bool:
+    """True for an image an earlier run wrote (its XMP names this tool), from the header alone.
+
+    Why: a folder of outputs passed as SCANS (or outputs copied among the originals) would be
+    colorized a second time, a colorized image read as gray. Pillow reads XMP while opening (JPEG
+    APP1, PNG iTXt before the pixels, TIFF tag 700, WebP chunk), so no pixel is decoded.
+    """
+    import warnings as _warnings
+
+    from PIL import Image
+
+    try:
+        with open_regular(path) as fh, _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            with Image.open(fh) as img:
+                xmp = img.info.get("xmp")
+    except Exception:  # unreadable or not an image: loading reports it as a scan
+        return False
+    return isinstance(xmp, bytes) and OUTPUT_XMP_MARK in xmp
 
 
 def _mask_only(path: Path) -> bool:

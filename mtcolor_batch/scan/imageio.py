@@ -78,6 +78,38 @@ def _read_tiff_16bit(data: bytes, path: Path) -> np.ndarray:
     return arr
 
 
+_PNG16_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+"""Pillow raw modes of 16-bit PNGs it narrows to 8 bits -> the raw mode that yields the low bytes
+(read as little-endian, the "high" byte Pillow keeps is the big-endian low one; a 16-bit gray+alpha
+pixel is as wide as an 8-bit RGBA one, so plain RGBA yields all four bytes)."""
+
+
+def _png16_rawmode(img: Image.Image) -> str | None:
+    """The raw mode of a 16-bit multi-channel PNG that Pillow would narrow to 8 bits, else None."""
+    tile = getattr(img, "tile", [])  # an ImageFile's, before load()
+    if img.format != "PNG" or len(tile) != 1:
+        return None
+    rawmode = tile[0].args
+    return rawmode if isinstance(rawmode, str) and rawmode in _PNG16_LOW_BYTES else None
+
+
+def _read_png_16bit(data: bytes, rawmode: str) -> np.ndarray:
+    """All 16 bits of a 16-bit RGB, RGBA or gray+alpha PNG as uint16 (H, W, C).
+
+    Why: Pillow has no 16-bit multi-channel mode and keeps only the high byte. Its PNG decoder is
+    still the one to use (inflate, unfiltering, interlacing in C): decoding twice, once for the high
+    and once for the low bytes, gives the exact values without a second PNG decoder.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        hi = np.asarray(img, dtype=np.uint16)
+    with Image.open(io.BytesIO(data)) as low:
+        low.tile = [low.tile[0]._replace(args=_PNG16_LOW_BYTES[rawmode])]
+        lo = np.asarray(low, dtype=np.uint16)
+    if rawmode == "LA;16B":  # hi: (L, L, L, A) high bytes; lo: the raw bytes (L hi, L lo, A hi, A lo)
+        return np.stack([lo[..., 0] << 8 | lo[..., 1], lo[..., 2] << 8 | lo[..., 3]], axis=-1)
+    return hi << 8 | lo
+
+
 def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Composite on white: transparent areas of scans are margins, and margins are paper."""
     a = alpha[..., None] if rgb.ndim == 3 else alpha
@@ -173,7 +205,9 @@ def load_scan(path: Path, root: Path, settings: ScanSettings) -> Scan:
                 img = Image.open(io.BytesIO(data))
                 fmt = img.format or "UNKNOWN"
                 n_frames = getattr(img, "n_frames", 1)
+                png16 = _png16_rawmode(img)
                 img.load()
+                wide = _read_png_16bit(data, png16) if png16 else None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
     if n_frames > 1:
@@ -187,7 +221,9 @@ def load_scan(path: Path, root: Path, settings: ScanSettings) -> Scan:
         bps = img.tag_v2.get(258) if hasattr(img, "tag_v2") else None
         bits_per_sample = max(bps) if isinstance(bps, tuple) else bps
     try:
-        if fmt == "TIFF" and (bits_per_sample == 16 or mode in _SIXTEEN_BIT_MODES):
+        if wide is not None:  # 16-bit RGB/RGBA/gray+alpha PNG: Pillow's own decode keeps 8 bits
+            luma, bit_depth = _luma_16bit(_orient(wide, orientation), settings, notes)
+        elif fmt == "TIFF" and (bits_per_sample == 16 or mode in _SIXTEEN_BIT_MODES):
             luma, bit_depth = _luma_16bit(_orient(_read_tiff_16bit(data, path), orientation), settings, notes)
         elif mode in _SIXTEEN_BIT_MODES:
             raw = np.asarray(ImageOps.exif_transpose(img))
@@ -305,9 +341,13 @@ def _luma_8bit(
 def upright_size(path: Path) -> tuple[int, int]:
     """(height, width) of the scan as the run sees it (EXIF orientation applied), from the header only."""
     try:
-        with open_regular(path) as fh, Image.open(fh) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except (OSError, ValueError) as exc:
+        with open_regular(path) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as exc:  # not an OSError: it would abort `hints check` and the editor
+        raise ScanError("image too large to open: over the decompression-bomb limit", path=path) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ScanError(f"cannot read image header: {exc}", path=path) from exc
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -11,14 +11,23 @@ from pathlib import Path
 
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.core.yaml_guarded import read_yaml
+from mtcolor_batch.scan.folder_files import is_folder_rules_name
 
 __all__ = ["find_sidecar", "shadow_message", "shadowed_sidecar", "sidecar_candidates", "sidecar_mask_paths"]
 
 
 def sidecar_candidates(image_path: Path) -> list[Path]:
-    """``photo.jpg.yaml`` then ``photo.yaml``: the order is the precedence."""
+    """``photo.jpg.yaml`` then ``photo.yaml``: the order is the precedence.
+
+    A scan named ``mtcolor-folder.*`` has only the long form: its short name is the folder rules
+    file's, which is never a sidecar (``hints check`` warns about such a scan).
+    """
     image_path = Path(image_path)
-    return [image_path.with_name(image_path.name + ".yaml"), image_path.with_name(image_path.stem + ".yaml")]
+    long, short = (
+        image_path.with_name(image_path.name + ".yaml"),
+        image_path.with_name(image_path.stem + ".yaml"),
+    )
+    return [long] if is_folder_rules_name(short.name) else [long, short]
 
 
 def find_sidecar(image_path: Path) -> Path | None:

@@ -1,8 +1,10 @@
-"""Scan + sidecar -> the instances a file is colorized with: the one chain ``run`` and ``hints`` share.
+"""Scan + folder rules + sidecar -> the instances a file is colorized with: the one chain ``run``,
+``hints`` and the editor share.
 
 ``run`` (through :mod:`mtcolor_batch.stages.pipeline`), ``hints init`` and ``hints show`` all call
 these functions, so what ``hints show`` draws is exactly what ``run`` uses: auto instances from
-perception (minus the sidecar's ``exclude``), the sidecar's hints bound or drawn
+perception (minus the ``exclude`` lists; plus the labels folder rules name, asked of the detector),
+the folder rules (``mtcolor-folder.yaml``, nearest wins) and the sidecar's hints bound or drawn
 (:func:`mtcolor_batch.hints.resolve.resolve_hints`), then merged, capped, made exclusive and
 numbered (:func:`mtcolor_batch.perception.instances.finalize`).
 """
@@ -14,8 +16,9 @@ from pathlib import Path
 
 from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.types import Instance, Scan
+from mtcolor_batch.hints.folder_rules import NO_FOLDER_RULES, FolderChain, folder_chain
 from mtcolor_batch.hints.mask_files import mask_digests
-from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, resolve_hints
+from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, effective_exclude, resolve_hints
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
@@ -44,6 +47,8 @@ class ScanInstances:
     warnings: list[str] = field(default_factory=list)
     seed: int | None = None
     prompt: str | None = None
+    negative_prompt: str | None = None  # the nearest folder rules file's
+    folder_files: dict[str, str] = field(default_factory=dict)  # applying rules files: {relpath: sha256}
 
 
 def read_sidecar(scan: Scan, settings: HintSettings) -> SidecarInput:
@@ -64,20 +69,36 @@ def sidecar_masks(sidecar: SidecarInput, scan_root: Path) -> dict[str, str]:
     return mask_digests(raws, sidecar.path, scan_root)
 
 
+def read_folder_rules(scan: Scan, scan_root: Path, settings: HintSettings) -> FolderChain:
+    """The ``mtcolor-folder.yaml`` files from ``scan_root`` down to the scan's folder, merged."""
+    return folder_chain(Path(scan.source), Path(scan_root), settings.max_sidecar_bytes)
+
+
 def find_instances(
-    scan: Scan, sidecar: SidecarInput, perception: Perception | None, profile: Profile, scan_root: Path
+    scan: Scan,
+    sidecar: SidecarInput,
+    perception: Perception | None,
+    profile: Profile,
+    scan_root: Path,
+    folder: FolderChain = NO_FOLDER_RULES,
 ) -> ScanInstances:
-    """Perceive, apply the sidecar and finalize; ``scan_root`` is the folder mask files stay inside."""
-    exclude = list(sidecar.hints.exclude) if sidecar.hints is not None else []
-    autos = perceive(scan, perception, profile.perception, exclude)  # [] when auto instances are off
+    """Perceive, apply the folder rules and the sidecar, finalize; ``scan_root`` is the folder mask
+    files stay inside. A rule's label is added to the detector's queries, so a "tram" rule looks
+    for trams in every scan it covers."""
+    exclude = sorted(effective_exclude(sidecar.hints, folder))
+    autos = perceive(scan, perception, profile.perception, exclude, folder.queries())
     # sidecar boxes and points reuse the embedding perceive made (same model, same size)
     sam = perception.segmenter if perception is not None else None
     segmenter = sam.at(profile.perception.size) if sam is not None else None
-    resolved = resolve_hints(sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints)
+    resolved = resolve_hints(
+        sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints, folder
+    )
     warnings = _count_box_only(list(resolved.warnings))
     instances = finalize(resolved.instances, scan.size, profile.perception, warnings)
     seed = int(resolved.seed) if resolved.seed is not None else None
-    return ScanInstances(instances, warnings, seed, resolved.prompt)
+    return ScanInstances(
+        instances, warnings, seed, resolved.prompt, resolved.negative_prompt, resolved.folder_files
+    )
 
 
 def _count_box_only(warnings: list[str]) -> list[str]:
@@ -104,4 +125,5 @@ def scan_instances(
     """Load ``photo`` and find its instances exactly as ``run`` does (``hints show``)."""
     scan = load_scan(Path(photo), Path(scan_root), profile.scan)
     sidecar = read_sidecar(scan, profile.hints)
-    return scan, find_instances(scan, sidecar, perception, profile, Path(scan_root))
+    folder = read_folder_rules(scan, Path(scan_root), profile.hints)
+    return scan, find_instances(scan, sidecar, perception, profile, Path(scan_root), folder)

@@ -15,17 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from mtcolor_batch.core.color import rgb_to_ab
 from mtcolor_batch.core.config import Profile
-from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.core.errors import UserError, is_out_of_space
 from mtcolor_batch.core.fs import OutputBatch
+from mtcolor_batch.hints.adherence import enforce
 from mtcolor_batch.model.bundle import read_manifest
+from mtcolor_batch.output.content_credentials import (
+    ContentSigner,
+    Original,
+    plain_temp,
+    provenance_assertion,
+    scan_mime,
+)
+from mtcolor_batch.output.credentials import signing_paths
 from mtcolor_batch.output.provenance import build_record, embedded_meta, instance_record, record_bytes
-from mtcolor_batch.output.writer import encode_image, format_for, output_path
+from mtcolor_batch.output.writer import check_output_names, encode_image, format_for, output_path
+from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
 from mtcolor_batch.scan.discover import ScanFile
 from mtcolor_batch.scan.imageio import load_scan, srgb_icc_bytes
 
-STAGES = ("load", "hints", "perceive", "plan", "colorize", "compose", "write")
 StageCallback = Callable[[str], None]
+
 
 def model_hash(bundle_dir: Path) -> str:
     """Digest of every weight file's sha256 (from the manifest: cheap, no weights read)."""
@@ -43,13 +54,17 @@ def fingerprint(
     profile_fp: str,
     model_fp: str,
     masks: Mapping[str, str] | None = None,
+    folder_files: Mapping[str, str] | None = None,
 ) -> str:
     """What must match for a done file to be skipped: input, sidecar, the sidecar's mask files
-    (``{path as written: sha256}``), profile and model. Without masks it is what it always was, so
-    files whose sidecars name none are not redone after an upgrade."""
+    (``{path as written: sha256}``), the folder rules files that apply (``{relpath: sha256}``: an
+    edited rule redoes exactly the scans below it), profile and model. Without masks or rules it is
+    what it always was, so files without them are not redone after an upgrade."""
     text = f"{input_sha256}|{sidecar_sha256 or '-'}|{profile_fp}|{model_fp}"
     if masks:
         text += "|masks:" + "|".join(f"{raw}={sha}" for raw, sha in sorted(masks.items()))
+    if folder_files:
+        text += "|folder:" + "|".join(f"{rel}={sha}" for rel, sha in sorted(folder_files.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -59,12 +74,18 @@ class Interrupted(Exception):
 
 @dataclass
 class FileResult:
-    """What one processed file produced (paths relative to the output folder)."""
+    """What one processed file produced (paths relative to the output folder).
+
+    ``warnings``: the record's ``warnings`` then its ``notes`` (what loading the scan noticed); the
+    run's summary lists them under the file's name.
+    """
 
     outputs: list[str]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     engine_seconds: float = 0.0
+    fingerprint: str = ""  # of the input, sidecar and masks as read for this output (not as planned)
+    output_sha256: dict[str, str] = field(default_factory=dict)  # output relpath -> sha256 written
 
 
 @dataclass
@@ -79,12 +100,21 @@ class Pipeline:
     scan_root: Path
     out_dir: Path
     model_fp: str
+    signer: ContentSigner | None = None  # C2PA Content Credentials (output.c2pa: sign)
 
     @classmethod
     def load(cls, profile: Profile, bundle_dir: Path, scan_root: Path, out_dir: Path) -> Pipeline:
-        """Load the engine and the perception models from the bundle on the profile's device."""
-        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine
-        from mtcolor_batch.perception.models import load_perception
+        """Load the engine and the perception models from the bundle on the profile's device.
+
+        The C2PA key is read here, from the path the profile names, by the process that signs
+        (a Ray worker included): it never travels in a task argument.
+        """
+        from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # deferred: loads torch
+        from mtcolor_batch.perception.models import load_perception  # deferred: loads torch
+
+        signer = None
+        if profile.output.c2pa == "sign":
+            signer = ContentSigner.from_paths(signing_paths(profile.output))
 
         engine = MTColorEngine.load(
             bundle_dir,
@@ -104,16 +134,19 @@ class Pipeline:
             scan_root=scan_root,
             out_dir=out_dir,
             model_fp=model_hash(bundle_dir),
+            signer=signer,
         )
 
     def process(self, item: ScanFile, stage: StageCallback) -> FileResult:
         """Run every stage on one file and write its outputs atomically; raise UserError on bad input."""
-        from mtcolor_batch.hints.adherence import enforce
-        from mtcolor_batch.model.engine import rgb_to_ab
-        from mtcolor_batch.perception.instances import resize_instances
-        from mtcolor_batch.render.chroma import compose_quantized, decoded_to_output, resize_luma
-        from mtcolor_batch.stages.instances import find_instances, read_sidecar, sidecar_masks
-        from mtcolor_batch.stages.plan import make_plan
+        from mtcolor_batch.perception.instances import resize_instances  # deferred: loads torch
+        from mtcolor_batch.stages.instances import (  # deferred: loads torch
+            find_instances,
+            read_folder_rules,
+            read_sidecar,
+            sidecar_masks,
+        )
+        from mtcolor_batch.stages.plan import make_plan  # deferred: loads torch
 
         prof = self.profile
         timings: dict[str, float] = {}
@@ -126,14 +159,16 @@ class Pipeline:
             clock = now
 
         stage("load")
+        check_output_names(self.out_dir, item.relpath, prof.output.suffix, item.stem)
         scan = load_scan(item.path, self.scan_root, prof.scan)
         lap("load")
         stage("hints")
         sidecar = read_sidecar(scan, prof.hints)
         masks = sidecar_masks(sidecar, self.scan_root)  # recorded, so `journal rebuild` has the fingerprint
+        folder = read_folder_rules(scan, self.scan_root, prof.hints)
         lap("hints")
         stage("perceive")
-        found = find_instances(scan, sidecar, self.perception, prof, self.scan_root)
+        found = find_instances(scan, sidecar, self.perception, prof, self.scan_root, folder)
         instances, warnings = found.instances, found.warnings + ([item.name_note] if item.name_note else [])
         lap("perceive")
         stage("plan")
@@ -145,16 +180,21 @@ class Pipeline:
         else:
             seed, seed_source = derive_seed(scan.sha256), "input sha256"
         prompt = found.prompt or prof.sampling.prompt
-        plan = make_plan(scan.size, prof.sampling, seed, prompt)
+        plan = make_plan(scan.size, prof.sampling, seed, prompt, found.negative_prompt)
         luma_w = resize_luma(scan.luma, plan.working_size)
         insts_w = resize_instances(instances, scan.size, plan.working_size)
         lap("plan")
         stage("colorize")
         decoded = None
+        # Asked at every denoising step, so a Ctrl-C or SIGTERM abandons the file within one step
+        # rather than after the whole sampling (minutes for hundreds of steps on a tiled scan).
+        def on_step(_step: int) -> None:
+            stage("colorize")
+
         if prof.output.luminance_lock:
-            ab = self.engine.colorize(luma_w, insts_w, plan)
+            ab = self.engine.colorize(luma_w, insts_w, plan, on_step)
         else:  # the paper profile: the decoded RGB is the output; a*, b* only for adherence stats
-            decoded = self.engine.colorize_rgb(luma_w, insts_w, plan)
+            decoded = self.engine.colorize_rgb(luma_w, insts_w, plan, on_step)
             ab = rgb_to_ab(decoded)
         lap("colorize")
         ab, stats = enforce(ab, luma_w, insts_w, prof.hints)
@@ -184,43 +224,71 @@ class Pipeline:
             icc_profile=srgb_icc_bytes() if scan.icc_profile else None,
         )
         outputs = [img_path.relative_to(self.out_dir).as_posix()]
-        with OutputBatch() as batch:  # image + record renamed into place together
-            out_sha = batch.add(
-                img_path, lambda fh: encode_image(fh, rgb, fmt, bit_depth, meta, prof.output.jpeg_quality)
+
+        def encode(fh: BinaryIO) -> None:
+            encode_image(fh, rgb, fmt, bit_depth, meta, prof.output.jpeg_quality)
+
+        def record(out_sha: str | None) -> dict[str, Any]:
+            stats_by_id = _stats_by_id(stats)
+            return build_record(
+                scan=scan,
+                profile=prof,
+                plan=plan,
+                seed_source=seed_source,
+                engine_info=info,
+                model_dir=self.bundle_dir,
+                model_hash=self.model_fp,
+                instances=[instance_record(i, stats_by_id.get(i.id), scan.size) for i in instances],
+                sidecar_path=sidecar.path,
+                sidecar_sha256=sidecar.sha256,
+                sidecar_masks=masks,
+                folder_files=found.folder_files,
+                output_path=img_path,
+                output_sha256=out_sha,
+                output_format=fmt,
+                output_bit_depth=bit_depth,
+                device=self.device,
+                timings=timings,
+                warnings=warnings,
+                out_dir=self.out_dir,
             )
-            lap("write")
-            if prof.output.write_json:
-                stats_by_id = _stats_by_id(stats)
-                record = build_record(
-                    scan=scan,
-                    profile=prof,
-                    plan=plan,
-                    seed_source=seed_source,
-                    engine_info=info,
-                    model_dir=self.bundle_dir,
-                    model_hash=self.model_fp,
-                    instances=[instance_record(i, stats_by_id.get(i.id), scan.size) for i in instances],
-                    sidecar_path=sidecar.path,
-                    sidecar_sha256=sidecar.sha256,
-                    sidecar_masks=masks,
-                    output_path=img_path,
-                    output_sha256=out_sha,
-                    output_format=fmt,
-                    output_bit_depth=bit_depth,
-                    device=self.device,
-                    timings=timings,
-                    warnings=warnings,
-                    out_dir=self.out_dir,
-                )
-                data = record_bytes(record)
-                batch.add(rec_path, lambda fh: _put(fh, data))
+
+        hashes: dict[str, str] = {}  # output -> sha256 written, for the journal's done row
+        with OutputBatch() as batch:  # image (+ C2PA sidecar) + record renamed into place together
+            if self.signer is None:
+                out_sha = batch.add(img_path, encode)
+                hashes[outputs[0]] = out_sha
+                lap("write")
+                rec = record(out_sha) if prof.output.write_json else None
+            else:
+                with plain_temp(img_path.parent, encode) as plain:
+                    lap("write")
+                    # Built before signing: the manifest carries its digest (record_digest).
+                    rec = record(None)
+                    original = Original(Path(scan.relpath).name, scan_mime(scan.format), scan.sha256)
+                    assertion = provenance_assertion(rec, rec_path.name if prof.output.write_json else None)
+                    signed = self.signer.write_signed(batch, img_path, plain, fmt, original, assertion)
+                lap("sign")
+                rec["output"]["sha256"] = hashes[outputs[0]] = signed.sha256
+                rec["content_credentials"] = signed.entry
+                if signed.sidecar is not None:
+                    outputs.append(signed.sidecar.relative_to(self.out_dir).as_posix())
+            if rec is not None and prof.output.write_json:
+                data = record_bytes(rec)
                 outputs.append(rec_path.relative_to(self.out_dir).as_posix())
+                hashes[outputs[-1]] = batch.add(rec_path, lambda fh: _put(fh, data))
         lap("write")
         return FileResult(
             outputs=outputs,
             timings=timings,
             warnings=warnings + list(scan.notes),
             engine_seconds=timings.get("colorize", 0.0),
+            # What the journal must hold for this output: the bytes read here, which a sidecar
+            # edited after planning (and reverted later) would otherwise leave out of step for good.
+            fingerprint=fingerprint(
+                scan.sha256, sidecar.sha256, prof.fingerprint(), self.model_fp, masks, found.folder_files
+            ),
+            output_sha256=hashes,
         )
 
 
@@ -252,12 +320,15 @@ class WorkResult:
     """One file's result as every executor records it (plain fields: it crosses process boundaries)."""
 
     relpath: str
-    state: str  # done | failed
+    state: str  # done | failed | no-space (the disk is full: the file is not at fault, the run stops)
     error: str = ""
     outputs: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     engine_seconds: float = 0.0
+    fingerprint: str = ""  # of what was read for this output (empty: the planned one stands)
+    output_sha256: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -> WorkResult:
@@ -266,17 +337,20 @@ def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -
     A :class:`UserError` fails the file with its own one-line reason; any other exception is an
     engine or library bug, which fails this file (never the whole overnight run) with a one-line
     ``internal error``. :class:`Interrupted` raised by ``stage`` propagates: the executor rolls the
-    file back.
+    file back. A full disk is no file's fault: ``no-space``, and the executor stops the run.
     """
     started = time.perf_counter()
+    state = "failed"
     try:
         result = pipeline.process(item, stage)
     except Interrupted:
         raise
     except UserError as exc:
         reason = exc.one_line()
+        state = "no-space" if is_out_of_space(exc) else state
     except Exception as exc:  # an engine/library bug must not end an overnight run
         reason = f"{item.relpath}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        state = "no-space" if is_out_of_space(exc) else state
     else:
         seconds = time.perf_counter() - started
         return WorkResult(
@@ -286,6 +360,9 @@ def process_one(pipeline: FileProcessor, item: ScanFile, stage: StageCallback) -
             timings={**{k: float(v) for k, v in result.timings.items()}, "total": seconds},
             seconds=seconds,
             engine_seconds=float(result.engine_seconds),
+            fingerprint=result.fingerprint,
+            output_sha256=dict(result.output_sha256),
+            warnings=list(result.warnings),
         )
     seconds = time.perf_counter() - started
-    return WorkResult(item.relpath, "failed", reason, timings={"total": seconds}, seconds=seconds)
+    return WorkResult(item.relpath, state, reason, timings={"total": seconds}, seconds=seconds)

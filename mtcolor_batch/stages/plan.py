@@ -49,12 +49,17 @@ def working_size(scan_size: tuple[int, int], long_side: int, square: bool = Fals
 
 
 def make_plan(
-    scan_size: tuple[int, int], settings: SamplingSettings, seed: int, prompt: str | None = None
+    scan_size: tuple[int, int],
+    settings: SamplingSettings,
+    seed: int,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
 ) -> Plan:
     """The Plan for one scan of ``scan_size`` (h, w) under the profile's sampling settings.
 
-    ``prompt`` is the global text (from the sidecar); ``None`` or empty falls back to
-    ``settings.prompt``. Raises UserError for tile settings the latent grid cannot honour.
+    ``prompt`` is the global text (from the sidecar or a folder rules file) and ``negative_prompt``
+    a folder rules file's; ``None`` or empty falls back to the setting. Raises UserError for tile
+    settings the latent grid cannot honour.
     """
     wh, ww = working_size(scan_size, settings.working_long_side, settings.working_square)
     tiles = canvas_tiles(wh, ww, settings.tile_size, settings.tile_overlap)
@@ -63,7 +68,8 @@ def make_plan(
     shared = {
         f.name: getattr(settings, f.name)
         for f in fields(Plan)
-        if f.name in SamplingSettings.model_fields and f.name != "prompt"  # the sidecar's text may win
+        # the hints' texts may win over these two
+        if f.name in SamplingSettings.model_fields and f.name not in ("prompt", "negative_prompt")
     }
     return Plan(
         **shared,
@@ -72,6 +78,7 @@ def make_plan(
         tiles=tiles,
         seed=int(seed),
         prompt=prompt or settings.prompt,
+        negative_prompt=negative_prompt or settings.negative_prompt,
     )
 
 

@@ -16,6 +16,10 @@ import numpy as np
 from PIL import Image
 
 from mtcolor_batch.core.types import Instance
+from mtcolor_batch.model.bundle import load_bundle, save_bundle
+from mtcolor_batch.model.denoiser import MTColorModules
+from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+from mtcolor_batch.testing.tiny_sd15 import tiny_controlnet, tiny_text_encoder, tiny_unet
 
 RED = (220, 0, 0)
 BLUE = (34, 92, 255)  # same CIE luminance as RED (gray 0.4264); CSS-nearest name "royal blue"
@@ -155,8 +159,6 @@ def fit_tiny_vae(
     import torch
     from diffusers import AutoencoderKL
 
-    from mtcolor_batch.model.bundle import load_bundle, save_bundle
-
     bundle = load_bundle(bundle_dir)
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_pretrained(bundle_dir / "vae", use_safetensors=True)
@@ -213,11 +215,6 @@ def write_learning_bundle(source: Path, dest: Path, *, seed: int = 0, text_dim: 
 
     import torch
     from transformers import CLIPTokenizer
-
-    from mtcolor_batch.model.bundle import load_bundle, save_bundle
-    from mtcolor_batch.model.denoiser import MTColorModules
-    from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
-    from mtcolor_batch.testing.tiny_sd15 import tiny_controlnet, tiny_text_encoder, tiny_unet
 
     original = load_bundle(source)
     shutil.copytree(

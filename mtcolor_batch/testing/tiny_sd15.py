@@ -18,6 +18,7 @@ import torch
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import staged_dir
 from mtcolor_batch.model.bundle import save_bundle
+from mtcolor_batch.model.denoiser import MTColorModules
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
 from mtcolor_batch.testing.tiny_clip import write_tiny_clip_tokenizer
 from mtcolor_batch.testing.tiny_perception import write_tiny_perception
@@ -140,7 +141,6 @@ def tiny_text_encoder(vocab_size: int, text_dim: int, *, layers: int = 5, interm
 
 
 def _tiny_components(folder: Path, seed: int) -> None:
-    from mtcolor_batch.model.denoiser import MTColorModules
 
     vocab_size = write_tiny_tokenizer(folder / "tokenizer")
     torch.manual_seed(seed)

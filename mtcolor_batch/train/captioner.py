@@ -88,7 +88,7 @@ class HFCaptioner:
     ) -> None:
         import torch
 
-        from mtcolor_batch.core.device import resolve_device, resolve_dtype
+        from mtcolor_batch.core.device import resolve_device, resolve_dtype  # deferred: loads torch
 
         self.kind, self.source, self.prompts, self.max_new_tokens = kind, source, prompts, max_new_tokens
         self.name: str = kind

@@ -2,7 +2,7 @@
 
 Kept apart from the run ``Profile`` because training knobs (learning rate, warm-up, accumulation)
 never change how a finished bundle colorizes, and a run profile must not accept them by mistake.
-The shipped defaults live in ``mtcolor_batch/profiles/train.yaml``; a user file overlays them and
+The shipped defaults live in ``profiles/train.yaml``; a user file overlays them and
 CLI options override single keys. The config is stored beside every checkpoint, and ``--resume``
 refuses a config whose loss-changing values differ, because that resume would no longer be exact.
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mtcolor_batch.core.config import SamplingSettings
+from mtcolor_batch.core.config import SamplingSettings, builtin_dir
 from mtcolor_batch.core.errors import UserError
 from mtcolor_batch.train.naming import has_colour_word
 
@@ -150,7 +149,7 @@ def read_config_layers(
     The caller overlays them its own way (flat or nested); a file that cannot be read or parsed is a
     one-line UserError naming it (and the line, for YAML).
     """
-    shipped = (resources.files("mtcolor_batch") / "profiles" / shipped_name).read_text(encoding="utf-8")
+    shipped = (builtin_dir() / shipped_name).read_text(encoding="utf-8")
     data = _read_yaml(shipped, shipped_name, what)
     if path is None:
         return data, {}, shipped_name

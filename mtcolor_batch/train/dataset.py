@@ -156,7 +156,7 @@ class InstanceFinder:
         if bundle is None:
             self.warning = "no --model bundle given: entries have no instances (global text only)"
             return
-        from mtcolor_batch.perception.models import load_perception
+        from mtcolor_batch.perception.models import load_perception  # deferred: loads torch
 
         self.perception = load_perception(bundle, device)
         if self.perception is None:
@@ -170,8 +170,8 @@ class InstanceFinder:
     def __call__(self, scan: Scan) -> list[Instance]:
         if self.perception is None:
             return []
-        from mtcolor_batch.perception import perceive
-        from mtcolor_batch.perception.instances import finalize
+        from mtcolor_batch.perception import perceive  # deferred: loads torch
+        from mtcolor_batch.perception.instances import finalize  # deferred: loads torch
 
         found = perceive(scan, self.perception, self.settings, [])
         return finalize(found, scan.size, self.settings)

@@ -2,7 +2,7 @@
 
 Kept apart from ``TrainConfig`` because none of it changes a training run once the dataset exists,
 and a training config must not accept it by mistake. The shipped defaults live in
-``mtcolor_batch/profiles/dataset.yaml``; a user file overlays them section by section and CLI options
+``profiles/dataset.yaml``; a user file overlays them section by section and CLI options
 override single keys. The build records the config in ``dataset.json`` so a dataset says how its
 texts were made.
 """

@@ -53,7 +53,10 @@ from mtcolor_batch.core.device import resolve_device
 from mtcolor_batch.core.errors import ModelError, UserError
 from mtcolor_batch.core.fs import atomic_write_text, staged_dir
 from mtcolor_batch.model.bundle import load_bundle, save_bundle
+from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
+from mtcolor_batch.model.regions import RegionBatch
 from mtcolor_batch.model.registry import MANIFEST_FILE, MODULES_FILE
+from mtcolor_batch.model.text import encode_texts
 from mtcolor_batch.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mtcolor_batch.train.config import TrainConfig
 from mtcolor_batch.train.data import Batch, ManifestDataset, OrderedBatches, collate
@@ -61,8 +64,6 @@ from mtcolor_batch.train.data import Batch, ManifestDataset, OrderedBatches, col
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel
-
-    from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 
 LOSS_LOG = "loss.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -106,8 +107,6 @@ def load_components(bundle_dir: Path, device: torch.device, controlnet_init: str
     """
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from mtcolor_batch.model.denoiser import MTColorDenoiser, MTColorModules
 
     load_bundle(bundle_dir)  # hashes verified: training on a corrupted bundle wastes a GPU-day
     try:
@@ -193,21 +192,6 @@ def param_groups(
     return [{"params": rest}, {"params": slow, "lr": cfg.lr * cfg.projection_lr_scale}]
 
 
-def encode_text(
-    parts: Components, texts: list[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states (B, 77, D), pooled (B, D)) from the frozen CLIP text encoder."""
-    tok = parts.tokenizer(
-        texts,
-        padding="max_length",
-        max_length=parts.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    out = parts.text_encoder(tok.input_ids.to(device), return_dict=True)
-    return out.last_hidden_state, out.pooler_output
-
-
 class FrozenCache:
     """Outputs of the frozen text encoder (and optionally the VAE encoder), computed once per key.
 
@@ -227,7 +211,7 @@ class FrozenCache:
             if text in self.texts:
                 self.texts.move_to_end(text)
             else:
-                h, p = encode_text(self.parts, [text], self.device)
+                h, p = encode_texts(self.parts.tokenizer, self.parts.text_encoder, [text], self.device)
                 self.texts[text] = (h[0], p[0])
                 if len(self.texts) > self.max_texts:
                     self.texts.popitem(last=False)
@@ -256,7 +240,6 @@ def make_regions(batch: Batch, pooled: torch.Tensor, keep: torch.Tensor, latent_
     ``keep[b] == False`` is the null condition: the regions stay, only the instance texts (tokens)
     are dropped, exactly as classifier-free guidance's unconditional half at inference.
     """
-    from mtcolor_batch.model.regions import RegionBatch
 
     slots = batch.valid.shape[1]
     per_image = []

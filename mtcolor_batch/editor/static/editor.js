@@ -107,6 +107,8 @@ function step(delta) {
 // -- one scan --------------------------------------------------------------------------------
 async function openScan(path) {
   if (S.dirty && !confirm("Discard the unsaved changes to this sidecar?")) return;
+  if (F.dirty && !confirm("Discard the unsaved changes to the folder rules?")) return;
+  F.dirty = false;
   setStatus("loading…");
   const r = await api("/api/scan?" + new URLSearchParams({ path }).toString());
   if (!r.ok) { banner(r.data.error || "cannot open the scan"); setStatus(""); return; }
@@ -139,6 +141,7 @@ function showScan(data, fit) {
   renderScanList();
   setStatus(data.exists ? "saved" : "no sidecar yet");
   runCheck();
+  loadFolder();
 }
 
 function updateImage() {
@@ -151,7 +154,12 @@ function renderInstances() {
     const li = document.createElement("li");
     const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = inst.color;
     li.appendChild(sw);
-    li.appendChild(document.createTextNode(`[${inst.id}] ${inst.label} (${inst.source}): “${inst.text}”`));
+    // No run id here: the hint cards' #N is the one numbering the page shows.
+    li.appendChild(document.createTextNode(`${inst.label} (${inst.source}): “${inst.text}”`));
+    if (isRule(inst)) {
+      const from = document.createElement("span"); from.className = "from-rule";
+      from.textContent = "folder rule " + inst.hint_from; li.appendChild(from);
+    }
     ul.appendChild(li);
   }
   if (!S.current.instances.length) {
@@ -345,7 +353,8 @@ function suggest(card, h) {
   ul.hidden = found.length === 0;
 }
 function pickColor(card, h, name) {
-  h.color = name; $(".color-input", card).value = name; $(".suggestions", card).hidden = true; markDirty();
+  h.color = name; $(".color-input", card).value = name; $(".suggestions", card).hidden = true;
+  if (h.onPick) h.onPick(name); else markDirty();
 }
 function suggestKeys(e, card, h) {
   const ul = $(".suggestions", card);
@@ -394,6 +403,91 @@ async function save() {
   banner(`Saved ${r.data.sidecar}` + (r.data.masks.length ? ` and ${r.data.masks.join(", ")}` : ""), true);
   setStatus("saved");
   loadScans();
+}
+
+// -- folder rules: the nearest mtcolor-folder.yaml, same validator as `hints check` ------------------
+const RULES_FILE = "mtcolor-folder.yaml";
+const F = { path: null, etag: "none", dirty: false, seq: 0, timer: null, add: { color: "" } };
+function isRule(inst) { return !!inst.hint_from && inst.hint_from.includes(RULES_FILE + ":"); }
+
+async function loadFolder() {
+  if (!S.current || F.dirty) return;  // unsaved rule edits stay (a sidecar save reloads the scan)
+  const r = await api("/api/folder?" + new URLSearchParams({ path: S.current.path }).toString());
+  if (!r.ok) { $("#folder-info").textContent = r.data.error || "cannot read the folder rules"; return; }
+  F.path = r.data.path; F.etag = r.data.etag; F.dirty = false;
+  $("#folder-path").textContent = r.data.path + (r.data.exists ? "" : " (new)");
+  const above = r.data.applying.filter((p) => p !== r.data.path);
+  $("#folder-info").textContent = `covers ${r.data.covers} scan(s) in this session` +
+    (above.length ? `; farther rules also apply: ${above.join(", ")}` : "") +
+    ". A scan's own sidecar wins over these rules.";
+  $("#folder-text").value = r.data.text;
+  showFolderVerdict(r.data);
+}
+
+function showFolderVerdict(v) {
+  const errs = $("#folder-errors"); errs.textContent = "";
+  for (const p of v.problems) {
+    const li = document.createElement("li");
+    li.textContent = `line ${p.line ?? "?"}:${p.column ?? "?"}: ${p.message}` + (p.fix ? ` (${p.fix})` : "");
+    errs.appendChild(li);
+  }
+  const rules = $("#folder-rules"); rules.textContent = "";
+  for (const rule of v.rules) {
+    const li = document.createElement("li");
+    const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = rule.swatch || "#cccccc";
+    li.appendChild(sw);
+    const which = rule.index ? ` #${rule.index}` : "";
+    li.appendChild(document.createTextNode(`${rule.label}${which}: ${rule.color || ""}${rule.text ? " “" + rule.text + "”" : ""} (line ${rule.line})`));
+    rules.appendChild(li);
+  }
+}
+
+async function checkFolder(add) {
+  const seq = ++F.seq;
+  const body = { path: S.current.path, text: $("#folder-text").value };
+  if (add) body.add = add;
+  const r = await api("/api/folder/check", body);
+  if (seq !== F.seq) return;
+  if (!r.ok) { banner(r.data.error || "cannot check the folder rules"); return; }
+  if (add) {  // show the added rule: it ends the instances block, often below the fold of a long file
+    const ta = $("#folder-text"); F.dirty = true;
+    let at = 0; while (at < body.text.length && body.text[at] === r.data.text[at]) at++;  // where it went
+    ta.value = r.data.text.slice(0, at + 1); const top = ta.scrollHeight;  // how far down it starts, wrapped
+    ta.value = r.data.text; ta.scrollTop = Math.max(0, top - ta.clientHeight / 2);
+  }
+  showFolderVerdict(r.data);
+}
+
+async function saveFolder() {
+  if (!S.current || !F.path) return;
+  const r = await api("/api/folder/save", { path: S.current.path, etag: F.etag, text: $("#folder-text").value });
+  if (r.status === 422) { showFolderVerdict(r.data); banner("Rules not saved: fix the problems listed under Folder rules."); return; }
+  if (!r.ok) { banner(r.data.error || "saving the rules failed"); return; }
+  F.etag = r.data.etag; F.dirty = false;
+  const again = await api("/api/scan?" + new URLSearchParams({ path: S.current.path }).toString());
+  if (again.ok && !S.dirty) { const z = S.zoom; showScan(again.data, false); S.zoom = z; applyZoom(); }
+  banner(`Saved ${r.data.path}: every scan below it follows these rules`, true);  // after showScan, which clears it
+  loadScans();  // a rule can fix (or break) label-only regions in any sidecar below it: fresh badges
+}
+
+function setupFolderPanel() {
+  const card = $("#folder-add");
+  const input = $(".color-input", card);
+  F.add.onPick = (name) => { F.add.color = name; $(".swatch", card).style.background = S.colors.find((c) => c.name === name)?.hex || ""; };
+  input.addEventListener("input", () => { F.add.color = input.value; suggest(card, F.add); });
+  input.addEventListener("keydown", (e) => suggestKeys(e, card, F.add));
+  input.addEventListener("blur", () => { $(".suggestions", card).hidden = true; });
+  $("#folder-text").addEventListener("input", () => {
+    F.dirty = true; clearTimeout(F.timer); F.timer = setTimeout(() => checkFolder(null), 250);
+  });
+  $("#folder-add-btn").addEventListener("click", () => {
+    const label = $("#folder-label").value.trim();
+    if (!label) { banner("A rule needs a label (what the detector calls it, e.g. tram)."); return; }
+    checkFolder({ label, color: input.value.trim(), text: $("#folder-rule-text").value.trim() });
+    $("#folder-label").value = ""; input.value = ""; $("#folder-rule-text").value = "";
+    F.add.color = ""; $(".swatch", card).style.background = "";
+  });
+  $("#folder-save").addEventListener("click", saveFolder);
 }
 
 // -- preview: "Colorize this one" -----------------------------------------------------------------
@@ -449,6 +543,12 @@ function renderShapes() {
       const r = svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, class: "detection pickable" }, svg);
       r.dataset.id = inst.id;
     }
+  }
+  for (const inst of S.current.instances.filter(isRule)) {  // colours that come from mtcolor-folder.yaml
+    const [x0, y0, x1, y1] = inst.box;
+    svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, class: "rule-box" }, svg);
+    const t = svgEl("text", { x: x0 + 3, y: y0 + 14 / S.zoom, class: "rule-tag" }, svg);
+    t.setAttribute("font-size", 12 / S.zoom); t.textContent = "rule: " + inst.label;
   }
   S.doc.instances.forEach((h, i) => {
     const color = hintColor(i);
@@ -682,6 +782,7 @@ async function start() {
   $("#filter-kind").addEventListener("change", renderScanList);
   for (const id of ["#prompt", "#seed", "#exclude"]) $(id).addEventListener("input", markDirty);
   document.addEventListener("keydown", onKey);
+  setupFolderPanel();
   window.addEventListener("beforeunload", (e) => { if (S.dirty) { e.preventDefault(); e.returnValue = ""; } });
   const colors = await api("/api/colors");
   if (colors.ok) S.colors = colors.data.colors;

@@ -17,8 +17,15 @@ from rich.progress import Progress
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.fs import remove_live_temps
-from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
-from mtcolor_batch.stages.pipeline import FileProcessor, Interrupted, Pipeline, process_one
+from mtcolor_batch.jobs.batch import (
+    ExecContext,
+    Outcome,
+    PlannedFile,
+    file_progress,
+    record_result,
+    run_one,
+)
+from mtcolor_batch.stages.pipeline import FileProcessor, Interrupted, Pipeline
 
 PipelineFactory = Callable[[Profile, Path, Path, Path], FileProcessor]
 """(profile, bundle folder, scan root, output folder) -> a loaded pipeline (``Pipeline.load``)."""
@@ -51,8 +58,9 @@ def _loop(todo: list[PlannedFile], pipeline: FileProcessor, ctx: ExecContext) ->
         try:
             for p in todo:
                 rel = p.item.relpath
-                if stop.requested:
-                    outcomes.append(Outcome(rel, "pending", "not started (interrupted)"))
+                if stop.requested or ctx.halted:
+                    why = "the disk is full" if ctx.halted else "interrupted"
+                    outcomes.append(Outcome(rel, "pending", f"not started ({why})"))
                     continue
                 current = rel
                 journal.mark_running(rel)
@@ -89,7 +97,7 @@ def _process(
         ctx.stop.checkpoint(name)
 
     try:
-        result = process_one(pipeline, p.item, on_stage)
+        result = run_one(pipeline, p.item, on_stage, ctx.out_dir)
     except Interrupted:
         ctx.journal.mark_pending(rel)
         outcome = Outcome(rel, "pending", "rolled back (interrupted)")

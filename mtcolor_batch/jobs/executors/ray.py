@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import warnings
@@ -35,9 +36,17 @@ from rich.markup import escape
 
 from mtcolor_batch.core.config import Profile
 from mtcolor_batch.core.errors import UserError
-from mtcolor_batch.jobs.batch import ExecContext, Outcome, PlannedFile, file_progress, record_result
+from mtcolor_batch.jobs.batch import (
+    ExecContext,
+    Outcome,
+    PlannedFile,
+    file_progress,
+    record_result,
+    run_one,
+)
+from mtcolor_batch.output.credentials import prepare_credentials
 from mtcolor_batch.scan.discover import ScanFile
-from mtcolor_batch.stages.pipeline import WorkResult, process_one
+from mtcolor_batch.stages.pipeline import Pipeline, WorkResult
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: "
@@ -46,7 +55,19 @@ RAY_MISSING = (
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1
 MAX_TASK_RETRIES = 3  # a file that kills its worker this many more times fails instead of looping
 MAX_BLOCKS = 50_000  # one file per block (exact retries) up to here; beyond, a few files per block
-RESULT_KEYS = ("relpath", "state", "error", "outputs", "timings", "seconds", "engine_seconds", "worker")
+RESULT_KEYS = (
+    "relpath",
+    "state",
+    "error",
+    "outputs",
+    "timings",
+    "seconds",
+    "engine_seconds",
+    "fingerprint",
+    "output_sha256",
+    "warnings",
+    "worker",
+)
 FaultHook = Callable[[str, int, str], None]
 """``fault(stage, files_started, worker)``: a test hook (see ``mtcolor_batch.testing.faults``)."""
 
@@ -65,6 +86,19 @@ def require_ray() -> Any:
     return ray
 
 
+def worker_profile(profile: Profile) -> Profile:
+    """The profile the workers get: with signing on, the C2PA credentials pinned as absolute paths.
+
+    They travel as the bundle does (a path on the shared filesystem); each worker reads and checks
+    the key itself in ``Pipeline.load``, so the key is never pickled into a task argument.
+    """
+    if profile.output.c2pa != "sign":
+        return profile
+    pinned = profile.model_copy(deep=True)
+    prepare_credentials(pinned.output)
+    return pinned
+
+
 class FileWorker:
     """A Ray Data actor: loads the model once, then colorizes files named by relative path.
 
@@ -80,10 +114,10 @@ class FileWorker:
         out_dir: str,
         fault: FaultHook | None = None,
     ) -> None:
-        from mtcolor_batch.stages.pipeline import Pipeline
 
         _quiet_worker_logs()
         self.scan_root = Path(scan_root)
+        self.out_dir = Path(out_dir)
         self.pipeline = Pipeline.load(profile, Path(bundle_dir), self.scan_root, Path(out_dir))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.fault = fault
@@ -103,10 +137,12 @@ class FileWorker:
             self.count += 1
             # The real path travels as hex of its bytes: an old archive's non-UTF-8 name has no text form.
             item = ScanFile(Path(os.fsdecode(bytes.fromhex(str(raw)))), rel, stem, str(note))
-            work = process_one(self.pipeline, item, self._on_stage)
+            work = run_one(self.pipeline, item, self._on_stage, self.out_dir)
             res = dataclasses.asdict(work)
             res["outputs"] = json.dumps(res["outputs"])  # flat columns travel best through Arrow
+            res["warnings"] = json.dumps(res["warnings"])
             res["timings"] = json.dumps(res["timings"], sort_keys=True)
+            res["output_sha256"] = json.dumps(res["output_sha256"], sort_keys=True)
             res["worker"] = self.worker
             for key in RESULT_KEYS:
                 out[key].append(res[key])
@@ -148,6 +184,27 @@ def _quiet_ray_data(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
+def check_ray_options(address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:
+    """The Ray options, checked when the command line is read: before the journal exists, and
+    before Ray is imported (a bad value is a setup error, not a traceback halfway into the run)."""
+    if workers is not None and workers < 1:
+        raise UserError(f"bad --workers {workers}", hint="need at least 1")
+    if gpus_per_worker is not None and not (math.isfinite(gpus_per_worker) and gpus_per_worker >= 0):
+        raise UserError(f"bad --gpus-per-worker {gpus_per_worker}", hint="0 (CPU), a fraction, or 1+")
+    if address is None:
+        return
+    if not address.strip():
+        raise UserError(
+            "--address is empty (an unset variable in the job script?)",
+            hint="give the head node as HOST:PORT, auto for the running cluster, or leave out --address",
+        )
+    if address.lower().startswith(("http://", "https://")):
+        raise UserError(
+            f"--address {address} is a web address (the dashboard or jobs API), not the cluster's",
+            hint="give the head node as HOST:PORT (port 6379 by default), ray://HOST:10001, or auto",
+        )
+
+
 class RayExecutor:
     """The ``executor`` that ``run_batch`` calls with the planned files (see module docstring)."""
 
@@ -159,10 +216,7 @@ class RayExecutor:
         gpus_per_worker: float | None = None,
         fault: FaultHook | None = None,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise UserError(f"bad --workers {workers}", hint="need at least 1")
-        if gpus_per_worker is not None and gpus_per_worker < 0:
-            raise UserError(f"bad --gpus-per-worker {gpus_per_worker}", hint="0 (CPU), a fraction, or 1+")
+        check_ray_options(address, workers, gpus_per_worker)
         if address is None:
             # A Ray started by this command serves this machine alone: bind it to the loopback
             # address rather than the public interface (Ray reads this switch at import time).
@@ -236,7 +290,7 @@ class RayExecutor:
                         record_result(_work_result(res), ctx)
                         progress.update(task, description=f"{res['relpath']} [dim]{res['worker']}[/dim]")
                         progress.advance(task)
-                    if ctx.stop.requested:
+                    if ctx.stop.requested or ctx.halted:  # Ctrl-C, or the disk is full
                         interrupted = True
                         break
             except KeyboardInterrupt:  # second Ctrl-C: stop at once; unrecorded files go back to pending
@@ -259,7 +313,7 @@ class RayExecutor:
         return ds.map_batches(
             FileWorker,
             fn_constructor_kwargs={
-                "profile": ctx.profile,
+                "profile": worker_profile(ctx.profile),
                 "bundle_dir": str(ctx.bundle_dir),
                 "scan_root": str(ctx.scan_root),
                 "out_dir": str(ctx.out_dir),
@@ -316,6 +370,9 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 "timings": json.loads(str(batch["timings"][i])),
                 "seconds": float(batch["seconds"][i]),
                 "engine_seconds": float(batch["engine_seconds"][i]),
+                "fingerprint": str(batch["fingerprint"][i]),
+                "output_sha256": json.loads(str(batch["output_sha256"][i])),
+                "warnings": json.loads(str(batch["warnings"][i])),
                 "worker": str(batch["worker"][i]),
             }
         )
