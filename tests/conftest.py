@@ -10,8 +10,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Tiny models: torch's intra-op threads only add contention on a 2-core runner (measured 20-50x
 # slower under load). One thread for this process and every CLI subprocess a test starts; it also
 # keeps outputs byte-comparable between the local runner and Ray workers (which use one thread each).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+# MTC_TORCH_THREADS overrides the count, to re-run a test (the learning test) at another float
+# summation order.
+TORCH_THREADS = int(os.environ.get("MTC_TORCH_THREADS", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+os.environ.setdefault("MKL_NUM_THREADS", str(TORCH_THREADS))
 # Content Credentials: the generated local signing certificate goes to $XDG_CONFIG_HOME, never
 # into the user's own config folder (CLI subprocesses inherit it).
 import atexit  # noqa: E402
@@ -23,7 +26,7 @@ atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
+torch.set_num_threads(TORCH_THREADS)
 
 
 # -- perception (engineer "perception") ---------------------------------------------------------

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mtcolor_batch.core.config import builtin_dir
+from mtcolor_batch.core.config import SamplingSettings, builtin_dir
 from mtcolor_batch.core.errors import UserError
+from mtcolor_batch.train.naming import has_colour_word
 
 TRAIN_PROFILE = "train.yaml"
 
@@ -50,7 +51,14 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-2, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_eps: float = Field(1e-8, gt=0)
+    adam_eps: float = Field(
+        1e-18,
+        gt=0,
+        description="AdamW's eps. Far below torch's 1e-8 on purpose: behind the zero-initialised gates "
+        "the text path's first gradients are ~1e-15 (they scale with tanh(gate)), and at eps 1e-8 "
+        "Adam takes a |g| / eps sliver of each step there, for thousands of steps at the paper's "
+        "lr and warm-up (bench/train_first_steps.py).",
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 turns it off.")
     resolution: int = Field(512, ge=8, description="Square training size in pixels (multiple of 8).")
     null_prob: float = Field(
@@ -58,6 +66,20 @@ class TrainConfig(BaseModel):
         ge=0,
         le=1,
         description="Chance that a sample's texts are replaced by null, masks kept (for CFG).",
+    )
+    caption_dropout: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Stage 1: chance that a sample whose texts are kept sees caption_dropout_prompt "
+        "(no colour named) as its global text instead of its caption, instance texts kept. Why: "
+        "built captions repeat the instance colours, and inference's default prompt names none. "
+        "Not in the paper.",
+    )
+    caption_dropout_prompt: str = Field(
+        SamplingSettings.model_fields["prompt"].default,
+        description="The colour-free global text of caption_dropout (default: the run profile's "
+        "default prompt).",
     )
     max_instances: int = Field(8, ge=1, description="Instance slots per sample; extra instances are dropped.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
@@ -76,6 +98,13 @@ class TrainConfig(BaseModel):
         description="Stage 2's starting ControlNet: the bundle's (default; already a gray-to-colour "
         "ControlNet) or a copy of the UNet's encoder (ControlNetModel.from_unet, the paper's recipe).",
     )
+
+    @field_validator("caption_dropout_prompt")
+    @classmethod
+    def _names_no_colour(cls, prompt: str) -> str:
+        if has_colour_word(prompt):
+            raise ValueError(f"{prompt!r} names a colour; the dropped caption must name none")
+        return prompt
 
     def loss_fingerprint(self) -> str:
         """Hash of the values a resumed run must share with the original for the loss curve to match.

@@ -10,7 +10,11 @@ paper's: 25,000 steps for stage 1, 20,000 for stage 2. Loss: L2 between the pred
 noise (or velocity, per the bundle's scheduler config) at random DDPM timesteps of the VAE latents
 of the colour target, conditioned on the gray image (stage 2), the global text and the instances.
 Each sample's texts are replaced by null with probability ``null_prob`` (its regions stay, as in
-classifier-free guidance at inference) so guidance has an unconditional model to subtract.
+classifier-free guidance at inference) so guidance has an unconditional model to subtract. Two
+departures from the paper in stage 1 (docs/training-evidence.md gives the measurements): a kept
+sample's global caption becomes a colour-free prompt with probability ``caption_dropout``
+(:func:`drop_captions`), and untrained branches are re-copied from the UNet loaded now
+(:func:`start_branches_from_unet`); AdamW's eps is far below torch's default (``adam_eps``).
 
 Why plain PyTorch rather than accelerate: exact resume needs every RNG, the data position and the
 optimizer/scheduler state under our control and written without pickle (see ``checkpoint.py``);
@@ -134,6 +138,23 @@ def load_components(bundle_dir: Path, device: torch.device, controlnet_init: str
     return Components(tokenizer, text_encoder, vae, unet, controlnet, modules, noise_scheduler, denoiser)
 
 
+def start_branches_from_unet(parts: Components) -> bool:
+    """Before stage 1 on untrained guidance (every gate zero), copy W_Qp/W_Kp/W_Vp/W_O from the UNet
+    loaded now, the one stage 1 trains beside; return whether it did.
+
+    Why: a bundle's modules hold copies taken when they were written (``models pull``, a converter,
+    a test's bundle builder), from whatever UNet was there then; a UNet fine-tuned or replaced since
+    would leave the branches starting from attention this UNet no longer computes. With every gate
+    zero the branches add exactly nothing, so re-copying changes no output of the bundle. Trained
+    guidance (a gate non-zero) is kept: its projections are part of what was learned.
+    """
+    guidance = parts.modules.guidance
+    if any(bool(guidance.layer(key).gate.any()) for key in guidance.layers):
+        return False
+    guidance.init_from(parts.unet.get_parameter)
+    return True
+
+
 def trainable_parameters(parts: Components, stage: int) -> dict[str, nn.Parameter]:
     """Name -> parameter of what a stage trains (stage 1: guidance; stage 2: ControlNet + PMAM)."""
     if stage == 0:  # backbone pretraining of toy bundles (testing/synthetic.py); not a paper stage
@@ -231,6 +252,24 @@ def make_regions(batch: Batch, pooled: torch.Tensor, keep: torch.Tensor, latent_
     return RegionBatch.cat(per_image).drop_tokens(~keep)
 
 
+def drop_captions(
+    texts: list[str], keep: torch.Tensor, generator: torch.Generator, cfg: TrainConfig
+) -> list[str]:
+    """Stage 1's global texts: each kept one becomes ``caption_dropout_prompt`` with chance
+    ``caption_dropout`` (one draw per sample from ``generator``, always made, so the draw order does
+    not depend on the rate); null texts stay null.
+
+    Why: a built global text repeats its instances' texts ("..., with a red car"), so without this the
+    instance tokens only ever learn beside a caption that already names their colours, and may learn
+    to lean on it; at inference the default prompt names no colour. The paper has no such dropout.
+    """
+    drop = torch.rand(len(texts), generator=generator) < cfg.caption_dropout
+    return [
+        cfg.caption_dropout_prompt if bool(k) and bool(d) else t
+        for t, k, d in zip(texts, keep, drop, strict=True)
+    ]
+
+
 def compute_loss(
     parts: Components,
     cache: FrozenCache,
@@ -251,6 +290,8 @@ def compute_loss(
     use_controlnet = stage == 2 or (stage == 0 and bool(torch.rand(1, generator=generator) < 0.5))
     keep = torch.rand(bsz, generator=generator) >= cfg.null_prob
     texts = [t if bool(k) else "" for t, k in zip(batch.texts, keep, strict=True)]
+    if stage == 1:
+        texts = drop_captions(texts, keep, generator, cfg)
     slots = batch.valid.shape[1]
     flat = [t for row in batch.inst_texts for t in row]
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
@@ -333,9 +374,18 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def write_trained_bundle(
-    source: Path, dest: Path, parts: Components, stage: int, step: int, cfg: TrainConfig
+    source: Path,
+    dest: Path,
+    parts: Components,
+    stage: int,
+    step: int,
+    cfg: TrainConfig,
+    notes: dict[str, Any] | None = None,
 ) -> Path:
-    """Copy ``source`` to ``dest`` with the trained weights, a new revision and recomputed hashes."""
+    """Copy ``source`` to ``dest`` with the trained weights, a new revision and recomputed hashes.
+
+    The training record (``sources.training``) gets the stage, steps, config and ``notes``.
+    """
     original = load_bundle(source, verify=False)
     with staged_dir(dest) as staging:
         staging.rmdir()  # copytree creates it
@@ -358,6 +408,7 @@ def write_trained_bundle(
                 "from_revision": original.revision,
                 "from_weights_sha256": original.weights_sha256,
                 "config": cfg.model_dump(mode="json"),
+                **(notes or {}),
             }
         )
         save_bundle(
@@ -433,6 +484,7 @@ def train(
     check_stage_data(dataset, stage)
     torch.manual_seed(cfg.seed)
     parts = load_components(bundle, dev, cfg.controlnet_init if stage == 2 else "bundle")
+    recopied = start_branches_from_unet(parts) if stage == 1 else False
     params = trainable_parameters(parts, stage)
     optimizer = torch.optim.AdamW(
         param_groups(parts, params, stage, cfg),
@@ -491,6 +543,8 @@ def train(
         f"stage {stage}: {len(dataset)} samples, {sum(p.numel() for p in params.values()):,} trainable "
         f"parameters, device {dev}, precision {amp or torch.float32}, from step {step}"
     )
+    if recopied:
+        say("stage 1: branch projections W_Qp/W_Kp/W_Vp/W_O copied from this bundle's UNet")
     last = stop_after if stop_after is not None else total_steps
     batches = 0
     # Samples are deterministic, so consecutive skipped steps covering 2n samples (which always hold
@@ -568,7 +622,9 @@ def train(
                 )
     bundle_out = out / BUNDLE
     if step >= total_steps:
-        write_trained_bundle(bundle, bundle_out, parts, stage, step, cfg)
+        write_trained_bundle(
+            bundle, bundle_out, parts, stage, step, cfg, {"branches_copied_from_unet": recopied}
+        )
         say(f"wrote bundle {bundle_out}")
     return TrainResult(
         steps=step,
