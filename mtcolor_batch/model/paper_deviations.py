@@ -59,8 +59,8 @@ BUILT_IN: tuple[Deviation, ...] = (
     Deviation(
         "cfg-keeps-masks",
         "classifier-free guidance",
-        "the unconditional half keeps the region masks and drops only texts and tokens, so no guided "
-        "term crosses an instance border",
+        "the unconditional half keeps the region masks and drops only texts and tokens, so within each "
+        "layer no guided term crosses an instance border",
     ),
 )
 
