@@ -247,7 +247,10 @@ def test_the_readme_main_job_runs_as_written(tmp_path: Path) -> None:
     assert block is not None
     commands = block_commands("README.md", 0, block.group(1))
     assert [c.argv[:2] for c in commands] == [
-        ("mtcolor-batch", "models"), ("mtcolor-batch", "run"), ("mtcolor-batch", "report")
+        ("mtcolor-batch", "models"),
+        ("mtcolor-batch", "run"),
+        ("mtcolor-batch", "report"),
+        ("mtcolor-batch", "verify"),
     ]
     shutil.copytree(ROOT / "examples" / "scans", tmp_path / "examples" / "scans")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MTCOLOR_HOME": str(tmp_path / "home")}
