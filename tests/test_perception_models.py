@@ -71,6 +71,7 @@ def test_embedding_computed_once_per_scan(tiny_perception) -> None:
         seg.segment_points(scan.luma, [])
 
 
+@pytest.mark.slow
 def test_large_scan_is_shrunk_for_sam_and_masks_come_back_full_size(tiny_perception_dir) -> None:
     perception = load_perception(tiny_perception_dir, "cpu", long_side=64)
     scan = make_scan(4, h=150, w=300)
@@ -176,3 +177,59 @@ def test_tiny_perception_is_reproducible_safetensors(tmp_path: Path, tiny_percep
         assert (tmp_path / comp / "model.safetensors").read_bytes() == (
             tiny_perception_dir / comp / "model.safetensors"
         ).read_bytes()
+
+
+def _sidecar_scan(tmp_path: Path, boxes: int, label_hint: bool = False) -> Scan:
+    lines = ["version: 1", "instances:"]
+    for k in range(boxes):
+        lines += [f"  - box: [{4 + 30 * k}, 10, {28 + 30 * k}, 60]", "    color: red"]
+    if label_hint:
+        lines += ["  - label: person", "    color: blue"]
+    (tmp_path / "s7.png.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    scan = make_scan(7)
+    return Scan(**{**scan.__dict__, "source": tmp_path / "s7.png"})
+
+
+@pytest.mark.parametrize(
+    ("boxes", "label_hint", "detects"),
+    [(3, False, False), (4, False, False), (2, False, True), (3, True, True)],
+)
+def test_detection_is_skipped_only_where_no_auto_instance_could_be_kept(
+    tiny_perception,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    boxes: int,
+    label_hint: bool,
+    detects: bool,
+) -> None:
+    """Drawn sidecar regions that fill max_instances leave finalize no slot for an auto instance, so
+    the detector is not run, and the instances are exactly those a run with detection gives. A label
+    hint binds to a detection, and fewer drawn regions leave room: there it runs."""
+    import mtcolor_batch.perception as perception_module
+    import mtcolor_batch.stages.instances as stage
+    from mtcolor_batch.core.config import Profile
+
+    scan = _sidecar_scan(tmp_path, boxes, label_hint)
+    profile = Profile(perception=PerceptionSettings(size=128, box_threshold=0.0, max_instances=3))
+    calls: list[int] = []
+    real_detect = perception_module.detect
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real_detect(*args, **kwargs)
+
+    monkeypatch.setattr(perception_module, "detect", counting)
+    sidecar = stage.read_sidecar(scan, profile.hints)
+    found = stage.find_instances(scan, sidecar, tiny_perception, profile, tmp_path)
+    assert bool(calls) is detects
+    monkeypatch.setattr(stage, "_drawn_only", lambda *_: False)  # always detect: the reference
+    reference = stage.find_instances(scan, sidecar, tiny_perception, profile, tmp_path)
+    assert calls  # the reference did detect
+    assert [(i.id, i.label, i.box, i.source, i.text) for i in found.instances] == [
+        (i.id, i.label, i.box, i.source, i.text) for i in reference.instances
+    ]
+    pairs = zip(found.instances, reference.instances, strict=True)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in pairs)
+    if not detects or label_hint:
+        return
+    assert any(i.source == "auto" for i in reference.instances)  # the room was really used

@@ -60,8 +60,13 @@ def perceive(
     settings: PerceptionSettings,
     exclude: Sequence[str] = (),
     extra_queries: Sequence[str] = (),
+    room: int | None = None,
 ) -> list[Instance]:
     """Auto instances of one scan, masks at scan resolution; ``[]`` when switched off or impossible.
+
+    ``room`` is how many auto instances could still be kept (``None``: unknown). At 0 nothing is
+    detected: a sidecar whose drawn regions already fill ``max_instances`` leaves no slot an auto
+    instance could take, and detection is most of a scan's cost on a CPU (docs/few-step.md).
 
     ``exclude`` (the hints' ``exclude:`` lists) removes labels before detection, so an excluded
     thing costs nothing. ``extra_queries`` (labels folder rules name) are asked for as well, so a
@@ -74,6 +79,8 @@ def perceive(
     if perception is None:
         return []
     if not settings.auto_instances or settings.max_instances == 0 or not perception.can_auto_segment:
+        return []
+    if room is not None and room <= 0:
         return []
     assert perception.detector is not None and perception.segmenter is not None
     image = luma_to_rgb_image(scan.luma, settings.size)

@@ -18,7 +18,7 @@ from mtcolor_batch.core.config import HintSettings, Profile
 from mtcolor_batch.core.types import Instance, Scan
 from mtcolor_batch.hints.folder_rules import NO_FOLDER_RULES, FolderChain, folder_chain
 from mtcolor_batch.hints.mask_files import mask_digests
-from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, effective_exclude, resolve_hints
+from mtcolor_batch.hints.resolve import NO_SEGMENTER_NOTE, ResolvedHints, effective_exclude, resolve_hints
 from mtcolor_batch.hints.schema import Sidecar, check_instance_count, load_sidecar
 from mtcolor_batch.perception import perceive
 from mtcolor_batch.perception.instances import finalize
@@ -86,19 +86,38 @@ def find_instances(
     files stay inside. A rule's label is added to the detector's queries, so a "tram" rule looks
     for trams in every scan it covers."""
     exclude = sorted(effective_exclude(sidecar.hints, folder))
-    autos = perceive(scan, perception, profile.perception, exclude, folder.queries())
     # sidecar boxes and points reuse the embedding perceive made (same model, same size)
     sam = perception.segmenter if perception is not None else None
     segmenter = sam.at(profile.perception.size) if sam is not None else None
-    resolved = resolve_hints(
-        sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints, folder
-    )
+
+    def resolve(autos: list[Instance]) -> ResolvedHints:
+        return resolve_hints(
+            sidecar.hints, sidecar.path, scan, autos, segmenter, scan_root, profile.hints, folder
+        )
+
+    # No hint or rule binding to a detection: the drawn regions are what the sidecar gives whatever
+    # is detected, and where they fill max_instances finalize keeps no auto instance.
+    alone = resolve([]) if _drawn_only(sidecar, folder) else None
+    room = None if alone is None else profile.perception.max_instances - _with_pixels(alone.instances)
+    autos = perceive(scan, perception, profile.perception, exclude, folder.queries(), room)
+    resolved = alone if alone is not None and room is not None and room <= 0 else resolve(autos)
     warnings = _count_box_only(list(resolved.warnings))
     instances = finalize(resolved.instances, scan.size, profile.perception, warnings)
     seed = int(resolved.seed) if resolved.seed is not None else None
     return ScanInstances(
         instances, warnings, seed, resolved.prompt, resolved.negative_prompt, resolved.folder_files
     )
+
+
+def _drawn_only(sidecar: SidecarInput, folder: FolderChain) -> bool:
+    """True when nothing binds to a detected instance: no label hint, no folder rule."""
+    hints = sidecar.hints.instances if sidecar.hints is not None else []
+    return not folder.rules and all(h.region != "label" for h in hints)
+
+
+def _with_pixels(instances: list[Instance]) -> int:
+    """How many instances finalize counts against max_instances (those with any pixel)."""
+    return sum(bool(inst.mask.any()) for inst in instances)
 
 
 def _count_box_only(warnings: list[str]) -> list[str]:
