@@ -43,6 +43,7 @@ def _lora(bundle: Path, tmp_path: Path, **kw: object) -> Path:
     return write_kohya_lora(tmp_path / "lora.safetensors", random_kohya_lora(_unet(bundle), std=0.1, **kw))
 
 
+@pytest.mark.slow
 def test_lora_loads_fuses_and_changes_the_unet(bundle: Path, tmp_path: Path) -> None:
     """Added to the bundle, loaded with diffusers' loader and fused once: every adapted layer's weight
     moves, the layers stay plain torch layers, the outputs change, and the record names the file."""
@@ -194,3 +195,28 @@ def test_auto_without_an_accelerator_says_so_once(bundle: Path) -> None:
         8,
         512,
     )
+
+
+def test_the_editor_previews_with_the_accelerator_run_would_use(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hints edit --profile cpu` resolves `accelerator: auto` against the bundle as `run` does, so
+    "Colorize this one" samples as the night run will (it ran `auto` as no accelerator before)."""
+    from PIL import Image
+
+    import mtcolor_batch.editor.server as server
+
+    acc.add_accelerator(bundle, _lora(bundle, tmp_path), "lcm", acc.KNOWN["lcm"].recipe)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.new("L", (32, 24), 128).save(scans / "a.png")
+    seen: list[object] = []
+    monkeypatch.setattr(server, "serve", lambda session, *a, **k: seen.append(session.profile))
+    runner = CliRunner(env={"MTCOLOR_HOME": str(tmp_path / "home")})
+    args = ["hints", "edit", str(scans), "--model", str(bundle), "--no-browser", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--profile", "cpu"])
+    assert result.exit_code == 0, result.output
+    (profile,) = seen
+    ran, note = acc.load_run_profile("cpu", {"device": "cpu"}, bundle)  # what `run --profile cpu` uses
+    assert note is None and profile.sampling == ran.sampling  # type: ignore[attr-defined]
+    assert (ran.sampling.accelerator, ran.sampling.scheduler, ran.sampling.steps) == ("lcm", "lcm", 4)

@@ -39,6 +39,10 @@ def edit_command(
             raise UserError("no scans found", path=scans, hint="give a folder with .jpg/.png/.tif scans")
         ctx = load_hints_context(model, profile, device)
         settings = load_profile(profile, {"device": device})  # the preview runs where --device says
+        if ctx.bundle_dir is not None and settings.sampling.accelerator != "none":
+            from mtcolor_batch.model.accelerators import load_run_profile  # deferred: loads torch
+
+            settings, _ = load_run_profile(profile, {"device": device}, ctx.bundle_dir)  # as `run` samples
         root = scans if scans.is_dir() else scans.parent
         session = EditorSession(
             root, [path for path, _ in files], settings, ctx.perception, bundle_dir=ctx.bundle_dir

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mtcolor_batch.cli._common import fail
-from mtcolor_batch.core.config import OutputSettings, explicit_keys, load_profile
+from mtcolor_batch.core.config import OutputSettings, load_profile
 from mtcolor_batch.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from mtcolor_batch.evaluate.report import build_report  # added by "report" (issue 8)
 from mtcolor_batch.jobs.executors.ray import RayExecutor
@@ -181,11 +181,9 @@ def run_command(
         }
         effective = load_profile(profile, overrides)
         if effective.sampling.accelerator != "none":
-            from mtcolor_batch.model.accelerators import apply_accelerator  # deferred: loads torch
+            from mtcolor_batch.model.accelerators import load_run_profile  # deferred: loads torch
 
-            effective, note = apply_accelerator(
-                effective, find_bundle(model), explicit_keys(profile, overrides)
-            )
+            effective, note = load_run_profile(profile, overrides, find_bundle(model))
             if note:
                 console.print(escape(note), highlight=False)
         if effective.output.c2pa == "sign" and not dry_run:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mtcolor_batch.core.config import Profile, SamplingSettings
+from mtcolor_batch.core.config import Profile, SamplingSettings, explicit_keys, load_profile
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.core.fs import sha256_file, staged_file
 from mtcolor_batch.model.bundle import Bundle, _commit_of, read_manifest, save_bundle
@@ -435,3 +435,15 @@ def apply_accelerator(profile: Profile, bundle_dir: Path, explicit: set[str]) ->
         update["guidance_scale"] = acc.recipe.guidance
     sampling = SamplingSettings.model_validate({**settings.model_dump(), **update})
     return profile.model_copy(update={"sampling": sampling}), None
+
+
+def load_run_profile(
+    name_or_path: str | Path | None, overrides: dict[str, Any] | None, bundle_dir: Path
+) -> tuple[Profile, str | None]:
+    """The profile as ``run`` uses it with this bundle: loaded, and its accelerator resolved
+    (:func:`apply_accelerator`). Every command that colorizes for a user (``run``, the editor's
+    "Colorize this one") takes its profile from here, so a preview samples as the night run will."""
+    profile = load_profile(name_or_path, overrides)
+    if profile.sampling.accelerator == NONE:
+        return profile, None
+    return apply_accelerator(profile, bundle_dir, explicit_keys(name_or_path, overrides))
