@@ -4,7 +4,7 @@ Setup (``--full-size``): SD 1.5-size random weights with trained-like MT-Color m
 (``bench/full_size.py``), a random LoRA of LCM-LoRA's shape and rank (rank 64 over SD 1.5's 278
 adapted layers, fp16: the published files' layout) added to the bundle as the ``lcm`` accelerator,
 and a 3000x2000 gray scan with a sidecar of 4 instances. ``--smoke``: the tiny bundle, a 300x200
-scan, the same code (the fast test suite runs it).
+scan, the same code (the slow test suite runs it).
 
 Per profile (``default``, ``fast``, ``cpu``, ``paper``) the whole-scan seconds are what the product's
 record says each stage took (load, perception, plan, colorize, adherence, compose, write; not the

@@ -633,7 +633,10 @@ def test_hostile_tree_opens_in_hints_edit(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     server = subprocess.Popen(
         [sys.executable, "-m", "mtcolor_batch", "hints", "edit", str(root), "--no-browser"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -668,4 +671,6 @@ def test_hostile_profile_tags_on_collections_are_refused(tmp_path: Path, tiny_bu
         r = _cli("run", str(root), "--model", str(tiny_bundle), "--profile", str(profile), "--dry-run")
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert "tagged.yaml:1:" in r.stderr and "YAML tag" in r.stderr, r.stderr
+
+
 # == end of section "hostile" ==

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mtcolor_batch.core.config import load_profile
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.mark.slow
 def test_defaults_follow_the_profile_and_library_bars_are_off() -> None:
     code = (
         "import sys\n"

@@ -105,6 +105,7 @@ def test_global_with_one_uncropped_branch_step_is_own_bit_for_bit(engine: MTColo
     ("size", "tile", "crop", "bound"),
     [(192, 256, 0, 0.06), (384, 512, 64, 0.10), (320, 256, 64, 0.13)],  # whole; cropped; tiles, cropped
 )
+@pytest.mark.slow
 def test_global_runs_fewer_latents_and_stays_within_bound(
     engine: MTColorEngine, size: int, tile: int, crop: int, bound: float
 ) -> None:
@@ -163,6 +164,7 @@ def test_refresh_with_one_branch_step_is_every_step_bit_for_bit(engine: MTColorE
     ("size", "tile", "crop", "bound"),
     [(192, 256, 0, 0.02), (384, 512, 64, 0.02), (320, 256, 64, 0.02)],  # whole; cropped; tiles, cropped
 )
+@pytest.mark.slow
 def test_refresh_two_runs_fewer_latents_and_stays_close(
     engine: MTColorEngine, size: int, tile: int, crop: int, bound: float
 ) -> None:
@@ -180,6 +182,7 @@ def test_refresh_two_runs_fewer_latents_and_stays_close(
     assert 0 < rel < bound and rel < branches / 3
 
 
+@pytest.mark.slow
 def test_refresh_keeps_a_cropped_branch_on_the_global_latent_outside_its_crop(engine: MTColorEngine) -> None:
     """A carried deviation is zero outside the branch's crop, so there the branch latent stays the
     global one through the skipped steps, as it does through the run ones."""

@@ -85,6 +85,7 @@ def test_crop_spans_keep_the_margin_on_the_tile_grid() -> None:
 
 
 @pytest.mark.parametrize("size", [256, 384])  # one tile, and tiles with overlap
+@pytest.mark.slow
 def test_crop_covering_everything_is_off_bit_for_bit(engine: MTColorEngine, size: int) -> None:
     """The crop machinery itself is exact: a crop as large as the canvas changes no bit."""
     luma, insts = _scene(size)
@@ -115,6 +116,7 @@ def _fused(engine: MTColorEngine, size: int, crop: int, shapes: list[tuple[int, 
         sampler.denoiser = inner
 
 
+@pytest.mark.slow
 def test_crop_runs_less_and_stays_close(engine: MTColorEngine) -> None:
     """Branches see their box + 64 px instead of the whole image; the fused latents stay close."""
     off_shapes: list[tuple[int, ...]] = []

@@ -68,7 +68,9 @@ def _venv_reaching_this_env(where: Path) -> Path:
     python = where / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     (Path(site) / "zz_parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
@@ -93,7 +95,10 @@ def _check(python: Path, cwd: Path, scans: Path) -> dict[str, object]:
     cli = python.parent / "mtcolor-batch"
     run = subprocess.run(
         [cli, "run", str(scans), "--profile", "paper", "--dry-run", "--out", str(cwd / "out")],
-        cwd=cwd, env=env, capture_output=True, text=True,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     return found

@@ -174,6 +174,7 @@ def test_16bit_tiff_from_a_run_is_bit_exact_to_an_unsigned_run(signed_run, tiny_
     assert "content_credentials" not in json.loads((plain_out / "c16.color.json").read_text())
 
 
+@pytest.mark.slow
 def test_unsigned_runs_stay_byte_identical(signed_run, tiny_bundle, tmp_path) -> None:
     """With output.c2pa off nothing random enters a file: two runs write the same bytes."""
     scans, _, _ = signed_run
@@ -196,7 +197,12 @@ def test_verify_passes_a_fresh_run(signed_run) -> None:
     assert result.exit_code == 0, result.output
     rows = results(result)
     assert sorted(rows) == [
-        "a.color.png", "b.color.jpg", "c16.color.tif", "c8.color.tif", "d.color.webp", "e.color.bmp",
+        "a.color.png",
+        "b.color.jpg",
+        "c16.color.tif",
+        "c8.color.tif",
+        "d.color.webp",
+        "e.color.bmp",
         "f16.color.png",
     ]
     assert all(r["valid"] and r["original"] == "match" and r["record"] == "match" for r in rows.values())
@@ -381,6 +387,7 @@ def test_the_key_never_enters_a_record_log_or_the_journal(signed_run) -> None:
         assert not any(n in data for n in needles), path
 
 
+@pytest.mark.slow
 def test_first_run_says_where_the_local_certificate_is(tmp_path: Path, tiny_bundle, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     make_scans(tmp_path / "scans")

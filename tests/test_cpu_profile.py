@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mtcolor_batch.cli import app
@@ -16,6 +17,7 @@ from mtcolor_batch.testing.tiny_lora import random_kohya_lora, write_kohya_lora
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "scans"
 
 
+@pytest.mark.slow
 def test_cpu_profile_on_the_examples_records_the_few_step_sampling(tiny_bundle: Path, tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 

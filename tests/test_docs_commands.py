@@ -91,8 +91,12 @@ def block_commands(where: str, first: int, body: str) -> list[Command]:
 
 ALL = [c for page in PAGES for c in shell_commands(page)]
 CLI = [c for c in ALL if c.argv[0] == "mtcolor-batch"]
-BENCH = [c for c in ALL if c.argv[0].startswith("bench/") or (c.argv[0] == "python" and c.argv[1:2] and
-                                                              c.argv[1].startswith("bench/"))]
+BENCH = [
+    c
+    for c in ALL
+    if c.argv[0].startswith("bench/")
+    or (c.argv[0] == "python" and c.argv[1:2] and c.argv[1].startswith("bench/"))
+]
 PIP = [c for c in ALL if c.argv[:2] == ("pip", "install")]
 
 
@@ -185,6 +189,7 @@ def test_paths_the_commands_name_in_the_repository_exist() -> None:
 
 # -- CI runs the README's set-up commands, verbatim ----------------------------------------------
 
+
 def _readme_setup() -> list[str]:
     """The lines of the first code block under "## Set up"."""
     text = README.read_text(encoding="utf-8")
@@ -211,8 +216,12 @@ def test_ci_runs_the_readme_setup_verbatim_then_the_slow_suite_and_the_docs() ->
     end = ci.index("# --- end of the README's commands ---")
     assert ci[begin + 1 : end] == _readme_setup()
     after = [line for line in ci[end:] if line and not line.startswith("#")]
-    for step in ("pytest -m slow", "ruff check mtcolor_batch tests bench examples", "mypy mtcolor_batch",
-                 "mkdocs build --strict"):
+    for step in (
+        "pytest -m slow",
+        "ruff check mtcolor_batch tests bench examples",
+        "mypy mtcolor_batch",
+        "mkdocs build --strict",
+    ):
         assert step in after, step
     assert any(line.startswith("pip install") and "ray" in line and "docs" in line for line in after)
 

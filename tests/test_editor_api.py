@@ -348,6 +348,7 @@ def test_live_segmentation_embeds_each_scan_once(scans: Path, tiny_perception) -
     del session
 
 
+@pytest.mark.slow
 def test_colorize_preview_runs_the_pipeline_without_writing_outputs(scans: Path, tiny_bundle: Path) -> None:
     from mtcolor_batch.perception.models import load_perception
 
@@ -564,14 +565,13 @@ def _listing_within(client: TestClient, seconds: float) -> dict | None:
     import threading
 
     out: dict = {}
-    thread = threading.Thread(
-        target=lambda: out.update(r=client.get("/api/scans", headers=H)), daemon=True
-    )
+    thread = threading.Thread(target=lambda: out.update(r=client.get("/api/scans", headers=H)), daemon=True)
     thread.start()
     thread.join(seconds)
     return None if thread.is_alive() else out
 
 
+@pytest.mark.slow
 def test_a_hostile_sidecar_or_scan_fails_alone_in_the_listing(scans: Path, tmp_path: Path) -> None:
     """A FIFO sidecar hung /api/scans; a directory sidecar or a decompression-bomb scan with a
     sidecar made it a 500 for every scan. Now each counts as that scan's problem."""
@@ -594,6 +594,7 @@ def test_a_hostile_sidecar_or_scan_fails_alone_in_the_listing(scans: Path, tmp_p
     assert "FIFO" in one_line_400(fifo)
 
 
+@pytest.mark.slow
 def test_a_600_deep_sidecar_is_one_line_not_a_500(scans: Path) -> None:
     (scans / "street_1910.jpg.yaml").write_text("instances:\n  - " + "[" * 600 + "]" * 600 + "\n")
     client = lenient(make_client(scans)[1])

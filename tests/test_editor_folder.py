@@ -124,7 +124,7 @@ def test_the_canvas_says_which_instances_a_folder_rule_coloured(
 ) -> None:
     import mtcolor_batch.stages.instances as stage
 
-    def one_tram(scan, perception, settings, exclude=(), extra=()):  # type: ignore[no-untyped-def]
+    def one_tram(scan, perception, settings, exclude=(), extra=(), room=None):  # type: ignore[no-untyped-def]
         mask = np.ones((60, 60), dtype=bool)
         return [Instance(1, "tram", "a tram", mask, (2, 3, 62, 63), source="auto", score=0.9)]
 

@@ -7,6 +7,8 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
+
 from mtcolor_batch.core.config import load_profile
 from mtcolor_batch.editor.session import ConflictError, EditorSession
 from mtcolor_batch.scan.discover import discover
@@ -15,6 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "scans"
 STREET = "street_1910.jpg"
 
 
+@pytest.mark.slow
 def test_two_servers_never_both_save_the_same_version(tmp_path: Path) -> None:
     root = tmp_path / "scans"
     shutil.copytree(EXAMPLES, root)

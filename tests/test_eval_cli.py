@@ -16,6 +16,7 @@ from mtcolor_batch.evaluate.evaluation import evaluate_dir
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_eval_writes_table_csv_and_json(eval_out, tmp_path) -> None:
     csv_path, json_path = tmp_path / "m.csv", tmp_path / "m.json"
     res = runner.invoke(

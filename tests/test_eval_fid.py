@@ -52,6 +52,7 @@ def _fid(real: list[np.ndarray], fake: list[np.ndarray]) -> float:
     return scorer.compute()
 
 
+@pytest.mark.slow
 def test_fid_matches_scipy_on_known_features() -> None:
     real, fake = _images(0), _images(1)
     expected = _frechet_scipy(_features(real), _features(fake))

@@ -44,6 +44,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(run_dir.rglob("*.color.json"))]
 
 
+@pytest.mark.slow
 def test_protocol_without_annotations_detects_instances_as_a_normal_run(refs, tiny_bundle, tmp_path) -> None:
     settings = ProtocolSettings(model=str(tiny_bundle), overrides=dict(TINY))  # the paper profile
     result = run_protocol(refs, tmp_path / "out", settings)
@@ -58,6 +59,7 @@ def test_protocol_without_annotations_detects_instances_as_a_normal_run(refs, ti
     assert ("no output has any instance" in table) == (not found)
 
 
+@pytest.mark.slow
 def test_sweep_says_when_no_instance_can_be_found(refs, tiny_bundle, tmp_path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("sam", "detector", "mtcolor.json"))

@@ -111,6 +111,7 @@ def test_ddcolor_colourfulness_matches_its_formula_and_differs_from_hasler(rgb: 
     assert dd != pytest.approx(hs, rel=0.05)
 
 
+@pytest.mark.slow
 def test_psnr_ssim_at_512_resizes_both_and_refuses_other_sizes(rgb: np.ndarray) -> None:
     assert metrics.at_paper_size(rgb).shape == (512, 512, 3)
     p, s = metrics.psnr_ssim_512(rgb, rgb.copy())

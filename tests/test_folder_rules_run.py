@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from test_hints_cli import write_scan
 from test_sidecar_inputs import _no_cached_bundle, fast_profile, invoke, journal, one_torch_thread
 
@@ -40,6 +41,7 @@ def run(scans: Path, out: Path, bundle: Path, profile: Path):
     return invoke("run", scans, "--out", out, "--model", bundle, "--profile", profile, "--device", "cpu")
 
 
+@pytest.mark.slow
 def test_records_name_each_colours_file_and_line_and_a_rule_edit_redoes_only_its_scans(
     tmp_path: Path, tiny_bundle: Path, fast_profile: Path
 ) -> None:
@@ -95,6 +97,7 @@ def test_records_name_each_colours_file_and_line_and_a_rule_edit_redoes_only_its
     assert {k: r["fingerprint"] for k, r in journal(out).items()} == rows
 
 
+@pytest.mark.slow
 def test_a_broken_rules_file_fails_only_its_scans_with_its_location(
     tmp_path: Path, tiny_bundle: Path, fast_profile: Path
 ) -> None:

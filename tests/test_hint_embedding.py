@@ -48,6 +48,7 @@ def _run(engine: MTColorEngine, size: int, crop: int, reuse: bool) -> tuple[torc
 
 
 @pytest.mark.parametrize(("size", "crop"), [(128, 0), (192, 0), (192, 64)])  # one tile; tiles; crops
+@pytest.mark.slow
 def test_reused_hint_embeddings_give_the_same_latents(engine: MTColorEngine, size: int, crop: int) -> None:
     fresh, computed_fresh, handed_fresh = _run(engine, size, crop, reuse=False)
     reused, computed, handed = _run(engine, size, crop, reuse=True)

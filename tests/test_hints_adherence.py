@@ -231,6 +231,7 @@ def test_shape_checks() -> None:
         enforce(ab, luma[:-1], instances, STRICT)
 
 
+@pytest.mark.slow
 def test_strict_with_the_tiny_bundle(tiny_bundle) -> None:
     """The real chain on a synthetic scan: tiny engine -> enforce -> compose -> measure at full res.
 

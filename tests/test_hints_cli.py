@@ -53,6 +53,7 @@ def uncomment_first_instance(text: str, color: str) -> tuple[str, str]:
     return "\n".join(lines) + "\n", label
 
 
+@pytest.mark.slow
 def test_init_is_idempotent_and_never_overwrites(tmp_path: Path, tiny_bundle: Path) -> None:
     scans = tmp_path / "scans"
     a = write_scan(scans / "a.png")
@@ -198,6 +199,7 @@ def test_show_bad_sidecar_is_one_line_error(tmp_path: Path) -> None:
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_new_user_init_edit_check_run(tmp_path: Path, tiny_bundle: Path) -> None:
     """scans -> hints init -> fill one colour -> hints check -> run -> the hint is in provenance."""
     scans = tmp_path / "scans"

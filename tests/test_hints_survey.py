@@ -30,6 +30,7 @@ def invoke(*args: str | Path):
     return result
 
 
+@pytest.mark.slow
 def test_survey_of_the_examples_writes_a_template_and_resumes(tmp_path: Path, tiny_bundle: Path) -> None:
     folder = tmp_path / "examples"
     shutil.copytree(EXAMPLES, folder)  # never write into the repository's examples/

@@ -58,6 +58,7 @@ def test_16_bit_png_with_alpha_or_colour_keeps_16_bits(tmp_path: Path, channels:
         assert np.abs(scan.luma - gray / 65535.0).max() < 1e-6
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_header_is_a_scan_error(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     Image.new("1", (20000, 20000)).save(path)

@@ -189,6 +189,7 @@ def test_many_hints_on_a_large_canvas_cost_their_boxes_not_the_canvas(tmp_path: 
     assert peak < h * w, f"peak {peak / 1e6:.1f} MB: one image-sized array per hint is back"
 
 
+@pytest.mark.slow
 def test_strict_adherence_memory_follows_the_boxes() -> None:
     """Many small hinted regions in strict mode: per-hint arrays are box-sized, not working-image-sized.
 

@@ -15,8 +15,13 @@ def _scan(tmp_path: Path, sidecar: str) -> Scan:
     (tmp_path / "photo.png.yaml").write_text(sidecar, encoding="utf-8")
     luma = np.full((64, 96), 0.5, dtype=np.float32)
     return Scan(
-        source=tmp_path / "photo.png", relpath="photo.png", luma=luma, format="PNG", mode="L",
-        bit_depth=8, sha256="0" * 64,
+        source=tmp_path / "photo.png",
+        relpath="photo.png",
+        luma=luma,
+        format="PNG",
+        mode="L",
+        bit_depth=8,
+        sha256="0" * 64,
     )
 
 

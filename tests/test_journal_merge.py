@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from test_ray_executor import make_tree
 from typer.testing import CliRunner
 
@@ -91,6 +92,7 @@ def test_merge_errors_are_one_line(tmp_path: Path) -> None:
     assert code == 2 and "not a readable mtcolor-batch journal" in text
 
 
+@pytest.mark.slow
 def test_two_real_shard_runs_merge_into_a_journal_a_plain_run_resumes(tmp_path: Path, tiny_bundle: Path):
     """Shards 1/2 and 2/2 (as two array tasks would), merged; a plain run then finds all done."""
 

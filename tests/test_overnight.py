@@ -76,6 +76,7 @@ def _in_thread(fn, timeout: float = 20.0):
 # -- a single file must not stop the run -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_non_utf8_names_go_end_to_end(tmp_path: Path, tiny_bundle: Path, profile: Path) -> None:
     scans = tmp_path / "scans"
     raw = os.fsdecode(b"caf\xe9.png")
@@ -93,6 +94,7 @@ def test_non_utf8_names_go_end_to_end(tmp_path: Path, tiny_bundle: Path, profile
         assert run(scans, tiny_bundle, profile, "--out", tmp_path / "sh", "--shard", f"{k}/2").exit_code == 0
 
 
+@pytest.mark.slow
 def test_deeply_nested_sidecar_does_not_stop_discovery_or_hints_check(tmp_path: Path) -> None:
     gray(tmp_path / "a.png")
     gray(tmp_path / "b.png")
@@ -275,6 +277,7 @@ def _done_run(tmp_path: Path, bundle: Path, profile: Path, n: int = 2) -> tuple[
 
 
 @pytest.mark.parametrize("damage", ["zero-bytes", "deleted", "garbage", "truncated"])
+@pytest.mark.slow
 def test_lost_or_damaged_journal_stops_the_run_and_rebuild_restores_it(
     tmp_path: Path, tiny_bundle: Path, profile: Path, damage: str
 ) -> None:
@@ -307,6 +310,7 @@ def test_lost_or_damaged_journal_stops_the_run_and_rebuild_restores_it(
     assert {p: p.read_bytes() for p in out.glob("*.color.*")} == outputs
 
 
+@pytest.mark.slow
 def test_rebuild_does_not_trust_a_record_whose_output_changed(
     tmp_path: Path, tiny_bundle: Path, profile: Path
 ) -> None:
@@ -432,6 +436,7 @@ def test_unreadable_folder_is_a_counted_warning(tmp_path: Path, monkeypatch) -> 
 
 
 @pytest.mark.parametrize("mask", ["wrong-size", "not-an-image", "truncated", "bomb"])
+@pytest.mark.slow
 def test_hints_check_runs_the_mask_checks_run_runs(tmp_path: Path, mask: str) -> None:
     gray(tmp_path / "a.png", size=(40, 32))
     path = tmp_path / "a_coat.png"
@@ -499,6 +504,7 @@ def test_temp_cleanup_spares_a_live_writer(tmp_path: Path) -> None:
         live.wait()
 
 
+@pytest.mark.slow
 def test_plain_and_shard_runs_exclude_each_other(tmp_path: Path, tiny_bundle: Path, profile: Path) -> None:
     from mtcolor_batch.jobs.lock import RunLock
 
@@ -518,6 +524,7 @@ def test_plain_and_shard_runs_exclude_each_other(tmp_path: Path, tiny_bundle: Pa
         assert result.exit_code == 2 and "shard 2/2 is already running" in result.output
 
 
+@pytest.mark.slow
 def test_an_output_the_journal_records_for_another_file_is_never_replaced(
     tmp_path: Path, tiny_bundle: Path, profile: Path
 ) -> None:
@@ -582,6 +589,7 @@ def test_a_file_that_kills_the_process_every_time_is_capped(
     assert "crashed the process 2 times" in codes[2].stderr
 
 
+@pytest.mark.slow
 def test_sidecar_instance_cap(tmp_path: Path, tiny_bundle: Path, profile: Path) -> None:
     gray(tmp_path / "scans" / "a.png")
     gray(tmp_path / "scans" / "b.png", 150)

@@ -323,6 +323,7 @@ def test_pull_without_variant_fetches_no_half_precision_copy(tmp_path: Path) -> 
 
 
 # ------------------------------------------------------------------------------------ shapes
+@pytest.mark.slow
 def test_real_configs_build_models_the_size_of_the_hub_weights(pulled: tuple[Path, FixtureHub]) -> None:
     """Meta-device models from the real configs have the parameter counts the listed weights hold."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -373,6 +374,7 @@ def test_real_configs_build_models_the_size_of_the_hub_weights(pulled: tuple[Pat
     assert owl.config.text_config.max_position_embeddings == 16
 
 
+@pytest.mark.slow
 def test_mtcolor_modules_fit_the_real_unet_and_controlnet(pulled: tuple[Path, FixtureHub]) -> None:
     """The pulled modules load, fit the real UNet/ControlNet, and a full denoiser call has the right shape."""
     from diffusers import ControlNetModel, UNet2DConditionModel
@@ -510,6 +512,7 @@ def test_pull_refuses_a_controlnet_that_does_not_fit(tmp_path: Path, monkeypatch
 
 
 # ----------------------------------------------------------------------------------- dry run
+@pytest.mark.slow
 def test_dry_run_lists_the_bundle_and_downloads_no_weight(monkeypatch: pytest.MonkeyPatch) -> None:
     hub = FixtureHub()
     hub.install(monkeypatch)

@@ -30,6 +30,7 @@ def _labels(b: int, s: int, n: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("impl", ["sparse", "flex"])
+@pytest.mark.slow
 def test_self_attention_layout_matches_dense(impl: str) -> None:
     b, h, s = 3, 2, 96
     labels = _labels(b, s, 4, seed=1)

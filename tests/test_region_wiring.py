@@ -42,6 +42,7 @@ def _regions(text_dim: int) -> RegionBatch:
 
 
 @pytest.mark.parametrize("impl", ["sparse", "flex", "auto"])
+@pytest.mark.slow
 def test_denoiser_region_attention_equals_dense(engine: MTColorEngine, impl: str) -> None:
     den = engine.denoiser
     regions = _regions(engine.modules.guidance.text_dim)

@@ -178,6 +178,7 @@ def test_originals_untouched(zoo_run) -> None:
     assert snapshot(root) == before
 
 
+@pytest.mark.slow
 def test_rerun_skips_done_and_redoes_only_changed(zoo_run, tiny_bundle: Path, fast_profile: Path) -> None:
     root, out, good, bad, _, _, _ = zoo_run
     common = ("--model", tiny_bundle, "--profile", fast_profile, "--seed", "5", "--device", "cpu")
@@ -203,6 +204,7 @@ def test_rerun_skips_done_and_redoes_only_changed(zoo_run, tiny_bundle: Path, fa
     assert rec["instances"][0]["hint_color"]["name"] == "brown"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_outputs(
     zoo_run, tiny_bundle: Path, fast_profile: Path, tmp_path: Path
 ):
@@ -271,6 +273,7 @@ def test_examples_main_job(tiny_bundle: Path, fast_profile: Path, tmp_path: Path
     assert any("sepia" in n for n in street["notes"])
 
 
+@pytest.mark.slow
 def test_shards_split_the_work_with_their_own_journals(tiny_bundle: Path, fast_profile: Path, tmp_path: Path):
     scans = tmp_path / "scans"
     scans.mkdir()

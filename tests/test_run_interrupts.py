@@ -173,6 +173,7 @@ def test_crash_interrupts_and_resume(job: dict) -> None:
     assert _temps(out) == []
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_mid_write_with_nothing_half_written(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

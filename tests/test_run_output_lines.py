@@ -36,6 +36,7 @@ def run(monkeypatch: pytest.MonkeyPatch, columns: int, *args: str | Path) -> tup
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_names_and_reasons_keep_brackets_and_lines_stay_whole_at_80_columns(
     scans: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

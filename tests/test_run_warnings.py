@@ -16,6 +16,7 @@ from mtcolor_batch.jobs.runner import MAX_FILE_WARNINGS, _summary
 from mtcolor_batch.testing.profiles import write_fast_profile
 
 
+@pytest.mark.slow
 def test_a_scans_warning_is_in_its_record_and_under_its_name_in_the_summary(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

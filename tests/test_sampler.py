@@ -147,6 +147,7 @@ def test_batched_equals_unbatched_branches(engine) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize(("side", "crop"), [(64, 0), (96, 0), (96, 4096)])  # one tile, tiles, crop
+@pytest.mark.slow
 def test_shared_unconditional_half_is_exact(tiny_bundle: Path, side: int, crop: int) -> None:
     """First multi-instance step: the global branch's unconditional half serves every branch.
 
@@ -230,6 +231,7 @@ def test_tiled_instance_branches_across_tile_borders(engine) -> None:  # noqa: A
 
 
 @pytest.mark.parametrize("scan", [(1, 1), (7, 3000), (513, 513)])
+@pytest.mark.slow
 def test_odd_scan_sizes(engine, scan: tuple[int, int]) -> None:  # noqa: ANN001
     settings = (
         SETTINGS

@@ -143,6 +143,7 @@ def _many(h: int, w: int, n: int) -> list[Instance]:
     return out
 
 
+@pytest.mark.slow
 def test_many_instances_on_a_large_canvas_stay_box_sized(tiny_bundle: Path) -> None:
     """24 then 72 hints on a 480x360 working image: every mask handed to the model is 64x64 per slot,
     and the traced peak grows by far less than one canvas-sized plane per added instance (it used to

@@ -52,6 +52,7 @@ def journal(out: Path) -> dict[str, sqlite3.Row]:
     return {r["relpath"]: r for r in db.execute("SELECT * FROM files")}
 
 
+@pytest.mark.slow
 def test_mask_error_has_one_place_in_check_and_run(
     tmp_path: Path, tiny_bundle: Path, fast_profile: Path
 ) -> None:
@@ -89,6 +90,7 @@ def test_mask_error_has_one_place_in_check_and_run(
     assert where in error and "10x10 px but the scan is 96x72" in error, error
 
 
+@pytest.mark.slow
 def test_box_hint_stays_in_its_drawn_box(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
     """The tiny bundle's SAM spills past boxes; the record's box must still lie inside the drawn one,
     and `hints show` (the same resolve code) reports the very boxes `run` recorded."""
@@ -130,6 +132,7 @@ def paint(path: Path, x1: int) -> None:
     Image.fromarray(mask).save(path)
 
 
+@pytest.mark.slow
 def test_repainting_a_mask_redoes_the_file(tmp_path: Path, tiny_bundle: Path, fast_profile: Path) -> None:
     import json
     import os

@@ -52,6 +52,7 @@ def _chain(vlm: Path | None, blip2: Path | None, **filters: object):
     return build_chain(config, "cpu")
 
 
+@pytest.mark.slow
 def test_chain_falls_through_in_the_papers_order(captioners: dict[str, Path]) -> None:
     rgb, lab, mask = _photo()
     # Primary VLM refuses -> BLIP-2 answers with a colour: BLIP-2's text is kept.

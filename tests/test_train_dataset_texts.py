@@ -50,6 +50,7 @@ def _config(models: dict[str, Path], **split: object):
     )
 
 
+@pytest.mark.slow
 def test_chain_end_to_end_with_counted_rejections(models: dict[str, Path], shapes, tmp_path: Path) -> None:
     photos, truth = shapes
     out = tmp_path / "data"
@@ -93,6 +94,7 @@ def _interrupt_after(n: int):
     return progress
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_an_uninterrupted_build(
     models: dict[str, Path], shapes, tmp_path: Path
 ) -> None:

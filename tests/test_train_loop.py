@@ -95,6 +95,7 @@ def test_stage_1_trains_the_copied_branch_projections_at_a_fraction_of_lr(small)
     assert len(param_groups(parts, trainable_parameters(parts, 2), 2, cfg)) == 1
 
 
+@pytest.mark.slow
 def test_unset_steps_take_the_stage_default(small, tmp_path: Path) -> None:
     bundle, data = small
     lines: list[str] = []
@@ -128,6 +129,7 @@ def test_controlnet_init_from_the_unet(small) -> None:
 
 
 @pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.slow
 def test_resume_repeats_the_uninterrupted_run_exactly(small, tmp_path: Path, stage: int) -> None:
     bundle, data = small
     cfg = _cfg()
@@ -157,6 +159,7 @@ def test_resume_repeats_the_uninterrupted_run_exactly(small, tmp_path: Path, sta
 
 
 @pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.slow
 def test_each_stage_trains_only_its_parts_and_writes_a_loadable_bundle(
     small, tmp_path: Path, stage: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,6 +213,7 @@ def test_each_stage_trains_only_its_parts_and_writes_a_loadable_bundle(
     assert engine.info["revision"] == new.revision
 
 
+@pytest.mark.slow
 def test_cli_train_stage_1_then_2(small, tmp_path: Path) -> None:
     bundle, data = small
     config = tmp_path / "train.yaml"

@@ -89,6 +89,7 @@ def test_stage_1_on_a_dataset_without_instances_is_a_setup_error(setup, tmp_path
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_instance_free_batches_skip_the_optimizer_step_and_are_counted(
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,6 +160,7 @@ def test_cli_stage_1_reports_skipped_steps(setup, tmp_path: Path) -> None:
     assert "stage 1: 2 steps" in result.output and "instance-free steps skipped" in result.output
 
 
+@pytest.mark.slow
 def test_masks_that_vanish_at_the_training_size_end_in_a_setup_error(setup, tmp_path: Path) -> None:
     """Every mask is 3x3 pixels: kept by the loader, but no latent cell is mostly inside one."""
     data = tmp_path / "small-masks"

@@ -65,6 +65,7 @@ def _unet_attention(unet: torch.nn.Module, modules: MTColorModules) -> dict[str,
     return out
 
 
+@pytest.mark.slow
 def test_stage_1_copies_the_branch_projections_from_the_unet_it_trains_beside(small, tmp_path: Path) -> None:
     """A bundle whose UNet changed after its modules were written (a fine-tuned or replaced UNet, or
     the learning test's stage 0): stage 1 starts its branches from the UNet as it is now."""
@@ -132,6 +133,7 @@ def test_caption_dropout_rate_follows_the_seeded_generator() -> None:
     assert none == texts
 
 
+@pytest.mark.slow
 def test_caption_dropout_is_on_by_default_colour_free_and_recorded(
     small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
