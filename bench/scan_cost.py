@@ -282,8 +282,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     from mtcolor_batch.core.config import load_profile
+    from mtcolor_batch.core.device import flush_cpu_denormals
 
     args = parse_args(argv)
+    # What a `run` process does before its models load (so torch's worker threads inherit it); the
+    # profiles' runs happen in this process after other torch work, so it is set here, first. The
+    # unit runs under the same setting (its models were not slowed by denormals: docs/few-step.md).
+    flush_cpu_denormals()
     wanted = [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = set(wanted) - set(PROFILES)
     if unknown:

@@ -29,8 +29,18 @@ import torch  # noqa: E402
 torch.set_num_threads(TORCH_THREADS)
 
 
-# -- perception (engineer "perception") ---------------------------------------------------------
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _denormals_back_to_default():
+    """Loading models flushes denormals for the whole process (core/device.flush_cpu_denormals), as a
+    `run` process wants; in this one process every test starts from torch's default again."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+# -- perception (engineer "perception") ---------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

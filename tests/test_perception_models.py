@@ -235,35 +235,29 @@ def test_detection_is_skipped_only_where_no_auto_instance_could_be_kept(
     assert any(i.source == "auto" for i in reference.instances)  # the room was really used
 
 
-def _underflows() -> bool:
-    """True while denormals are flushed: 1e-39 (a denormal float32) times one comes out zero."""
-    import torch
+def test_loading_perception_flushes_denormals_in_every_cpu_thread(tiny_perception_dir: Path) -> None:
+    """Random SAM weights underflowed into denormal floats and ran about 12x slower on 2 CPU threads
+    (core/device.flush_cpu_denormals). In a fresh process, as `run` starts, loading perception sets the
+    flag before any model loads, so torch's worker threads inherit it: a denormal times one is zero in
+    a parallel op over 2 threads. Before, it is not (the check can fail)."""
+    import subprocess
 
-    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
-
-
-def test_sam_and_the_detector_run_with_denormals_flushed_and_restore_the_default(
-    tiny_perception, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Random SAM weights underflowed into denormals and ran 16x slower on CPU (perception/denormals.py);
-    both perception forwards flush them, and torch's default is back afterwards."""
-    seen: dict[str, bool] = {}
-    segmenter, detector = tiny_perception.segmenter, tiny_perception.detector
-    embed, forward = segmenter.model.get_image_embeddings, detector.model.forward
-
-    def spy_embed(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen["sam"] = _underflows()
-        return embed(*args, **kwargs)
-
-    def spy_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen["detector"] = _underflows()
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(segmenter.model, "get_image_embeddings", spy_embed)
-    monkeypatch.setattr(detector.model, "forward", spy_forward)
-    segmenter.clear()
-    scan = make_scan(8)
-    segmenter.segment_boxes(scan.luma, [(5, 5, 50, 50)])
-    detect(detector, luma_to_rgb_image(scan.luma, 128), ["person"], threshold=0.0, max_detections=4)
-    assert seen == {"sam": True, "detector": True}
-    assert not _underflows()
+    setup = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "x = lambda: torch.full((1 << 22,), 1e-39, dtype=torch.float32)\n"
+        "flushed = lambda: bool(((x() * 1.0) == 0).all())\n"
+    )
+    control = setup + "print(flushed())"
+    script = (
+        setup
+        + "from mtcolor_batch.perception.models import load_perception\n"
+        + f"load_perception({str(tiny_perception_dir)!r}, 'cpu')\n"
+        + "print(flushed())"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, check=True)
+        for c in (control, script)
+    ]
+    out = [run.stdout.split()[-1] for run in runs]
+    assert out == ["False", "True"]

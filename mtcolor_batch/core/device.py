@@ -61,3 +61,19 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return device.type
+
+
+def flush_cpu_denormals() -> None:
+    """Flush denormal floats to zero in CPU math, for this process from now on.
+
+    Why: x86 CPUs compute with denormals (|x| < 1.2e-38) in microcode, many times slower. On SD
+    1.5-size random weights SAM's image encoder underflowed into them and took 126 s instead of about
+    10 s per scan on 2 threads (bench/scan_cost.py); the diffusion models were not slowed, and the
+    golden outputs are the same with it on. Flushing changes a value by less than 1.2e-38.
+
+    The flag is per thread, and torch's CPU worker threads copy it from the thread that creates them
+    when they are created (at the first parallel op), so this is called before any model loads:
+    ``Pipeline.load`` and ``load_perception`` call it first thing. A process whose worker threads
+    exist already gets it on the calling thread only. No effect on CUDA math.
+    """
+    torch.set_flush_denormal(True)

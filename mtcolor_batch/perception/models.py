@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mtcolor_batch.core.device import resolve_device
+from mtcolor_batch.core.device import flush_cpu_denormals, resolve_device
 from mtcolor_batch.core.errors import ModelError
 from mtcolor_batch.perception.segmenter import Segmenter
 
@@ -108,6 +108,7 @@ def load_perception(
     A bundle with only ``sam/`` still serves sidecar box/point hints; one with only
     ``detector/`` cannot make masks, so it is reported in ``notes`` and auto instances stay off.
     """
+    flush_cpu_denormals()  # before any model loads (see there)
     bundle_dir = Path(bundle_dir)
     sam_dir, det_dir = bundle_dir / SAM_DIR, bundle_dir / DETECTOR_DIR
     has_sam, has_det = _has_weights(sam_dir), _has_weights(det_dir)

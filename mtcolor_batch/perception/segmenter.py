@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from mtcolor_batch.core.types import Box
-from mtcolor_batch.perception.denormals import denormals_flushed
 
 BOX_CHUNK = 16
 """Boxes decoded per mask-decoder call: bounds memory on scans with many detections."""
@@ -122,7 +121,7 @@ class Segmenter:
             cached.source = weakref.ref(luma)
             return cached, image.size
         inputs = self.processor(images=image, return_tensors="pt")
-        with torch.inference_mode(), denormals_flushed():
+        with torch.inference_mode():
             pixel_values = inputs["pixel_values"].to(self.device, dtype=self._dtype())
             embeddings = self.model.get_image_embeddings(pixel_values)
         self.embed_count += 1

@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from mtcolor_batch.core.errors import ModelError, UserError
-from mtcolor_batch.perception.denormals import denormals_flushed
 from mtcolor_batch.perception.models import RAM_DIR, Detector
 
 RAM_INSTALL = "pip install git+https://github.com/xinyu1205/recognize-anything"
@@ -104,7 +103,7 @@ def detect(
         return []
     inputs = detector.processor(text=[list(queries)], images=image, return_tensors="pt", truncation=True)
     inputs = {k: v.to(detector.device) for k, v in inputs.items()}
-    with torch.inference_mode(), denormals_flushed():
+    with torch.inference_mode():
         out = detector.model(**inputs)
     logits = out.logits[0].float().cpu()  # (patches, queries)
     best = logits.max(dim=-1)

@@ -109,8 +109,11 @@ class Pipeline:
         The C2PA key is read here, from the path the profile names, by the process that signs
         (a Ray worker included): it never travels in a task argument.
         """
+        from mtcolor_batch.core.device import flush_cpu_denormals  # deferred: loads torch
         from mtcolor_batch.model.engine import EngineOptions, MTColorEngine  # deferred: loads torch
         from mtcolor_batch.perception.models import load_perception  # deferred: loads torch
+
+        flush_cpu_denormals()  # before any model loads, so torch's worker threads inherit it
 
         signer = None
         if profile.output.c2pa == "sign":
