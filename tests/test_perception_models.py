@@ -235,6 +235,7 @@ def test_detection_is_skipped_only_where_no_auto_instance_could_be_kept(
     assert any(i.source == "auto" for i in reference.instances)  # the room was really used
 
 
+@pytest.mark.slow  # two fresh Python processes
 def test_loading_perception_flushes_denormals_in_every_cpu_thread(tiny_perception_dir: Path) -> None:
     """Random SAM weights underflowed into denormal floats and ran about 12x slower on 2 CPU threads
     (core/device.flush_cpu_denormals). In a fresh process, as `run` starts, loading perception sets the

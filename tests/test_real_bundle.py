@@ -236,6 +236,7 @@ def test_fixture_files_have_the_sizes_the_hub_lists() -> None:
 
 
 # -------------------------------------------------------------------------------------- pull
+@pytest.mark.slow  # the module's CLI pull of the fixture hub costs about 5 s
 def test_pull_takes_exactly_the_expected_files(pulled: tuple[Path, FixtureHub]) -> None:
     bundle, hub = pulled
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
@@ -405,6 +406,7 @@ def test_mtcolor_modules_fit_the_real_unet_and_controlnet(pulled: tuple[Path, Fi
     assert tuple(noise.shape) == (1, 4, 64, 64)
 
 
+@pytest.mark.slow  # the module's CLI pull of the fixture hub costs about 5 s
 def test_sd15_scheduler_tokenizer_and_text_width(pulled: tuple[Path, FixtureHub]) -> None:
     from mtcolor_batch.model.engine import _load_component
 
@@ -419,6 +421,7 @@ def test_sd15_scheduler_tokenizer_and_text_width(pulled: tuple[Path, FixtureHub]
 
 
 # ---------------------------------------------------------------------------------- perception
+@pytest.mark.slow  # the module's CLI pull of the fixture hub costs about 5 s
 def test_sam_processor_from_the_real_config(pulled: tuple[Path, FixtureHub]) -> None:
     from PIL import Image
 
@@ -438,6 +441,7 @@ def test_sam_processor_from_the_real_config(pulled: tuple[Path, FixtureHub]) -> 
     assert tuple(masks.shape) == (1, 1, 600, 900)
 
 
+@pytest.mark.slow  # the module's CLI pull of the fixture hub costs about 5 s
 def test_owlv2_processor_and_tokenizer_files(pulled: tuple[Path, FixtureHub]) -> None:
     from PIL import Image
 
@@ -470,6 +474,7 @@ def _edit(path: Path, **changes: object) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+@pytest.mark.slow  # the module's CLI pull of the fixture hub costs about 5 s
 def test_checks_fail_on_perturbed_real_configs(pulled: tuple[Path, FixtureHub], tmp_path: Path) -> None:
     bundle, _ = pulled
     assert config_problems(bundle) == []
@@ -533,6 +538,7 @@ def test_dry_run_lists_the_bundle_and_downloads_no_weight(monkeypatch: pytest.Mo
     assert {r for r, _ in hub.info_calls} == {c.repo_id for c in COMPONENTS}
 
 
+@pytest.mark.slow  # the module's CLI pull of the fixture hub costs about 5 s
 def test_dry_run_plans_exactly_what_the_pull_fetched(pulled: tuple[Path, FixtureHub]) -> None:
     """One set of patterns: the dry run's file list is the set of files the real pull downloaded."""
     _, pull_hub = pulled
