@@ -222,7 +222,7 @@ def test_detection_is_skipped_only_where_no_auto_instance_could_be_kept(
     sidecar = stage.read_sidecar(scan, profile.hints)
     found = stage.find_instances(scan, sidecar, tiny_perception, profile, tmp_path)
     assert bool(calls) is detects
-    monkeypatch.setattr(stage, "_drawn_only", lambda *_: False)  # always detect: the reference
+    monkeypatch.setattr(stage, "_drawn_may_fill", lambda *_: False)  # always detect: the reference
     reference = stage.find_instances(scan, sidecar, tiny_perception, profile, tmp_path)
     assert calls  # the reference did detect
     assert [(i.id, i.label, i.box, i.source, i.text) for i in found.instances] == [

@@ -86,7 +86,7 @@ def find_instances(
     files stay inside. A rule's label is added to the detector's queries, so a "tram" rule looks
     for trams in every scan it covers."""
     exclude = sorted(effective_exclude(sidecar.hints, folder))
-    # sidecar boxes and points reuse the embedding perceive made (same model, same size)
+    # sidecar boxes and points and perceive share one SAM embedding (same model, same size)
     sam = perception.segmenter if perception is not None else None
     segmenter = sam.at(profile.perception.size) if sam is not None else None
 
@@ -97,7 +97,7 @@ def find_instances(
 
     # No hint or rule binding to a detection: the drawn regions are what the sidecar gives whatever
     # is detected, and where they fill max_instances finalize keeps no auto instance.
-    alone = resolve([]) if _drawn_only(sidecar, folder) else None
+    alone = resolve([]) if _drawn_may_fill(sidecar, folder, profile.perception.max_instances) else None
     room = None if alone is None else profile.perception.max_instances - _with_pixels(alone.instances)
     autos = perceive(scan, perception, profile.perception, exclude, folder.queries(), room)
     resolved = alone if alone is not None and room is not None and room <= 0 else resolve(autos)
@@ -109,10 +109,13 @@ def find_instances(
     )
 
 
-def _drawn_only(sidecar: SidecarInput, folder: FolderChain) -> bool:
-    """True when nothing binds to a detected instance: no label hint, no folder rule."""
+def _drawn_may_fill(sidecar: SidecarInput, folder: FolderChain, max_instances: int) -> bool:
+    """True when nothing binds to a detected instance (no label hint, no folder rule) and the drawn
+    hints are enough to fill ``max_instances`` (each gives at most one instance), so resolving them
+    alone first is worth it: elsewhere detection runs and the hints are resolved once."""
     hints = sidecar.hints.instances if sidecar.hints is not None else []
-    return not folder.rules and all(h.region != "label" for h in hints)
+    drawn_only = not folder.rules and all(h.region != "label" for h in hints)
+    return drawn_only and len(hints) >= max_instances
 
 
 def _with_pixels(instances: list[Instance]) -> int:
