@@ -67,9 +67,10 @@ def flush_cpu_denormals() -> None:
     """Flush denormal floats to zero in CPU math, for this process from now on.
 
     Why: x86 CPUs compute with denormals (|x| < 1.2e-38) in microcode, many times slower. On SD
-    1.5-size random weights SAM's image encoder underflowed into them and took 126 s instead of about
-    10 s per scan on 2 threads (bench/scan_cost.py); the diffusion models were not slowed, and the
-    golden outputs are the same with it on. Flushing changes a value by less than 1.2e-38.
+    1.5-size random weights SAM's image encoder underflowed into them: its embedding and 4 box
+    prompts of the bench scan took 127 s instead of 8 s on 2 threads (bench/scan_cost.py). The
+    diffusion models were not slowed, and the golden outputs are the same with it on. Flushing
+    changes a value by less than 1.2e-38.
 
     The flag is per thread, and torch's CPU worker threads copy it from the thread that creates them
     when they are created (at the first parallel op), so this is called before any model loads:
