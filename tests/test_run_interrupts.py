@@ -191,6 +191,7 @@ def test_second_ctrl_c_stops_mid_write_with_nothing_half_written(
     profile.write_text(PROFILE)
     real_encode = pipeline_mod.encode_image
     calls = {"n": 0}
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / `&`
 
     def encode_then_ctrl_c_twice(fh, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
@@ -215,7 +216,7 @@ def test_second_ctrl_c_stops_mid_write_with_nothing_half_written(
         states = {r.relpath: r.state for r in j.all()}
         assert j.check() == []
     assert states == {"f0.png": "done", "f1.png": "pending", "f2.png": "pending"}
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
 def test_second_ctrl_c_inside_a_finalizer_is_not_lost() -> None:
@@ -230,6 +231,7 @@ def test_second_ctrl_c_inside_a_finalizer_is_not_lost() -> None:
             os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C arrives during collection
             time.sleep(0.05)  # the handler has run in here (between bytecodes) and must not raise
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / `&`
     with StopController(Console(file=io.StringIO())) as stop:
         stop.requested = True  # the first Ctrl-C
         obj = Finalized()
@@ -238,4 +240,4 @@ def test_second_ctrl_c_inside_a_finalizer_is_not_lost() -> None:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
